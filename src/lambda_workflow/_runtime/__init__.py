@@ -1,0 +1,1 @@
+"""The activation engine: a deterministic event loop, replay, outbox and history."""

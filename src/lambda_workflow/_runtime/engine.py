@@ -1,0 +1,234 @@
+"""One activation: apply an instance's messages, replay once, then record and send (outbox)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pydantic
+
+from .. import _core
+from ..backends.protocols import Clock, StateStore, Transport
+from ..errors import UnknownWorkflowError
+from ..models import (
+    CallbackCompletedMessage,
+    CallResultMessage,
+    CancelMessage,
+    ErrorInfo,
+    History,
+    InstanceRecord,
+    InstanceStatus,
+    OperationRecord,
+    OperationState,
+    StartMessage,
+    TimerFiredMessage,
+    WorkflowMessage,
+)
+from ..service import type_name
+from ..workflow import Workflow
+from .replay import Replayer, StagedResult
+
+__all__ = ["ActivationReport", "Engine", "call_request_body", "start_message_body"]
+
+_SORT = orjson.OPT_SORT_KEYS
+
+
+@dataclass(slots=True)
+class ActivationReport:
+    """What one activation did, for logs, the CLI and tests.
+
+    ``status`` is the instance's state afterwards: ``suspended``, ``completed``, ``failed``,
+    ``cancelled``, ``finished-earlier`` (messages for an instance that had already ended) or
+    ``rejected`` (no instance could be found or created from the messages).
+    """
+
+    workflow_id: str
+    workflow_name: str | None
+    activation: int
+    status: str
+    applied: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    rejected: dict[int, str] = field(default_factory=dict)
+    sent: list[OperationRecord] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    error: ErrorInfo | None = None
+
+
+def start_message_body(workflow_id: str, workflow_name: str, input_payload: bytes) -> bytes:
+    """The JSON of a start message, embedding the already-encoded input."""
+    return orjson.dumps({"v": 1, "kind": "start", "workflow_id": workflow_id,
+                         "workflow": workflow_name, "input": orjson.Fragment(input_payload)})
+
+
+def call_request_body(op: OperationRecord, reply_to: str) -> bytes:
+    """The JSON of a call request message, embedding the recorded request bytes."""
+    return orjson.dumps({"v": 1, "kind": "call", "workflow_id": op.workflow_id,
+                         "call_id": op.op_id, "service": op.name, "reply_to": reply_to,
+                         "request": orjson.Fragment(op.request)})
+
+
+def _outcome_of(msg: CallResultMessage | CallbackCompletedMessage) -> tuple[OperationState, bytes]:
+    if msg.ok:
+        return OperationState.COMPLETED, orjson.dumps(msg.value, option=_SORT)
+    assert msg.error is not None  # the model guarantees an error when not ok
+    return OperationState.FAILED, orjson.dumps(msg.error.model_dump(), option=_SORT)
+
+
+class Engine:
+    """Runs activations against a state store and a transport.
+
+    An activation raises only for failures of the store or the transport (or a workflow name
+    this deployment does not know): the caller then releases the messages for redelivery, and
+    everything the activation did is repeatable: conditional records, the same operation ids,
+    the same deduplication ids. Bad messages are not raised: they come back in
+    ``ActivationReport.rejected`` with the reason, for the dead-letter queue.
+    """
+
+    def __init__(self, store: StateStore, transport: Transport,
+                 workflows: Mapping[str, Workflow[Any, Any]], clock: Clock) -> None:
+        self.store = store
+        self.transport = transport
+        self.workflows = workflows
+        self.clock = clock
+
+    def _registered(self) -> str:
+        return ", ".join(sorted(self.workflows)) or "none"
+
+    def _create_from_start(self, workflow_id: str, messages: Sequence[WorkflowMessage],
+                           report: ActivationReport) -> History | None:
+        start = next((m for m in messages if isinstance(m, StartMessage)), None)
+        if start is None:
+            for i in range(len(messages)):
+                report.rejected[i] = (f"no workflow instance {workflow_id!r} exists (a message "
+                                      "for an instance that was never started)")
+            return None
+        wf = self.workflows.get(start.workflow)
+        if wf is None:
+            reason = (f"unknown workflow {start.workflow!r} for instance {workflow_id!r}; "
+                      f"registered: {self._registered()}")
+            report.rejected.update(dict.fromkeys(range(len(messages)), reason))
+            return None
+        try:
+            payload = _core.encode_value(
+                wf.request_adapter, wf.request_adapter.validate_python(start.input))
+        except pydantic.ValidationError as exc:
+            reason = (f"the input of workflow {wf.name!r} ({workflow_id}) is not a valid "
+                      f"{type_name(wf.request_type)}: {exc}")
+            report.rejected.update(dict.fromkeys(range(len(messages)), reason))
+            return None
+        now = self.clock.now()
+        inst, _ = self.store.create_instance(InstanceRecord(
+            workflow_id, wf.name, payload, _core.digest(payload), created_at=now,
+            updated_at=now))
+        report.workflow_name = inst.workflow_name
+        return self.store.load_history(workflow_id)
+
+    def activate(self, workflow_id: str, messages: Sequence[WorkflowMessage]) -> ActivationReport:
+        """Apply every message of one instance, replay once, record and send."""
+        report = ActivationReport(workflow_id, None, 0, "rejected")
+        history = self.store.load_history(workflow_id)
+        if history is None:
+            history = self._create_from_start(workflow_id, messages, report)
+            if history is None:
+                return report
+        inst = history.instance
+        report.workflow_name = inst.workflow_name
+        activation = report.activation = inst.activations + 1
+        now = self.clock.now()
+
+        ops = {op.op_id: op for op in history.operations}
+        staged: dict[str, StagedResult] = {}
+        cancel: CancelMessage | None = None
+        for i, msg in enumerate(messages):
+            if isinstance(msg, StartMessage):
+                if msg.workflow != inst.workflow_name:
+                    report.rejected[i] = (
+                        f"instance {workflow_id!r} runs workflow {inst.workflow_name!r}; a start "
+                        f"message for workflow {msg.workflow!r} cannot reuse its id")
+            elif isinstance(msg, CallResultMessage):
+                op = ops.get(msg.call_id)
+                if op is None or op.kind != "call":
+                    report.rejected[i] = (
+                        f"reply for unknown call id {msg.call_id!r} of workflow instance "
+                        f"{workflow_id!r} ({inst.workflow_name}); it has "
+                        f"{sum(o.kind == 'call' for o in history.operations)} calls")
+                elif op.state is not OperationState.PENDING or msg.call_id in staged:
+                    report.duplicates.append(msg.call_id)
+                else:
+                    state, payload = _outcome_of(msg)
+                    staged[msg.call_id] = StagedResult(state, payload, i)
+            elif isinstance(msg, TimerFiredMessage):
+                report.rejected[i] = (f"unknown timer id {msg.timer_id!r} for workflow "
+                                      f"instance {workflow_id!r}")
+            elif isinstance(msg, CallbackCompletedMessage):
+                report.rejected[i] = (f"unknown callback token for workflow instance "
+                                      f"{workflow_id!r}")
+            else:
+                cancel = msg
+
+        if inst.status is not InstanceStatus.RUNNING:
+            # Late replies are kept in the history; the workflow does not run again.
+            for op_id, st in staged.items():
+                if self.store.record_outcome(workflow_id, op_id, st.state, st.payload,
+                                             activation, now):
+                    report.applied.append(op_id)
+            report.status = "finished-earlier"
+            return report
+        if cancel is not None:
+            reason = cancel.reason or "cancelled by request"
+            error = orjson.dumps({"type": "Cancelled", "message": reason, "details": None})
+            self.store.finish(workflow_id, InstanceStatus.CANCELLED, None, error, activation,
+                              now)
+            report.status = "cancelled"
+            report.error = ErrorInfo(type="Cancelled", message=reason)
+            return report
+
+        wf = self.workflows.get(inst.workflow_name)
+        if wf is None:
+            raise UnknownWorkflowError(
+                f"instance {workflow_id!r} runs workflow {inst.workflow_name!r}, which is not "
+                f"registered here (registered: {self._registered()})")
+        result = Replayer(wf, workflow_id, inst.input, history.operations, staged,
+                          activation=activation, now=now).run()
+        report.rejected.update(result.rejected)
+        report.pending = result.pending
+
+        # Outbox: record replies, record new requests, send, mark sent. A crash between any
+        # two steps repeats them with the same ids on redelivery.
+        for op_id in result.accepted:
+            st = staged[op_id]
+            if self.store.record_outcome(workflow_id, op_id, st.state, st.payload, activation,
+                                         now):
+                report.applied.append(op_id)
+        if result.new_operations:
+            self.store.add_operations(workflow_id, result.new_operations, activation)
+        outbox: list[OperationRecord] = []
+        if result.outcome != "failed" or result.new_operations:
+            outbox = [op for op in history.operations
+                      if not op.sent and op.state is OperationState.PENDING
+                      and op.op_id not in staged]
+            outbox += result.new_operations
+        if outbox:
+            reply_to = self.transport.reply_address
+            for op in outbox:
+                self.transport.send_to_service(
+                    op.name, _core.dedup_id(workflow_id, "call", op.op_id),
+                    call_request_body(op, reply_to))
+            self.store.mark_sent(workflow_id, [op.op_id for op in outbox])
+            report.sent = outbox
+
+        if result.outcome == "completed":
+            self.store.finish(workflow_id, InstanceStatus.COMPLETED, result.result, None,
+                              activation, now)
+            report.status = "completed"
+        elif result.outcome == "failed":
+            assert result.error is not None
+            self.store.finish(workflow_id, InstanceStatus.FAILED, None, result.error,
+                              activation, now)
+            report.status = "failed"
+            report.error = ErrorInfo.model_validate_json(result.error)
+        else:
+            report.status = "suspended"
+        return report

@@ -1,0 +1,217 @@
+"""In-memory backends: a state store and a FIFO queue that behaves like SQS FIFO."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .._runtime.clock import SystemClock
+from ..models import History, InstanceRecord, InstanceStatus, OperationRecord, OperationState
+from .protocols import Clock, QueueMessage
+
+__all__ = ["DeadLetter", "InMemoryFifoQueue", "MemoryStateStore"]
+
+
+class MemoryStateStore:
+    """A :class:`~lambda_workflow.backends.StateStore` in a dict (lost when the process ends).
+
+    Records are copied in and out, so callers never share mutable state with the store, as
+    with a real database.
+    """
+
+    def __init__(self) -> None:
+        self._instances: dict[str, InstanceRecord] = {}
+        self._ops: dict[str, dict[str, OperationRecord]] = {}
+
+    def create_instance(self, instance: InstanceRecord) -> tuple[InstanceRecord, bool]:
+        existing = self._instances.get(instance.workflow_id)
+        if existing is not None:
+            return dataclasses.replace(existing), False
+        self._instances[instance.workflow_id] = dataclasses.replace(instance)
+        self._ops[instance.workflow_id] = {}
+        return dataclasses.replace(instance), True
+
+    def get_instance(self, workflow_id: str) -> InstanceRecord | None:
+        inst = self._instances.get(workflow_id)
+        return None if inst is None else dataclasses.replace(inst)
+
+    def load_history(self, workflow_id: str) -> History | None:
+        inst = self._instances.get(workflow_id)
+        if inst is None:
+            return None
+        ops = sorted(self._ops[workflow_id].values(), key=lambda op: op.seq)
+        return History(dataclasses.replace(inst), [dataclasses.replace(op) for op in ops])
+
+    def _touch(self, workflow_id: str, activation: int) -> dict[str, OperationRecord]:
+        inst = self._instances.get(workflow_id)
+        if inst is None:
+            raise KeyError(f"no workflow instance {workflow_id!r}")
+        inst.activations = max(inst.activations, activation)
+        return self._ops[workflow_id]
+
+    def add_operations(self, workflow_id: str, operations: Sequence[OperationRecord],
+                       activation: int) -> None:
+        ops = self._touch(workflow_id, activation)
+        for op in operations:
+            ops.setdefault(op.op_id, dataclasses.replace(op))
+
+    def record_outcome(self, workflow_id: str, op_id: str, state: OperationState,
+                       result: bytes, activation: int, at: float) -> bool:
+        op = self._ops.get(workflow_id, {}).get(op_id)
+        if op is None or op.state is not OperationState.PENDING:
+            return False
+        self._touch(workflow_id, activation)
+        op.state, op.result, op.resolved_in, op.resolved_at = state, result, activation, at
+        return True
+
+    def mark_sent(self, workflow_id: str, op_ids: Sequence[str]) -> None:
+        ops = self._ops.get(workflow_id, {})
+        for op_id in op_ids:
+            if op_id in ops:
+                ops[op_id].sent = True
+
+    def finish(self, workflow_id: str, status: InstanceStatus, result: bytes | None,
+               error: bytes | None, activation: int, at: float) -> bool:
+        inst = self._instances.get(workflow_id)
+        if inst is None or inst.status is not InstanceStatus.RUNNING:
+            return False
+        self._touch(workflow_id, activation)
+        inst.status, inst.result, inst.error, inst.updated_at = status, result, error, at
+        return True
+
+    def list_instances(self) -> list[InstanceRecord]:
+        return [dataclasses.replace(i) for i in
+                sorted(self._instances.values(), key=lambda i: i.created_at)]
+
+
+@dataclass(slots=True)
+class _Entry:
+    body: bytes
+    group_id: str
+    dedup_id: str
+    message_id: str
+    seq: int
+    receive_count: int = 0
+    receipt: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class DeadLetter:
+    """A message moved to the dead-letter queue, and why."""
+
+    body: bytes
+    group_id: str
+    dedup_id: str
+    message_id: str
+    reason: str
+
+
+class InMemoryFifoQueue:
+    """An in-process :class:`~lambda_workflow.backends.FifoQueue` with SQS FIFO's rules.
+
+    - Messages of a group are delivered in send order; while any message of a group is in
+      flight (received, neither deleted nor released) no other message of it is delivered.
+    - A deduplication id seen within ``dedup_window`` seconds (SQS: 5 minutes) is dropped.
+    - A message delivered ``max_receives`` times without being deleted moves to the
+      dead-letter list on its next receive (SQS's redrive policy).
+
+    Args:
+        clock: Time source for the deduplication window.
+        dedup_window: Seconds a deduplication id is remembered.
+        max_receives: Deliveries before a message goes to the dead-letter list.
+    """
+
+    def __init__(self, *, clock: Clock | None = None, dedup_window: float = 300.0,
+                 max_receives: int = 5) -> None:
+        if max_receives < 1:
+            raise ValueError(f"max_receives must be at least 1, got {max_receives}")
+        self._clock = clock or SystemClock()
+        self._dedup_window = dedup_window
+        self.max_receives = max_receives
+        self._groups: dict[str, deque[_Entry]] = {}
+        self._in_flight: dict[str, _Entry] = {}
+        self._busy_groups: dict[str, int] = {}
+        self._seen: dict[str, float] = {}
+        self._ids = itertools.count(1)
+        self.dead_letters: list[DeadLetter] = []
+
+    def __len__(self) -> int:
+        """Messages not yet deleted (visible or in flight)."""
+        return sum(len(q) for q in self._groups.values())
+
+    def send(self, body: bytes, *, group_id: str, dedup_id: str) -> str | None:
+        if not group_id or not dedup_id or len(dedup_id) > 128 or len(group_id) > 128:
+            raise ValueError("group_id and dedup_id must be non-empty and at most 128 "
+                             f"characters (group {group_id!r}, dedup {dedup_id!r})")
+        now = self._clock.now()
+        seen = self._seen.get(dedup_id)
+        if seen is not None and now - seen < self._dedup_window:
+            return None
+        self._seen[dedup_id] = now
+        seq = next(self._ids)
+        entry = _Entry(body, group_id, dedup_id, f"m-{seq}", seq)
+        self._groups.setdefault(group_id, deque()).append(entry)
+        return entry.message_id
+
+    def receive(self, max_messages: int = 10) -> list[QueueMessage]:
+        if not 1 <= max_messages <= 10:
+            raise ValueError(f"max_messages must be between 1 and 10, got {max_messages}")
+        out: list[QueueMessage] = []
+        for group in self._ready_groups():
+            queue = self._groups[group]
+            for entry in list(queue):
+                if len(out) >= max_messages:
+                    return out
+                if entry.receipt is not None:
+                    break
+                if entry.receive_count >= self.max_receives:
+                    queue.remove(entry)
+                    self.dead_letters.append(DeadLetter(
+                        entry.body, entry.group_id, entry.dedup_id, entry.message_id,
+                        f"received {entry.receive_count} times without being deleted"))
+                    continue
+                entry.receive_count += 1
+                entry.receipt = f"{entry.message_id}#{entry.receive_count}"
+                self._in_flight[entry.receipt] = entry
+                self._busy_groups[group] = self._busy_groups.get(group, 0) + 1
+                out.append(QueueMessage(entry.body, entry.group_id, entry.dedup_id,
+                                        entry.message_id, entry.receipt, entry.receive_count))
+        return out
+
+    def _ready_groups(self) -> list[str]:
+        # Groups are served in order of their oldest message.
+        ready = [(q[0].seq, g) for g, q in self._groups.items()
+                 if q and not self._busy_groups.get(g)]
+        return [g for _, g in sorted(ready)]
+
+    def _take(self, message: QueueMessage) -> _Entry:
+        entry = self._in_flight.pop(message.receipt, None)
+        if entry is None:
+            raise ValueError(f"receipt {message.receipt!r} is not in flight (already deleted, "
+                             "released, or from an earlier delivery)")
+        entry.receipt = None
+        left = self._busy_groups[entry.group_id] - 1
+        if left:
+            self._busy_groups[entry.group_id] = left
+        else:
+            del self._busy_groups[entry.group_id]
+        return entry
+
+    def delete(self, message: QueueMessage) -> None:
+        entry = self._take(message)
+        queue = self._groups[entry.group_id]
+        queue.remove(entry)
+        if not queue:
+            del self._groups[entry.group_id]
+
+    def release(self, message: QueueMessage) -> None:
+        self._take(message)
+
+    def dead_letter(self, message: QueueMessage, reason: str) -> None:
+        """Move a delivered message to the dead-letter list at once, with the reason."""
+        self.delete(message)
+        self.dead_letters.append(DeadLetter(message.body, message.group_id, message.dedup_id,
+                                            message.message_id, reason))

@@ -1,0 +1,119 @@
+"""The plug points of the runtime, named for their roles."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..models import History, InstanceRecord, InstanceStatus, OperationRecord, OperationState
+
+__all__ = ["Clock", "FifoQueue", "QueueMessage", "StateStore", "Transport"]
+
+
+class Clock(Protocol):
+    """Where the runtime reads the time (seconds since the epoch)."""
+
+    def now(self) -> float:
+        """The current time."""
+        ...
+
+
+class StateStore(Protocol):
+    """Durable state of workflow instances: one instance record and its operation records.
+
+    Every write is conditional, so a repeated write (a redelivered message, a second writer)
+    changes nothing that is already recorded.
+    """
+
+    def create_instance(self, instance: InstanceRecord) -> tuple[InstanceRecord, bool]:
+        """Store ``instance`` unless its id exists. Returns the stored record and whether it
+        was created by this call."""
+        ...
+
+    def get_instance(self, workflow_id: str) -> InstanceRecord | None:
+        """The instance record, or ``None``."""
+        ...
+
+    def load_history(self, workflow_id: str) -> History | None:
+        """The instance and all its operations ordered by ``seq``, in one read."""
+        ...
+
+    def add_operations(self, workflow_id: str, operations: Sequence[OperationRecord],
+                       activation: int) -> None:
+        """Insert operations whose ``op_id`` is not recorded yet; existing ones are kept as
+        they are."""
+        ...
+
+    def record_outcome(self, workflow_id: str, op_id: str, state: OperationState,
+                       result: bytes, activation: int, at: float) -> bool:
+        """Record an operation's outcome if the operation exists and is still pending.
+        Returns whether it was recorded (``False`` for a duplicate or an unknown op)."""
+        ...
+
+    def mark_sent(self, workflow_id: str, op_ids: Sequence[str]) -> None:
+        """Note that the requests of these operations left through the transport."""
+        ...
+
+    def finish(self, workflow_id: str, status: InstanceStatus, result: bytes | None,
+               error: bytes | None, activation: int, at: float) -> bool:
+        """Mark a running instance as finished. Returns ``False`` if it was not running."""
+        ...
+
+    def list_instances(self) -> list[InstanceRecord]:
+        """Every instance, oldest first."""
+        ...
+
+
+class Transport(Protocol):
+    """Where messages go: the workflow's FIFO queue, and services."""
+
+    @property
+    def reply_address(self) -> str:
+        """The address services send replies to (carried in each request)."""
+        ...
+
+    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes) -> None:
+        """Send a message to an instance (FIFO group = ``workflow_id``)."""
+        ...
+
+    def send_to_service(self, service: str, dedup_id: str, body: bytes) -> None:
+        """Send a call request to the named service."""
+        ...
+
+
+@dataclass(slots=True)
+class QueueMessage:
+    """A received message. ``receipt`` identifies this delivery for delete and release."""
+
+    body: bytes
+    group_id: str
+    dedup_id: str
+    message_id: str
+    receipt: str
+    receive_count: int
+
+
+class FifoQueue(Protocol):
+    """A FIFO queue with message groups and deduplication, as SQS FIFO behaves.
+
+    Messages of one group are delivered in order, and none is delivered while another of its
+    group is in flight. A message sent again with a deduplication id seen within the window is
+    dropped.
+    """
+
+    def send(self, body: bytes, *, group_id: str, dedup_id: str) -> str | None:
+        """Enqueue; returns the message id, or ``None`` if dropped as a duplicate."""
+        ...
+
+    def receive(self, max_messages: int = 10) -> list[QueueMessage]:
+        """Up to ``max_messages`` (1 to 10) visible messages, in group order."""
+        ...
+
+    def delete(self, message: QueueMessage) -> None:
+        """Remove a delivered message for good."""
+        ...
+
+    def release(self, message: QueueMessage) -> None:
+        """Make a delivered message visible again (it will be redelivered)."""
+        ...

@@ -1,0 +1,186 @@
+"""The embedded default state store: SQLite (stdlib), WAL mode for files."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..models import History, InstanceRecord, InstanceStatus, OperationRecord, OperationState
+
+__all__ = ["SQLiteStateStore"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    workflow_id   TEXT PRIMARY KEY,
+    workflow_name TEXT NOT NULL,
+    input         BLOB NOT NULL,
+    input_digest  TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    result        BLOB,
+    error         BLOB,
+    created_at    REAL NOT NULL,
+    updated_at    REAL NOT NULL,
+    activations   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS operations (
+    workflow_id    TEXT NOT NULL REFERENCES instances(workflow_id),
+    op_id          TEXT NOT NULL,
+    seq            INTEGER NOT NULL,
+    kind           TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    request        BLOB NOT NULL,
+    request_digest TEXT NOT NULL,
+    site           TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    sent           INTEGER NOT NULL,
+    result         BLOB,
+    created_in     INTEGER NOT NULL,
+    resolved_in    INTEGER,
+    created_at     REAL NOT NULL,
+    resolved_at    REAL,
+    PRIMARY KEY (workflow_id, op_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS operations_by_seq ON operations (workflow_id, seq);
+"""
+
+_INSTANCE_COLS = ("workflow_id, workflow_name, input, input_digest, status, result, error, "
+                  "created_at, updated_at, activations")
+_OP_COLS = ("workflow_id, op_id, seq, kind, name, request, request_digest, site, state, sent, "
+            "result, created_in, resolved_in, created_at, resolved_at")
+
+
+def _instance(row: Any) -> InstanceRecord:
+    (wid, name, inp, digest, status, result, error, created, updated, activations) = row
+    return InstanceRecord(wid, name, inp, digest, InstanceStatus(status), result, error,
+                          created, updated, activations)
+
+
+def _operation(row: Any) -> OperationRecord:
+    (wid, op_id, seq, kind, name, request, digest, site, state, sent, result, created_in,
+     resolved_in, created_at, resolved_at) = row
+    return OperationRecord(
+        wid, op_id, seq, kind, name, request, digest, site,
+        OperationState(state), bool(sent), result, created_in, resolved_in,
+        created_at, resolved_at)
+
+
+class SQLiteStateStore:
+    """A :class:`~lambda_workflow.backends.StateStore` in one SQLite database.
+
+    Args:
+        path: A database file (created if missing; WAL journal) or ``":memory:"``.
+    """
+
+    def __init__(self, path: str | Path = ":memory:") -> None:
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        if self.path != ":memory:":
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path}: schema version {version} is newer than this "
+                               f"lambda-workflow understands ({SCHEMA_VERSION}); upgrade it")
+        with self._transaction():
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    self._db.execute(stmt)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def create_instance(self, instance: InstanceRecord) -> tuple[InstanceRecord, bool]:
+        i = instance
+        with self._transaction() as db:
+            cur = db.execute(
+                f"INSERT OR IGNORE INTO instances ({_INSTANCE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (i.workflow_id, i.workflow_name, i.input, i.input_digest, i.status.value,
+                 i.result, i.error, i.created_at, i.updated_at, i.activations))
+            created = cur.rowcount == 1
+            row = db.execute(f"SELECT {_INSTANCE_COLS} FROM instances WHERE workflow_id=?",
+                             (i.workflow_id,)).fetchone()
+        return _instance(row), created
+
+    def get_instance(self, workflow_id: str) -> InstanceRecord | None:
+        row = self._db.execute(f"SELECT {_INSTANCE_COLS} FROM instances WHERE workflow_id=?",
+                               (workflow_id,)).fetchone()
+        return None if row is None else _instance(row)
+
+    def load_history(self, workflow_id: str) -> History | None:
+        # One read transaction, so the instance and its operations are consistent.
+        with self._transaction() as db:
+            row = db.execute(f"SELECT {_INSTANCE_COLS} FROM instances WHERE workflow_id=?",
+                             (workflow_id,)).fetchone()
+            if row is None:
+                return None
+            ops = db.execute(f"SELECT {_OP_COLS} FROM operations WHERE workflow_id=? "
+                             "ORDER BY seq", (workflow_id,)).fetchall()
+        return History(_instance(row), [_operation(op) for op in ops])
+
+    def _touch(self, db: sqlite3.Connection, workflow_id: str, activation: int) -> None:
+        cur = db.execute("UPDATE instances SET activations=MAX(activations, ?) "
+                         "WHERE workflow_id=?", (activation, workflow_id))
+        if cur.rowcount != 1:
+            raise KeyError(f"no workflow instance {workflow_id!r}")
+
+    def add_operations(self, workflow_id: str, operations: Sequence[OperationRecord],
+                       activation: int) -> None:
+        with self._transaction() as db:
+            self._touch(db, workflow_id, activation)
+            db.executemany(
+                f"INSERT OR IGNORE INTO operations ({_OP_COLS}) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(workflow_id, o.op_id, o.seq, o.kind, o.name, o.request, o.request_digest,
+                  o.site, o.state.value, int(o.sent), o.result, o.created_in, o.resolved_in,
+                  o.created_at, o.resolved_at) for o in operations])
+
+    def record_outcome(self, workflow_id: str, op_id: str, state: OperationState,
+                       result: bytes, activation: int, at: float) -> bool:
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE operations SET state=?, result=?, resolved_in=?, resolved_at=? "
+                "WHERE workflow_id=? AND op_id=? AND state=?",
+                (state.value, result, activation, at, workflow_id, op_id,
+                 OperationState.PENDING.value))
+            if cur.rowcount != 1:
+                return False
+            self._touch(db, workflow_id, activation)
+        return True
+
+    def mark_sent(self, workflow_id: str, op_ids: Sequence[str]) -> None:
+        with self._transaction() as db:
+            db.executemany("UPDATE operations SET sent=1 WHERE workflow_id=? AND op_id=?",
+                           [(workflow_id, op_id) for op_id in op_ids])
+
+    def finish(self, workflow_id: str, status: InstanceStatus, result: bytes | None,
+               error: bytes | None, activation: int, at: float) -> bool:
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE instances SET status=?, result=?, error=?, updated_at=?, "
+                "activations=MAX(activations, ?) WHERE workflow_id=? AND status=?",
+                (status.value, result, error, at, activation, workflow_id,
+                 InstanceStatus.RUNNING.value))
+            return cur.rowcount == 1
+
+    def list_instances(self) -> list[InstanceRecord]:
+        rows = self._db.execute(
+            f"SELECT {_INSTANCE_COLS} FROM instances ORDER BY created_at, workflow_id").fetchall()
+        return [_instance(r) for r in rows]

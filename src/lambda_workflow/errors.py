@@ -1,0 +1,136 @@
+"""The package's exceptions. Every one derives from :class:`WorkflowError`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "CallTimeoutError",
+    "InvalidMessageError",
+    "InvalidRequestError",
+    "NonDeterminismError",
+    "PayloadTooLargeError",
+    "ServiceError",
+    "UnknownCallError",
+    "UnknownWorkflowError",
+    "WorkflowAlreadyStartedError",
+    "WorkflowError",
+    "WorkflowFailedError",
+    "WorkflowNotFinishedError",
+    "WorkflowNotFoundError",
+]
+
+
+class WorkflowError(Exception):
+    """Base class of every exception raised by lambda-workflow."""
+
+
+class ServiceError(WorkflowError):
+    """A service replied with an error.
+
+    Raised inside the workflow at the ``await`` of the call. The workflow may catch it; on
+    replay the same error (same type name, message and details) is raised again at the same
+    point, so the workflow takes the same branch.
+
+    Attributes:
+        error_type: The name of the error the service reported (for a Python service, the
+            class name of the exception it raised).
+        message: The service's human-readable message.
+        details: Optional JSON details the service attached.
+        service: The name of the service that failed, when known.
+        call_id: The id of the call that failed, when known.
+    """
+
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        details: Any = None,
+        *,
+        service: str | None = None,
+        call_id: str | None = None,
+    ) -> None:
+        self.error_type = error_type
+        self.message = message
+        self.details = details
+        self.service = service
+        self.call_id = call_id
+        where = f" (service {service!r}, call {call_id})" if service else ""
+        super().__init__(f"{error_type}: {message}{where}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_service_error, (self.error_type, self.message, self.details,
+                                         self.service, self.call_id))
+
+
+def _rebuild_service_error(
+    error_type: str, message: str, details: Any, service: str | None, call_id: str | None
+) -> ServiceError:
+    return ServiceError(error_type, message, details, service=service, call_id=call_id)
+
+
+class NonDeterminismError(WorkflowError):
+    """The workflow's code no longer produces the operations its history recorded.
+
+    The message names the workflow, the position of the operation, the file and line of the
+    new code, and what the history recorded there (kind, name, request), so the change can be
+    found without a debugger.
+    """
+
+
+class CallTimeoutError(WorkflowError):
+    """A call did not receive its reply within its timeout."""
+
+
+class PayloadTooLargeError(WorkflowError):
+    """A request, result or message exceeds the byte limit of the store or the queue."""
+
+
+class InvalidRequestError(WorkflowError, ValueError):
+    """A request does not validate against the type the workflow or service declares."""
+
+
+class InvalidMessageError(WorkflowError, ValueError):
+    """A queue message is not a well-formed lambda-workflow message."""
+
+
+class UnknownWorkflowError(WorkflowError, LookupError):
+    """A workflow name is not registered with the runtime."""
+
+
+class UnknownCallError(WorkflowError, LookupError):
+    """A reply names a call id that the workflow never made."""
+
+
+class WorkflowNotFoundError(WorkflowError, LookupError):
+    """No workflow instance exists with the given id."""
+
+
+class WorkflowAlreadyStartedError(WorkflowError):
+    """A workflow id was started again with a different workflow or a different input."""
+
+
+class WorkflowNotFinishedError(WorkflowError):
+    """The result of a workflow that is still running was asked for."""
+
+
+class WorkflowFailedError(WorkflowError):
+    """The workflow ended with an error; raised by ``result()``.
+
+    Attributes:
+        workflow_id: The instance that failed.
+        error_type: The type name of the error that ended it.
+        message: Its message.
+        details: Optional JSON details (for a :class:`ServiceError`, the service's details).
+    """
+
+    def __init__(self, workflow_id: str, error_type: str, message: str, details: Any = None):
+        self.workflow_id = workflow_id
+        self.error_type = error_type
+        self.message = message
+        self.details = details
+        super().__init__(f"workflow {workflow_id!r} failed with {error_type}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (WorkflowFailedError, (self.workflow_id, self.error_type, self.message,
+                                      self.details))

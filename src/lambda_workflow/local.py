@@ -1,0 +1,482 @@
+"""The embedded runtime: SQLite state, in-process FIFO queues, a virtual clock.
+
+Everything a deployment on AWS does happens here too, in one process: workflows suspend and
+replay, requests leave as messages on a service's queue, services reply with messages on the
+workflow's FIFO queue (message group = workflow id, deterministic deduplication ids), and
+malformed or poison messages end in a dead-letter list with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import orjson
+import pydantic
+import pydantic_core
+
+from . import _core
+from ._runtime.clock import VirtualClock
+from ._runtime.engine import ActivationReport, Engine, start_message_body
+from ._runtime.replay import error_payload
+from .backends.memory import DeadLetter, InMemoryFifoQueue
+from .backends.protocols import QueueMessage, StateStore, Transport
+from .backends.sqlite import SQLiteStateStore
+from .errors import (
+    InvalidMessageError,
+    InvalidRequestError,
+    ServiceError,
+    UnknownWorkflowError,
+    WorkflowAlreadyStartedError,
+    WorkflowError,
+    WorkflowFailedError,
+    WorkflowNotFinishedError,
+    WorkflowNotFoundError,
+)
+from .models import (
+    CallRequestMessage,
+    History,
+    InstanceRecord,
+    InstanceStatus,
+    WorkflowMessage,
+    parse_call_request,
+    parse_workflow_message,
+)
+from .service import Service, type_name
+from .workflow import Workflow
+
+__all__ = ["LocalRuntime", "LocalTransport", "ServiceInvocation", "WorkflowHandle"]
+
+ReqT = TypeVar("ReqT")
+RespT = TypeVar("RespT")
+ResT = TypeVar("ResT")
+
+ServiceFunction = Callable[[ReqT], Awaitable[RespT]] | Callable[[ReqT], RespT]
+LOCAL_REPLY_ADDRESS = "local:workflows"
+
+
+@dataclass(slots=True, frozen=True)
+class ServiceInvocation:
+    """One run of a service implementation on the local runtime (for output and tests)."""
+
+    service: str
+    workflow_id: str
+    call_id: str
+    request: bytes
+    ok: bool
+    reply: bytes
+
+
+class LocalTransport:
+    """A :class:`~lambda_workflow.backends.Transport` onto in-process queues: one FIFO queue
+    for workflows, one queue per service."""
+
+    def __init__(self, workflow_queue: InMemoryFifoQueue,
+                 service_queue: Callable[[str], InMemoryFifoQueue]) -> None:
+        self._workflow_queue = workflow_queue
+        self._service_queue = service_queue
+
+    @property
+    def reply_address(self) -> str:
+        return LOCAL_REPLY_ADDRESS
+
+    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes) -> None:
+        self._workflow_queue.send(body, group_id=workflow_id, dedup_id=dedup_id)
+
+    def send_to_service(self, service: str, dedup_id: str, body: bytes) -> None:
+        # Each request is its own group: services handle requests concurrently, not in order.
+        self._service_queue(service).send(body, group_id=dedup_id, dedup_id=dedup_id)
+
+
+class WorkflowHandle(Generic[ResT]):
+    """A started workflow instance, typed by its result."""
+
+    __slots__ = ("_runtime", "workflow", "workflow_id")
+
+    def __init__(self, runtime: LocalRuntime, workflow: Workflow[Any, ResT],
+                 workflow_id: str) -> None:
+        self._runtime = runtime
+        self.workflow = workflow
+        self.workflow_id = workflow_id
+
+    def status(self) -> InstanceStatus:
+        """The instance's status."""
+        return self._runtime.status(self.workflow_id)
+
+    def result(self) -> ResT:
+        """The typed result; raises like :meth:`LocalRuntime.result`."""
+        return self._runtime._result(self.workflow_id, self.workflow)
+
+    def history(self) -> History:
+        """The recorded history."""
+        return self._runtime.history(self.workflow_id)
+
+    def __repr__(self) -> str:
+        return f"<WorkflowHandle {self.workflow.name} {self.workflow_id!r}>"
+
+
+class LocalRuntime:
+    """Run workflows on one machine, durably, with the same protocol as on AWS.
+
+    Example:
+        >>> rt = LocalRuntime("state.sqlite3")
+        >>> rt.register(make_transaction)
+        >>> rt.implement(balance_service, get_balance)
+        >>> handle = rt.start(make_transaction, tx, workflow_id="tx-1")
+        >>> rt.run_until_idle()
+        >>> handle.result()
+
+    Args:
+        database: The SQLite file holding workflow state, or ``":memory:"`` (the default).
+        store: Use this state store instead of SQLite (e.g. a ``MemoryStateStore``).
+        clock: The virtual clock (default: starts at the wall clock's time and moves only with
+            :meth:`advance_time`).
+        max_receives: Deliveries of a message before it is dead-lettered as poison.
+        on_event: Called with every :class:`ActivationReport`, :class:`ServiceInvocation` and
+            :class:`DeadLetter`, in order (the CLI prints them).
+    """
+
+    def __init__(
+        self,
+        database: str | Path = ":memory:",
+        *,
+        store: StateStore | None = None,
+        clock: VirtualClock | None = None,
+        max_receives: int = 5,
+        on_event: Callable[[ActivationReport | ServiceInvocation | DeadLetter], None]
+        | None = None,
+    ) -> None:
+        self.clock = clock or VirtualClock()
+        self.store: StateStore = store if store is not None else SQLiteStateStore(database)
+        self._on_event = on_event
+        self.queue = InMemoryFifoQueue(clock=self.clock, max_receives=max_receives)
+        self._service_queues: dict[str, InMemoryFifoQueue] = {}
+        self._max_receives = max_receives
+        self._workflows: dict[str, Workflow[Any, Any]] = {}
+        self._services: dict[str, tuple[Service[Any, Any], Callable[[Any], Any]]] = {}
+        self.engine = Engine(self.store, LocalTransport(self.queue, self.service_queue),
+                             self._workflows, self.clock)
+        self.invocations: list[ServiceInvocation] = []
+        self._last_errors: dict[str, str] = {}
+        self._aio: asyncio.AbstractEventLoop | None = None
+
+    # -- setup -----------------------------------------------------------------------------
+    @property
+    def transport(self) -> Transport:
+        """The transport activations and services send through."""
+        return self.engine.transport
+
+    def service_queue(self, service: str) -> InMemoryFifoQueue:
+        """The request queue of a service (created on first use)."""
+        queue = self._service_queues.get(service)
+        if queue is None:
+            queue = self._service_queues[service] = InMemoryFifoQueue(
+                clock=self.clock, max_receives=self._max_receives)
+        return queue
+
+    def register(self, *workflows: Workflow[Any, Any]) -> None:
+        """Make workflows runnable here. Registering two different workflows under one name
+        is an error."""
+        for wf in workflows:
+            if not isinstance(wf, Workflow):
+                raise TypeError(f"register() takes @workflow objects, got {wf!r}")
+            existing = self._workflows.get(wf.name)
+            if existing is not None and existing is not wf:
+                raise ValueError(f"a different workflow is already registered as {wf.name!r}")
+            self._workflows[wf.name] = wf
+
+    def implement(self, service: Service[ReqT, RespT], fn: ServiceFunction[ReqT, RespT]) -> None:
+        """Run ``fn`` for every request to ``service``, as if it were a remote service.
+
+        ``fn`` receives the validated request and returns the response (it may be ``async``).
+        An exception becomes an error reply: a :class:`ServiceError` keeps its type, message
+        and details; any other exception reports its class name and message.
+        """
+        if service.name in self._services and self._services[service.name][0] is not service:
+            raise ValueError(f"service {service.name!r} is already implemented")
+        self._services[service.name] = (service, fn)
+
+    # -- starting and reading --------------------------------------------------------------
+    def start(self, workflow: Workflow[ReqT, ResT], request: ReqT, *,
+              workflow_id: str | None = None) -> WorkflowHandle[ResT]:
+        """Start an instance (idempotent per ``workflow_id``).
+
+        Starting an existing id with the same workflow and input returns the existing
+        instance; with a different one it raises :class:`WorkflowAlreadyStartedError`.
+
+        Raises:
+            UnknownWorkflowError: ``workflow`` is not registered.
+            InvalidRequestError: ``request`` is not a valid input of the workflow.
+        """
+        if self._workflows.get(getattr(workflow, "name", None)) is not workflow:  # type: ignore[arg-type]
+            raise UnknownWorkflowError(
+                f"workflow {getattr(workflow, 'name', workflow)!r} is not registered with this "
+                f"runtime (registered: {', '.join(sorted(self._workflows)) or 'none'}); call "
+                "runtime.register(...) first")
+        try:
+            payload = _core.encode_value(
+                workflow.request_adapter, workflow.request_adapter.validate_python(request))
+        except (pydantic.ValidationError, pydantic_core.PydanticSerializationError) as exc:
+            raise InvalidRequestError(
+                f"the input of workflow {workflow.name!r} is not a valid "
+                f"{type_name(workflow.request_type)}: {exc}") from None
+        workflow_id = workflow_id or f"{workflow.name}-{uuid.uuid4().hex[:12]}"
+        digest = _core.digest(payload)
+        now = self.clock.now()
+        inst, created = self.store.create_instance(InstanceRecord(
+            workflow_id, workflow.name, payload, digest, created_at=now, updated_at=now))
+        if not created and (inst.workflow_name != workflow.name or inst.input_digest != digest):
+            what = ("workflow " + repr(inst.workflow_name)
+                    if inst.workflow_name != workflow.name else "a different input")
+            raise WorkflowAlreadyStartedError(
+                f"workflow id {workflow_id!r} is already used by an instance with {what}; "
+                f"starting it again needs the same workflow and input, or a new id")
+        self.transport.send_to_workflow(workflow_id, _core.dedup_id(workflow_id, "start", ""),
+                                        start_message_body(workflow_id, workflow.name, payload))
+        return WorkflowHandle(self, workflow, workflow_id)
+
+    def _instance(self, workflow_id: str) -> InstanceRecord:
+        inst = self.store.get_instance(workflow_id)
+        if inst is None:
+            raise WorkflowNotFoundError(f"no workflow instance {workflow_id!r}")
+        return inst
+
+    def status(self, workflow_id: str) -> InstanceStatus:
+        """The status of an instance."""
+        return self._instance(workflow_id).status
+
+    def history(self, workflow_id: str) -> History:
+        """The instance and its recorded operations."""
+        history = self.store.load_history(workflow_id)
+        if history is None:
+            raise WorkflowNotFoundError(f"no workflow instance {workflow_id!r}")
+        return history
+
+    def result(self, workflow_id: str) -> object:
+        """The result of a completed instance (use the handle from :meth:`start` for a
+        typed result).
+
+        Raises:
+            WorkflowFailedError: the workflow failed or was cancelled; carries the error's
+                type, message and details.
+            WorkflowNotFinishedError: it is still running.
+        """
+        inst = self._instance(workflow_id)
+        wf = self._workflows.get(inst.workflow_name)
+        if wf is None:
+            raise UnknownWorkflowError(f"workflow {inst.workflow_name!r} of instance "
+                                       f"{workflow_id!r} is not registered")
+        return self._result(workflow_id, wf)
+
+    def _result(self, workflow_id: str, workflow: Workflow[Any, ResT]) -> ResT:
+        inst = self._instance(workflow_id)
+        if inst.status is InstanceStatus.COMPLETED:
+            value: ResT = _core.decode_value(workflow.result_adapter, inst.result or b"null")
+            return value
+        if inst.status is InstanceStatus.RUNNING:
+            raise WorkflowNotFinishedError(f"workflow {workflow_id!r} is still running")
+        err = orjson.loads(inst.error or b"{}")
+        raise WorkflowFailedError(workflow_id, err.get("type", "Error"), err.get("message", ""),
+                                  err.get("details"))
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Messages that were rejected or poison, with the reason, oldest first."""
+        out = list(self.queue.dead_letters)
+        for queue in self._service_queues.values():
+            out.extend(queue.dead_letters)
+        return out
+
+    def advance_time(self, seconds: float) -> None:
+        """Move the virtual clock forward."""
+        self.clock.advance(seconds)
+
+    # -- running ---------------------------------------------------------------------------
+    def run_until_idle(self, *, max_rounds: int = 100_000) -> list[ActivationReport]:
+        """Deliver messages and run services until nothing is left to do.
+
+        Returns the activations that ran, in order. Requests to services that have no
+        implementation stay on their queue.
+        """
+        reports: list[ActivationReport] = []
+        for _ in range(max_rounds):
+            progressed = self.step_workflows(reports)
+            progressed = self.step_services() or progressed
+            if not progressed:
+                return reports
+        raise WorkflowError(f"run_until_idle did not settle within {max_rounds} rounds")
+
+    def step_workflows(self, reports: list[ActivationReport] | None = None) -> bool:
+        """Receive one batch from the workflow queue and activate each instance in it, as a
+        Lambda invocation would. Returns whether any message was received."""
+        dead_before = len(self.queue.dead_letters)
+        batch = self.queue.receive(10)
+        self._after_dead_letters(self.queue, dead_before)
+        if not batch:
+            return dead_before != len(self.queue.dead_letters)
+        groups: dict[str, list[QueueMessage]] = {}
+        for message in batch:
+            groups.setdefault(message.group_id, []).append(message)
+        for workflow_id, received in groups.items():
+            report = self._activate(workflow_id, received)
+            if report is not None and reports is not None:
+                reports.append(report)
+        return True
+
+    def _activate(self, workflow_id: str,
+                  received: list[QueueMessage]) -> ActivationReport | None:
+        parsed: list[WorkflowMessage] = []
+        kept: list[QueueMessage] = []
+        for message in received:
+            try:
+                msg = parse_workflow_message(message.body)
+                if msg.workflow_id != workflow_id:
+                    raise InvalidMessageError(
+                        f"message for workflow {msg.workflow_id!r} arrived in group "
+                        f"{workflow_id!r}; the group id must be the workflow id")
+            except InvalidMessageError as exc:
+                self._dead_letter(self.queue, message, str(exc))
+                continue
+            parsed.append(msg)
+            kept.append(message)
+        if not parsed:
+            return None
+        try:
+            report = self.engine.activate(workflow_id, parsed)
+        except Exception as exc:
+            # The activation did not finish: every message of the group goes back (the FIFO
+            # rule) and is delivered again; repeated failure ends in the dead-letter list.
+            for message in kept:
+                self._last_errors[message.message_id] = f"{type(exc).__name__}: {exc}"
+                self.queue.release(message)
+            return None
+        for i, message in enumerate(kept):
+            if i in report.rejected:
+                self._dead_letter(self.queue, message, report.rejected[i])
+            else:
+                self.queue.delete(message)
+        self._emit(report)
+        return report
+
+    def step_services(self) -> bool:
+        """Receive one batch from each implemented service's queue and run the service on
+        each request. Returns whether any request was received."""
+        progressed = False
+        for name, (service, fn) in list(self._services.items()):
+            queue = self.service_queue(name)
+            dead_before = len(queue.dead_letters)
+            batch = queue.receive(10)
+            self._after_dead_letters(queue, dead_before)
+            for message in batch:
+                progressed = True
+                try:
+                    request = parse_call_request(message.body)
+                except InvalidMessageError as exc:
+                    self._dead_letter(queue, message, str(exc))
+                    continue
+                try:
+                    self._serve(service, fn, request)
+                except Exception as exc:
+                    self._last_errors[message.message_id] = f"{type(exc).__name__}: {exc}"
+                    queue.release(message)
+                    continue
+                queue.delete(message)
+        return progressed
+
+    def _serve(self, service: Service[Any, Any], fn: Callable[[Any], Any],
+               request: CallRequestMessage) -> None:
+        ok, reply = True, b""
+        try:
+            value = service.request_adapter.validate_python(request.request)
+        except pydantic.ValidationError as exc:
+            ok, reply = False, orjson.dumps({
+                "type": "InvalidRequest", "details": None,
+                "message": f"request to {service.name!r} is not a valid "
+                           f"{type_name(service.request_type)}: {exc}"})
+        else:
+            try:
+                response = fn(value)
+                if inspect.isawaitable(response):
+                    response = self._run_async(response)
+                reply = _core.encode_value(service.response_adapter, response)
+            except ServiceError as exc:
+                ok, reply = False, orjson.dumps({"type": exc.error_type, "message": exc.message,
+                                                 "details": exc.details}, default=repr)
+            except Exception as exc:
+                ok, reply = False, error_payload(exc)
+        invocation = ServiceInvocation(service.name, request.workflow_id, request.call_id,
+                                       orjson.dumps(request.request), ok, reply)
+        self.invocations.append(invocation)
+        self._emit(invocation)
+        field = b'"value":' if ok else b'"error":'
+        body = (b'{"v":1,"kind":"call_result","workflow_id":' + orjson.dumps(request.workflow_id)
+                + b',"call_id":' + orjson.dumps(request.call_id) + b',"ok":'
+                + (b"true," if ok else b"false,") + field + reply + b"}")
+        self.transport.send_to_workflow(
+            request.workflow_id, _core.dedup_id(request.workflow_id, "call_result",
+                                                request.call_id), body)
+
+    def _run_async(self, awaitable: Awaitable[Any]) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise WorkflowError("LocalRuntime runs async services on its own event loop; call "
+                                "run_until_idle() from synchronous code (not inside a running "
+                                "event loop)")
+        if self._aio is None:
+            self._aio = asyncio.new_event_loop()
+
+        async def wrap() -> Any:
+            return await awaitable
+
+        return self._aio.run_until_complete(wrap())
+
+    def _dead_letter(self, queue: InMemoryFifoQueue, message: QueueMessage, reason: str) -> None:
+        queue.dead_letter(message, reason)
+        self._emit(queue.dead_letters[-1])
+
+    def _after_dead_letters(self, queue: InMemoryFifoQueue, before: int) -> None:
+        """Poison messages moved by the queue's redrive policy: fail their instance."""
+        for letter in queue.dead_letters[before:]:
+            self._emit(letter)
+            if queue is not self.queue:
+                continue
+            inst = self.store.get_instance(letter.group_id)
+            if inst is None or inst.status is not InstanceStatus.RUNNING:
+                continue
+            kind: str
+            try:
+                kind = parse_workflow_message(letter.body).kind
+            except InvalidMessageError:
+                kind = "unparsable"
+            last = self._last_errors.get(letter.message_id, "unknown error")
+            error = orjson.dumps({"type": "PoisonMessage", "details": None, "message": (
+                f"a {kind} message failed {self._max_receives} times and was moved to the "
+                f"dead-letter queue; last error: {last}")})
+            self.store.finish(letter.group_id, InstanceStatus.FAILED, None, error,
+                              inst.activations, self.clock.now())
+
+    def _emit(self, event: ActivationReport | ServiceInvocation | DeadLetter) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
+
+    def close(self) -> None:
+        """Release the database and the event loop."""
+        if self._aio is not None:
+            self._aio.close()
+            self._aio = None
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> LocalRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,237 @@
+"""Wire messages (pydantic, the boundary any language can speak) and history records.
+
+The JSON shapes here are the protocol documented in ``docs/protocol.md``. History records are
+plain slotted dataclasses: they are built by the thousand when an activation loads a long
+history, and their payloads stay as the JSON bytes that were recorded.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import orjson
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from .errors import InvalidMessageError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "CallRequestMessage",
+    "CallResultMessage",
+    "CallbackCompletedMessage",
+    "CancelMessage",
+    "ErrorInfo",
+    "InstanceRecord",
+    "InstanceStatus",
+    "OperationRecord",
+    "OperationState",
+    "StartMessage",
+    "TimerFiredMessage",
+    "WorkflowMessage",
+    "parse_call_request",
+    "parse_workflow_message",
+]
+
+PROTOCOL_VERSION = 1
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = 1
+    workflow_id: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class ErrorInfo(BaseModel):
+    """An error as it travels and as it is recorded: its type name, message and details."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Annotated[str, Field(min_length=1)]
+    message: str
+    details: JsonValue = None
+
+
+class StartMessage(_Message):
+    """Starts (or, for an existing id, wakes) a workflow instance."""
+
+    kind: Literal["start"] = "start"
+    workflow: Annotated[str, Field(min_length=1)]
+    input: JsonValue = None
+
+
+class CallResultMessage(_Message):
+    """A service's reply to a call: ``ok`` with a ``value``, or not ``ok`` with an ``error``."""
+
+    kind: Literal["call_result"] = "call_result"
+    call_id: Annotated[str, Field(min_length=1)]
+    ok: bool
+    value: JsonValue = None
+    error: ErrorInfo | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _error_iff_not_ok(self) -> CallResultMessage:
+        if self.ok and self.error is not None:
+            raise ValueError("a reply with ok=true must not carry an error")
+        if not self.ok and self.error is None:
+            raise ValueError("a reply with ok=false must carry an error {type, message}")
+        return self
+
+
+class TimerFiredMessage(_Message):
+    """A durable timer of the workflow has fired."""
+
+    kind: Literal["timer_fired"] = "timer_fired"
+    timer_id: Annotated[str, Field(min_length=1)]
+
+
+class CallbackCompletedMessage(_Message):
+    """An external system completed (or failed) a callback, identified by its signed token."""
+
+    kind: Literal["callback_completed"] = "callback_completed"
+    token: Annotated[str, Field(min_length=1)]
+    ok: bool
+    value: JsonValue = None
+    error: ErrorInfo | None = None
+
+
+class CancelMessage(_Message):
+    """Asks for the workflow instance to be cancelled."""
+
+    kind: Literal["cancel"] = "cancel"
+    reason: str = ""
+
+
+WorkflowMessage = Annotated[
+    StartMessage | CallResultMessage | TimerFiredMessage | CallbackCompletedMessage | CancelMessage,
+    Field(discriminator="kind"),
+]
+_WORKFLOW_MESSAGE: pydantic.TypeAdapter[WorkflowMessage] = pydantic.TypeAdapter(WorkflowMessage)
+MESSAGE_KINDS = ("start", "call_result", "timer_fired", "callback_completed", "cancel")
+
+
+class CallRequestMessage(_Message):
+    """A request from a workflow to a service. The service replies with a
+    :class:`CallResultMessage` carrying the same ``workflow_id`` and ``call_id``."""
+
+    kind: Literal["call"] = "call"
+    call_id: Annotated[str, Field(min_length=1)]
+    service: Annotated[str, Field(min_length=1)]
+    request: JsonValue = None
+    reply_to: str | None = None
+
+
+def _load_object(body: bytes | str, what: str) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        preview = body[:80] if isinstance(body, str) else body[:80].decode("utf-8", "replace")
+        raise InvalidMessageError(f"{what} is not valid JSON ({exc}): {preview!r}") from None
+    if not isinstance(data, dict):
+        raise InvalidMessageError(f"{what} must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _describe(exc: pydantic.ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(message)'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+def parse_workflow_message(body: bytes | str) -> WorkflowMessage:
+    """Parse one message from a workflow queue.
+
+    Raises:
+        InvalidMessageError: the body is not JSON, names an unknown ``kind``, or a field is
+            missing or of the wrong type. The message says which.
+    """
+    data = _load_object(body, "workflow message")
+    kind = data.get("kind")
+    if kind not in MESSAGE_KINDS:
+        raise InvalidMessageError(
+            f"unknown message kind {kind!r}; expected one of {', '.join(MESSAGE_KINDS)}"
+        )
+    try:
+        return _WORKFLOW_MESSAGE.validate_python(data)
+    except pydantic.ValidationError as exc:
+        raise InvalidMessageError(f"malformed {kind} message: {_describe(exc)}") from None
+
+
+def parse_call_request(body: bytes | str) -> CallRequestMessage:
+    """Parse a request message as a service receives it."""
+    data = _load_object(body, "call request")
+    if data.get("kind") != "call":
+        raise InvalidMessageError(f"expected a message of kind 'call', got {data.get('kind')!r}")
+    try:
+        return CallRequestMessage.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise InvalidMessageError(f"malformed call request: {_describe(exc)}") from None
+
+
+class InstanceStatus(enum.StrEnum):
+    """The lifecycle of a workflow instance."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class OperationState(enum.StrEnum):
+    """The state of one recorded operation."""
+
+    PENDING = "pending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class InstanceRecord:
+    """One workflow instance as the state store keeps it."""
+
+    workflow_id: str
+    workflow_name: str
+    input: bytes
+    input_digest: str
+    status: InstanceStatus = InstanceStatus.RUNNING
+    result: bytes | None = None
+    error: bytes | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    activations: int = 0
+
+
+@dataclass(slots=True)
+class OperationRecord:
+    """One durable operation: what was asked (kind, name, request) and, once known, its outcome.
+
+    ``result`` holds the JSON value for a completed operation and the JSON error
+    (``{"type", "message", "details"}``) for a failed one.
+    """
+
+    workflow_id: str
+    op_id: str
+    seq: int
+    kind: str
+    name: str
+    request: bytes
+    request_digest: str
+    site: str = ""
+    state: OperationState = OperationState.PENDING
+    sent: bool = False
+    result: bytes | None = None
+    created_in: int = 0
+    resolved_in: int | None = None
+    created_at: float = 0.0
+    resolved_at: float | None = None
+
+
+@dataclass(slots=True)
+class History:
+    """An instance with its operations in the order the workflow created them."""
+
+    instance: InstanceRecord
+    operations: list[OperationRecord] = field(default_factory=list)

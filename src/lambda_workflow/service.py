@@ -1,0 +1,66 @@
+"""Typed handles to remote services."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar, overload
+
+import pydantic
+
+__all__ = ["Service"]
+
+ReqT = TypeVar("ReqT")
+RespT = TypeVar("RespT")
+
+
+def type_name(tp: object) -> str:
+    """A readable name of a type for error messages (``Balance``, ``list[int]``, ``None``)."""
+    if tp is None or tp is type(None):
+        return "None"
+    if isinstance(tp, type):
+        return tp.__qualname__
+    return repr(tp).replace("typing.", "")
+
+
+class Service(Generic[ReqT, RespT]):
+    """A typed handle to an asynchronous service.
+
+    A ``Service`` says what a service is called and what it accepts and returns; it says
+    nothing about where the service runs (an async function on the local runtime, a Lambda
+    function or a program in any language on AWS). Request and response types are anything
+    pydantic validates: models, dataclasses, TypedDicts, primitives or ``None``.
+
+    Example:
+        >>> balance_service = Service("balance", BankTransaction, Balance)
+
+    Args:
+        name: The service's name; requests are routed by it.
+        request_type: The type of the requests the service accepts.
+        response_type: The type of its replies, ``None`` for a service that returns nothing.
+    """
+
+    __slots__ = ("name", "request_adapter", "request_type", "response_adapter", "response_type")
+
+    @overload
+    def __init__(
+        self: Service[ReqT, None], name: str, request_type: type[ReqT], response_type: None, /
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self, name: str, request_type: type[ReqT], response_type: type[RespT], /
+    ) -> None: ...
+
+    def __init__(self, name: str, request_type: Any, response_type: Any, /) -> None:
+        if not isinstance(name, str) or not name or len(name) > 80:
+            raise ValueError(f"a service name must be a non-empty string of at most 80 characters, "
+                             f"got {name!r}")
+        self.name = name
+        self.request_type: object = request_type
+        self.response_type: object = response_type
+        # Adapters are built once per service, never per call.
+        self.request_adapter: pydantic.TypeAdapter[ReqT] = pydantic.TypeAdapter(request_type)
+        self.response_adapter: pydantic.TypeAdapter[RespT] = pydantic.TypeAdapter(response_type)
+
+    def __repr__(self) -> str:
+        return (f"Service({self.name!r}, {type_name(self.request_type)}, "
+                f"{type_name(self.response_type)})")
