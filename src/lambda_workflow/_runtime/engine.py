@@ -53,6 +53,7 @@ class ActivationReport:
     rejected: dict[int, str] = field(default_factory=dict)
     sent: list[OperationRecord] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
+    result: bytes | None = None
     error: ErrorInfo | None = None
 
 
@@ -223,6 +224,7 @@ class Engine:
             self.store.finish(workflow_id, InstanceStatus.COMPLETED, result.result, None,
                               activation, now)
             report.status = "completed"
+            report.result = result.result
         elif result.outcome == "failed":
             assert result.error is not None
             self.store.finish(workflow_id, InstanceStatus.FAILED, None, result.error,
