@@ -10,14 +10,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
-import orjson
 import pydantic
 
 from ._runtime.engine import ActivationReport
+from ._runtime.history import history_to_json
 from .backends.memory import DeadLetter
 from .errors import InvalidRequestError, WorkflowError
 from .local import LocalRuntime, ServiceInvocation
-from .models import History, InstanceStatus
+from .models import InstanceStatus
 from .workflow import Workflow
 
 __all__ = ["main"]
@@ -157,25 +157,6 @@ def _cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _history_json(history: History) -> bytes:
-    inst = history.instance
-
-    def raw(payload: bytes | None) -> object:
-        return None if payload is None else orjson.Fragment(payload)
-
-    return orjson.dumps({
-        "workflow_id": inst.workflow_id, "workflow": inst.workflow_name,
-        "status": inst.status.value, "input": raw(inst.input), "result": raw(inst.result),
-        "error": raw(inst.error), "activations": inst.activations,
-        "operations": [{
-            "id": op.op_id, "kind": op.kind, "name": op.name, "site": op.site,
-            "request": raw(op.request), "request_digest": op.request_digest,
-            "state": op.state.value, "sent": op.sent, "result": raw(op.result),
-            "created_in": op.created_in, "resolved_in": op.resolved_in,
-        } for op in history.operations],
-    }, option=orjson.OPT_INDENT_2)
-
-
 def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
     runtime = LocalRuntime(args.db)
     history = runtime.store.load_history(args.workflow_id)
@@ -185,7 +166,7 @@ def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
               file=sys.stderr)
         return 1
     if args.json:
-        print(_history_json(history).decode(), file=out)
+        print(history_to_json(history).decode(), file=out)
         return 0
     inst = history.instance
     print(f"{inst.workflow_id} ({inst.workflow_name}) {inst.status.value}, "

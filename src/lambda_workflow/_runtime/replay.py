@@ -155,7 +155,10 @@ class Replayer:
         seq = self._seq
         self._seq += 1
         try:
-            payload = _core.encode_value(service.request_adapter, request)
+            # Validate first: serializing alone accepts an instance of another model (it
+            # dumps the fields the two share) and would send a request the service rejects.
+            payload = _core.encode_value(service.request_adapter,
+                                         service.request_adapter.validate_python(request))
         except (pydantic.ValidationError, pydantic_core.PydanticSerializationError, TypeError,
                 ValueError) as exc:
             raise InvalidRequestError(
