@@ -368,6 +368,10 @@ class LocalRuntime:
         progressed = False
         for name, (service, fn) in list(self._services.items()):
             queue = self.service_queue(name)
+            if len(queue) and inspect.iscoroutinefunction(fn):
+                # Checked before receiving: raised inside _serve, the misuse would become an
+                # error reply recorded in the workflow's history for good.
+                self._require_no_running_loop()
             dead_before = len(queue.dead_letters)
             batch = queue.receive(10)
             self._after_dead_letters(queue, dead_before)
@@ -420,15 +424,18 @@ class LocalRuntime:
             request.workflow_id, _core.dedup_id(request.workflow_id, "call_result",
                                                 request.call_id), body)
 
-    def _run_async(self, awaitable: Awaitable[Any]) -> Any:
+    @staticmethod
+    def _require_no_running_loop() -> None:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            pass
-        else:
-            raise WorkflowError("LocalRuntime runs async services on its own event loop; call "
-                                "run_until_idle() from synchronous code (not inside a running "
-                                "event loop)")
+            return
+        raise WorkflowError("LocalRuntime runs async services on its own event loop; call "
+                            "run_until_idle() from synchronous code (not inside a running "
+                            "event loop)")
+
+    def _run_async(self, awaitable: Awaitable[Any]) -> Any:
+        self._require_no_running_loop()
         if self._aio is None:
             self._aio = asyncio.new_event_loop()
 

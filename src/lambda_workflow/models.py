@@ -97,6 +97,15 @@ class CallbackCompletedMessage(_Message):
     value: JsonValue = None
     error: ErrorInfo | None = None
 
+    @pydantic.model_validator(mode="after")
+    def _error_iff_not_ok(self) -> CallbackCompletedMessage:
+        # The engine records the outcome of ok=false from ``error``, as for call results.
+        if self.ok and self.error is not None:
+            raise ValueError("a completion with ok=true must not carry an error")
+        if not self.ok and self.error is None:
+            raise ValueError("a completion with ok=false must carry an error {type, message}")
+        return self
+
 
 class CancelMessage(_Message):
     """Asks for the workflow instance to be cancelled."""

@@ -263,7 +263,7 @@ def test_checker_accepts_a_correct_case(tmp_path: Path, mypy_cache: Path) -> Non
 def test_explicit_case_file_is_checked_despite_the_exclude(mypy_cache: Path) -> None:
     """pyproject's mypy exclude of tests/typing/cases/ does not stop mypy from checking a case
     file passed on the command line."""
-    case = CASES[0]
+    case = CASES_DIR / "call_types.py"
     run = run_mypy(case, mypy_cache)
     assert "Revealed type is" in run.stdout
     assert re.search(r"\(checked 1 source file\)|in 1 source file", run.stdout), run.stdout

@@ -11,7 +11,7 @@ import pydantic
 
 from .. import _core
 from ..backends.protocols import Clock, StateStore, Transport
-from ..errors import UnknownWorkflowError
+from ..errors import NonDeterminismError, UnknownWorkflowError
 from ..models import (
     CallbackCompletedMessage,
     CallResultMessage,
@@ -206,7 +206,10 @@ class Engine:
         if result.new_operations:
             self.store.add_operations(workflow_id, result.new_operations, activation)
         outbox: list[OperationRecord] = []
-        if result.outcome != "failed" or result.new_operations:
+        # Requests recorded by an earlier activation whose send crashed go out even when the
+        # workflow now fails: the outbox promises every recorded request leaves. Only a
+        # history that no longer matches the code sends nothing.
+        if not isinstance(result.exception, NonDeterminismError):
             outbox = [op for op in history.operations
                       if not op.sent and op.state is OperationState.PENDING
                       and op.op_id not in staged]
