@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
 import pydantic
@@ -28,6 +28,7 @@ __all__ = [
     "InstanceStatus",
     "OperationRecord",
     "OperationState",
+    "Outcome",
     "StartMessage",
     "TimerFiredMessage",
     "WorkflowMessage",
@@ -236,6 +237,15 @@ class OperationRecord:
     resolved_in: int | None = None
     created_at: float = 0.0
     resolved_at: float | None = None
+
+
+class Outcome(NamedTuple):
+    """An operation's outcome to record: ``result`` is the JSON value (completed) or the JSON
+    error (failed)."""
+
+    op_id: str
+    state: OperationState
+    result: bytes
 
 
 @dataclass(slots=True)

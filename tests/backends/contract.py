@@ -42,7 +42,13 @@ import pytest
 
 from lambda_workflow.backends.memory import DeadLetter
 from lambda_workflow.backends.protocols import FifoQueue, QueueMessage, StateStore
-from lambda_workflow.models import InstanceRecord, InstanceStatus, OperationRecord, OperationState
+from lambda_workflow.models import (
+    InstanceRecord,
+    InstanceStatus,
+    OperationRecord,
+    OperationState,
+    Outcome,
+)
 
 __all__ = [
     "FifoQueueContract",
@@ -147,7 +153,8 @@ class StateStoreContract:
         """Adding an op_id that is already recorded keeps the original record untouched."""
         store.create_instance(_instance())
         store.add_operations("wf-1", [_op("1", 0, request=b'{"n":1}')], activation=1)
-        store.record_outcome("wf-1", "1", OperationState.COMPLETED, b"7", 2, 150.0)
+        store.record_outcomes("wf-1", [Outcome("1", OperationState.COMPLETED, b"7")], 2,
+                              150.0)
         again = dataclasses.replace(_op("1", 0, request=b'{"n":2}'), sent=True)
         store.add_operations("wf-1", [again, _op("2", 1)], activation=3)
         history = store.load_history("wf-1")
@@ -162,10 +169,12 @@ class StateStoreContract:
         """The instance's activations is the highest activation any write carried."""
         store.create_instance(_instance())
         store.add_operations("wf-1", [_op("1", 0), _op("2", 1)], activation=3)
-        store.record_outcome("wf-1", "1", OperationState.COMPLETED, b"1", 2, 150.0)
+        store.record_outcomes("wf-1", [Outcome("1", OperationState.COMPLETED, b"1")], 2,
+                              150.0)
         inst = store.get_instance("wf-1")
         assert inst is not None and inst.activations == 3
-        store.record_outcome("wf-1", "2", OperationState.COMPLETED, b"2", 4, 151.0)
+        store.record_outcomes("wf-1", [Outcome("2", OperationState.COMPLETED, b"2")], 4,
+                              151.0)
         inst = store.get_instance("wf-1")
         assert inst is not None and inst.activations == 4
         store.finish("wf-1", InstanceStatus.COMPLETED, b"0", None, 6, 160.0)
@@ -173,12 +182,14 @@ class StateStoreContract:
         assert inst is not None and inst.activations == 6
 
     def test_record_outcome_records_a_pending_operation(self, store: StateStore) -> None:
-        """record_outcome on a pending operation stores state, result, activation and time."""
+        """record_outcomes on a pending operation stores state, result, activation and time."""
         store.create_instance(_instance())
         store.add_operations("wf-1", [_op("1", 0), _op("2", 1)], activation=1)
-        assert store.record_outcome("wf-1", "1", OperationState.COMPLETED, b'{"b":3}', 2, 150.0)
-        assert store.record_outcome("wf-1", "2", OperationState.FAILED,
-                                    b'{"type":"Boom","message":"m","details":null}', 2, 151.0)
+        assert store.record_outcomes(
+            "wf-1", [Outcome("1", OperationState.COMPLETED, b'{"b":3}')], 2, 150.0) == ["1"]
+        error = b'{"type":"Boom","message":"m","details":null}'
+        assert store.record_outcomes(
+            "wf-1", [Outcome("2", OperationState.FAILED, error)], 2, 151.0) == ["2"]
         history = store.load_history("wf-1")
         assert history is not None
         one, two = history.operations
@@ -188,24 +199,46 @@ class StateStoreContract:
             OperationState.FAILED, b'{"type":"Boom","message":"m","details":null}')
 
     def test_record_outcome_records_only_once(self, store: StateStore) -> None:
-        """A second record_outcome of an operation returns False and keeps the first value."""
+        """A second record_outcomes of an operation returns False and keeps the first value."""
         store.create_instance(_instance())
         store.add_operations("wf-1", [_op("1", 0)], activation=1)
-        assert store.record_outcome("wf-1", "1", OperationState.COMPLETED, b"1", 2, 150.0)
-        assert not store.record_outcome("wf-1", "1", OperationState.FAILED, b"2", 3, 160.0)
+        assert store.record_outcomes(
+            "wf-1", [Outcome("1", OperationState.COMPLETED, b"1")], 2, 150.0) == ["1"]
+        assert store.record_outcomes(
+            "wf-1", [Outcome("1", OperationState.FAILED, b"2")], 3, 160.0) == []
         history = store.load_history("wf-1")
         assert history is not None
         op = history.operations[0]
         assert (op.state, op.result, op.resolved_in, op.resolved_at) == (
             OperationState.COMPLETED, b"1", 2, 150.0)
 
+    def test_record_outcomes_records_a_batch_and_skips_duplicates(self, store: StateStore) -> None:
+        """One record_outcomes call records every pending op it names, skips ones already
+        recorded, and returns the ids it recorded in the order given."""
+        store.create_instance(_instance())
+        store.add_operations("wf-1", [_op("1", 0), _op("2", 1), _op("3", 2)], activation=1)
+        store.record_outcomes("wf-1", [Outcome("2", OperationState.COMPLETED, b"0")], 2, 1.0)
+        recorded = store.record_outcomes("wf-1", [
+            Outcome("3", OperationState.COMPLETED, b"3"),
+            Outcome("2", OperationState.COMPLETED, b"22"),
+            Outcome("1", OperationState.FAILED, b'{"type":"E","message":"","details":null}'),
+        ], 3, 2.0)
+        assert recorded == ["3", "1"]
+        history = store.load_history("wf-1")
+        assert history is not None
+        assert [(op.op_id, op.result, op.resolved_in) for op in history.operations] == [
+            ("1", b'{"type":"E","message":"","details":null}', 3), ("2", b"0", 2),
+            ("3", b"3", 3)]
+
     def test_record_outcome_of_an_unknown_operation_is_refused(self, store: StateStore) -> None:
-        """record_outcome returns False for an op or instance that does not exist, and
+        """record_outcomes returns False for an op or instance that does not exist, and
         creates nothing."""
         store.create_instance(_instance())
         store.add_operations("wf-1", [_op("1", 0)], activation=1)
-        assert not store.record_outcome("wf-1", "9", OperationState.COMPLETED, b"1", 2, 150.0)
-        assert not store.record_outcome("nobody", "1", OperationState.COMPLETED, b"1", 2, 150.0)
+        assert store.record_outcomes(
+            "wf-1", [Outcome("9", OperationState.COMPLETED, b"1")], 2, 150.0) == []
+        assert store.record_outcomes(
+            "nobody", [Outcome("1", OperationState.COMPLETED, b"1")], 2, 150.0) == []
         history = store.load_history("wf-1")
         assert history is not None
         assert [(op.op_id, op.state) for op in history.operations] == [
@@ -288,7 +321,8 @@ class StateStoreContract:
         payload = '{"name":"Zoë","emoji":"\U0001f680"}'.encode()
         store.create_instance(_instance(payload=payload))
         store.add_operations("wf-1", [_op("1", 0, request=payload)], activation=1)
-        store.record_outcome("wf-1", "1", OperationState.COMPLETED, payload, 2, 150.0)
+        store.record_outcomes("wf-1", [Outcome("1", OperationState.COMPLETED, payload)], 2,
+                              150.0)
         store.finish("wf-1", InstanceStatus.COMPLETED, payload, None, 2, 150.0)
         history = store.load_history("wf-1")
         assert history is not None

@@ -10,7 +10,7 @@ import pytest
 
 from lambda_workflow.backends.protocols import StateStore
 from lambda_workflow.backends.sqlite import SCHEMA_VERSION, SQLiteStateStore
-from lambda_workflow.models import InstanceRecord, OperationRecord, OperationState
+from lambda_workflow.models import InstanceRecord, OperationRecord, OperationState, Outcome
 
 from .contract import StateStoreContract, StoreFactory
 
@@ -54,7 +54,7 @@ def test_a_file_store_keeps_its_records_when_reopened(tmp_path: Path) -> None:
     first.create_instance(InstanceRecord("wf-1", "flow", b"{}", "d", created_at=1.0))
     first.add_operations("wf-1", [OperationRecord("wf-1", "1", 0, "call", "svc", b"1", "d1")],
                          activation=1)
-    first.record_outcome("wf-1", "1", OperationState.COMPLETED, b"2", 2, 3.0)
+    first.record_outcomes("wf-1", [Outcome("1", OperationState.COMPLETED, b"2")], 2, 3.0)
     first.close()
     second = SQLiteStateStore(path)
     try:

@@ -33,6 +33,7 @@ from lambda_workflow.backends.protocols import StateStore, Transport
 from lambda_workflow.backends.sqlite import SQLiteStateStore
 from lambda_workflow.local import LocalRuntime, ServiceInvocation
 from lambda_workflow.models import History, InstanceRecord, OperationRecord, OperationState
+from lambda_workflow.models import Outcome as RecordedOutcome
 
 T = TypeVar("T")
 ReqT = TypeVar("ReqT")
@@ -185,10 +186,10 @@ class FaultyStore:
         self._faults.around("add_operations", lambda: self._inner.add_operations(
             workflow_id, operations, activation))
 
-    def record_outcome(self, workflow_id: str, op_id: str, state: OperationState,
-                       result: bytes, activation: int, at: float) -> bool:
-        return self._faults.around("record_outcome", lambda: self._inner.record_outcome(
-            workflow_id, op_id, state, result, activation, at))
+    def record_outcomes(self, workflow_id: str, outcomes: Sequence[RecordedOutcome],
+                        activation: int, at: float) -> list[str]:
+        return self._faults.around("record_outcomes", lambda: self._inner.record_outcomes(
+            workflow_id, outcomes, activation, at))
 
     def mark_sent(self, workflow_id: str, op_ids: Sequence[str]) -> None:
         self._faults.around("mark_sent", lambda: self._inner.mark_sent(workflow_id, op_ids))
@@ -276,6 +277,11 @@ class Final:
     result: bytes | None
     error: bytes | None
     operations: list[tuple[str, str, bytes, OperationState, bytes | None]]
+    # The same with the activation that recorded each outcome (its replay stage); kept out of
+    # equality because crashes legitimately shift activation numbers.
+    operations_with_stage: list[
+        tuple[str, str, bytes, OperationState, bytes | None, int | None]
+    ] = field(compare=False, default_factory=list)
 
 
 def final_state(runtime: LocalRuntime, workflow_id: str) -> Final:
@@ -284,6 +290,8 @@ def final_state(runtime: LocalRuntime, workflow_id: str) -> Final:
     inst = history.instance
     return Final(inst.status, inst.result, inst.error,
                  [(op.op_id, op.name, op.request, op.state, op.result)
+                  for op in history.operations],
+                 [(op.op_id, op.name, op.request, op.state, op.result, op.resolved_in)
                   for op in history.operations])
 
 

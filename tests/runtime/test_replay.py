@@ -572,3 +572,75 @@ def test_a_caught_non_determinism_error_still_fails_the_workflow(
     assert err.error_type == "NonDeterminismError"
     assert "created call 'ship', but the history recorded call 'quote'" in err.message
     assert len(runtime.service_queue("ship")) == 0
+
+
+race_a = Service("race_a", int, int)
+race_b = Service("race_b", int, int)
+race_after = Service("race_after", str, int)
+
+
+def _fail(x: int) -> int:
+    raise ServiceError("Boom", f"failed {x}")
+
+
+@workflow
+async def first_error_wins(ctx: WorkflowContext[int]) -> int:
+    try:
+        await asyncio.gather(ctx.call(race_a, 1), ctx.call(race_b, 2))
+    except ServiceError as err:
+        return await ctx.call(race_after, err.service or "")
+    return 0
+
+
+def test_replay_delivers_replies_in_the_order_they_were_recorded(runtime: LocalRuntime) -> None:
+    """When b's error arrives in an earlier activation than a's, every replay raises b's error
+    from the gather, as the first run did, instead of the first error in program order."""
+    runtime.register(first_error_wins)
+    runtime.implement(race_a, _fail)
+    runtime.implement(race_b, _fail)
+    runtime.implement(race_after, lambda name: {"race_a": 1, "race_b": 2}[name])
+    handle = runtime.start(first_error_wins, 0, workflow_id="race")
+    runtime.step_workflows()                        # both requests leave
+    held = runtime.service_queue("race_a").receive(10)
+    runtime.step_services()                         # only b replies
+    runtime.step_workflows()                        # b's error: the workflow calls race_after
+    for message in held:
+        runtime.service_queue("race_a").release(message)
+    runtime.run_until_idle()                        # a's error arrives late; replay again
+    assert handle.status() is InstanceStatus.COMPLETED
+    assert handle.result() == 2
+    a, b, after = handle.history().operations
+    assert (a.name, b.name, after.name) == ("race_a", "race_b", "race_after")
+    assert b.resolved_in is not None and a.resolved_in is not None
+    assert b.resolved_in < a.resolved_in
+
+
+@workflow
+async def one_then_another(ctx: WorkflowContext[int]) -> int:
+    first = await ctx.call(race_a, 1)
+    return first + await ctx.call(race_b, 2)
+
+
+def test_a_new_call_before_recorded_replies_is_nondeterminism(runtime: LocalRuntime) -> None:
+    """New code that makes an extra call before the point where the history's first reply
+    arrived fails with NonDeterminismError naming the new call, and sends nothing new."""
+    runtime.register(one_then_another)
+    runtime.implement(race_a, lambda x: x)
+    handle = runtime.start(one_then_another, 0, workflow_id="early")
+    runtime.run_until_idle()                        # race_a done, race_b has no implementation
+
+    @workflow(name="one_then_another")
+    async def changed(ctx: WorkflowContext[int]) -> int:
+        calls = [ctx.call(race_a, 1), ctx.call(race_b, 2), ctx.call(race_after, "x")]
+        return sum(await asyncio.gather(*calls))
+
+    runtime._workflows["one_then_another"] = changed
+    runtime.implement(race_b, lambda x: x)
+    runtime.run_until_idle()
+    assert handle.status() is InstanceStatus.FAILED
+    with pytest.raises(WorkflowFailedError) as info:
+        handle.result()
+    assert info.value.error_type == "NonDeterminismError"
+    assert "'race_after' as operation #3 before the recorded replies" in info.value.message
+    assert [op.name for op in handle.history().operations] == ["race_a", "race_b"]
+    assert len(runtime.service_queue("race_after")) == 0

@@ -22,6 +22,7 @@ from ..models import (
     InstanceStatus,
     OperationRecord,
     OperationState,
+    Outcome,
     StartMessage,
     TimerFiredMessage,
     WorkflowMessage,
@@ -171,10 +172,9 @@ class Engine:
 
         if inst.status is not InstanceStatus.RUNNING:
             # Late replies are kept in the history; the workflow does not run again.
-            for op_id, st in staged.items():
-                if self.store.record_outcome(workflow_id, op_id, st.state, st.payload,
-                                             activation, now):
-                    report.applied.append(op_id)
+            report.applied = self.store.record_outcomes(
+                workflow_id, [Outcome(op_id, st.state, st.payload) for op_id, st in staged.items()],
+                activation, now) if staged else []
             report.status = "finished-earlier"
             return report
         if cancel is not None:
@@ -198,11 +198,10 @@ class Engine:
 
         # Outbox: record replies, record new requests, send, mark sent. A crash between any
         # two steps repeats them with the same ids on redelivery.
-        for op_id in result.accepted:
-            st = staged[op_id]
-            if self.store.record_outcome(workflow_id, op_id, st.state, st.payload, activation,
-                                         now):
-                report.applied.append(op_id)
+        if result.accepted:
+            report.applied = self.store.record_outcomes(
+                workflow_id, [Outcome(op_id, staged[op_id].state, staged[op_id].payload)
+                              for op_id in result.accepted], activation, now)
         if result.new_operations:
             self.store.add_operations(workflow_id, result.new_operations, activation)
         outbox: list[OperationRecord] = []

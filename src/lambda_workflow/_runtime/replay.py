@@ -95,8 +95,13 @@ class _ReplayAwareLogger(logging.LoggerAdapter[logging.Logger]):
 class Replayer:
     """Runs a workflow's code once over its history plus this activation's replies.
 
-    Recorded operations are matched in creation order; their outcomes resolve at once. New
-    operations are collected in ``new_operations`` for the outbox; nothing is written here.
+    Recorded operations are matched in creation order. Their outcomes are delivered in
+    *stages*, one per activation that recorded them (in operation order within a stage), and
+    the workflow runs until idle after each stage, ending with the replies that arrived in this
+    activation. Every activation therefore continues exactly the execution of the one before:
+    code that reacts to whichever reply came first (``asyncio.gather`` raising the first error,
+    ``asyncio.wait(FIRST_COMPLETED)``) takes the same branch on every replay. New operations are
+    collected in ``new_operations`` for the outbox; nothing is written here.
     """
 
     def __init__(
@@ -130,6 +135,10 @@ class Replayer:
         self.pending: list[str] = []
         self._mismatch: NonDeterminismError | None = None
         self._logger = _ReplayAwareLogger(self)
+        # Futures of recorded operations whose outcome belongs to a stage not reached yet.
+        self._waiting: dict[int, tuple[asyncio.Future[Any], Service[Any, Any]]] = {}
+        self._stage = 0
+        self._history_done = False
 
     # -- the driver protocol the context uses -------------------------------------------------
     @property
@@ -172,6 +181,8 @@ class Replayer:
         except _core.ReplayMismatch as mismatch:
             raise self._nondeterminism(mismatch, "call", service.name, payload, frame) from None
         if record is None:
+            if not self._history_done:
+                raise self._early_new_operation(seq, "call", service.name, frame)
             self._replaying = False
             op_id = _core.operation_id("", seq)
             self.new_operations.append(OperationRecord(
@@ -180,7 +191,17 @@ class Replayer:
                 site=site_of(frame), created_in=self._activation, created_at=self._now))
             self.pending.append(op_id)
             return future
-        self._resolve(record, service, future)
+        if record.state is OperationState.PENDING:
+            if record.op_id not in self._staged:
+                self.pending.append(record.op_id)
+            elif self._history_done:
+                self._resolve(record, service, future)
+            else:
+                self._waiting[seq] = (future, service)
+        elif record.resolved_in is not None and record.resolved_in <= self._stage:
+            self._resolve(record, service, future)
+        else:
+            self._waiting[seq] = (future, service)
         return future
 
     # -- helpers -----------------------------------------------------------------------------
@@ -193,7 +214,6 @@ class Replayer:
                 self.pending.append(record.op_id)
                 return
             state, payload = staged.state, staged.payload
-            self._replaying = False
         else:
             state, payload = record.state, record.result or b"null"
         if state is OperationState.COMPLETED:
@@ -221,6 +241,29 @@ class Replayer:
                 service=service.name, call_id=record.op_id))
         if staged is not None:
             self.accepted.append(record.op_id)
+
+    def _early_new_operation(self, seq: int, kind: str, name: str,
+                             frame: FrameType | None) -> NonDeterminismError:
+        self._mismatch = NonDeterminismError(
+            f"workflow {self.workflow.name!r} ({self.workflow_id}) no longer matches its "
+            f"history: the code at {site_of(frame)} created {kind} {name!r} as operation "
+            f"#{seq + 1} before the recorded replies were replayed, but the history recorded "
+            f"only {len(self._history)} operations at that point")
+        return self._mismatch
+
+    def _stages(self) -> list[tuple[int, list[OperationRecord]]]:
+        """Recorded outcomes grouped by the activation that recorded them, oldest first."""
+        by_activation: dict[int, list[OperationRecord]] = {}
+        for rec in self._history:  # in seq order
+            if rec.state is not OperationState.PENDING:
+                by_activation.setdefault(rec.resolved_in or 0, []).append(rec)
+        return sorted(by_activation.items())
+
+    def _deliver(self, records: Sequence[OperationRecord]) -> None:
+        for rec in records:
+            waiting = self._waiting.pop(rec.seq, None)
+            if waiting is not None:
+                self._resolve(rec, waiting[1], waiting[0])
 
     def _nondeterminism(self, mismatch: _core.ReplayMismatch, kind: str, name: str,
                         payload: bytes, frame: FrameType | None) -> NonDeterminismError:
@@ -250,7 +293,25 @@ class Replayer:
                 f"valid {type_name(wf.request_type)}: {_short(invalid)}"))
         ctx: WorkflowContext[Any] = WorkflowContext(self, request, self.workflow_id)
         task = self._loop.create_task(wf.fn(ctx))
-        self._loop.run_until_idle()
+        loop = self._loop
+        stages = self._stages()
+        self._history_done = not stages and not self._staged
+        loop.run_until_idle()
+        for i, (stage, records) in enumerate(stages):
+            if task.done() or self._mismatch is not None:
+                break
+            self._stage = stage
+            self._history_done = i == len(stages) - 1 and not self._staged
+            self._deliver(records)
+            loop.run_until_idle()
+        if self._staged and not task.done() and self._mismatch is None:
+            self._stage = self._activation
+            self._history_done = True
+            self._replaying = False
+            by_seq = sorted((rec for rec in self._history if rec.op_id in self._staged),
+                            key=lambda rec: rec.seq)
+            self._deliver(by_seq)
+            loop.run_until_idle()
         if not task.done():
             return self._suspend()
         exc: BaseException | None = (

@@ -9,7 +9,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .._runtime.clock import SystemClock
-from ..models import History, InstanceRecord, InstanceStatus, OperationRecord, OperationState
+from ..models import (
+    History,
+    InstanceRecord,
+    InstanceStatus,
+    OperationRecord,
+    OperationState,
+    Outcome,
+)
 from .protocols import Clock, QueueMessage
 
 __all__ = ["DeadLetter", "InMemoryFifoQueue", "MemoryStateStore"]
@@ -58,14 +65,20 @@ class MemoryStateStore:
         for op in operations:
             ops.setdefault(op.op_id, dataclasses.replace(op))
 
-    def record_outcome(self, workflow_id: str, op_id: str, state: OperationState,
-                       result: bytes, activation: int, at: float) -> bool:
-        op = self._ops.get(workflow_id, {}).get(op_id)
-        if op is None or op.state is not OperationState.PENDING:
-            return False
-        self._touch(workflow_id, activation)
-        op.state, op.result, op.resolved_in, op.resolved_at = state, result, activation, at
-        return True
+    def record_outcomes(self, workflow_id: str, outcomes: Sequence[Outcome], activation: int,
+                        at: float) -> list[str]:
+        ops = self._ops.get(workflow_id, {})
+        recorded: list[str] = []
+        for outcome in outcomes:
+            op = ops.get(outcome.op_id)
+            if op is None or op.state is not OperationState.PENDING:
+                continue
+            op.state, op.result, op.resolved_in, op.resolved_at = (
+                outcome.state, outcome.result, activation, at)
+            recorded.append(outcome.op_id)
+        if recorded:
+            self._touch(workflow_id, activation)
+        return recorded
 
     def mark_sent(self, workflow_id: str, op_ids: Sequence[str]) -> None:
         ops = self._ops.get(workflow_id, {})

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..models import History, InstanceRecord, InstanceStatus, OperationRecord, OperationState
+from ..models import History, InstanceRecord, InstanceStatus, OperationRecord, Outcome
 
 __all__ = ["Clock", "FifoQueue", "QueueMessage", "StateStore", "Transport"]
 
@@ -45,10 +45,12 @@ class StateStore(Protocol):
         they are."""
         ...
 
-    def record_outcome(self, workflow_id: str, op_id: str, state: OperationState,
-                       result: bytes, activation: int, at: float) -> bool:
-        """Record an operation's outcome if the operation exists and is still pending.
-        Returns whether it was recorded (``False`` for a duplicate or an unknown op)."""
+    def record_outcomes(self, workflow_id: str, outcomes: Sequence[Outcome], activation: int,
+                        at: float) -> list[str]:
+        """Record the outcomes of operations that exist and are still pending, all in one
+        atomic write (an activation's replies are recorded together or not at all, so a
+        crash cannot split them across two replay stages). Returns the op ids recorded;
+        duplicates and unknown ops are skipped."""
         ...
 
     def mark_sent(self, workflow_id: str, op_ids: Sequence[str]) -> None:

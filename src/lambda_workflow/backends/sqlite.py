@@ -8,7 +8,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..models import History, InstanceRecord, InstanceStatus, OperationRecord, OperationState
+from ..models import (
+    History,
+    InstanceRecord,
+    InstanceStatus,
+    OperationRecord,
+    OperationState,
+    Outcome,
+)
 
 __all__ = ["SQLiteStateStore"]
 
@@ -152,18 +159,21 @@ class SQLiteStateStore:
                   o.site, o.state.value, int(o.sent), o.result, o.created_in, o.resolved_in,
                   o.created_at, o.resolved_at) for o in operations])
 
-    def record_outcome(self, workflow_id: str, op_id: str, state: OperationState,
-                       result: bytes, activation: int, at: float) -> bool:
+    def record_outcomes(self, workflow_id: str, outcomes: Sequence[Outcome], activation: int,
+                        at: float) -> list[str]:
+        recorded: list[str] = []
         with self._transaction() as db:
-            cur = db.execute(
-                "UPDATE operations SET state=?, result=?, resolved_in=?, resolved_at=? "
-                "WHERE workflow_id=? AND op_id=? AND state=?",
-                (state.value, result, activation, at, workflow_id, op_id,
-                 OperationState.PENDING.value))
-            if cur.rowcount != 1:
-                return False
-            self._touch(db, workflow_id, activation)
-        return True
+            for o in outcomes:
+                cur = db.execute(
+                    "UPDATE operations SET state=?, result=?, resolved_in=?, resolved_at=? "
+                    "WHERE workflow_id=? AND op_id=? AND state=?",
+                    (o.state.value, o.result, activation, at, workflow_id, o.op_id,
+                     OperationState.PENDING.value))
+                if cur.rowcount == 1:
+                    recorded.append(o.op_id)
+            if recorded:
+                self._touch(db, workflow_id, activation)
+        return recorded
 
     def mark_sent(self, workflow_id: str, op_ids: Sequence[str]) -> None:
         with self._transaction() as db:
