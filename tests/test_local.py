@@ -280,3 +280,31 @@ def test_a_sqlite_file_keeps_recorded_results_for_the_next_runtime(tmp_path: Pat
         assert (report.activation, report.status, report.applied) == (3, "completed", ["2"])
         assert second.result("o-1") == Quote(price=20)
         assert second.invocations == []
+
+
+def test_a_restart_resends_pending_requests_with_the_same_call_ids(tmp_path: Path) -> None:
+    """Requests in flight when the process stopped (the queues live in memory) are sent again
+    by the next runtime on the same file, with the same call id, and the workflow completes."""
+    db = tmp_path / "state.sqlite3"
+    with LocalRuntime(db) as first:
+        first.register(order)
+        first.implement(quote, quote_fn)
+        first.start(order, PARCEL, workflow_id="o-1")
+        first.run_until_idle()  # reserve requested; the process "dies" before it is served
+        (sent,) = [op for op in first.history("o-1").operations if op.name == "reserve"]
+        assert sent.sent and sent.state is OperationState.PENDING
+
+    with LocalRuntime(db) as second:
+        second.register(order)
+        second.implement(quote, quote_fn)
+        second.implement(reserve, reserve_fn)
+        second.run_until_idle()
+        assert second.result("o-1") == Quote(price=20)
+        assert [(i.service, i.call_id) for i in second.invocations] == [("reserve", sent.op_id)]
+
+
+def test_a_memory_database_does_not_recover_anything() -> None:
+    """recover() on a fresh runtime finds nothing to re-send."""
+    with LocalRuntime() as rt:
+        assert rt.recover() == 0
+        assert len(rt.queue) == 0

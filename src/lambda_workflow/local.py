@@ -22,7 +22,7 @@ import pydantic_core
 
 from . import _core
 from ._runtime.clock import VirtualClock
-from ._runtime.engine import ActivationReport, Engine, start_message_body
+from ._runtime.engine import ActivationReport, Engine, call_request_body, start_message_body
 from ._runtime.replay import error_payload
 from .backends.memory import DeadLetter, InMemoryFifoQueue
 from .backends.protocols import QueueMessage, StateStore, Transport
@@ -43,6 +43,7 @@ from .models import (
     History,
     InstanceRecord,
     InstanceStatus,
+    OperationState,
     WorkflowMessage,
     parse_call_request,
     parse_workflow_message,
@@ -164,6 +165,8 @@ class LocalRuntime:
         self.invocations: list[ServiceInvocation] = []
         self._last_errors: dict[str, str] = {}
         self._aio: asyncio.AbstractEventLoop | None = None
+        if store is None and str(database) != ":memory:":
+            self.recover()
 
     # -- setup -----------------------------------------------------------------------------
     @property
@@ -200,6 +203,33 @@ class LocalRuntime:
         if service.name in self._services and self._services[service.name][0] is not service:
             raise ValueError(f"service {service.name!r} is already implemented")
         self._services[service.name] = (service, fn)
+
+    def recover(self) -> int:
+        """Re-send what the queues of an earlier process held, after a restart.
+
+        State lives in the store, but the embedded queues live in memory. For every running
+        instance this sends a wake-up (its start message) and the request of every pending
+        call, with the same call ids and deduplication ids as before; services must be
+        idempotent per call id, as the protocol requires of them anyway. Called automatically
+        when the runtime opens an existing SQLite file. Returns the number of messages sent.
+        """
+        sent = 0
+        for inst in self.store.list_instances():
+            if inst.status is not InstanceStatus.RUNNING:
+                continue
+            wid = inst.workflow_id
+            self.transport.send_to_workflow(wid, _core.dedup_id(wid, "start", ""),
+                                            start_message_body(wid, inst.workflow_name,
+                                                               inst.input))
+            history = self.store.load_history(wid)
+            for op in history.operations if history else ():
+                if op.state is OperationState.PENDING:
+                    self.transport.send_to_service(
+                        op.name, _core.dedup_id(wid, "call", op.op_id),
+                        call_request_body(op, self.transport.reply_address))
+                    sent += 1
+            sent += 1
+        return sent
 
     # -- starting and reading --------------------------------------------------------------
     def start(self, workflow: Workflow[ReqT, ResT], request: ReqT, *,
