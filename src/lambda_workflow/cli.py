@@ -17,7 +17,7 @@ from ._runtime.history import history_to_json
 from .backends.memory import DeadLetter
 from .errors import InvalidRequestError, WorkflowError
 from .local import LocalRuntime, ServiceInvocation
-from .models import InstanceStatus
+from .models import InstanceStatus, describe_validation_error
 from .workflow import Workflow
 
 __all__ = ["main"]
@@ -107,8 +107,9 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
             try:
                 request = wf.request_adapter.validate_json(text)
             except pydantic.ValidationError as exc:
-                raise InvalidRequestError(f"--input {text!r} is not a valid input of workflow "
-                                          f"{wf.name!r}: {exc}") from None
+                raise InvalidRequestError(
+                    f"--input {text!r} is not a valid input of workflow {wf.name!r}: "
+                    f"{describe_validation_error(exc)}") from None
             inputs.append((args.id if len(args.input) == 1 else None, request))
     else:
         examples = getattr(module, "EXAMPLES", None)

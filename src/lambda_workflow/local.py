@@ -45,6 +45,7 @@ from .models import (
     InstanceStatus,
     OperationState,
     WorkflowMessage,
+    describe_validation_error,
     parse_call_request,
     parse_workflow_message,
 )
@@ -254,7 +255,7 @@ class LocalRuntime:
         except (pydantic.ValidationError, pydantic_core.PydanticSerializationError) as exc:
             raise InvalidRequestError(
                 f"the input of workflow {workflow.name!r} is not a valid "
-                f"{type_name(workflow.request_type)}: {exc}") from None
+                f"{type_name(workflow.request_type)}: {describe_validation_error(exc)}") from None
         workflow_id = workflow_id or f"{workflow.name}-{uuid.uuid4().hex[:12]}"
         digest = _core.digest(payload)
         now = self.clock.now()
@@ -430,7 +431,8 @@ class LocalRuntime:
             ok, reply = False, orjson.dumps({
                 "type": "InvalidRequest", "details": None,
                 "message": f"request to {service.name!r} is not a valid "
-                           f"{type_name(service.request_type)}: {exc}"})
+                           f"{type_name(service.request_type)}: "
+                           f"{describe_validation_error(exc)}"})
         else:
             try:
                 response = fn(value)

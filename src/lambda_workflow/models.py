@@ -32,6 +32,7 @@ __all__ = [
     "StartMessage",
     "TimerFiredMessage",
     "WorkflowMessage",
+    "describe_validation_error",
     "parse_call_request",
     "parse_workflow_message",
 ]
@@ -145,10 +146,21 @@ def _load_object(body: bytes | str, what: str) -> dict[str, Any]:
     return data
 
 
-def _describe(exc: pydantic.ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '(message)'}: {e['msg']}" for e in exc.errors()
-    )
+def describe_validation_error(exc: Exception, *, tag: str | None = None) -> str:
+    """pydantic's errors on one line: ``field.path: message; ...`` (no URLs, no input dumps).
+
+    ``tag`` drops a discriminated union's tag from the start of each path. Other exceptions
+    (a serialization error) are described by their message.
+    """
+    if not isinstance(exc, pydantic.ValidationError):
+        return str(exc)
+    parts = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        if tag is not None and loc and loc[0] == tag:
+            loc = loc[1:]
+        parts.append(f"{'.'.join(str(p) for p in loc) or 'value'}: {err['msg']}")
+    return "; ".join(parts)
 
 
 def parse_workflow_message(body: bytes | str) -> WorkflowMessage:
@@ -167,7 +179,8 @@ def parse_workflow_message(body: bytes | str) -> WorkflowMessage:
     try:
         return _WORKFLOW_MESSAGE.validate_python(data)
     except pydantic.ValidationError as exc:
-        raise InvalidMessageError(f"malformed {kind} message: {_describe(exc)}") from None
+        raise InvalidMessageError(
+            f"malformed {kind} message: {describe_validation_error(exc, tag=kind)}") from None
 
 
 def parse_call_request(body: bytes | str) -> CallRequestMessage:
@@ -178,7 +191,8 @@ def parse_call_request(body: bytes | str) -> CallRequestMessage:
     try:
         return CallRequestMessage.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise InvalidMessageError(f"malformed call request: {_describe(exc)}") from None
+        raise InvalidMessageError(
+            f"malformed call request: {describe_validation_error(exc)}") from None
 
 
 class InstanceStatus(enum.StrEnum):

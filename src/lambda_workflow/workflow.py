@@ -62,7 +62,9 @@ def _signature_types(fn: Callable[..., object]) -> tuple[Any, Any]:
 
 
 @overload
-def workflow(fn: WorkflowFunction[ReqT, ResT], /) -> Workflow[ReqT, ResT]: ...
+def workflow(
+    fn: WorkflowFunction[ReqT, ResT], /, *, name: str | None = None
+) -> Workflow[ReqT, ResT]: ...
 
 
 @overload

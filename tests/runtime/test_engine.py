@@ -195,6 +195,26 @@ def test_a_start_message_with_an_invalid_input_is_dead_lettered(
     assert runtime.store.get_instance("w") is None
 
 
+def test_a_start_message_repeating_an_id_with_another_input_is_dead_lettered(
+    runtime: LocalRuntime, post_message: PostMessage
+) -> None:
+    """A raw start message for an existing id with a different input is rejected with the
+    reason; one with the same input (even with keys in another order) is a harmless wake-up."""
+    runtime.register(priced)
+    runtime.start(priced, PARCEL, workflow_id="w")
+    runtime.run_until_idle()
+    post_message({"kind": "start", "workflow_id": "w", "workflow": "priced",
+                  "input": {"sku": "lamp", "qty": 3}})
+    post_message({"kind": "start", "workflow_id": "w", "workflow": "priced",
+                  "input": {"qty": 2, "sku": "lamp"}})
+    runtime.run_until_idle()
+    assert reasons(runtime) == ["workflow id 'w' is already used by an instance of 'priced' "
+                                "with a different input; a start message may only repeat the "
+                                "original input"]
+    inst = runtime.store.get_instance("w")
+    assert inst is not None and orjson.loads(inst.input) == {"sku": "lamp", "qty": 2}
+
+
 def test_a_message_for_an_instance_never_started_is_dead_lettered(
     runtime: LocalRuntime, post_message: PostMessage
 ) -> None:

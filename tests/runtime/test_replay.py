@@ -27,6 +27,7 @@ from lambda_workflow import (
 from lambda_workflow._runtime.engine import ActivationReport
 from lambda_workflow.local import LocalRuntime
 from lambda_workflow.models import OperationState
+from lambda_workflow.models import Outcome as RecordedOutcome
 
 PostMessage = Callable[[dict[str, object]], None]  # the post_message fixture (conftest.py)
 
@@ -518,7 +519,7 @@ def test_fewer_operations_than_recorded_is_non_determinism(
     runtime.run_until_idle()
     err = failed_with(runtime, "w")
     assert err.error_type == "NonDeterminismError"
-    assert "finished after creating 1 operations, but its history recorded 2" in err.message
+    assert "finished after creating 1 operation, but its history recorded 2" in err.message
     assert "the first missing one is #2, call 'stock'" in err.message
     assert "n = await ctx.call(stock, ctx.request)" in cited_lines(err.message)[0]
 
@@ -545,7 +546,7 @@ def test_suspending_with_fewer_operations_than_recorded_is_non_determinism(
     runtime.run_until_idle()
     err = failed_with(runtime, "w")
     assert err.error_type == "NonDeterminismError"
-    assert "suspended after creating 1 operations, but its history recorded 2" in err.message
+    assert "suspended after creating 1 operation, but its history recorded 2" in err.message
     assert "#2, call 'stock'" in err.message
 
 
@@ -644,3 +645,27 @@ def test_a_new_call_before_recorded_replies_is_nondeterminism(runtime: LocalRunt
     assert "'race_after' as operation #3 before the recorded replies" in info.value.message
     assert [op.name for op in handle.history().operations] == ["race_a", "race_b"]
     assert len(runtime.service_queue("race_after")) == 0
+
+
+@workflow
+async def gather_or_fail(ctx: WorkflowContext[int]) -> int:
+    a, b = await asyncio.gather(ctx.call(race_a, 1), ctx.call(race_b, 2))
+    return a + b
+
+
+def test_a_reply_the_replay_never_reaches_is_still_recorded(runtime: LocalRuntime) -> None:
+    """After a crash left a's error recorded but the workflow unfinished, b's reply arrives:
+    the workflow fails at a's stage without reaching b, and b's reply is recorded anyway."""
+    runtime.register(gather_or_fail)
+    runtime.start(gather_or_fail, 0, workflow_id="w")
+    runtime.step_workflows()                        # calls 1 (race_a) and 2 (race_b) leave
+    error = b'{"type":"Boom","message":"failed 1","details":null}'
+    assert runtime.store.record_outcomes(
+        "w", [RecordedOutcome("1", OperationState.FAILED, error)], 2, 0.0) == ["1"]
+    runtime.transport.send_to_workflow("w", "reply-2", b'{"v":1,"kind":"call_result",'
+                                       b'"workflow_id":"w","call_id":"2","ok":true,"value":7}')
+    (report,) = runtime.run_until_idle()
+    assert (report.status, report.applied) == ("failed", ["2"])
+    ops = {op.op_id: op for op in runtime.history("w").operations}
+    assert (ops["2"].state, ops["2"].result) == (OperationState.COMPLETED, b"7")
+    assert runtime.dead_letters() == []

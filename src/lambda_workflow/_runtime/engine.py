@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 import pydantic
+import pydantic_core
 
 from .. import _core
 from ..backends.protocols import Clock, StateStore, Transport
@@ -26,6 +27,7 @@ from ..models import (
     StartMessage,
     TimerFiredMessage,
     WorkflowMessage,
+    describe_validation_error,
 )
 from ..service import type_name
 from ..workflow import Workflow
@@ -117,7 +119,7 @@ class Engine:
                 wf.request_adapter, wf.request_adapter.validate_python(start.input))
         except pydantic.ValidationError as exc:
             reason = (f"the input of workflow {wf.name!r} ({workflow_id}) is not a valid "
-                      f"{type_name(wf.request_type)}: {exc}")
+                      f"{type_name(wf.request_type)}: {describe_validation_error(exc)}")
             report.rejected.update(dict.fromkeys(range(len(messages)), reason))
             return None
         now = self.clock.now()
@@ -126,6 +128,15 @@ class Engine:
             updated_at=now))
         report.workflow_name = inst.workflow_name
         return self.store.load_history(workflow_id)
+
+    @staticmethod
+    def _same_input(wf: Workflow[Any, Any], msg: StartMessage, inst: InstanceRecord) -> bool:
+        try:
+            payload = _core.encode_value(wf.request_adapter,
+                                         wf.request_adapter.validate_python(msg.input))
+        except (pydantic.ValidationError, pydantic_core.PydanticSerializationError):
+            return False
+        return _core.digest(payload) == inst.input_digest
 
     def activate(self, workflow_id: str, messages: Sequence[WorkflowMessage]) -> ActivationReport:
         """Apply every message of one instance, replay once, record and send."""
@@ -191,6 +202,13 @@ class Engine:
             raise UnknownWorkflowError(
                 f"instance {workflow_id!r} runs workflow {inst.workflow_name!r}, which is not "
                 f"registered here (registered: {self._registered()})")
+        for i, msg in enumerate(messages):
+            if (isinstance(msg, StartMessage) and i not in report.rejected
+                    and not self._same_input(wf, msg, inst)):
+                report.rejected[i] = (
+                    f"workflow id {workflow_id!r} is already used by an instance of "
+                    f"{inst.workflow_name!r} with a different input; a start message may only "
+                    "repeat the original input")
         result = Replayer(wf, workflow_id, inst.input, history.operations, staged,
                           activation=activation, now=now).run()
         report.rejected.update(result.rejected)

@@ -17,7 +17,7 @@ import pydantic_core
 from .. import _core
 from ..context import WorkflowContext
 from ..errors import InvalidRequestError, NonDeterminismError, ServiceError, WorkflowError
-from ..models import OperationRecord, OperationState
+from ..models import OperationRecord, OperationState, describe_validation_error
 from ..service import Service, type_name
 from ..workflow import Workflow
 from .loop import ReplayLoop
@@ -138,7 +138,9 @@ class Replayer:
         # Futures of recorded operations whose outcome belongs to a stage not reached yet.
         self._waiting: dict[int, tuple[asyncio.Future[Any], Service[Any, Any]]] = {}
         self._stage = 0
-        self._history_done = False
+        self._new_allowed = False
+        self._final_stage = False
+        self._consumed: set[str] = set()
 
     # -- the driver protocol the context uses -------------------------------------------------
     @property
@@ -173,7 +175,7 @@ class Replayer:
             raise InvalidRequestError(
                 f"workflow {self.workflow.name!r} ({self.workflow_id}): the request to service "
                 f"{service.name!r} at {site_of(frame)} is not a valid "
-                f"{type_name(service.request_type)}: {exc}") from None
+                f"{type_name(service.request_type)}: {describe_validation_error(exc)}") from None
         request_digest = _core.digest(payload)
         try:
             record: OperationRecord | None = self._index.match(seq, "call", service.name,
@@ -181,7 +183,7 @@ class Replayer:
         except _core.ReplayMismatch as mismatch:
             raise self._nondeterminism(mismatch, "call", service.name, payload, frame) from None
         if record is None:
-            if not self._history_done:
+            if not self._new_allowed:
                 raise self._early_new_operation(seq, "call", service.name, frame)
             self._replaying = False
             op_id = _core.operation_id("", seq)
@@ -194,7 +196,7 @@ class Replayer:
         if record.state is OperationState.PENDING:
             if record.op_id not in self._staged:
                 self.pending.append(record.op_id)
-            elif self._history_done:
+            elif self._final_stage:
                 self._resolve(record, service, future)
             else:
                 self._waiting[seq] = (future, service)
@@ -205,42 +207,65 @@ class Replayer:
         return future
 
     # -- helpers -----------------------------------------------------------------------------
+    def _outcome(self, record: OperationRecord, service: Service[Any, Any],
+                 staged: StagedResult | None) -> tuple[bool, Any] | None:
+        """The decoded outcome ``(ok, value or ServiceError)`` of a recorded or staged reply,
+        or ``None`` if it does not validate: a staged reply is then rejected (never recorded;
+        the call stays pending and a valid reply may still arrive); a recorded one means the
+        response type changed under a running workflow."""
+        state, payload = ((staged.state, staged.payload) if staged is not None
+                          else (record.state, record.result or b"null"))
+        if state is not OperationState.COMPLETED:
+            err = orjson.loads(payload)
+            return False, ServiceError(err.get("type", "Error"), err.get("message", ""),
+                                       err.get("details"), service=service.name,
+                                       call_id=record.op_id)
+        try:
+            return True, _core.decode_value(service.response_adapter, payload)
+        except pydantic.ValidationError as exc:
+            reason = (f"reply to call {record.op_id} of workflow {self.workflow_id!r} "
+                      f"(service {service.name!r}) is not a valid "
+                      f"{type_name(service.response_type)}: {describe_validation_error(exc)}")
+        if staged is not None:
+            self.rejected[staged.message_index] = reason
+        elif self._mismatch is None:
+            self._mismatch = NonDeterminismError(
+                f"workflow {self.workflow.name!r} ({self.workflow_id}): the recorded {reason}; "
+                "did the response type change while the workflow ran?")
+        return None
+
     def _resolve(self, record: OperationRecord, service: Service[Any, RespT],
                  future: asyncio.Future[RespT]) -> None:
-        staged = None
-        if record.state is OperationState.PENDING:
-            staged = self._staged.get(record.op_id)
-            if staged is None:
-                self.pending.append(record.op_id)
-                return
-            state, payload = staged.state, staged.payload
-        else:
-            state, payload = record.state, record.result or b"null"
-        if state is OperationState.COMPLETED:
-            try:
-                value = _core.decode_value(service.response_adapter, payload)
-            except pydantic.ValidationError as exc:
-                reason = (f"reply to call {record.op_id} of workflow {self.workflow_id!r} "
-                          f"(service {service.name!r}) is not a valid "
-                          f"{type_name(service.response_type)}: {_short(exc)}")
-                if staged is None:
-                    raise NonDeterminismError(
-                        f"workflow {self.workflow.name!r} ({self.workflow_id}): the recorded "
-                        f"{reason}; did the response type change while the workflow ran?"
-                    ) from None
-                # A reply that does not validate is rejected, never recorded: the call stays
-                # pending and a valid reply may still arrive.
-                self.rejected[staged.message_index] = reason
-                self.pending.append(record.op_id)
-                return
+        staged = self._staged.get(record.op_id) if record.state is OperationState.PENDING else None
+        if record.state is OperationState.PENDING and staged is None:
+            self.pending.append(record.op_id)
+            return
+        if staged is not None:
+            self._consumed.add(record.op_id)
+        outcome = self._outcome(record, service, staged)
+        if outcome is None:
+            self.pending.append(record.op_id)
+            return
+        ok, value = outcome
+        if ok:
             future.set_result(value)
         else:
-            err = orjson.loads(payload)
-            future.set_exception(ServiceError(
-                err.get("type", "Error"), err.get("message", ""), err.get("details"),
-                service=service.name, call_id=record.op_id))
+            future.set_exception(value)
         if staged is not None:
             self.accepted.append(record.op_id)
+
+    def _settle_staged(self) -> None:
+        """Accept the replies of this activation that the replay never reached (the workflow
+        ended at an earlier stage, or never created the call again): they are valid replies
+        to pending calls and are recorded, so nothing that arrived is lost."""
+        for rec in self._history:
+            staged = self._staged.get(rec.op_id)
+            if staged is None or rec.op_id in self._consumed:
+                continue
+            self._consumed.add(rec.op_id)
+            waiting = self._waiting.get(rec.seq)
+            if waiting is None or self._outcome(rec, waiting[1], staged) is not None:
+                self.accepted.append(rec.op_id)
 
     def _early_new_operation(self, seq: int, kind: str, name: str,
                              frame: FrameType | None) -> NonDeterminismError:
@@ -290,23 +315,26 @@ class Replayer:
         except pydantic.ValidationError as invalid:
             return self._finish_failed(NonDeterminismError(
                 f"workflow {wf.name!r} ({self.workflow_id}): its recorded input is no longer a "
-                f"valid {type_name(wf.request_type)}: {_short(invalid)}"))
+                f"valid {type_name(wf.request_type)}: {describe_validation_error(invalid)}"))
         ctx: WorkflowContext[Any] = WorkflowContext(self, request, self.workflow_id)
         task = self._loop.create_task(wf.fn(ctx))
         loop = self._loop
         stages = self._stages()
-        self._history_done = not stages and not self._staged
+        # New operations may appear from the last recorded stage on: an activation that
+        # crashed after recording its replies but before recording its new calls left them
+        # to be created again there. Earlier, a call the history lacks means the code changed.
+        self._new_allowed = not stages
         loop.run_until_idle()
         for i, (stage, records) in enumerate(stages):
             if task.done() or self._mismatch is not None:
                 break
             self._stage = stage
-            self._history_done = i == len(stages) - 1 and not self._staged
+            self._new_allowed = i == len(stages) - 1
             self._deliver(records)
             loop.run_until_idle()
         if self._staged and not task.done() and self._mismatch is None:
             self._stage = self._activation
-            self._history_done = True
+            self._new_allowed = self._final_stage = True
             self._replaying = False
             by_seq = sorted((rec for rec in self._history if rec.op_id in self._staged),
                             key=lambda rec: rec.seq)
@@ -325,7 +353,7 @@ class Replayer:
             missing = self._history[self._seq]
             return self._finish_failed(NonDeterminismError(
                 f"workflow {wf.name!r} ({self.workflow_id}) finished after creating "
-                f"{self._seq} operations, but its history recorded {len(self._history)}; the "
+                f"{_count(self._seq)}, but its history recorded {len(self._history)}; the "
                 f"first missing one is #{missing.seq + 1}, {missing.kind} {missing.name!r} "
                 f"(created at {missing.site or 'an unknown site'})"))
         try:
@@ -333,13 +361,15 @@ class Replayer:
         except (pydantic.ValidationError, pydantic_core.PydanticSerializationError) as bad:
             return self._finish_failed(WorkflowError(
                 f"workflow {wf.name!r} ({self.workflow_id}) returned a value that is not a "
-                f"valid {type_name(wf.result_type)}: {bad}"))
+                f"valid {type_name(wf.result_type)}: {describe_validation_error(bad)}"))
+        self._settle_staged()
         self._loop.close()
         return ReplayResult("completed", self.new_operations, result=result,
                             accepted=self.accepted, rejected=self.rejected)
 
     def _suspend(self) -> ReplayResult:
         self.sealed = True
+        self._settle_staged()
         self._loop.abandon()
         if self._mismatch is not None:
             # The workflow caught the NonDeterminismError and waited on: it still failed.
@@ -348,7 +378,7 @@ class Replayer:
             missing = self._history[self._seq]
             return self._finish_failed(NonDeterminismError(
                 f"workflow {self.workflow.name!r} ({self.workflow_id}) suspended after "
-                f"creating {self._seq} operations, but its history recorded "
+                f"creating {_count(self._seq)}, but its history recorded "
                 f"{len(self._history)}; the first not created again is #{missing.seq + 1}, "
                 f"{missing.kind} {missing.name!r} (created at "
                 f"{missing.site or 'an unknown site'})"))
@@ -357,6 +387,7 @@ class Replayer:
 
     def _finish_failed(self, exc: BaseException) -> ReplayResult:
         self.sealed = True
+        self._settle_staged()
         if not self._loop.is_closed():
             self._loop.abandon()
         # A failed replay sends nothing new when the history no longer matches the code.
@@ -365,9 +396,8 @@ class Replayer:
                             accepted=self.accepted, rejected=self.rejected)
 
 
-def _short(exc: pydantic.ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
-                     for e in exc.errors())
+def _count(n: int) -> str:
+    return f"{n} operation" if n == 1 else f"{n} operations"
 
 
 def _diff(recorded: bytes, new: bytes) -> str:

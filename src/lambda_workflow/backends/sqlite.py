@@ -92,6 +92,7 @@ class SQLiteStateStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
         if version > SCHEMA_VERSION:
+            self._db.close()
             raise RuntimeError(f"{self.path}: schema version {version} is newer than this "
                                f"lambda-workflow understands ({SCHEMA_VERSION}); upgrade it")
         with self._transaction():
