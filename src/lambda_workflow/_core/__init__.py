@@ -10,6 +10,10 @@ from __future__ import annotations
 import os
 
 from ._py import (
+    NEW,
+    PENDING,
+    READY,
+    WAIT,
     ReplayIndex,
     ReplayMismatch,
     decode_value,
@@ -21,6 +25,10 @@ from ._py import (
 
 __all__ = [
     "IMPLEMENTATION",
+    "NEW",
+    "PENDING",
+    "READY",
+    "WAIT",
     "ReplayIndex",
     "ReplayMismatch",
     "decode_value",

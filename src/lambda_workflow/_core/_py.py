@@ -1,21 +1,31 @@
 """The replay core, pure Python: the reference implementation and the single source of types.
 
-Everything an activation does per operation lives here: operation ids, request encoding and
-digests, and matching a new operation against the recorded history. A compiled twin with the
-same names may replace this module (see ``lambda_workflow._core``).
+Everything an activation does per operation lives here: request encoding and digests,
+matching a new operation against the recorded history, the schedule that delivers recorded
+outcomes in the order they arrived, and decoding outcomes into the futures the workflow
+awaits. ``ext/_c.pyx`` is the compiled twin of this module (same names, same behaviour);
+``lambda_workflow._core`` picks one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Generator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import orjson
+import pydantic
 from pydantic import TypeAdapter
 
+from ..errors import ServiceError
+
 __all__ = [
-    "RecordedOperation",
+    "NEW",
+    "PENDING",
+    "READY",
+    "WAIT",
+    "CallFuture",
     "ReplayIndex",
     "ReplayMismatch",
     "decode_value",
@@ -25,29 +35,16 @@ __all__ = [
     "operation_id",
 ]
 
+T = TypeVar("T")
 _SORT = orjson.OPT_SORT_KEYS
+_PENDING_STATE = "pending"
+_COMPLETED_STATE = "completed"
 
-
-class _Adapter(Protocol):
-    def dump_python(self, value: Any, /, *, mode: str = ...) -> Any: ...
-
-    def validate_json(self, data: bytes, /) -> Any: ...
-
-
-class RecordedOperation(Protocol):
-    """What the core reads from a recorded operation."""
-
-    @property
-    def op_id(self) -> str: ...
-
-    @property
-    def kind(self) -> str: ...
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def request_digest(self) -> str: ...
+# What ReplayIndex.call decided for an operation the workflow just created.
+NEW = 0  # not in the history: a new operation for the outbox
+PENDING = 1  # recorded, and no reply yet: never resolves in this activation
+READY = 2  # its outcome was delivered: the future is resolved already
+WAIT = 3  # its outcome belongs to a later stage: the future resolves when it is delivered
 
 
 def encode_value(adapter: TypeAdapter[Any], value: object) -> bytes:
@@ -84,27 +81,120 @@ def dedup_id(workflow_id: str, kind: str, key: str) -> str:
 
 
 class ReplayMismatch(Exception):
-    """The operation created at ``seq`` differs from the recorded one in ``field``."""
+    """The operation created at ``seq`` differs from the recorded one in ``field``.
 
-    def __init__(self, seq: int, field: str, recorded: RecordedOperation) -> None:
+    ``payload`` is the new request's encoding, for a field-by-field report.
+    """
+
+    def __init__(self, seq: int, field: str, recorded: Any, payload: bytes = b"") -> None:
         self.seq = seq
         self.field = field
         self.recorded = recorded
+        self.payload = payload
         super().__init__(f"operation #{seq + 1} differs from the history in its {field}")
 
 
+class CallFuture(asyncio.Future[T]):
+    """The awaitable a durable operation returns: a future that tells its index when the
+    workflow blocks on it, so an outcome nothing else competes with is delivered at once."""
+
+    def __init__(self, index: ReplayIndex, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self.index = index
+        self.seq = -1
+        self.adapter: TypeAdapter[Any] | None = None
+        self.name = ""
+
+    def __await__(self) -> Generator[Any, None, T]:
+        if self.seq >= 0:
+            self.index.on_await(self)
+        return super().__await__()
+
+
+# on_invalid(record, future, staged payload or None, error): a reply that does not validate.
+InvalidHook = Callable[[Any, CallFuture[Any], "bytes | None", pydantic.ValidationError], None]
+
+
 class ReplayIndex:
-    """The recorded operations of one instance, matched in creation order during replay."""
+    """The recorded operations of one instance, and the schedule that delivers their outcomes.
 
-    __slots__ = ("_ops",)
+    Operations are matched in creation order (:meth:`call`). Outcomes are delivered in
+    *stages*: one per activation that recorded them, oldest first, then this activation's new
+    replies (``staged``), so every replay follows the order in which replies arrived.
 
-    def __init__(self, operations: Sequence[RecordedOperation]) -> None:
+    Args:
+        operations: The recorded operations, in ``seq`` order.
+        staged: ``op_id -> (ok, payload)`` for pending operations whose reply arrived in this
+            activation (payload: the value's JSON if ok, else the error's JSON).
+        activation: This activation's number (the stage of the staged replies).
+        loop: The workflow's event loop (for futures, and to see whether a task is runnable).
+        on_invalid: Called when an outcome does not validate against its response type.
+    """
+
+    __slots__ = (
+        "_by_stage",
+        "_ops",
+        "_pos",
+        "_schedule",
+        "_stage",
+        "_staged",
+        "accepted",
+        "activation",
+        "consumed",
+        "loop",
+        "n_recorded_stages",
+        "on_invalid",
+        "pending",
+        "waiting",
+    )
+
+    def __init__(self, operations: Sequence[Any], staged: Mapping[str, tuple[bool, bytes]],
+                 activation: int, loop: Any, on_invalid: InvalidHook) -> None:
         self._ops = list(operations)
+        self._staged = dict(staged)
+        self.activation = activation
+        self.loop = loop
+        self.on_invalid = on_invalid
+        by_stage: dict[int, list[int]] = {}
+        for seq, rec in enumerate(self._ops):
+            stage = self._stage_of(rec)
+            if stage >= 0:
+                by_stage.setdefault(stage, []).append(seq)
+        self._by_stage = by_stage
+        schedule = sorted(s for s in by_stage if s != activation or not self._staged)
+        self.n_recorded_stages = len(schedule)
+        if self._staged:
+            schedule.append(activation)
+        self._schedule = schedule
+        self._pos = 0
+        self._stage = -1
+        self.waiting: dict[int, CallFuture[Any]] = {}
+        self.pending: list[str] = []
+        self.accepted: list[str] = []
+        self.consumed: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._ops)
 
-    def match(self, seq: int, kind: str, name: str, request_digest: str) -> Any:
+    def _stage_of(self, rec: Any) -> int:
+        if rec.state != _PENDING_STATE:
+            return rec.resolved_in or 0
+        return self.activation if rec.op_id in self._staged else -1
+
+    @property
+    def new_allowed(self) -> bool:
+        """Whether a new operation may appear now: from the last recorded stage on (an
+        activation that crashed after recording replies left its new calls to be made
+        again there); earlier, a call the history lacks means the code changed."""
+        return self._pos >= self.n_recorded_stages
+
+    @property
+    def final_stage(self) -> bool:
+        """Whether this activation's own replies are being delivered."""
+        return self._pos > self.n_recorded_stages
+
+    def match(self, seq: int, kind: str, name: str, request_digest: str,
+              payload: bytes = b"") -> Any:
         """Return the record of operation ``seq`` if it was recorded, else ``None`` (a new one).
 
         Raises:
@@ -114,9 +204,124 @@ class ReplayIndex:
             return None
         rec = self._ops[seq]
         if rec.kind != kind:
-            raise ReplayMismatch(seq, "kind", rec)
+            raise ReplayMismatch(seq, "kind", rec, payload)
         if rec.name != name:
-            raise ReplayMismatch(seq, "name", rec)
+            raise ReplayMismatch(seq, "name", rec, payload)
         if rec.request_digest != request_digest:
-            raise ReplayMismatch(seq, "request", rec)
+            raise ReplayMismatch(seq, "request", rec, payload)
         return rec
+
+    def call(self, seq: int, kind: str, name: str, request_adapter: TypeAdapter[Any],
+             response_adapter: TypeAdapter[Any],
+             request: object) -> tuple[int, CallFuture[Any], Any, bytes, str]:
+        """One replay step: validate and encode the request of the ``seq``-th operation, match
+        it against the history, and return ``(decision, future, record, payload, digest)``.
+
+        A recorded outcome that was already delivered resolves the future now (``READY``);
+        one of a later stage resolves it when delivered (``WAIT``); a call without a reply
+        never resolves in this activation (``PENDING``); a new operation is ``NEW``.
+
+        Raises:
+            ReplayMismatch: the operation differs from the recorded one.
+            pydantic.ValidationError: the request is not valid for ``request_adapter``.
+        """
+        payload = orjson.dumps(
+            request_adapter.dump_python(request_adapter.validate_python(request), mode="json"),
+            option=_SORT)
+        request_digest = hashlib.blake2b(payload, digest_size=16).hexdigest()
+        rec = self.match(seq, kind, name, request_digest, payload)
+        future: CallFuture[Any] = CallFuture(self, self.loop)
+        if rec is None:
+            return NEW, future, None, payload, request_digest
+        stage = self._stage_of(rec)
+        if stage < 0:
+            self.pending.append(rec.op_id)
+            return PENDING, future, rec, payload, request_digest
+        future.adapter = response_adapter
+        future.name = name
+        if stage <= self._stage:
+            self.settle(rec, future)
+            return READY, future, rec, payload, request_digest
+        future.seq = seq
+        self.waiting[seq] = future
+        return WAIT, future, rec, payload, request_digest
+
+    def settle(self, rec: Any, future: CallFuture[Any]) -> None:
+        """Resolve ``future`` with the decoded outcome of ``rec`` (recorded, or staged in this
+        activation): the validated value, or the :class:`ServiceError` the service replied."""
+        staged = self._staged.get(rec.op_id) if rec.state == _PENDING_STATE else None
+        if staged is not None:
+            ok, payload = staged
+            self.consumed.add(rec.op_id)
+        else:
+            ok, payload = rec.state == _COMPLETED_STATE, rec.result or b"null"
+        if ok:
+            try:
+                value = future.adapter.validate_json(payload)  # type: ignore[union-attr]
+            except pydantic.ValidationError as exc:
+                self.on_invalid(rec, future, payload if staged is not None else None, exc)
+                return
+            future.set_result(value)
+        else:
+            err = orjson.loads(payload)
+            future.set_exception(ServiceError(
+                err.get("type", "Error"), err.get("message", ""), err.get("details"),
+                service=future.name, call_id=rec.op_id))
+        if staged is not None:
+            self.accepted.append(rec.op_id)
+
+    def on_await(self, future: CallFuture[Any]) -> None:
+        """The workflow blocks on ``future``. If it is the only operation waiting, its outcome
+        is the next stage and no task is runnable, nothing could happen before that stage is
+        delivered: deliver it now. A workflow that awaits its calls one at a time then replays
+        without an event-loop round per call; the order of delivery is unchanged."""
+        seq = future.seq
+        waiting = self.waiting
+        pos = self._pos
+        if (len(waiting) != 1 or pos >= len(self._schedule) or seq not in waiting
+                or self.loop.has_ready()):
+            return
+        rec = self._ops[seq]
+        stage = self._stage_of(rec)
+        if self._schedule[pos] != stage:
+            return
+        self._pos = pos + 1
+        self._stage = stage
+        del waiting[seq]
+        future.seq = -1
+        self.settle(rec, future)
+
+    def advance(self) -> bool:
+        """Deliver the next stage: settle, in operation order, the waiting operations whose
+        outcomes it holds. Returns ``False`` when every stage was delivered."""
+        pos = self._pos
+        if pos >= len(self._schedule):
+            return False
+        stage = self._schedule[pos]
+        self._pos = pos + 1
+        self._stage = stage
+        waiting = self.waiting
+        for seq in self._by_stage[stage]:
+            future = waiting.pop(seq, None)
+            if future is not None:
+                future.seq = -1
+                self.settle(self._ops[seq], future)
+        return True
+
+    def settle_unreached(self) -> None:
+        """Accept this activation's replies that the replay never delivered (the workflow
+        ended at an earlier stage, or never made the call again): valid replies to pending
+        calls are recorded, so nothing that arrived is lost. Invalid ones are reported."""
+        for rec in self._ops:
+            staged = self._staged.get(rec.op_id) if rec.state == _PENDING_STATE else None
+            if staged is None or rec.op_id in self.consumed:
+                continue
+            self.consumed.add(rec.op_id)
+            future = self.waiting.get(rec.seq)
+            if future is not None and staged[0]:
+                try:
+                    future.adapter.validate_json(staged[1])  # type: ignore[union-attr]
+                except pydantic.ValidationError as exc:
+                    self.on_invalid(rec, future, staged[1], exc)
+                    continue
+            self.accepted.append(rec.op_id)

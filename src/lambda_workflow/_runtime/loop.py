@@ -96,6 +96,10 @@ class ReplayLoop(asyncio.AbstractEventLoop):
     def default_exception_handler(self, context: dict[str, Any]) -> None:
         self.errors.append(context)
 
+    def has_ready(self) -> bool:
+        """Whether a callback is waiting to run (another task is runnable)."""
+        return bool(self._ready)
+
     # -- driving ----------------------------------------------------------------------------
     def run_until_idle(self) -> None:
         """Run ready callbacks until there are none (every task done or blocked)."""

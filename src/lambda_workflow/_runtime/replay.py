@@ -24,6 +24,7 @@ from .loop import ReplayLoop
 
 __all__ = ["Outcome", "ReplayResult", "Replayer", "StagedResult", "error_payload"]
 
+T = TypeVar("T")
 ReqT = TypeVar("ReqT")
 RespT = TypeVar("RespT")
 
@@ -101,7 +102,8 @@ class Replayer:
     activation. Every activation therefore continues exactly the execution of the one before:
     code that reacts to whichever reply came first (``asyncio.gather`` raising the first error,
     ``asyncio.wait(FIRST_COMPLETED)``) takes the same branch on every replay. New operations are
-    collected in ``new_operations`` for the outbox; nothing is written here.
+    collected in ``new_operations`` for the outbox; nothing is written here. The per-operation
+    work is the replay core's (:class:`lambda_workflow._core.ReplayIndex`).
     """
 
     def __init__(
@@ -119,7 +121,6 @@ class Replayer:
         self.workflow_id = workflow_id
         self._request_payload = request_payload
         self._history = history
-        self._index = _core.ReplayIndex(history)
         self._staged = staged
         self._activation = activation
         self._now = now
@@ -127,25 +128,32 @@ class Replayer:
         # AbstractEventLoop's typeshed stub marks its whole I/O surface abstract; a workflow
         # loop has no I/O, and at run time the class is not an ABC.
         self._loop = ReplayLoop()  # type: ignore[abstract]
+        self._index = _core.ReplayIndex(
+            history, {op_id: (st.state is OperationState.COMPLETED, st.payload)
+                      for op_id, st in staged.items()},
+            activation, self._loop, self._invalid_reply)
         self._replaying = bool(history)
         self.sealed = False
         self.new_operations: list[OperationRecord] = []
-        self.accepted: list[str] = []
         self.rejected: dict[int, str] = {}
-        self.pending: list[str] = []
         self._mismatch: NonDeterminismError | None = None
         self._logger = _ReplayAwareLogger(self)
-        # Futures of recorded operations whose outcome belongs to a stage not reached yet.
-        self._waiting: dict[int, tuple[asyncio.Future[Any], Service[Any, Any]]] = {}
-        self._stage = 0
-        self._new_allowed = False
-        self._final_stage = False
-        self._consumed: set[str] = set()
+        self._services: dict[str, Service[Any, Any]] = {}
+
+    @property
+    def accepted(self) -> list[str]:
+        """Ids of this activation's replies to record."""
+        return self._index.accepted
+
+    @property
+    def pending(self) -> list[str]:
+        """Ids of the calls still waiting for a reply."""
+        return self._index.pending
 
     # -- the driver protocol the context uses -------------------------------------------------
     @property
     def is_replaying(self) -> bool:
-        return self._replaying
+        return self._replaying and not self._index.final_stage
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -154,10 +162,9 @@ class Replayer:
     def call(
         self, service: Service[ReqT, RespT], request: ReqT, frame: FrameType | None
     ) -> Awaitable[RespT]:
-        loop = self._loop
-        future: asyncio.Future[RespT] = loop.create_future()
         if self.sealed:
             # Teardown code after suspension: nothing is recorded or sent.
+            future: asyncio.Future[RespT] = self._loop.create_future()
             future.cancel()
             return future
         if not isinstance(service, Service):
@@ -165,25 +172,23 @@ class Replayer:
                             f"at {site_of(frame)}")
         seq = self._seq
         self._seq += 1
+        self._services[service.name] = service
         try:
-            # Validate first: serializing alone accepts an instance of another model (it
-            # dumps the fields the two share) and would send a request the service rejects.
-            payload = _core.encode_value(service.request_adapter,
-                                         service.request_adapter.validate_python(request))
+            # Validating first matters: serializing alone accepts an instance of another model
+            # (it dumps the fields the two share) and would send a request the service rejects.
+            decision, future, _, payload, request_digest = self._index.call(
+                seq, "call", service.name, service.request_adapter, service.response_adapter,
+                request)
+        except _core.ReplayMismatch as mismatch:
+            raise self._nondeterminism(mismatch, "call", service.name, frame) from None
         except (pydantic.ValidationError, pydantic_core.PydanticSerializationError, TypeError,
                 ValueError) as exc:
             raise InvalidRequestError(
                 f"workflow {self.workflow.name!r} ({self.workflow_id}): the request to service "
                 f"{service.name!r} at {site_of(frame)} is not a valid "
                 f"{type_name(service.request_type)}: {describe_validation_error(exc)}") from None
-        request_digest = _core.digest(payload)
-        try:
-            record: OperationRecord | None = self._index.match(seq, "call", service.name,
-                                                                request_digest)
-        except _core.ReplayMismatch as mismatch:
-            raise self._nondeterminism(mismatch, "call", service.name, payload, frame) from None
-        if record is None:
-            if not self._new_allowed:
+        if decision == _core.NEW:
+            if not self._index.new_allowed:
                 raise self._early_new_operation(seq, "call", service.name, frame)
             self._replaying = False
             op_id = _core.operation_id("", seq)
@@ -191,81 +196,26 @@ class Replayer:
                 workflow_id=self.workflow_id, op_id=op_id, seq=seq, kind="call",
                 name=service.name, request=payload, request_digest=request_digest,
                 site=site_of(frame), created_in=self._activation, created_at=self._now))
-            self.pending.append(op_id)
-            return future
-        if record.state is OperationState.PENDING:
-            if record.op_id not in self._staged:
-                self.pending.append(record.op_id)
-            elif self._final_stage:
-                self._resolve(record, service, future)
-            else:
-                self._waiting[seq] = (future, service)
-        elif record.resolved_in is not None and record.resolved_in <= self._stage:
-            self._resolve(record, service, future)
-        else:
-            self._waiting[seq] = (future, service)
+            self._index.pending.append(op_id)
         return future
 
     # -- helpers -----------------------------------------------------------------------------
-    def _outcome(self, record: OperationRecord, service: Service[Any, Any],
-                 staged: StagedResult | None) -> tuple[bool, Any] | None:
-        """The decoded outcome ``(ok, value or ServiceError)`` of a recorded or staged reply,
-        or ``None`` if it does not validate: a staged reply is then rejected (never recorded;
-        the call stays pending and a valid reply may still arrive); a recorded one means the
-        response type changed under a running workflow."""
-        state, payload = ((staged.state, staged.payload) if staged is not None
-                          else (record.state, record.result or b"null"))
-        if state is not OperationState.COMPLETED:
-            err = orjson.loads(payload)
-            return False, ServiceError(err.get("type", "Error"), err.get("message", ""),
-                                       err.get("details"), service=service.name,
-                                       call_id=record.op_id)
-        try:
-            return True, _core.decode_value(service.response_adapter, payload)
-        except pydantic.ValidationError as exc:
-            reason = (f"reply to call {record.op_id} of workflow {self.workflow_id!r} "
-                      f"(service {service.name!r}) is not a valid "
-                      f"{type_name(service.response_type)}: {describe_validation_error(exc)}")
-        if staged is not None:
-            self.rejected[staged.message_index] = reason
+    def _invalid_reply(self, record: OperationRecord, future: asyncio.Future[Any],
+                       staged_payload: bytes | None, exc: pydantic.ValidationError) -> None:
+        """A reply that does not validate against its response type. One that arrived now is
+        rejected, never recorded: the call stays pending and a valid reply may still arrive.
+        A recorded one means the response type changed under a running workflow."""
+        service = self._services[record.name]
+        reason = (f"reply to call {record.op_id} of workflow {self.workflow_id!r} (service "
+                  f"{service.name!r}) is not a valid {type_name(service.response_type)}: "
+                  f"{describe_validation_error(exc)}")
+        self._index.pending.append(record.op_id)
+        if staged_payload is not None:
+            self.rejected[self._staged[record.op_id].message_index] = reason
         elif self._mismatch is None:
             self._mismatch = NonDeterminismError(
                 f"workflow {self.workflow.name!r} ({self.workflow_id}): the recorded {reason}; "
                 "did the response type change while the workflow ran?")
-        return None
-
-    def _resolve(self, record: OperationRecord, service: Service[Any, RespT],
-                 future: asyncio.Future[RespT]) -> None:
-        staged = self._staged.get(record.op_id) if record.state is OperationState.PENDING else None
-        if record.state is OperationState.PENDING and staged is None:
-            self.pending.append(record.op_id)
-            return
-        if staged is not None:
-            self._consumed.add(record.op_id)
-        outcome = self._outcome(record, service, staged)
-        if outcome is None:
-            self.pending.append(record.op_id)
-            return
-        ok, value = outcome
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-        if staged is not None:
-            self.accepted.append(record.op_id)
-
-    def _settle_staged(self) -> None:
-        """Accept the replies of this activation that the replay never reached (the workflow
-        ended at an earlier stage, or never created the call again): they are valid replies
-        to pending calls and are recorded, so nothing that arrived is lost."""
-        for rec in self._history:
-            staged = self._staged.get(rec.op_id)
-            if staged is None or rec.op_id in self._consumed:
-                continue
-            self._consumed.add(rec.op_id)
-            waiting = self._waiting.get(rec.seq)
-            if waiting is None or self._outcome(rec, waiting[1], staged) is not None:
-                self.accepted.append(rec.op_id)
 
     def _early_new_operation(self, seq: int, kind: str, name: str,
                              frame: FrameType | None) -> NonDeterminismError:
@@ -276,22 +226,8 @@ class Replayer:
             f"only {len(self._history)} operations at that point")
         return self._mismatch
 
-    def _stages(self) -> list[tuple[int, list[OperationRecord]]]:
-        """Recorded outcomes grouped by the activation that recorded them, oldest first."""
-        by_activation: dict[int, list[OperationRecord]] = {}
-        for rec in self._history:  # in seq order
-            if rec.state is not OperationState.PENDING:
-                by_activation.setdefault(rec.resolved_in or 0, []).append(rec)
-        return sorted(by_activation.items())
-
-    def _deliver(self, records: Sequence[OperationRecord]) -> None:
-        for rec in records:
-            waiting = self._waiting.pop(rec.seq, None)
-            if waiting is not None:
-                self._resolve(rec, waiting[1], waiting[0])
-
     def _nondeterminism(self, mismatch: _core.ReplayMismatch, kind: str, name: str,
-                        payload: bytes, frame: FrameType | None) -> NonDeterminismError:
+                        frame: FrameType | None) -> NonDeterminismError:
         rec = self._history[mismatch.seq]
         head = (f"workflow {self.workflow.name!r} ({self.workflow_id}) no longer matches its "
                 f"history at operation #{mismatch.seq + 1}: the code at {site_of(frame)} "
@@ -301,8 +237,8 @@ class Replayer:
             head = (f"workflow {self.workflow.name!r} ({self.workflow_id}) no longer matches its "
                     f"history at operation #{mismatch.seq + 1} ({kind} {name!r} at "
                     f"{site_of(frame)}): the request differs from the recorded one: "
-                    f"{_diff(rec.request, payload)}. Build requests only from the workflow's "
-                    f"input and recorded results (not the clock or random numbers)")
+                    f"{_diff(rec.request, mismatch.payload)}. Build requests only from the "
+                    "workflow's input and recorded results (not the clock or random numbers)")
         self._mismatch = NonDeterminismError(head)
         return self._mismatch
 
@@ -319,26 +255,9 @@ class Replayer:
         ctx: WorkflowContext[Any] = WorkflowContext(self, request, self.workflow_id)
         task = self._loop.create_task(wf.fn(ctx))
         loop = self._loop
-        stages = self._stages()
-        # New operations may appear from the last recorded stage on: an activation that
-        # crashed after recording its replies but before recording its new calls left them
-        # to be created again there. Earlier, a call the history lacks means the code changed.
-        self._new_allowed = not stages
         loop.run_until_idle()
-        for i, (stage, records) in enumerate(stages):
-            if task.done() or self._mismatch is not None:
-                break
-            self._stage = stage
-            self._new_allowed = i == len(stages) - 1
-            self._deliver(records)
-            loop.run_until_idle()
-        if self._staged and not task.done() and self._mismatch is None:
-            self._stage = self._activation
-            self._new_allowed = self._final_stage = True
-            self._replaying = False
-            by_seq = sorted((rec for rec in self._history if rec.op_id in self._staged),
-                            key=lambda rec: rec.seq)
-            self._deliver(by_seq)
+        advance = self._index.advance
+        while not task.done() and self._mismatch is None and advance():
             loop.run_until_idle()
         if not task.done():
             return self._suspend()
@@ -362,14 +281,14 @@ class Replayer:
             return self._finish_failed(WorkflowError(
                 f"workflow {wf.name!r} ({self.workflow_id}) returned a value that is not a "
                 f"valid {type_name(wf.result_type)}: {describe_validation_error(bad)}"))
-        self._settle_staged()
+        self._index.settle_unreached()
         self._loop.close()
         return ReplayResult("completed", self.new_operations, result=result,
                             accepted=self.accepted, rejected=self.rejected)
 
     def _suspend(self) -> ReplayResult:
         self.sealed = True
-        self._settle_staged()
+        self._index.settle_unreached()
         self._loop.abandon()
         if self._mismatch is not None:
             # The workflow caught the NonDeterminismError and waited on: it still failed.
@@ -387,7 +306,7 @@ class Replayer:
 
     def _finish_failed(self, exc: BaseException) -> ReplayResult:
         self.sealed = True
-        self._settle_staged()
+        self._index.settle_unreached()
         if not self._loop.is_closed():
             self._loop.abandon()
         # A failed replay sends nothing new when the history no longer matches the code.
