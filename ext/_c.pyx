@@ -1,0 +1,267 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The replay core, compiled: the twin of ``lambda_workflow/_core/_py.py``.
+
+Same names, same behaviour, same docstrings' contracts (the pure twin is the reference and the
+source of types; see its docstrings). What changes is only how the per-operation work is
+executed: ReplayIndex is an extension type with typed fields, and the replay step (validate,
+encode, digest, match, schedule, decode, resolve) runs without Python frames in between.
+"""
+
+import asyncio
+import hashlib
+
+import orjson
+import pydantic
+
+from ..errors import ServiceError
+
+__all__ = [
+    "NEW",
+    "PENDING",
+    "READY",
+    "WAIT",
+    "CallFuture",
+    "ReplayIndex",
+    "ReplayMismatch",
+    "decode_value",
+    "dedup_id",
+    "digest",
+    "encode_value",
+    "operation_id",
+]
+
+cdef object _dumps = orjson.dumps
+cdef object _loads = orjson.loads
+cdef object _blake2b = hashlib.blake2b
+cdef object _sha256 = hashlib.sha256
+cdef int _SORT = orjson.OPT_SORT_KEYS
+cdef object _ValidationError = pydantic.ValidationError
+cdef object _Future = asyncio.Future
+cdef object _future_init = asyncio.Future.__init__
+cdef object _future_await = asyncio.Future.__await__
+cdef str _PENDING_STATE = "pending"
+cdef str _COMPLETED_STATE = "completed"
+
+NEW = 0
+PENDING = 1
+READY = 2
+WAIT = 3
+cdef int C_NEW = 0, C_PENDING = 1, C_READY = 2, C_WAIT = 3
+
+
+def encode_value(adapter, value):
+    return _dumps(adapter.dump_python(value, mode="json"), option=_SORT)
+
+
+def decode_value(adapter, payload):
+    return adapter.validate_json(payload)
+
+
+def digest(payload):
+    return _blake2b(payload, digest_size=16).hexdigest()
+
+
+def operation_id(str scope, Py_ssize_t seq):
+    if scope:
+        return f"{scope}.{seq + 1}"
+    return str(seq + 1)
+
+
+def dedup_id(str workflow_id, str kind, str key):
+    return _sha256(f"{kind}\x00{workflow_id}\x00{key}".encode()).hexdigest()
+
+
+class ReplayMismatch(Exception):
+    def __init__(self, seq, field, recorded, payload=b""):
+        self.seq = seq
+        self.field = field
+        self.recorded = recorded
+        self.payload = payload
+        super().__init__(f"operation #{seq + 1} differs from the history in its {field}")
+
+
+class CallFuture(_Future):
+    def __init__(self, index, loop):
+        _future_init(self, loop=loop)
+        self.index = index
+        self.seq = -1
+        self.adapter = None
+        self.name = ""
+
+    def __await__(self):
+        if self.seq >= 0:
+            (<ReplayIndex>self.index).on_await(self)
+        return _future_await(self)
+
+
+cdef class ReplayIndex:
+    cdef list _ops
+    cdef dict _staged
+    cdef dict _by_stage
+    cdef list _schedule
+    cdef Py_ssize_t _pos
+    cdef Py_ssize_t _stage
+    cdef public Py_ssize_t activation
+    cdef public Py_ssize_t n_recorded_stages
+    cdef public object loop
+    cdef public object on_invalid
+    cdef public dict waiting
+    cdef public list pending
+    cdef public list accepted
+    cdef public set consumed
+
+    def __init__(self, operations, staged, Py_ssize_t activation, loop, on_invalid):
+        cdef Py_ssize_t seq
+        cdef Py_ssize_t stage
+        self._ops = list(operations)
+        self._staged = dict(staged)
+        self.activation = activation
+        self.loop = loop
+        self.on_invalid = on_invalid
+        by_stage = {}
+        for seq in range(len(self._ops)):
+            stage = self._stage_of(self._ops[seq])
+            if stage >= 0:
+                by_stage.setdefault(stage, []).append(seq)
+        self._by_stage = by_stage
+        schedule = sorted([s for s in by_stage if s != activation or not self._staged])
+        self.n_recorded_stages = len(schedule)
+        if self._staged:
+            schedule.append(activation)
+        self._schedule = schedule
+        self._pos = 0
+        self._stage = -1
+        self.waiting = {}
+        self.pending = []
+        self.accepted = []
+        self.consumed = set()
+
+    def __len__(self):
+        return len(self._ops)
+
+    cdef Py_ssize_t _stage_of(self, rec) except? -2:
+        if rec.state != _PENDING_STATE:
+            return rec.resolved_in or 0
+        return self.activation if rec.op_id in self._staged else -1
+
+    @property
+    def new_allowed(self):
+        return self._pos >= self.n_recorded_stages
+
+    @property
+    def final_stage(self):
+        return self._pos > self.n_recorded_stages
+
+    def match(self, Py_ssize_t seq, kind, name, request_digest, payload=b""):
+        return self._match(seq, kind, name, request_digest, payload)
+
+    cdef object _match(self, Py_ssize_t seq, kind, name, request_digest, payload):
+        if seq >= len(self._ops):
+            return None
+        rec = self._ops[seq]
+        if rec.kind != kind:
+            raise ReplayMismatch(seq, "kind", rec, payload)
+        if rec.name != name:
+            raise ReplayMismatch(seq, "name", rec, payload)
+        if rec.request_digest != request_digest:
+            raise ReplayMismatch(seq, "request", rec, payload)
+        return rec
+
+    def call(self, Py_ssize_t seq, kind, name, request_adapter, response_adapter, request):
+        cdef Py_ssize_t stage
+        payload = _dumps(
+            request_adapter.dump_python(request_adapter.validate_python(request), mode="json"),
+            option=_SORT)
+        request_digest = _blake2b(payload, digest_size=16).hexdigest()
+        rec = self._match(seq, kind, name, request_digest, payload)
+        future = CallFuture(self, self.loop)
+        if rec is None:
+            return NEW, future, None, payload, request_digest
+        stage = self._stage_of(rec)
+        if stage < 0:
+            self.pending.append(rec.op_id)
+            return PENDING, future, rec, payload, request_digest
+        future.adapter = response_adapter
+        future.name = name
+        if stage <= self._stage:
+            self._settle(rec, future)
+            return READY, future, rec, payload, request_digest
+        future.seq = seq
+        self.waiting[seq] = future
+        return WAIT, future, rec, payload, request_digest
+
+    def settle(self, rec, future):
+        self._settle(rec, future)
+
+    cdef _settle(self, rec, future):
+        op_id = rec.op_id
+        staged = self._staged.get(op_id) if rec.state == _PENDING_STATE else None
+        if staged is not None:
+            ok, payload = staged
+            self.consumed.add(op_id)
+        else:
+            ok = rec.state == _COMPLETED_STATE
+            payload = rec.result or b"null"
+        if ok:
+            try:
+                value = future.adapter.validate_json(payload)
+            except _ValidationError as exc:
+                self.on_invalid(rec, future, payload if staged is not None else None, exc)
+                return
+            future.set_result(value)
+        else:
+            err = _loads(payload)
+            future.set_exception(ServiceError(
+                err.get("type", "Error"), err.get("message", ""), err.get("details"),
+                service=future.name, call_id=op_id))
+        if staged is not None:
+            self.accepted.append(op_id)
+
+    cpdef on_await(self, future):
+        cdef Py_ssize_t seq = future.seq
+        cdef Py_ssize_t pos = self._pos
+        cdef Py_ssize_t stage
+        waiting = self.waiting
+        if (len(waiting) != 1 or pos >= len(self._schedule) or seq not in waiting
+                or self.loop.has_ready()):
+            return
+        rec = self._ops[seq]
+        stage = self._stage_of(rec)
+        if self._schedule[pos] != stage:
+            return
+        self._pos = pos + 1
+        self._stage = stage
+        del waiting[seq]
+        future.seq = -1
+        self._settle(rec, future)
+
+    def advance(self):
+        cdef Py_ssize_t pos = self._pos
+        cdef Py_ssize_t stage
+        if pos >= len(self._schedule):
+            return False
+        stage = self._schedule[pos]
+        self._pos = pos + 1
+        self._stage = stage
+        waiting = self.waiting
+        for seq in self._by_stage[stage]:
+            future = waiting.pop(seq, None)
+            if future is not None:
+                future.seq = -1
+                self._settle(self._ops[seq], future)
+        return True
+
+    def settle_unreached(self):
+        for rec in self._ops:
+            staged = self._staged.get(rec.op_id) if rec.state == _PENDING_STATE else None
+            if staged is None or rec.op_id in self.consumed:
+                continue
+            self.consumed.add(rec.op_id)
+            future = self.waiting.get(rec.seq)
+            if future is not None and staged[0]:
+                try:
+                    future.adapter.validate_json(staged[1])
+                except _ValidationError as exc:
+                    self.on_invalid(rec, future, staged[1], exc)
+                    continue
+            self.accepted.append(rec.op_id)
