@@ -13,6 +13,8 @@ import hashlib
 import orjson
 import pydantic
 
+from pydantic_core import PydanticSerializationError
+
 from ..errors import ServiceError
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "READY",
     "WAIT",
     "CallFuture",
+    "ReplayHooks",
     "ReplayIndex",
     "ReplayMismatch",
     "decode_value",
@@ -87,11 +90,20 @@ class CallFuture(_Future):
         self.seq = -1
         self.adapter = None
         self.name = ""
+        self.owner = None
 
     def __await__(self):
         if self.seq >= 0:
             (<ReplayIndex>self.index).on_await(self)
         return _future_await(self)
+
+
+class ReplayHooks:
+    """Protocol only (see the pure twin); present so both twins export the same names."""
+
+
+cdef object _bad_request_errors = (_ValidationError, PydanticSerializationError, TypeError,
+                                   ValueError)
 
 
 cdef class ReplayIndex:
@@ -104,20 +116,24 @@ cdef class ReplayIndex:
     cdef public Py_ssize_t activation
     cdef public Py_ssize_t n_recorded_stages
     cdef public object loop
-    cdef public object on_invalid
+    cdef public object hooks
+    cdef public Py_ssize_t seq
+    cdef public bint sealed
     cdef public dict waiting
     cdef public list pending
     cdef public list accepted
     cdef public set consumed
 
-    def __init__(self, operations, staged, Py_ssize_t activation, loop, on_invalid):
+    def __init__(self, operations, staged, Py_ssize_t activation, loop, hooks):
         cdef Py_ssize_t seq
         cdef Py_ssize_t stage
         self._ops = list(operations)
         self._staged = dict(staged)
         self.activation = activation
         self.loop = loop
-        self.on_invalid = on_invalid
+        self.hooks = hooks
+        self.seq = 0
+        self.sealed = False
         by_stage = {}
         for seq in range(len(self._ops)):
             stage = self._stage_of(self._ops[seq])
@@ -152,10 +168,10 @@ cdef class ReplayIndex:
     def final_stage(self):
         return self._pos > self.n_recorded_stages
 
-    def match(self, Py_ssize_t seq, kind, name, request_digest, payload=b""):
-        return self._match(seq, kind, name, request_digest, payload)
+    def match(self, Py_ssize_t seq, kind, name, payload):
+        return self._match(seq, kind, name, payload)
 
-    cdef object _match(self, Py_ssize_t seq, kind, name, request_digest, payload):
+    cdef object _match(self, Py_ssize_t seq, kind, name, bytes payload):
         if seq >= len(self._ops):
             return None
         rec = self._ops[seq]
@@ -163,32 +179,65 @@ cdef class ReplayIndex:
             raise ReplayMismatch(seq, "kind", rec, payload)
         if rec.name != name:
             raise ReplayMismatch(seq, "name", rec, payload)
-        if rec.request_digest != request_digest:
+        if rec.request != payload:
             raise ReplayMismatch(seq, "request", rec, payload)
         return rec
 
-    def call(self, Py_ssize_t seq, kind, name, request_adapter, response_adapter, request):
+    def step(self, Py_ssize_t seq, kind, name, request_adapter, request_model,
+             response_adapter, request, owner=None):
+        return self._step(seq, kind, name, request_adapter, request_model, response_adapter,
+                          request, owner)
+
+    cdef tuple _step(self, Py_ssize_t seq, kind, name, request_adapter, request_model,
+                     response_adapter, request, owner):
         cdef Py_ssize_t stage
-        payload = _dumps(
-            request_adapter.dump_python(request_adapter.validate_python(request), mode="json"),
-            option=_SORT)
-        request_digest = _blake2b(payload, digest_size=16).hexdigest()
-        rec = self._match(seq, kind, name, request_digest, payload)
+        if request_model is None or type(request) is not request_model:
+            request = request_adapter.validate_python(request)
+        cdef bytes payload = _dumps(request_adapter.dump_python(request, mode="json"),
+                                    option=_SORT)
+        rec = self._match(seq, kind, name, payload)
         future = CallFuture(self, self.loop)
         if rec is None:
-            return NEW, future, None, payload, request_digest
+            return NEW, future, None, payload
         stage = self._stage_of(rec)
         if stage < 0:
             self.pending.append(rec.op_id)
-            return PENDING, future, rec, payload, request_digest
+            return PENDING, future, rec, payload
         future.adapter = response_adapter
         future.name = name
+        future.owner = owner
         if stage <= self._stage:
             self._settle(rec, future)
-            return READY, future, rec, payload, request_digest
+            return READY, future, rec, payload
         future.seq = seq
         self.waiting[seq] = future
-        return WAIT, future, rec, payload, request_digest
+        return WAIT, future, rec, payload
+
+    def call_service(self, service, request, frame):
+        if self.sealed:
+            future = self.loop.create_future()
+            future.cancel()
+            return future
+        try:
+            name = service.name
+            request_adapter = service.request_adapter
+            request_model = service.request_model
+            response_adapter = service.response_adapter
+        except AttributeError:
+            raise self.hooks.not_a_service(service, frame) from None
+        cdef Py_ssize_t seq = self.seq
+        self.seq = seq + 1
+        try:
+            result = self._step(seq, "call", name, request_adapter, request_model,
+                                response_adapter, request, service)
+        except ReplayMismatch as exc:
+            raise self.hooks.mismatch(exc, "call", name, frame) from None
+        except _bad_request_errors as exc:
+            raise self.hooks.bad_request(exc, service, frame) from None
+        if result[0] == C_NEW:
+            self.hooks.new_operation(seq, "call", name, result[3], frame)
+            self.pending.append(operation_id("", seq))
+        return result[1]
 
     def settle(self, rec, future):
         self._settle(rec, future)
@@ -206,7 +255,7 @@ cdef class ReplayIndex:
             try:
                 value = future.adapter.validate_json(payload)
             except _ValidationError as exc:
-                self.on_invalid(rec, future, payload if staged is not None else None, exc)
+                self.hooks.invalid_reply(rec, future, payload if staged is not None else None, exc)
                 return
             future.set_result(value)
         else:
@@ -262,6 +311,6 @@ cdef class ReplayIndex:
                 try:
                     future.adapter.validate_json(staged[1])
                 except _ValidationError as exc:
-                    self.on_invalid(rec, future, staged[1], exc)
+                    self.hooks.invalid_reply(rec, future, staged[1], exc)
                     continue
             self.accepted.append(rec.op_id)

@@ -38,7 +38,8 @@ class Service(Generic[ReqT, RespT]):
         response_type: The type of its replies, ``None`` for a service that returns nothing.
     """
 
-    __slots__ = ("name", "request_adapter", "request_type", "response_adapter", "response_type")
+    __slots__ = ("name", "request_adapter", "request_model", "request_type", "response_adapter",
+                 "response_type")
 
     @overload
     def __init__(
@@ -60,6 +61,11 @@ class Service(Generic[ReqT, RespT]):
         # Adapters are built once per service, never per call.
         self.request_adapter: pydantic.TypeAdapter[ReqT] = pydantic.TypeAdapter(request_type)
         self.response_adapter: pydantic.TypeAdapter[RespT] = pydantic.TypeAdapter(response_type)
+        # An instance of exactly this model class passes pydantic's validation unchanged
+        # (instances are not revalidated), so the replay core skips validating it.
+        self.request_model: type | None = (
+            request_type if isinstance(request_type, type)
+            and issubclass(request_type, pydantic.BaseModel) else None)
 
     def __repr__(self) -> str:
         return (f"Service({self.name!r}, {type_name(self.request_type)}, "

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Generator, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Generator, Mapping, Sequence
+from types import FrameType
+from typing import Any, Protocol, TypeVar
 
 import orjson
 import pydantic
 from pydantic import TypeAdapter
+from pydantic_core import PydanticSerializationError
 
 from ..errors import ServiceError
 
@@ -26,6 +28,7 @@ __all__ = [
     "READY",
     "WAIT",
     "CallFuture",
+    "ReplayHooks",
     "ReplayIndex",
     "ReplayMismatch",
     "decode_value",
@@ -104,6 +107,7 @@ class CallFuture(asyncio.Future[T]):
         self.seq = -1
         self.adapter: TypeAdapter[Any] | None = None
         self.name = ""
+        self.owner: object = None
 
     def __await__(self) -> Generator[Any, None, T]:
         if self.seq >= 0:
@@ -111,8 +115,29 @@ class CallFuture(asyncio.Future[T]):
         return super().__await__()
 
 
-# on_invalid(record, future, staged payload or None, error): a reply that does not validate.
-InvalidHook = Callable[[Any, CallFuture[Any], "bytes | None", pydantic.ValidationError], None]
+class ReplayHooks(Protocol):
+    """What the runtime does where the core needs a decision or an error message."""
+
+    def invalid_reply(self, record: Any, future: CallFuture[Any], staged_payload: bytes | None,
+                      exc: pydantic.ValidationError) -> None:
+        """A reply does not validate against its response type."""
+
+    def mismatch(self, exc: ReplayMismatch, kind: str, name: str,
+                 frame: FrameType | None) -> BaseException:
+        """The error for an operation that differs from the recorded one."""
+        ...
+
+    def bad_request(self, exc: Exception, service: Any, frame: FrameType | None) -> BaseException:
+        """The error for a request that does not validate."""
+        ...
+
+    def not_a_service(self, obj: object, frame: FrameType | None) -> BaseException:
+        """The error for ``ctx.call`` given something that is not a Service."""
+        ...
+
+    def new_operation(self, seq: int, kind: str, name: str, payload: bytes,
+                      frame: FrameType | None) -> None:
+        """Record a new operation (it may raise, e.g. a non-determinism error)."""
 
 
 class ReplayIndex:
@@ -128,7 +153,7 @@ class ReplayIndex:
             activation (payload: the value's JSON if ok, else the error's JSON).
         activation: This activation's number (the stage of the staged replies).
         loop: The workflow's event loop (for futures, and to see whether a task is runnable).
-        on_invalid: Called when an outcome does not validate against its response type.
+        hooks: The runtime's answers where the core needs a decision or an error message.
     """
 
     __slots__ = (
@@ -141,20 +166,24 @@ class ReplayIndex:
         "accepted",
         "activation",
         "consumed",
+        "hooks",
         "loop",
         "n_recorded_stages",
-        "on_invalid",
         "pending",
+        "sealed",
+        "seq",
         "waiting",
     )
 
     def __init__(self, operations: Sequence[Any], staged: Mapping[str, tuple[bool, bytes]],
-                 activation: int, loop: Any, on_invalid: InvalidHook) -> None:
+                 activation: int, loop: Any, hooks: ReplayHooks) -> None:
         self._ops = list(operations)
         self._staged = dict(staged)
         self.activation = activation
         self.loop = loop
-        self.on_invalid = on_invalid
+        self.hooks = hooks
+        self.seq = 0
+        self.sealed = False
         by_stage: dict[int, list[int]] = {}
         for seq, rec in enumerate(self._ops):
             stage = self._stage_of(rec)
@@ -193,12 +222,12 @@ class ReplayIndex:
         """Whether this activation's own replies are being delivered."""
         return self._pos > self.n_recorded_stages
 
-    def match(self, seq: int, kind: str, name: str, request_digest: str,
-              payload: bytes = b"") -> Any:
+    def match(self, seq: int, kind: str, name: str, payload: bytes) -> Any:
         """Return the record of operation ``seq`` if it was recorded, else ``None`` (a new one).
 
         Raises:
-            ReplayMismatch: the record's kind, name or request digest differs.
+            ReplayMismatch: the record's kind, name or request differs. Requests are compared
+                as their canonical bytes (the recorded digest is a function of them).
         """
         if seq >= len(self._ops):
             return None
@@ -207,44 +236,80 @@ class ReplayIndex:
             raise ReplayMismatch(seq, "kind", rec, payload)
         if rec.name != name:
             raise ReplayMismatch(seq, "name", rec, payload)
-        if rec.request_digest != request_digest:
+        if rec.request != payload:
             raise ReplayMismatch(seq, "request", rec, payload)
         return rec
 
-    def call(self, seq: int, kind: str, name: str, request_adapter: TypeAdapter[Any],
-             response_adapter: TypeAdapter[Any],
-             request: object) -> tuple[int, CallFuture[Any], Any, bytes, str]:
+    def step(self, seq: int, kind: str, name: str, request_adapter: TypeAdapter[Any],
+             request_model: type | None, response_adapter: TypeAdapter[Any],
+             request: object, owner: object = None) -> tuple[int, CallFuture[Any], Any, bytes]:
         """One replay step: validate and encode the request of the ``seq``-th operation, match
-        it against the history, and return ``(decision, future, record, payload, digest)``.
+        it against the history, and return ``(decision, future, record, payload)``.
 
         A recorded outcome that was already delivered resolves the future now (``READY``);
         one of a later stage resolves it when delivered (``WAIT``); a call without a reply
-        never resolves in this activation (``PENDING``); a new operation is ``NEW``.
+        never resolves in this activation (``PENDING``); a new operation is ``NEW``. An
+        instance of exactly ``request_model`` is not validated again (pydantic would return
+        it unchanged). ``owner`` (the Service) rides on the future for error messages.
 
         Raises:
             ReplayMismatch: the operation differs from the recorded one.
             pydantic.ValidationError: the request is not valid for ``request_adapter``.
         """
-        payload = orjson.dumps(
-            request_adapter.dump_python(request_adapter.validate_python(request), mode="json"),
-            option=_SORT)
-        request_digest = hashlib.blake2b(payload, digest_size=16).hexdigest()
-        rec = self.match(seq, kind, name, request_digest, payload)
+        if request_model is None or type(request) is not request_model:
+            request = request_adapter.validate_python(request)
+        payload = orjson.dumps(request_adapter.dump_python(request, mode="json"), option=_SORT)
+        rec = self.match(seq, kind, name, payload)
         future: CallFuture[Any] = CallFuture(self, self.loop)
         if rec is None:
-            return NEW, future, None, payload, request_digest
+            return NEW, future, None, payload
         stage = self._stage_of(rec)
         if stage < 0:
             self.pending.append(rec.op_id)
-            return PENDING, future, rec, payload, request_digest
+            return PENDING, future, rec, payload
         future.adapter = response_adapter
         future.name = name
+        future.owner = owner
         if stage <= self._stage:
             self.settle(rec, future)
-            return READY, future, rec, payload, request_digest
+            return READY, future, rec, payload
         future.seq = seq
         self.waiting[seq] = future
-        return WAIT, future, rec, payload, request_digest
+        return WAIT, future, rec, payload
+
+    def call_service(self, service: Any, request: object,
+                     frame: FrameType | None) -> asyncio.Future[Any]:
+        """``ctx.call``: the next operation is a call of ``service`` with ``request``.
+
+        Returns the future the workflow awaits. After suspension (``sealed``) nothing is
+        recorded: the future is cancelled.
+        """
+        if self.sealed:
+            future: asyncio.Future[Any] = self.loop.create_future()
+            future.cancel()
+            return future
+        try:
+            name = service.name
+            request_adapter = service.request_adapter
+            request_model = service.request_model
+            response_adapter = service.response_adapter
+        except AttributeError:
+            raise self.hooks.not_a_service(service, frame) from None
+        seq = self.seq
+        self.seq = seq + 1
+        try:
+            decision, future, _, payload = self.step(seq, "call", name, request_adapter,
+                                                     request_model, response_adapter, request,
+                                                     service)
+        except ReplayMismatch as exc:
+            raise self.hooks.mismatch(exc, "call", name, frame) from None
+        except (pydantic.ValidationError, PydanticSerializationError, TypeError,
+                ValueError) as exc:
+            raise self.hooks.bad_request(exc, service, frame) from None
+        if decision == NEW:
+            self.hooks.new_operation(seq, "call", name, payload, frame)
+            self.pending.append(operation_id("", seq))
+        return future
 
     def settle(self, rec: Any, future: CallFuture[Any]) -> None:
         """Resolve ``future`` with the decoded outcome of ``rec`` (recorded, or staged in this
@@ -259,7 +324,7 @@ class ReplayIndex:
             try:
                 value = future.adapter.validate_json(payload)  # type: ignore[union-attr]
             except pydantic.ValidationError as exc:
-                self.on_invalid(rec, future, payload if staged is not None else None, exc)
+                self.hooks.invalid_reply(rec, future, payload if staged is not None else None, exc)
                 return
             future.set_result(value)
         else:
@@ -322,6 +387,6 @@ class ReplayIndex:
                 try:
                     future.adapter.validate_json(staged[1])  # type: ignore[union-attr]
                 except pydantic.ValidationError as exc:
-                    self.on_invalid(rec, future, staged[1], exc)
+                    self.hooks.invalid_reply(rec, future, staged[1], exc)
                     continue
             self.accepted.append(rec.op_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, TypeVar
@@ -124,21 +124,21 @@ class Replayer:
         self._staged = staged
         self._activation = activation
         self._now = now
-        self._seq = 0
         # AbstractEventLoop's typeshed stub marks its whole I/O surface abstract; a workflow
         # loop has no I/O, and at run time the class is not an ABC.
         self._loop = ReplayLoop()  # type: ignore[abstract]
         self._index = _core.ReplayIndex(
             history, {op_id: (st.state is OperationState.COMPLETED, st.payload)
                       for op_id, st in staged.items()},
-            activation, self._loop, self._invalid_reply)
+            activation, self._loop, self)
+        # ctx.call goes straight to the core: no Python frame of ours per operation.
+        self.call: Callable[[Service[Any, Any], Any, FrameType | None], Awaitable[Any]] = (
+            self._index.call_service)
         self._replaying = bool(history)
-        self.sealed = False
         self.new_operations: list[OperationRecord] = []
         self.rejected: dict[int, str] = {}
         self._mismatch: NonDeterminismError | None = None
         self._logger = _ReplayAwareLogger(self)
-        self._services: dict[str, Service[Any, Any]] = {}
 
     @property
     def accepted(self) -> list[str]:
@@ -152,6 +152,11 @@ class Replayer:
 
     # -- the driver protocol the context uses -------------------------------------------------
     @property
+    def sealed(self) -> bool:
+        """Whether the activation decided to suspend: nothing more is recorded or sent."""
+        return self._index.sealed
+
+    @property
     def is_replaying(self) -> bool:
         return self._replaying and not self._index.final_stage
 
@@ -159,53 +164,38 @@ class Replayer:
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
         return self._logger
 
-    def call(
-        self, service: Service[ReqT, RespT], request: ReqT, frame: FrameType | None
-    ) -> Awaitable[RespT]:
-        if self.sealed:
-            # Teardown code after suspension: nothing is recorded or sent.
-            future: asyncio.Future[RespT] = self._loop.create_future()
-            future.cancel()
-            return future
-        if not isinstance(service, Service):
-            raise TypeError(f"ctx.call expects a Service as its first argument, got {service!r} "
-                            f"at {site_of(frame)}")
-        seq = self._seq
-        self._seq += 1
-        self._services[service.name] = service
-        try:
-            # Validating first matters: serializing alone accepts an instance of another model
-            # (it dumps the fields the two share) and would send a request the service rejects.
-            decision, future, _, payload, request_digest = self._index.call(
-                seq, "call", service.name, service.request_adapter, service.response_adapter,
-                request)
-        except _core.ReplayMismatch as mismatch:
-            raise self._nondeterminism(mismatch, "call", service.name, frame) from None
-        except (pydantic.ValidationError, pydantic_core.PydanticSerializationError, TypeError,
-                ValueError) as exc:
-            raise InvalidRequestError(
-                f"workflow {self.workflow.name!r} ({self.workflow_id}): the request to service "
-                f"{service.name!r} at {site_of(frame)} is not a valid "
-                f"{type_name(service.request_type)}: {describe_validation_error(exc)}") from None
-        if decision == _core.NEW:
-            if not self._index.new_allowed:
-                raise self._early_new_operation(seq, "call", service.name, frame)
-            self._replaying = False
-            op_id = _core.operation_id("", seq)
-            self.new_operations.append(OperationRecord(
-                workflow_id=self.workflow_id, op_id=op_id, seq=seq, kind="call",
-                name=service.name, request=payload, request_digest=request_digest,
-                site=site_of(frame), created_in=self._activation, created_at=self._now))
-            self._index.pending.append(op_id)
-        return future
+    # -- the hooks of the replay core ---------------------------------------------------------
+    def not_a_service(self, obj: object, frame: FrameType | None) -> BaseException:
+        return TypeError(f"ctx.call expects a Service as its first argument, got {obj!r} at "
+                         f"{site_of(frame)}")
+
+    def bad_request(self, exc: Exception, service: Any, frame: FrameType | None) -> BaseException:
+        return InvalidRequestError(
+            f"workflow {self.workflow.name!r} ({self.workflow_id}): the request to service "
+            f"{service.name!r} at {site_of(frame)} is not a valid "
+            f"{type_name(service.request_type)}: {describe_validation_error(exc)}")
+
+    def mismatch(self, exc: _core.ReplayMismatch, kind: str, name: str,
+                 frame: FrameType | None) -> BaseException:
+        return self._nondeterminism(exc, kind, name, frame)
+
+    def new_operation(self, seq: int, kind: str, name: str, payload: bytes,
+                      frame: FrameType | None) -> None:
+        if not self._index.new_allowed:
+            raise self._early_new_operation(seq, kind, name, frame)
+        self._replaying = False
+        self.new_operations.append(OperationRecord(
+            workflow_id=self.workflow_id, op_id=_core.operation_id("", seq), seq=seq, kind=kind,
+            name=name, request=payload, request_digest=_core.digest(payload),
+            site=site_of(frame), created_in=self._activation, created_at=self._now))
 
     # -- helpers -----------------------------------------------------------------------------
-    def _invalid_reply(self, record: OperationRecord, future: asyncio.Future[Any],
-                       staged_payload: bytes | None, exc: pydantic.ValidationError) -> None:
+    def invalid_reply(self, record: OperationRecord, future: asyncio.Future[Any],
+                      staged_payload: bytes | None, exc: pydantic.ValidationError) -> None:
         """A reply that does not validate against its response type. One that arrived now is
         rejected, never recorded: the call stays pending and a valid reply may still arrive.
         A recorded one means the response type changed under a running workflow."""
-        service = self._services[record.name]
+        service: Service[Any, Any] = future.owner  # type: ignore[attr-defined]
         reason = (f"reply to call {record.op_id} of workflow {self.workflow_id!r} (service "
                   f"{service.name!r}) is not a valid {type_name(service.response_type)}: "
                   f"{describe_validation_error(exc)}")
@@ -268,11 +258,11 @@ class Replayer:
             return self._finish_failed(self._mismatch)
         if exc is not None:
             return self._finish_failed(exc)
-        if self._seq < len(self._history):
-            missing = self._history[self._seq]
+        if self._index.seq < len(self._history):
+            missing = self._history[self._index.seq]
             return self._finish_failed(NonDeterminismError(
                 f"workflow {wf.name!r} ({self.workflow_id}) finished after creating "
-                f"{_count(self._seq)}, but its history recorded {len(self._history)}; the "
+                f"{_count(self._index.seq)}, but its history recorded {len(self._history)}; the "
                 f"first missing one is #{missing.seq + 1}, {missing.kind} {missing.name!r} "
                 f"(created at {missing.site or 'an unknown site'})"))
         try:
@@ -287,17 +277,17 @@ class Replayer:
                             accepted=self.accepted, rejected=self.rejected)
 
     def _suspend(self) -> ReplayResult:
-        self.sealed = True
+        self._index.sealed = True
         self._index.settle_unreached()
         self._loop.abandon()
         if self._mismatch is not None:
             # The workflow caught the NonDeterminismError and waited on: it still failed.
             return self._finish_failed(self._mismatch)
-        if self._seq < len(self._history):
-            missing = self._history[self._seq]
+        if self._index.seq < len(self._history):
+            missing = self._history[self._index.seq]
             return self._finish_failed(NonDeterminismError(
                 f"workflow {self.workflow.name!r} ({self.workflow_id}) suspended after "
-                f"creating {_count(self._seq)}, but its history recorded "
+                f"creating {_count(self._index.seq)}, but its history recorded "
                 f"{len(self._history)}; the first not created again is #{missing.seq + 1}, "
                 f"{missing.kind} {missing.name!r} (created at "
                 f"{missing.site or 'an unknown site'})"))
@@ -305,7 +295,7 @@ class Replayer:
                             rejected=self.rejected, pending=self.pending)
 
     def _finish_failed(self, exc: BaseException) -> ReplayResult:
-        self.sealed = True
+        self._index.sealed = True
         self._index.settle_unreached()
         if not self._loop.is_closed():
             self._loop.abandon()
