@@ -84,6 +84,8 @@ class ReplayMismatch(Exception):
 
 
 class CallFuture(_Future):
+    __slots__ = ("adapter", "index", "name", "owner", "seq")
+
     def __init__(self, index, loop):
         _future_init(self, loop=loop)
         self.index = index

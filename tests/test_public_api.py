@@ -18,8 +18,8 @@ def test_all_is_sorted_and_complete() -> None:
         return kind, name
 
     assert list(names) == sorted(names, key=isort_key)
-    public = {n for n, v in vars(lambda_workflow).items()
-              if not n.startswith("_") and not isinstance(v, types.ModuleType)}
+    public = {n for n in dir(lambda_workflow) if not n.startswith("_")
+              and not isinstance(getattr(lambda_workflow, n), types.ModuleType)}
     assert public == set(names) - {"__version__"}
 
 
@@ -31,6 +31,21 @@ def test_import_has_no_heavy_or_side_effect_modules() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_import_is_lazy_about_the_core_and_asyncio() -> None:
+    """`import lambda_workflow` loads neither the replay core nor asyncio until they are used,
+    and IMPLEMENTATION still answers on first access."""
+    code = ("import sys, lambda_workflow; "
+            "before = [m for m in ('asyncio', 'lambda_workflow._core', 'lambda_workflow.models')"
+            " if m in sys.modules]; "
+            "impl = lambda_workflow.IMPLEMENTATION; "
+            "print(before, impl, 'lambda_workflow._core' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[0] == "[]"
+    assert out[1] in {"c", "py"}
+    assert out[2] == "True"
 
 
 def test_implementation_is_reported() -> None:

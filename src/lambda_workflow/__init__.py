@@ -7,7 +7,8 @@ replays from the top, returning recorded results at once.
 Importing this package is cheap: no boto3, no sqlite3, no I/O.
 """
 
-from ._core import IMPLEMENTATION
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
 from .context import WorkflowContext
 from .errors import (
     CallTimeoutError,
@@ -24,7 +25,6 @@ from .errors import (
     WorkflowNotFinishedError,
     WorkflowNotFoundError,
 )
-from .models import InstanceStatus
 from .service import Service
 from .workflow import Workflow, workflow
 
@@ -52,3 +52,25 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+if _TYPE_CHECKING:
+    from ._core import IMPLEMENTATION
+    from .models import InstanceStatus
+
+
+def __getattr__(name: str) -> object:
+    # Loaded on first use, so that `import lambda_workflow` stays cheap (Lambda cold start):
+    # the replay core pulls in asyncio, and the models build pydantic schemas.
+    if name == "IMPLEMENTATION":
+        from ._core import IMPLEMENTATION
+
+        return IMPLEMENTATION
+    if name == "InstanceStatus":
+        from .models import InstanceStatus
+
+        return InstanceStatus
+    raise AttributeError(f"module 'lambda_workflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Awaitable
 from types import FrameType
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    import logging
+
     from .service import Service
 
 __all__ = ["WorkflowContext"]

@@ -230,6 +230,26 @@ class StateStoreContract:
             ("1", b'{"type":"E","message":"","details":null}', 3), ("2", b"0", 2),
             ("3", b"3", 3)]
 
+    def test_commit_activation_records_replies_and_new_operations_together(
+            self, store: StateStore) -> None:
+        """commit_activation records the pending outcomes it names (skipping duplicates) and
+        inserts the new operations (keeping existing ones), and bumps the activation count."""
+        store.create_instance(_instance())
+        store.add_operations("wf-1", [_op("1", 0), _op("2", 1)], activation=1)
+        store.record_outcomes("wf-1", [Outcome("2", OperationState.COMPLETED, b"0")], 2, 1.0)
+        recorded = store.commit_activation(
+            "wf-1", [Outcome("1", OperationState.COMPLETED, b"1"),
+                     Outcome("2", OperationState.COMPLETED, b"22")],
+            [_op("3", 2), dataclasses.replace(_op("2", 1), request=b'{"n":9}')], 3, 2.0)
+        assert recorded == ["1"]
+        history = store.load_history("wf-1")
+        assert history is not None
+        assert [(op.op_id, op.state.value, op.result, op.request) for op in history.operations] == [
+            ("1", "completed", b"1", _op("1", 0).request),
+            ("2", "completed", b"0", _op("2", 1).request),
+            ("3", "pending", None, _op("3", 2).request)]
+        assert history.instance.activations == 3
+
     def test_record_outcome_of_an_unknown_operation_is_refused(self, store: StateStore) -> None:
         """record_outcomes returns False for an op or instance that does not exist, and
         creates nothing."""

@@ -191,6 +191,12 @@ class FaultyStore:
         return self._faults.around("record_outcomes", lambda: self._inner.record_outcomes(
             workflow_id, outcomes, activation, at))
 
+    def commit_activation(self, workflow_id: str, outcomes: Sequence[RecordedOutcome],
+                          operations: Sequence[OperationRecord], activation: int,
+                          at: float) -> list[str]:
+        return self._faults.around("commit_activation", lambda: self._inner.commit_activation(
+            workflow_id, outcomes, operations, activation, at))
+
     def mark_sent(self, workflow_id: str, op_ids: Sequence[str]) -> None:
         self._faults.around("mark_sent", lambda: self._inner.mark_sent(workflow_id, op_ids))
 

@@ -101,6 +101,8 @@ class CallFuture(asyncio.Future[T]):
     """The awaitable a durable operation returns: a future that tells its index when the
     workflow blocks on it, so an outcome nothing else competes with is delivered at once."""
 
+    __slots__ = ("adapter", "index", "name", "owner", "seq")
+
     def __init__(self, index: ReplayIndex, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop=loop)
         self.index = index

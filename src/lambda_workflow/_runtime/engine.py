@@ -214,14 +214,13 @@ class Engine:
         report.rejected.update(result.rejected)
         report.pending = result.pending
 
-        # Outbox: record replies, record new requests, send, mark sent. A crash between any
-        # two steps repeats them with the same ids on redelivery.
-        if result.accepted:
-            report.applied = self.store.record_outcomes(
+        # Outbox: record the replies and the new requests (one atomic write), send, mark
+        # sent. A crash between any two steps repeats them with the same ids on redelivery.
+        if result.accepted or result.new_operations:
+            report.applied = self.store.commit_activation(
                 workflow_id, [Outcome(op_id, staged[op_id].state, staged[op_id].payload)
-                              for op_id in result.accepted], activation, now)
-        if result.new_operations:
-            self.store.add_operations(workflow_id, result.new_operations, activation)
+                              for op_id in result.accepted],
+                result.new_operations, activation, now)
         outbox: list[OperationRecord] = []
         # Requests recorded by an earlier activation whose send crashed go out even when the
         # workflow now fails: the outbox promises every recorded request leaves. Only a

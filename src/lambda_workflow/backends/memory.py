@@ -80,6 +80,14 @@ class MemoryStateStore:
             self._touch(workflow_id, activation)
         return recorded
 
+    def commit_activation(self, workflow_id: str, outcomes: Sequence[Outcome],
+                          operations: Sequence[OperationRecord], activation: int,
+                          at: float) -> list[str]:
+        recorded = self.record_outcomes(workflow_id, outcomes, activation, at)
+        if operations:
+            self.add_operations(workflow_id, operations, activation)
+        return recorded
+
     def mark_sent(self, workflow_id: str, op_ids: Sequence[str]) -> None:
         ops = self._ops.get(workflow_id, {})
         for op_id in op_ids:

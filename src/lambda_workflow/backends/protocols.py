@@ -53,6 +53,16 @@ class StateStore(Protocol):
         duplicates and unknown ops are skipped."""
         ...
 
+    def commit_activation(self, workflow_id: str, outcomes: Sequence[Outcome],
+                          operations: Sequence[OperationRecord], activation: int,
+                          at: float) -> list[str]:
+        """Record an activation's replies and its new operations in one atomic write, each
+        conditional as in :meth:`record_outcomes` and :meth:`add_operations`. A crash can then
+        never leave replies recorded without the calls the workflow made after them (the next
+        replay would meet those calls before the history's last stage). Returns the op ids
+        whose outcomes were recorded."""
+        ...
+
     def mark_sent(self, workflow_id: str, op_ids: Sequence[str]) -> None:
         """Note that the requests of these operations left through the transport."""
         ...

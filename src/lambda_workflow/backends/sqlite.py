@@ -149,30 +149,50 @@ class SQLiteStateStore:
         if cur.rowcount != 1:
             raise KeyError(f"no workflow instance {workflow_id!r}")
 
+    def _insert_operations(self, db: sqlite3.Connection, workflow_id: str,
+                           operations: Sequence[OperationRecord]) -> None:
+        db.executemany(
+            f"INSERT OR IGNORE INTO operations ({_OP_COLS}) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [(workflow_id, o.op_id, o.seq, o.kind, o.name, o.request, o.request_digest,
+              o.site, o.state.value, int(o.sent), o.result, o.created_in, o.resolved_in,
+              o.created_at, o.resolved_at) for o in operations])
+
+    def _update_outcomes(self, db: sqlite3.Connection, workflow_id: str,
+                         outcomes: Sequence[Outcome], activation: int, at: float) -> list[str]:
+        recorded: list[str] = []
+        for o in outcomes:
+            cur = db.execute(
+                "UPDATE operations SET state=?, result=?, resolved_in=?, resolved_at=? "
+                "WHERE workflow_id=? AND op_id=? AND state=?",
+                (o.state.value, o.result, activation, at, workflow_id, o.op_id,
+                 OperationState.PENDING.value))
+            if cur.rowcount == 1:
+                recorded.append(o.op_id)
+        return recorded
+
     def add_operations(self, workflow_id: str, operations: Sequence[OperationRecord],
                        activation: int) -> None:
         with self._transaction() as db:
             self._touch(db, workflow_id, activation)
-            db.executemany(
-                f"INSERT OR IGNORE INTO operations ({_OP_COLS}) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(workflow_id, o.op_id, o.seq, o.kind, o.name, o.request, o.request_digest,
-                  o.site, o.state.value, int(o.sent), o.result, o.created_in, o.resolved_in,
-                  o.created_at, o.resolved_at) for o in operations])
+            self._insert_operations(db, workflow_id, operations)
 
     def record_outcomes(self, workflow_id: str, outcomes: Sequence[Outcome], activation: int,
                         at: float) -> list[str]:
-        recorded: list[str] = []
         with self._transaction() as db:
-            for o in outcomes:
-                cur = db.execute(
-                    "UPDATE operations SET state=?, result=?, resolved_in=?, resolved_at=? "
-                    "WHERE workflow_id=? AND op_id=? AND state=?",
-                    (o.state.value, o.result, activation, at, workflow_id, o.op_id,
-                     OperationState.PENDING.value))
-                if cur.rowcount == 1:
-                    recorded.append(o.op_id)
+            recorded = self._update_outcomes(db, workflow_id, outcomes, activation, at)
             if recorded:
+                self._touch(db, workflow_id, activation)
+        return recorded
+
+    def commit_activation(self, workflow_id: str, outcomes: Sequence[Outcome],
+                          operations: Sequence[OperationRecord], activation: int,
+                          at: float) -> list[str]:
+        with self._transaction() as db:
+            recorded = self._update_outcomes(db, workflow_id, outcomes, activation, at)
+            if operations:
+                self._insert_operations(db, workflow_id, operations)
+            if recorded or operations:
                 self._touch(db, workflow_id, activation)
         return recorded
 
