@@ -96,7 +96,7 @@ class CallFuture(_Future):
 
     def __await__(self):
         if self.seq >= 0:
-            (<ReplayIndex>self.index).on_await(self)
+            (<ReplayIndex?>self.index).on_await(self)
         return _future_await(self)
 
 
@@ -174,6 +174,8 @@ cdef class ReplayIndex:
         return self._match(seq, kind, name, payload)
 
     cdef object _match(self, Py_ssize_t seq, kind, name, bytes payload):
+        if seq < 0:
+            raise ValueError(f"operation seq must be >= 0, got {seq}")
         if seq >= len(self._ops):
             return None
         rec = self._ops[seq]
@@ -295,7 +297,7 @@ cdef class ReplayIndex:
         self._pos = pos + 1
         self._stage = stage
         waiting = self.waiting
-        for seq in self._by_stage[stage]:
+        for seq in self._by_stage.get(stage, ()):
             future = waiting.pop(seq, None)
             if future is not None:
                 future.seq = -1

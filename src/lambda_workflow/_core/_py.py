@@ -230,7 +230,10 @@ class ReplayIndex:
         Raises:
             ReplayMismatch: the record's kind, name or request differs. Requests are compared
                 as their canonical bytes (the recorded digest is a function of them).
+            ValueError: ``seq`` is negative.
         """
+        if seq < 0:
+            raise ValueError(f"operation seq must be >= 0, got {seq}")
         if seq >= len(self._ops):
             return None
         rec = self._ops[seq]
@@ -368,7 +371,7 @@ class ReplayIndex:
         self._pos = pos + 1
         self._stage = stage
         waiting = self.waiting
-        for seq in self._by_stage[stage]:
+        for seq in self._by_stage.get(stage, ()):
             future = waiting.pop(seq, None)
             if future is not None:
                 future.seq = -1
