@@ -296,13 +296,19 @@ def main() -> int:
     added = imports["lambda_workflow"] - imports["pydantic+orjson"]
     print(f"  lambda_workflow adds {added * 1e3:.1f} ms over pydantic+orjson")
     if peers:
-        print("\nPeers: replaying N recorded steps, per step (microseconds), against our compiled"
-              " core (sequential)")
-        for peer, rows in peers.get("peers", {}).items():
-            for n, row in rows.items():
-                ours = c["replay"].get(n, {}).get("sequential")
-                ratio = f"{row['us_per_step'] / (ours * 1e6):8.1f}x" if ours else "       -"
-                print(f"  {peer:<32} N={n:>6} {row['us_per_step']:10.2f}  ours/theirs {ratio}")
+        print("\nPeers replaying N recorded steps (benchmarks/peers/results.json, measured "
+              f"{peers.get('generated_at', '?')}), per step in microseconds, against our "
+              "compiled core (sequential, this run)")
+        print(f"  {'peer':<44} {'N':>6} {'wall':>9} {'cpu':>9} {'ours':>7} {'cpu/ours':>9}")
+        for row in peers.get("table", []):
+            n = str(row["n"])
+            if not row.get("us_per_step") or n not in c["replay"]:
+                continue
+            ours = c["replay"][n]["sequential"] * 1e6
+            cpu = row.get("cpu_us_per_step") or row["us_per_step"]
+            name = f"{row['peer']} {row['version']} ({row['variant']})"
+            print(f"  {name:<44} {n:>6} {row['us_per_step']:9.1f} {cpu:9.1f} {ours:7.2f} "
+                  f"{cpu / ours:8.1f}x")
     result = {"machine": platform.machine(), "python": platform.python_version(), "c": c,
               "py": py, "imports": imports, "peers": peers}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,193 @@
+"""Run the peer replay benchmarks, each in its own virtual environment, and tabulate them.
+
+    python3 benchmarks/peers/run_peers.py            # N = 10 100 1000 10000, 7 repetitions
+    python3 benchmarks/peers/run_peers.py --quick    # N = 10 100, 3 repetitions (smoke test)
+
+Creates ``.venvs/<peer>`` beside this file when missing (``python -m venv`` + ``pip install -r
+requirements-<peer>.txt``; reinstalls when the requirements file changes), runs
+``bench_<peer>.py`` inside it as a subprocess, prints a table and writes ``results.json``.
+N = 0 (an empty workflow) is always measured too: it is the fixed cost of one replay, which
+the "marginal" column subtracts.  Uses the standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import venv
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PEERS = {
+    # name: (bench script, extra arguments)
+    "aws_durable": ("bench_aws_durable.py", []),
+    # The unsandboxed runner (not temporalio's default) only up to N = 1000: at N = 10000 each
+    # replay takes ~45 s, which would double the length of the whole run.
+    "temporal": ("bench_temporal.py", ["--unsandboxed-max-n", "1000"]),
+}
+
+
+def venv_python(name: str) -> Path:
+    return HERE / ".venvs" / name / "bin" / "python"
+
+
+def ensure_venv(name: str) -> Path:
+    """Create or update the peer's venv so that it holds exactly its pinned requirements."""
+    requirements = HERE / f"requirements-{name}.txt"
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    env_dir = HERE / ".venvs" / name
+    stamp = env_dir / ".requirements.sha256"
+    python = venv_python(name)
+    if python.exists() and stamp.exists() and stamp.read_text().strip() == digest:
+        return python
+    if not python.exists():
+        print(f"[{name}] creating {env_dir.relative_to(HERE)}", file=sys.stderr)
+        venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
+    print(f"[{name}] installing {requirements.name}", file=sys.stderr)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r",
+         str(requirements)],
+        check=True,
+    )  # fmt: skip
+    stamp.write_text(digest + "\n")
+    return python
+
+
+def run_peer(
+    name: str, ns: list[int], reps: int, budget: float, skip_above: float
+) -> dict[str, Any]:
+    python = ensure_venv(name)
+    script, extra = PEERS[name]
+    command = [str(python), str(HERE / script), *map(str, ns), "--reps", str(reps)]
+    command += ["--budget", str(budget), "--skip-above", str(skip_above), *extra]
+    print(f"[{name}] {' '.join(command[1:])}", file=sys.stderr)
+    started = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=HERE)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"[{name}] bench failed with exit code {proc.returncode}")
+    try:
+        result: dict[str, Any] = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        sys.stderr.write(proc.stdout[:2000] + proc.stderr[-2000:])
+        raise SystemExit(f"[{name}] bench did not print one JSON document") from None
+    result["elapsed_s"] = elapsed
+    print(f"[{name}] done in {elapsed:.1f} s", file=sys.stderr)
+    return result
+
+
+def table_rows(peer_results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for peer in peer_results:
+        baseline: dict[str, float] = {}
+        for r in peer["results"]:
+            if r.get("n") == 0 and "median_s" in r:
+                baseline[r.get("variant", "")] = r["median_s"]
+        for r in peer["results"]:
+            variant = r.get("variant", "handler")
+            row: dict[str, Any] = {
+                "peer": peer["peer"],
+                "version": peer["version"],
+                "variant": variant,
+                "n": r["n"],
+            }
+            if "skipped" in r:
+                row["skipped"] = r["skipped"]
+                rows.append(row)
+                continue
+            base = baseline.get(r.get("variant", ""))
+            row.update(
+                repetitions=r["repetitions"],
+                median_s=r["median_s"],
+                us_per_step=r["us_per_step"],
+                cpu_us_per_step=r["cpu_us_per_step"],
+                marginal_us_per_step=(
+                    (r["median_s"] - base) / r["n"] * 1e6 if base is not None and r["n"] else None
+                ),
+            )
+            if "to_workflow_return_us_per_step" in r:
+                row["to_workflow_return_us_per_step"] = r["to_workflow_return_us_per_step"]
+            rows.append(row)
+    return rows
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    header = (
+        f"{'peer':<40} {'variant':<12} {'N':>6} {'reps':>4} {'median s':>9} "
+        f"{'us/step':>9} {'cpu us/step':>11} {'marginal':>9} {'to return':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        name = f"{row['peer']} {row['version']}"
+        if "skipped" in row:
+            print(f"{name:<40} {row['variant']:<12} {row['n']:>6}  skipped: {row['skipped']}")
+            continue
+        print(
+            f"{name:<40} {row['variant']:<12} {row['n']:>6} {row['repetitions']:>4} "
+            f"{row['median_s']:>9.4f} {fmt(row['us_per_step'], '.1f'):>9} "
+            f"{fmt(row['cpu_us_per_step'], '.1f'):>11} "
+            f"{fmt(row['marginal_us_per_step'], '.1f'):>9} "
+            f"{fmt(row.get('to_workflow_return_us_per_step'), '.1f'):>9}"
+        )
+    print(
+        "\nus/step = median wall time of one whole replay / N; cpu = process CPU time / N;\n"
+        "marginal = (median(N) - median(N=0)) / N; to return (AWS only) = from the handler call\n"
+        "until the workflow function returned, i.e. without the SDK's end-of-invocation idle."
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ns", type=int, nargs="+", default=[10, 100, 1000, 10000])
+    parser.add_argument("--reps", type=int, default=7, help="repetitions per N (at least 3)")
+    parser.add_argument("--budget", type=float, default=30.0, help="seconds of timed runs per N")
+    parser.add_argument("--skip-above", type=float, default=60.0, help="skip N above s per run")
+    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated")
+    parser.add_argument("--quick", action="store_true", help="N = 10 100, 3 repetitions")
+    parser.add_argument("--output", type=Path, default=HERE / "results.json")
+    args = parser.parse_args()
+    ns = [10, 100] if args.quick else args.ns
+    reps = 3 if args.quick else args.reps
+    ns = [0, *sorted(set(ns) - {0})]
+    started = time.perf_counter()
+    peer_results = [
+        run_peer(name, ns, reps, args.budget, args.skip_above)
+        for name in args.peers.split(",")
+        if name
+    ]
+    total = time.perf_counter() - started
+    rows = table_rows(peer_results)
+    print_table(rows)
+    print(f"\ntotal {total:.0f} s")
+    document = {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+        },
+        "command": sys.argv[1:],
+        "total_s": total,
+        "table": rows,
+        "peers": peer_results,
+    }
+    args.output.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
