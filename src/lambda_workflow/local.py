@@ -386,6 +386,7 @@ class LocalRuntime:
                 self.queue.release(message)
             return None
         for i, message in enumerate(kept):
+            self._last_errors.pop(message.message_id, None)
             if i in report.rejected:
                 self._dead_letter(self.queue, message, report.rejected[i])
             else:
@@ -419,6 +420,7 @@ class LocalRuntime:
                     self._last_errors[message.message_id] = f"{type(exc).__name__}: {exc}"
                     queue.release(message)
                     continue
+                self._last_errors.pop(message.message_id, None)
                 queue.delete(message)
         return progressed
 

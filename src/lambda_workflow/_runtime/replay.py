@@ -8,7 +8,7 @@ import os
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import pydantic
@@ -22,11 +22,8 @@ from ..service import Service, type_name
 from ..workflow import Workflow
 from .loop import ReplayLoop
 
-__all__ = ["Outcome", "ReplayResult", "Replayer", "StagedResult", "error_payload"]
+__all__ = ["ReplayResult", "Replayer", "StagedResult", "error_payload", "site_of"]
 
-T = TypeVar("T")
-ReqT = TypeVar("ReqT")
-RespT = TypeVar("RespT")
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _log = logging.getLogger("lambda_workflow.workflow")
@@ -58,8 +55,6 @@ class ReplayResult:
     rejected: dict[int, str] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)
 
-
-Outcome = ReplayResult
 
 
 def error_payload(exc: BaseException) -> bytes:

@@ -21,6 +21,9 @@ from .protocols import Clock, QueueMessage
 
 __all__ = ["DeadLetter", "InMemoryFifoQueue", "MemoryStateStore"]
 
+# Message ids are unique across the queues of a process, as SQS message ids are.
+_queue_numbers = itertools.count(1)
+
 
 class MemoryStateStore:
     """A :class:`~lambda_workflow.backends.StateStore` in a dict (lost when the process ends).
@@ -157,6 +160,7 @@ class InMemoryFifoQueue:
         self._busy_groups: dict[str, int] = {}
         self._seen: dict[str, float] = {}
         self._ids = itertools.count(1)
+        self._prefix = f"q{next(_queue_numbers)}-m-"
         self.dead_letters: list[DeadLetter] = []
 
     def __len__(self) -> int:
@@ -173,7 +177,7 @@ class InMemoryFifoQueue:
             return None
         self._seen[dedup_id] = now
         seq = next(self._ids)
-        entry = _Entry(body, group_id, dedup_id, f"m-{seq}", seq)
+        entry = _Entry(body, group_id, dedup_id, f"{self._prefix}{seq}", seq)
         self._groups.setdefault(group_id, deque()).append(entry)
         return entry.message_id
 
