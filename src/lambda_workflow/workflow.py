@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import sys
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar, overload
 
 import pydantic
@@ -28,12 +29,13 @@ class Workflow(Generic[ReqT, ResT]):
     __slots__ = ("fn", "name", "request_adapter", "request_type", "result_adapter",
                  "result_type")
 
-    def __init__(self, fn: WorkflowFunction[ReqT, ResT], *, name: str | None = None) -> None:
+    def __init__(self, fn: WorkflowFunction[ReqT, ResT], *, name: str | None = None,
+                 localns: Mapping[str, Any] | None = None) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"@workflow needs an 'async def' function, got {fn!r}")
         self.fn = fn
         self.name = name or fn.__name__
-        self.request_type, self.result_type = _signature_types(fn)
+        self.request_type, self.result_type = _signature_types(fn, localns)
         self.request_adapter: pydantic.TypeAdapter[ReqT] = pydantic.TypeAdapter(self.request_type)
         self.result_adapter: pydantic.TypeAdapter[ResT] = pydantic.TypeAdapter(self.result_type)
 
@@ -41,10 +43,13 @@ class Workflow(Generic[ReqT, ResT]):
         return f"<Workflow {self.name!r}>"
 
 
-def _signature_types(fn: Callable[..., object]) -> tuple[Any, Any]:
+def _signature_types(fn: Callable[..., object],
+                     localns: Mapping[str, Any] | None) -> tuple[Any, Any]:
     where = f"workflow {fn.__qualname__!r} ({inspect.getsourcefile(fn)})"
     try:
-        hints = typing.get_type_hints(fn)
+        # The defining scope's locals resolve string annotations (`from __future__ import
+        # annotations`) that name classes local to a function, as in tests and factories.
+        hints = typing.get_type_hints(fn, localns=dict(localns) if localns else None)
     except Exception as exc:  # NameError for an unresolvable forward reference, and others
         raise TypeError(f"{where}: cannot resolve its annotations: {exc}") from exc
     params = list(inspect.signature(fn).parameters)
@@ -91,9 +96,9 @@ def workflow(
             Keep it stable: in-flight instances are matched to code by this name.
     """
     if fn is not None:
-        return Workflow(fn, name=name)
+        return Workflow(fn, name=name, localns=sys._getframe(1).f_locals)
 
     def decorate(f: WorkflowFunction[ReqT, ResT]) -> Workflow[ReqT, ResT]:
-        return Workflow(f, name=name)
+        return Workflow(f, name=name, localns=sys._getframe(1).f_locals)
 
     return decorate

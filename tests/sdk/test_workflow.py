@@ -166,3 +166,24 @@ def test_an_unresolvable_annotation_is_refused() -> None:
         decorate(place_order)
     assert "NoSuchType" in str(info.value)
     assert isinstance(info.value.__cause__, NameError)
+
+
+def test_string_annotations_naming_local_classes_resolve() -> None:
+    """A workflow defined inside a function, whose string annotations (as under
+    `from __future__ import annotations`) name classes local to that function, gets its
+    request and result types."""
+
+    class LocalRequest(BaseModel):
+        n: int
+
+    class LocalResult(BaseModel):
+        total: int
+
+    async def body(ctx: WorkflowContext[LocalRequest]) -> LocalResult:
+        return LocalResult(total=ctx.request.n)
+
+    body.__annotations__ = {"ctx": "WorkflowContext[LocalRequest]", "return": "LocalResult"}
+    wf = workflow(body)
+    named = workflow(name="named")(body)
+    assert (wf.request_type, wf.result_type) == (LocalRequest, LocalResult)
+    assert (named.request_type, named.result_type) == (LocalRequest, LocalResult)
