@@ -1,4 +1,5 @@
-"""The ``lambda-workflow`` command: run workflows locally, show status and history."""
+"""The ``lambda-workflow`` command: run workflows locally, show status and history, and
+package a handler as a Lambda deployment zip."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, TextIO
 
 import pydantic
 
+from . import _package
 from ._runtime.engine import ActivationReport
 from ._runtime.history import history_to_json
 from .backends.memory import DeadLetter
@@ -183,6 +185,16 @@ def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _cmd_package(args: argparse.Namespace, out: TextIO) -> int:
+    result = _package.build_zip(
+        args.handler, arch=args.arch, python=args.python, wheels=args.wheel,
+        requirements=args.requirements, with_boto3=args.with_boto3, output=args.output,
+        log=lambda line: print(f"lambda-workflow package: {line}", file=out))
+    for line in _package.format_report(result):
+        print(line, file=out)
+    return 1 if result.unzipped_size > _package.UNZIPPED_LIMIT else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lambda-workflow",
                                      description="Durable typed workflows for AWS Lambda.")
@@ -203,6 +215,21 @@ def _parser() -> argparse.ArgumentParser:
     hist.add_argument("--db", required=True)
     hist.add_argument("workflow_id")
     hist.add_argument("--json", action="store_true", help="print the history as JSON")
+    pack = sub.add_parser("package", help="build a Lambda deployment zip of a handler, "
+                                          "lambda-workflow and their dependencies")
+    pack.add_argument("handler", help="the handler module (app/handler.py, at the zip's root) "
+                                      "or a package folder (app/)")
+    pack.add_argument("--arch", required=True, help="Lambda architecture: arm64 or x86_64")
+    pack.add_argument("--python", required=True, help="Lambda Python runtime: 3.11, 3.12 or 3.13")
+    pack.add_argument("--wheel", action="append", default=[],
+                      help="a lambda-workflow wheel, or a folder of them (repeatable; "
+                           "default ./dist)")
+    pack.add_argument("--requirements", help="a requirements file of the handler's own "
+                                             "dependencies (binary wheels only)")
+    pack.add_argument("--with-boto3", action="store_true",
+                      help="keep boto3 and its dependencies (the Lambda runtime has them)")
+    pack.add_argument("-o", "--output", default="build/lambda.zip",
+                      help="the zip to write (default build/lambda.zip)")
     return parser
 
 
@@ -215,7 +242,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return _cmd_run(args, stream)
         if args.command == "status":
             return _cmd_status(args, stream)
+        if args.command == "package":
+            return _cmd_package(args, stream)
         return _cmd_history(args, stream)
     except WorkflowError as exc:
         print(f"lambda-workflow: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except _package.PackageError as exc:
+        print(f"lambda-workflow package: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,368 @@
+"""``lambda-workflow package``: a Lambda deployment zip from a handler and our wheel.
+
+The dependencies are installed the way AWS documents for zips built off Lambda: ``pip install
+--target DIR --platform manylinux2014_<arch> --python-version X.Y --implementation cp
+--only-binary=:all:``, so pydantic-core and orjson come as wheels for the Lambda platform,
+whatever the machine that builds the zip. lambda-workflow itself comes from a local wheel
+(``--wheel``, default ``./dist``) that is chosen here by its tags, so it never comes from an
+index and a missing platform wheel is reported by name. The zip is deterministic: sorted
+entries, a fixed timestamp and normalised permissions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "ARCHITECTURES",
+    "DIRECT_UPLOAD_LIMIT",
+    "PYTHON_VERSIONS",
+    "RUNTIME_PROVIDED",
+    "UNZIPPED_LIMIT",
+    "PackageError",
+    "PackageResult",
+    "build_zip",
+    "check_target",
+    "format_report",
+    "remove_distributions",
+    "select_wheel",
+    "write_zip",
+]
+
+#: Lambda's architecture names, with the machine name in wheel and manylinux tags.
+ARCHITECTURES = {"arm64": "aarch64", "x86_64": "x86_64"}
+#: Lambda Python runtimes this package supports (it requires Python 3.11 or newer).
+PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
+#: Distributions every Lambda Python runtime already has (boto3 and its dependencies); left out
+#: of the zip unless ``with_boto3``.
+RUNTIME_PROVIDED = frozenset(
+    {"boto3", "botocore", "s3transfer", "jmespath", "urllib3", "python-dateutil", "six"})
+#: Lambda's limit on a function's unzipped code, and on a zip uploaded directly (not via S3).
+UNZIPPED_LIMIT = 262_144_000
+DIRECT_UPLOAD_LIMIT = 52_428_800
+
+_PROJECT = "lambda_workflow"
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+_PIP_TAIL = 15
+
+
+class PackageError(Exception):
+    """The zip cannot be built; the message says what is missing or what failed."""
+
+
+@dataclass
+class PackageResult:
+    """What ``build_zip`` wrote."""
+
+    path: Path
+    arch: str
+    python: str
+    wheel: Path
+    zip_size: int
+    unzipped_size: int
+    #: Top-level names in the zip (files, packages, ``*.dist-info``) and their unzipped sizes.
+    top_level: dict[str, int]
+    #: (name, version) of every distribution in the zip, sorted by name.
+    distributions: list[tuple[str, str]]
+    #: Distributions removed because the Lambda runtime provides them.
+    excluded: list[str] = field(default_factory=list)
+    #: The compiled replay core's path in the zip, or None if the wheel is pure Python.
+    compiled_core: str | None = None
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def check_target(arch: str, python: str) -> tuple[str, str]:
+    """Validate a Lambda architecture and Python version; return (manylinux platform, X.Y)."""
+    if arch not in ARCHITECTURES:
+        raise PackageError(f"unknown architecture {arch!r}: Lambda has "
+                           f"{' and '.join(ARCHITECTURES)}")
+    version = python.removeprefix("python")
+    if version not in PYTHON_VERSIONS:
+        raise PackageError(f"unsupported Python version {python!r}: lambda-workflow runs on the "
+                           f"Lambda runtimes python{', python'.join(PYTHON_VERSIONS)}")
+    return f"manylinux2014_{ARCHITECTURES[arch]}", version
+
+
+def _wheel_supported(filename: str, machine: str, minor: int) -> bool:
+    """Whether pip, asked for cp3.<minor> on manylinux2014_<machine>, would accept the wheel."""
+    parts = filename[:-len(".whl")].split("-")
+    if len(parts) not in (5, 6):
+        return False
+    pythons, abis, platforms = (set(p.split(".")) for p in parts[-3:])
+    legacy = {"manylinux1", "manylinux2010"} if machine == "x86_64" else set()
+    manylinux = {f"manylinux_2_{n}_{machine}" for n in range(5, 18)}
+    manylinux |= {f"manylinux2014_{machine}"} | {f"{tag}_{machine}" for tag in legacy}
+    if not platforms & (manylinux | {"any"}):
+        return False
+    own = f"cp3{minor}"
+    if "none" in abis and pythons & ({"py3", own} | {f"py3{m}" for m in range(minor + 1)}):
+        return True
+    if "abi3" in abis and pythons & {f"cp3{m}" for m in range(2, minor + 1)}:
+        return True
+    return own in abis and own in pythons
+
+
+def select_wheel(sources: Sequence[Path], arch: str, python: str) -> Path:
+    """The lambda-workflow wheel for the target among wheel files and folders of wheels.
+
+    A wheel with the compiled core (platform-specific) is preferred to the pure one, then the
+    newest version.
+    """
+    platform, version = check_target(arch, python)
+    found: list[Path] = []
+    for source in sources:
+        if source.is_dir():
+            found += sorted(source.glob(f"{_PROJECT}-*.whl"))
+        elif source.is_file() and source.name.endswith(".whl"):
+            if not source.name.startswith(f"{_PROJECT}-"):
+                raise PackageError(f"--wheel {source}: not a lambda-workflow wheel")
+            found.append(source)
+        elif source.exists():
+            raise PackageError(f"--wheel {source}: neither a .whl file nor a folder of wheels")
+        else:
+            raise PackageError(f"--wheel {source}: no such file or folder")
+    machine = ARCHITECTURES[arch]
+    minor = int(version.split(".")[1])
+    fits = [w for w in found if _wheel_supported(w.name, machine, minor)]
+    if not fits:
+        where = ", ".join(str(s) for s in sources)
+        names = ", ".join(w.name for w in found) or "no lambda-workflow wheel at all"
+        raise PackageError(
+            f"no lambda-workflow wheel for {platform} and Python {version} in {where} "
+            f"(found: {names}); build one with `bash scripts/build_wheels.sh`")
+
+    def rank(wheel: Path) -> tuple[bool, tuple[int, ...], str]:
+        ver = wheel.name.split("-")[1]
+        numbers = tuple(int(n) for n in re.findall(r"\d+", ver))
+        return (not wheel.name.endswith("-any.whl"), numbers, wheel.name)
+
+    return max(fits, key=rank)
+
+
+def _handler_files(handler: Path) -> tuple[str, list[tuple[str, Path]]]:
+    """The handler's top-level name and its (name in the zip, file) pairs."""
+    if handler.is_file():
+        if handler.suffix != ".py":
+            raise PackageError(f"handler {handler}: expected a .py file or a package folder")
+        return handler.stem, [(handler.name, handler)]
+    if handler.is_dir():
+        files: list[tuple[str, Path]] = []
+        for path in sorted(handler.rglob("*")):
+            rel = path.relative_to(handler)
+            hidden = any(p.startswith(".") or p == "__pycache__" for p in rel.parts)
+            if path.is_file() and not hidden and path.suffix != ".pyc":
+                files.append((f"{handler.name}/{rel.as_posix()}", path))
+        if not any(name.endswith(".py") for name, _ in files):
+            raise PackageError(f"handler {handler}: the folder has no .py file")
+        return handler.name, files
+    raise PackageError(f"handler {handler}: no such file or folder")
+
+
+def _run_pip(args: list[str], description: str) -> None:
+    command = [sys.executable, "-m", "pip", *args]
+    proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.rstrip().splitlines()[-_PIP_TAIL:])
+        raise PackageError(f"pip failed (exit code {proc.returncode}) installing {description}; "
+                           f"its last lines:\n{tail}")
+
+
+def _dist_infos(target: Path) -> list[tuple[str, str, Path]]:
+    """(name, version, folder) of every distribution installed in ``target``."""
+    dists = []
+    for info in sorted(target.glob("*.dist-info")):
+        name, _, version = info.name[:-len(".dist-info")].partition("-")
+        metadata = info / "METADATA"
+        if metadata.is_file():
+            for line in metadata.read_text(encoding="utf-8", errors="replace").splitlines():
+                if line.startswith("Name:"):
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("Version:"):
+                    version = line.split(":", 1)[1].strip()
+                elif not line:
+                    break
+        dists.append((name, version, info))
+    return dists
+
+
+def _record_paths(info: Path) -> list[str]:
+    record = info / "RECORD"
+    if not record.is_file():
+        return []
+    return [line.split(",")[0] for line in record.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+
+
+def remove_distributions(target: Path, names: Iterable[str]) -> list[str]:
+    """Uninstall the named distributions from a ``pip --target`` folder; return 'name version'.
+
+    Each distribution's files are those its RECORD lists; folders left empty are removed.
+    """
+    wanted = {_normalize(n) for n in names}
+    removed = []
+    root = target.resolve()
+    for name, version, info in _dist_infos(target):
+        if _normalize(name) not in wanted:
+            continue
+        for rel in _record_paths(info):
+            path = (target / rel).resolve()
+            if path.is_relative_to(root) and path.is_file():
+                path.unlink()
+        shutil.rmtree(info, ignore_errors=True)
+        removed.append(f"{name} {version}")
+    for folder in sorted((p for p in target.rglob("*") if p.is_dir()), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    return removed
+
+
+def _tidy(target: Path) -> None:
+    """Drop what depends on the build machine: console scripts (their shebang names the local
+    interpreter, and Lambda does not run them), ``direct_url.json`` (the wheel's local path),
+    byte code, and the lines of RECORD that name them."""
+    shutil.rmtree(target / "bin", ignore_errors=True)
+    for cache in sorted(target.rglob("__pycache__"), reverse=True):
+        shutil.rmtree(cache, ignore_errors=True)
+    for info in target.glob("*.dist-info"):
+        (info / "direct_url.json").unlink(missing_ok=True)
+        record = info / "RECORD"
+        if record.is_file():
+            lines = record.read_text(encoding="utf-8").splitlines()
+            kept = [line for line in lines
+                    if not line.startswith("../") and "__pycache__/" not in line
+                    and not line.split(",")[0].endswith("/direct_url.json")]
+            record.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+
+def write_zip(output: Path, files: Iterable[tuple[str, Path]]) -> None:
+    """Write a deterministic zip: entries sorted by name, all dated 1980-01-01, mode 644 (755 for
+    files executable by their owner), no folder entries. Written beside ``output``, then moved."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w") as archive:
+            for name, path in sorted(files):
+                info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+                info.create_system = 3  # Unix, so that unzip applies the modes
+                mode = 0o755 if path.stat().st_mode & 0o100 else 0o644
+                info.external_attr = (0o100000 | mode) << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with path.open("rb") as src, archive.open(info, "w") as dst:
+                    shutil.copyfileobj(src, dst)
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_zip(handler: str | Path, *, arch: str, python: str,
+              wheels: Sequence[str | Path] = (), requirements: str | Path | None = None,
+              with_boto3: bool = False, output: str | Path = "build/lambda.zip",
+              log: Callable[[str], None] | None = None) -> PackageResult:
+    """Build a Lambda deployment zip for ``arch`` and ``python``.
+
+    Args:
+        handler: The handler module (``app/handler.py``, at the zip's root as ``handler.py``)
+            or a package folder (``app/``, at the root as ``app/``).
+        arch: ``"arm64"`` or ``"x86_64"``.
+        python: ``"3.11"``, ``"3.12"`` or ``"3.13"``.
+        wheels: lambda-workflow wheel files or folders holding them; default ``./dist``.
+        requirements: A requirements file of the handler's own dependencies (binary wheels
+            only, as for any zip built off Lambda).
+        with_boto3: Keep boto3 and its dependencies, which the runtime otherwise provides.
+        output: Where to write the zip.
+        log: Called with a line of progress.
+
+    Raises:
+        PackageError: Unknown target, missing handler, wheel or requirements file, no wheel for
+            the target, a pip failure, or a handler whose name clashes with a dependency.
+    """
+    say = log or (lambda _line: None)
+    platform, version = check_target(arch, python)
+    name, handler_files = _handler_files(Path(handler))
+    if not wheels:
+        if not Path("dist").is_dir():
+            raise PackageError("no lambda-workflow wheel given: pass --wheel with a .whl file or a "
+                               "folder of wheels (./dist, the default, does not exist; "
+                               "`bash scripts/build_wheels.sh` builds it)")
+        wheels = ["dist"]
+    wheel = select_wheel([Path(w) for w in wheels], arch, version)
+    if requirements is not None and not Path(requirements).is_file():
+        raise PackageError(f"requirements file {requirements}: no such file")
+
+    with tempfile.TemporaryDirectory(prefix="lambda-workflow-package-") as tmp:
+        target = Path(tmp) / "site"
+        args = ["install", "--target", str(target), "--platform", platform,
+                "--python-version", version, "--implementation", "cp",
+                "--only-binary=:all:", "--no-compile", "--disable-pip-version-check",
+                "--no-input", "--quiet", str(wheel.resolve())]
+        if requirements is not None:
+            args += ["--requirement", str(requirements)]
+        say(f"installing {wheel.name} and its dependencies for {platform}, Python {version}")
+        _run_pip(args, f"{wheel.name} for {platform} and Python {version}")
+        excluded = [] if with_boto3 else remove_distributions(target, RUNTIME_PROVIDED)
+        _tidy(target)
+        installed = sorted(p for p in target.rglob("*") if p.is_file())
+        top_names = {p.relative_to(target).parts[0] for p in installed}
+        if name in top_names or f"{name}.py" in top_names:
+            raise PackageError(f"handler {handler}: its name {name!r} is also a top-level name "
+                               f"of a dependency; rename the handler")
+        files = handler_files + [(p.relative_to(target).as_posix(), p) for p in installed]
+        out = Path(output)
+        write_zip(out, files)
+        top_level: dict[str, int] = {}
+        for arcname, path in files:
+            top = arcname.split("/")[0]
+            top_level[top] = top_level.get(top, 0) + path.stat().st_size
+        dists = sorted((n, v) for n, v, _ in _dist_infos(target))
+    core = sorted(a for a, _ in files if re.fullmatch(rf"{_PROJECT}/_core/_c\..*\.so", a))
+    return PackageResult(path=out, arch=arch, python=version, wheel=wheel,
+                         zip_size=out.stat().st_size, unzipped_size=sum(top_level.values()),
+                         top_level=top_level, distributions=dists, excluded=excluded,
+                         compiled_core=core[0] if core else None)
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1_048_576:.1f} MB" if size >= 1_048_576 else f"{size / 1024:.0f} KB"
+
+
+def format_report(result: PackageResult) -> list[str]:
+    """The lines ``lambda-workflow package`` prints about a zip it built."""
+    lines = [f"wrote {result.path} for Lambda {result.arch}, python{result.python} "
+             f"(from {result.wheel.name})",
+             f"  zip {_mb(result.zip_size)} ({result.zip_size:,} bytes; "
+             f"{_mb(DIRECT_UPLOAD_LIMIT)} at most for a direct upload, larger goes via S3)",
+             f"  unzipped {_mb(result.unzipped_size)} ({result.unzipped_size:,} bytes) of "
+             f"Lambda's 250 MB limit"]
+    if result.compiled_core:
+        lines.append(f"  replay core: compiled ({result.compiled_core})")
+    else:
+        lines.append("  replay core: pure Python (the wheel has no compiled core for this "
+                     "platform; lambda_workflow.IMPLEMENTATION will be 'py')")
+    lines.append("  distributions: " + ", ".join(f"{n} {v}" for n, v in result.distributions))
+    if result.excluded:
+        lines.append("  left out (the Lambda runtime has them; --with-boto3 keeps them): "
+                     + ", ".join(result.excluded))
+    infos = {k: v for k, v in result.top_level.items() if k.endswith(".dist-info")}
+    lines.append("  contents:")
+    for top, size in sorted(result.top_level.items(), key=lambda kv: (-kv[1], kv[0])):
+        if top not in infos:
+            lines.append(f"    {_mb(size):>9}  {top}")
+    lines.append(f"    {_mb(sum(infos.values())):>9}  {len(infos)} *.dist-info folders")
+    if result.unzipped_size > UNZIPPED_LIMIT:
+        lines.append("  TOO LARGE: Lambda rejects code over 250 MB unzipped")
+    return lines

@@ -1,0 +1,456 @@
+"""``lambda-workflow package``: target checks, wheel choice, boto3 exclusion, deterministic zips,
+real pip installs for the Lambda platforms, and an arm64 zip imported under qemu-aarch64."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lambda_workflow._package import (
+    PackageError,
+    build_zip,
+    check_target,
+    remove_distributions,
+    select_wheel,
+    write_zip,
+)
+from lambda_workflow.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+PURE = "lambda_workflow-0.1.0-py3-none-any.whl"
+ABI3_X86 = "lambda_workflow-0.1.0-cp311-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+ABI3_ARM = "lambda_workflow-0.1.0-cp311-abi3-manylinux_2_17_aarch64.manylinux2014_aarch64.whl"
+
+HANDLER = '''\
+"""A Lambda handler that runs a workflow on the memory runtime and reports the core."""
+import asyncio
+import sys
+
+from pydantic import BaseModel
+
+import lambda_workflow
+import lambda_workflow._core as core
+from lambda_workflow import Service, WorkflowContext, workflow
+from lambda_workflow.backends.memory import MemoryStateStore
+from lambda_workflow.local import LocalRuntime
+
+
+class Order(BaseModel):
+    item: str
+    amount: int
+
+
+class Quote(BaseModel):
+    price: int
+
+
+pricing = Service("pricing", Order, Quote)
+
+
+@workflow
+async def checkout(ctx: WorkflowContext[Order]) -> int:
+    first, second = await asyncio.gather(ctx.call(pricing, ctx.request),
+                                         ctx.call(pricing, ctx.request))
+    return first.price + second.price
+
+
+def handler(event, context):
+    assert core.IMPLEMENTATION == "c", core.IMPLEMENTATION
+    runtime = LocalRuntime(store=MemoryStateStore())
+    runtime.register(checkout)
+    runtime.implement(pricing, lambda order: Quote(price=order.amount * 3))
+    handle = runtime.start(checkout, Order(**event), workflow_id="order-1")
+    runtime.run_until_idle()
+    return {"implementation": lambda_workflow.IMPLEMENTATION,
+            "core": sys.modules["lambda_workflow._core._c"].__file__, "result": handle.result()}
+'''
+
+
+def run_cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(argv), out=out)
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="session")
+def pure_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A py3-none-any lambda-workflow wheel built from a copy of this source tree."""
+    tmp = tmp_path_factory.mktemp("pure-wheel")
+    src = tmp / "src"
+    # A copy, so that the build leaves no build/ or egg-info in the clone (other builds use them).
+    for name in ("src", "ext"):
+        shutil.copytree(ROOT / name, src / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.egg-info", "*.c"))
+    for name in ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    env = {**os.environ, "LAMBDA_WORKFLOW_NO_EXTENSIONS": "1"}
+    env.pop("LAMBDA_WORKFLOW_REQUIRE_EXTENSIONS", None)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--disable-pip-version-check", "-w", str(tmp / "wheels"), str(src)],
+                   check=True, env=env)
+    (wheel,) = (tmp / "wheels").glob("*.whl")
+    assert wheel.name == PURE
+    return wheel
+
+
+@pytest.fixture(scope="session")
+def handler_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test's handler module, app/handler.py."""
+    path = tmp_path_factory.mktemp("app") / "handler.py"
+    path.write_text(HANDLER)
+    return path
+
+
+@dataclass
+class Built:
+    path: Path
+    report: str
+
+
+@pytest.fixture(scope="module")
+def arm64_zip(tmp_path_factory: pytest.TempPathFactory, pure_wheel: Path,
+              handler_file: Path) -> Built:
+    """An arm64 / Python 3.11 zip of the pure wheel whose requirements include jmespath."""
+    tmp = tmp_path_factory.mktemp("arm64-zip")
+    requirements = tmp / "requirements.txt"
+    requirements.write_text("jmespath\n")
+    out = tmp / "lambda.zip"
+    code, report = run_cli("package", str(handler_file), "--arch", "arm64", "--python", "3.11",
+                           "--wheel", str(pure_wheel.parent), "--requirements",
+                           str(requirements), "-o", str(out))
+    assert code == 0, report
+    return Built(out, report)
+
+
+def fake_wheels(folder: Path, *names: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+    return folder
+
+
+# ---------------------------------------------------------------- checks without pip
+
+
+def test_check_target_names_the_choices() -> None:
+    """An unknown architecture or Python version is rejected with the valid choices."""
+    assert check_target("arm64", "3.11") == ("manylinux2014_aarch64", "3.11")
+    assert check_target("x86_64", "python3.13") == ("manylinux2014_x86_64", "3.13")
+    with pytest.raises(PackageError, match="unknown architecture 'aarch65': Lambda has arm64 "
+                                           "and x86_64"):
+        check_target("aarch65", "3.11")
+    with pytest.raises(PackageError, match=r"unsupported Python version '3.10'.*python3.11, "
+                                           r"python3.12, python3.13"):
+        check_target("arm64", "3.10")
+
+
+def test_cli_rejects_a_bad_target_before_anything_else(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI exits 1 with the reason on stderr for an unknown architecture."""
+    handler = tmp_path / "handler.py"
+    handler.write_text("")
+    code, out = run_cli("package", str(handler), "--arch", "arm", "--python", "3.11")
+    assert code == 1
+    assert "lambda-workflow package: unknown architecture 'arm'" in capsys.readouterr().err
+    assert out == ""
+
+
+def test_missing_handler_and_empty_folder_are_errors(tmp_path: Path) -> None:
+    """A handler that does not exist, is not .py, or is a folder with no .py file is reported."""
+    wheels = fake_wheels(tmp_path / "dist", PURE)
+    with pytest.raises(PackageError, match=r"handler .*nope\.py: no such file or folder"):
+        build_zip(tmp_path / "nope.py", arch="arm64", python="3.11", wheels=[wheels])
+    (tmp_path / "handler.txt").write_text("")
+    with pytest.raises(PackageError, match=r"expected a \.py file or a package folder"):
+        build_zip(tmp_path / "handler.txt", arch="arm64", python="3.11", wheels=[wheels])
+    (tmp_path / "app").mkdir()
+    with pytest.raises(PackageError, match=r"the folder has no \.py file"):
+        build_zip(tmp_path / "app", arch="arm64", python="3.11", wheels=[wheels])
+
+
+def test_no_wheel_given_and_no_dist_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           handler_file: Path) -> None:
+    """Without --wheel and without ./dist the error says what to pass and how to build it."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PackageError, match=r"no lambda-workflow wheel given: pass --wheel .*"
+                                           r"\./dist, the default, does not exist.*build_wheels"):
+        build_zip(handler_file, arch="x86_64", python="3.12")
+
+
+def test_select_wheel_prefers_the_compiled_wheel_for_the_platform(tmp_path: Path) -> None:
+    """From dist/ the abi3 wheel of the asked architecture wins over the pure wheel."""
+    dist = fake_wheels(tmp_path / "dist", PURE, ABI3_X86, ABI3_ARM,
+                       "lambda_workflow-0.1.0.tar.gz", "pydantic-2.0-py3-none-any.whl")
+    assert select_wheel([dist], "arm64", "3.11").name == ABI3_ARM
+    assert select_wheel([dist], "x86_64", "3.13").name == ABI3_X86
+    assert select_wheel([dist / PURE], "arm64", "3.12").name == PURE
+    newer = fake_wheels(tmp_path / "more", "lambda_workflow-0.10.0-py3-none-any.whl")
+    assert select_wheel([dist / PURE, newer], "x86_64", "3.11").parent == newer
+
+
+def test_select_wheel_names_the_wheels_that_do_not_fit(tmp_path: Path) -> None:
+    """Only an x86_64 wheel when arm64 is asked: the error names the platform and what was found."""
+    dist = fake_wheels(tmp_path / "dist", ABI3_X86,
+                       "lambda_workflow-0.1.0-cp312-cp312-manylinux_2_17_aarch64.whl")
+    with pytest.raises(PackageError) as info:
+        select_wheel([dist], "arm64", "3.11")
+    message = str(info.value)
+    assert "no lambda-workflow wheel for manylinux2014_aarch64 and Python 3.11" in message
+    assert ABI3_X86 in message
+    assert "cp312-cp312-manylinux_2_17_aarch64" in message
+    # The cp312 wheel does fit Python 3.12.
+    assert select_wheel([dist], "arm64", "3.12").name.startswith("lambda_workflow-0.1.0-cp312")
+    # A wheel for a newer glibc than manylinux2014 does not fit.
+    new_glibc = fake_wheels(tmp_path / "new",
+                            "lambda_workflow-0.1.0-cp311-abi3-manylinux_2_28_x86_64.whl")
+    with pytest.raises(PackageError, match="no lambda-workflow wheel for manylinux2014_x86_64"):
+        select_wheel([new_glibc], "x86_64", "3.11")
+
+
+def test_select_wheel_rejects_bad_wheel_arguments(tmp_path: Path) -> None:
+    """A missing path, another project's wheel, or a non-wheel file is named in the error."""
+    with pytest.raises(PackageError, match=r"--wheel .*absent: no such file or folder"):
+        select_wheel([tmp_path / "absent"], "arm64", "3.11")
+    other = fake_wheels(tmp_path, "pydantic-2.0-py3-none-any.whl", "notes.txt")
+    with pytest.raises(PackageError, match="not a lambda-workflow wheel"):
+        select_wheel([other / "pydantic-2.0-py3-none-any.whl"], "arm64", "3.11")
+    with pytest.raises(PackageError, match=r"notes\.txt: neither a \.whl file nor a folder"):
+        select_wheel([other / "notes.txt"], "arm64", "3.11")
+
+
+def test_remove_distributions_uninstalls_by_record(tmp_path: Path) -> None:
+    """boto3 and jmespath are removed file by file from their RECORDs; others stay intact."""
+    def install(name: str, version: str, files: dict[str, str]) -> None:
+        info = tmp_path / f"{name}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\n"
+                                       f"Version: {version}\n\nbody\n")
+        for rel, text in files.items():
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / rel).write_text(text)
+        record = [*files, f"{info.name}/METADATA", f"{info.name}/RECORD"]
+        (info / "RECORD").write_text("".join(f"{r},,\n" for r in record))
+
+    install("boto3", "1.35.0", {"boto3/__init__.py": "", "boto3/data/x.json": "{}"})
+    install("jmespath", "1.0.1", {"jmespath/__init__.py": ""})
+    install("pydantic", "2.9.0", {"pydantic/__init__.py": "", "pydantic/v1/__init__.py": ""})
+    (tmp_path / "pydantic" / "unlisted.py").write_text("")  # not in a RECORD: kept
+    removed = remove_distributions(tmp_path, ["Boto3", "JMESPath", "six"])
+    assert removed == ["boto3 1.35.0", "jmespath 1.0.1"]
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    assert left == ["pydantic", "pydantic-2.9.0.dist-info", "pydantic-2.9.0.dist-info/METADATA",
+                    "pydantic-2.9.0.dist-info/RECORD", "pydantic/__init__.py",
+                    "pydantic/unlisted.py", "pydantic/v1", "pydantic/v1/__init__.py"]
+
+
+def test_write_zip_is_sorted_dated_1980_and_reproducible(tmp_path: Path) -> None:
+    """Entries are sorted, dated 1980-01-01 with modes 644/755, and two writes are identical."""
+    tree = tmp_path / "tree"
+    (tree / "pkg").mkdir(parents=True)
+    (tree / "pkg" / "b.py").write_text("b = 1\n")
+    (tree / "a.py").write_text("a = 1\n")
+    (tree / "pkg" / "tool.so").write_bytes(b"\x7fELF")
+    (tree / "pkg" / "tool.so").chmod(0o775)
+    files = [("pkg/b.py", tree / "pkg" / "b.py"), ("pkg/tool.so", tree / "pkg" / "tool.so"),
+             ("a.py", tree / "a.py")]
+    write_zip(tmp_path / "one.zip", files)
+    os.utime(tree / "a.py", (1_000_000_000, 1_000_000_000))  # mtimes do not matter
+    write_zip(tmp_path / "out" / "two.zip", reversed(files))
+    assert (tmp_path / "one.zip").read_bytes() == (tmp_path / "out" / "two.zip").read_bytes()
+    with zipfile.ZipFile(tmp_path / "one.zip") as archive:
+        infos = archive.infolist()
+    assert [i.filename for i in infos] == ["a.py", "pkg/b.py", "pkg/tool.so"]
+    assert {i.date_time for i in infos} == {(1980, 1, 1, 0, 0, 0)}
+    assert [i.external_attr >> 16 for i in infos] == [0o100644, 0o100644, 0o100755]
+    assert list((tmp_path / "out").iterdir()) == [tmp_path / "out" / "two.zip"]
+
+
+# ---------------------------------------------------------------- real pip installs
+
+
+def test_arm64_zip_has_aarch64_dependencies_and_the_handler(arm64_zip: Built) -> None:
+    """The zip holds the handler at its root and pydantic-core and orjson built for aarch64."""
+    with zipfile.ZipFile(arm64_zip.path) as archive:
+        names = archive.namelist()
+    assert "handler.py" in names
+    assert "lambda_workflow/__init__.py" in names
+    shared = [n for n in names if n.endswith(".so")]
+    assert any(re.fullmatch(r"pydantic_core/_pydantic_core\.cpython-311-aarch64-linux-gnu\.so",
+                            n) for n in shared), shared
+    assert any(n.startswith("orjson/") and "aarch64" in n for n in shared), shared
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert {"pydantic", "pydantic_core", "orjson", "annotated_types", "typing_inspection",
+            "typing_extensions.py"} <= tops
+
+
+def test_arm64_zip_leaves_out_runtime_packages_and_machine_paths(arm64_zip: Built) -> None:
+    """jmespath (in the Lambda runtime) is left out, as are bin/, byte code and direct_url.json."""
+    with zipfile.ZipFile(arm64_zip.path) as archive:
+        names = archive.namelist()
+        records = [archive.read(n).decode() for n in names if n.endswith(".dist-info/RECORD")]
+    assert not [n for n in names if n.startswith(("jmespath", "bin/"))]
+    assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", "direct_url.json"))]
+    assert not [line for r in records for line in r.splitlines() if line.startswith("../")]
+    assert "left out (the Lambda runtime has them; --with-boto3 keeps them): jmespath" \
+        in arm64_zip.report
+
+
+def test_report_gives_sizes_core_and_contents(arm64_zip: Built) -> None:
+    """The report gives the zip and unzipped sizes, the core kind and the top-level contents."""
+    report = arm64_zip.report
+    zip_size = arm64_zip.path.stat().st_size
+    assert f"zip {zip_size / 1_048_576:.1f} MB ({zip_size:,} bytes;" in report
+    with zipfile.ZipFile(arm64_zip.path) as archive:
+        unzipped = sum(i.file_size for i in archive.infolist())
+    assert f"unzipped {unzipped / 1_048_576:.1f} MB ({unzipped:,} bytes) of Lambda's 250 MB" \
+        in report
+    assert "replay core: pure Python" in report
+    assert re.search(r"distributions: .*lambda-workflow 0\.1\.0.*orjson .*pydantic_core ",
+                     report)
+    assert re.search(r"^\s+\d+\.\d MB  pydantic_core$", report, re.M)
+    assert re.search(r"^\s+\d+ KB  handler\.py$", report, re.M)
+
+
+def test_same_inputs_give_the_same_zip(arm64_zip: Built, pure_wheel: Path, handler_file: Path,
+                                       tmp_path: Path) -> None:
+    """A second build from the same handler, wheel and requirements is byte-for-byte equal."""
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("jmespath\n")
+    again = build_zip(handler_file, arch="arm64", python="3.11", wheels=[pure_wheel],
+                      requirements=requirements, output=tmp_path / "again.zip")
+    assert again.path.read_bytes() == arm64_zip.path.read_bytes()
+
+
+def test_x86_64_with_boto3_keeps_runtime_packages(pure_wheel: Path, tmp_path: Path) -> None:
+    """--with-boto3 keeps jmespath; an x86_64 / 3.13 package folder goes in under its name."""
+    app = tmp_path / "app"
+    (app / "__pycache__").mkdir(parents=True)
+    (app / "__init__.py").write_text("")
+    (app / "main.py").write_text("def handler(event, context):\n    return 1\n")
+    (app / "__pycache__" / "main.cpython-311.pyc").write_bytes(b"")
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("jmespath\n")
+    result = build_zip(app, arch="x86_64", python="3.13", wheels=[pure_wheel],
+                       requirements=requirements, with_boto3=True, output=tmp_path / "x.zip")
+    with zipfile.ZipFile(result.path) as archive:
+        names = archive.namelist()
+    assert [n for n in names if n.startswith("app/")] == ["app/__init__.py", "app/main.py"]
+    assert "jmespath/__init__.py" in names
+    assert any(re.fullmatch(r"pydantic_core/_pydantic_core\.cpython-313-x86_64-linux-gnu\.so", n)
+               for n in names)
+    assert result.excluded == []
+    assert result.compiled_core is None
+
+
+def test_pip_failure_shows_pips_last_lines(pure_wheel: Path, handler_file: Path,
+                                           tmp_path: Path) -> None:
+    """A requirement pip cannot satisfy fails with pip's own message and leaves no zip."""
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("jmespath==0.0.1\n")
+    with pytest.raises(PackageError) as info:
+        build_zip(handler_file, arch="arm64", python="3.12", wheels=[pure_wheel],
+                  requirements=requirements, output=tmp_path / "x.zip")
+    message = str(info.value)
+    assert "pip failed (exit code 1) installing " + PURE in message
+    assert "No matching distribution found for jmespath==0.0.1" in message
+    assert not (tmp_path / "x.zip").exists()
+
+
+def test_handler_named_like_a_dependency_is_refused(pure_wheel: Path, tmp_path: Path) -> None:
+    """A handler module called pydantic.py would shadow pydantic, so it is refused."""
+    (tmp_path / "pydantic.py").write_text("")
+    with pytest.raises(PackageError, match="'pydantic' is also a top-level name of a dependency"):
+        build_zip(tmp_path / "pydantic.py", arch="x86_64", python="3.11", wheels=[pure_wheel],
+                  output=tmp_path / "x.zip")
+
+
+# ---------------------------------------------------------------- arm64 under qemu
+
+QEMU = "qemu-aarch64-static"
+# scripts/build_wheels.sh keeps its Debian roots in <scratch>/roots/<suite>-arm64.
+WHEEL_BUILD = Path(os.environ.get("LAMBDA_WORKFLOW_WHEEL_SCRATCH", ROOT / ".wheel-build"))
+
+
+def _aarch64_wheels() -> list[Path]:
+    return sorted((ROOT / "dist").glob("lambda_workflow-*-cp311-abi3-manylinux*_aarch64*.whl"))
+
+
+def _is_aarch64_elf(path: Path) -> bool:
+    try:
+        header = path.read_bytes()[:20]
+    except OSError:
+        return False
+    return header[:4] == b"\x7fELF" and header[18:20] == b"\xb7\x00"  # EM_AARCH64
+
+
+def _arm64_userland() -> Path | None:
+    """A complete Debian arm64 root with Python 3.11 (bookworm) from the wheel script."""
+    for root in sorted(WHEEL_BUILD.glob("roots/*")):
+        if (root / ".complete").is_file() and _is_aarch64_elf(root / "usr/bin/python3.11"):
+            return root
+    return None
+
+
+@pytest.fixture(scope="session")
+def arm64_prerequisites() -> Iterator[tuple[Path, Path]]:
+    """The cp311-abi3 aarch64 wheel in dist/ and an arm64 userland, built by the wheel script."""
+    if not _aarch64_wheels() or _arm64_userland() is None:
+        script = ROOT / "scripts" / "build_wheels.sh"
+        if not script.is_file():
+            pytest.fail(f"the arm64 test needs dist/*-cp311-abi3-manylinux*_aarch64.whl and a "
+                        f"Debian arm64 userland under {WHEEL_BUILD}/roots, which {script} "
+                        f"builds, and that script does not exist")
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("LAMBDA_WORKFLOW_NO_EXTENSIONS", "LAMBDA_WORKFLOW_REQUIRE_EXTENSIONS")}
+        proc = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, check=False,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stdout.splitlines()[-30:])
+            pytest.fail(f"bash scripts/build_wheels.sh failed (exit {proc.returncode}):\n{tail}")
+    wheels, userland = _aarch64_wheels(), _arm64_userland()
+    if not wheels or userland is None:
+        pytest.fail(f"after scripts/build_wheels.sh: aarch64 wheels {wheels}, arm64 userland "
+                    f"with python3.11 under {WHEEL_BUILD}/roots: {userland}; both are needed")
+    if shutil.which(QEMU) is None:
+        pytest.fail(f"{QEMU} is not on PATH (Debian package qemu-user-static)")
+    yield wheels[-1], userland
+
+
+def test_arm64_zip_imports_the_compiled_core_under_qemu(
+        arm64_prerequisites: tuple[Path, Path], handler_file: Path, tmp_path: Path) -> None:
+    """An arm64 zip of the abi3 wheel, unpacked, runs its handler on aarch64 with the C core."""
+    wheel, userland = arm64_prerequisites
+    code, report = run_cli("package", str(handler_file), "--arch", "arm64", "--python", "3.11",
+                           "--wheel", str(ROOT / "dist"), "-o", str(tmp_path / "arm64.zip"))
+    assert code == 0, report
+    assert f"(from {wheel.name})" in report
+    assert re.search(r"replay core: compiled \(lambda_workflow/_core/_c\.abi3\.so\)", report)
+    task = tmp_path / "task"  # what Lambda unpacks to /var/task
+    with zipfile.ZipFile(tmp_path / "arm64.zip") as archive:
+        archive.extractall(task)
+    assert _is_aarch64_elf(task / "lambda_workflow" / "_core" / "_c.abi3.so")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LAMBDA_WORKFLOW_", "PYTHON"))}
+    env |= {"PYTHONPATH": str(task), "LAMBDA_WORKFLOW_REQUIRE_EXTENSIONS": "1",
+            "PYTHONDONTWRITEBYTECODE": "1"}
+    # As Lambda does: /var/task on sys.path, then `import handler` and a call of handler.handler.
+    call = ("import json, handler; print('HANDLER-RESULT ' + json.dumps("
+            "handler.handler({'item': 'tea', 'amount': 7}, None)))")
+    proc = subprocess.run([QEMU, "-L", str(userland), str(userland / "usr/bin/python3.11"),
+                           "-s", "-c", call],
+                          env=env, capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("HANDLER-RESULT "))
+    assert '"implementation": "c"' in line
+    assert f'"core": "{task}/lambda_workflow/_core/_c.abi3.so"' in line
+    assert '"result": 42' in line
