@@ -22,7 +22,13 @@ import pydantic_core
 
 from . import _core
 from ._runtime.clock import VirtualClock
-from ._runtime.engine import ActivationReport, Engine, call_request_body, start_message_body
+from ._runtime.engine import (
+    ActivationReport,
+    Engine,
+    call_request_body,
+    call_result_body,
+    start_message_body,
+)
 from ._runtime.replay import error_payload
 from .backends.memory import DeadLetter, InMemoryFifoQueue
 from .backends.protocols import QueueMessage, StateStore, Transport
@@ -450,13 +456,10 @@ class LocalRuntime:
                                        orjson.dumps(request.request), ok, reply)
         self.invocations.append(invocation)
         self._emit(invocation)
-        field = b'"value":' if ok else b'"error":'
-        body = (b'{"v":1,"kind":"call_result","workflow_id":' + orjson.dumps(request.workflow_id)
-                + b',"call_id":' + orjson.dumps(request.call_id) + b',"ok":'
-                + (b"true," if ok else b"false,") + field + reply + b"}")
         self.transport.send_to_workflow(
             request.workflow_id, _core.dedup_id(request.workflow_id, "call_result",
-                                                request.call_id), body)
+                                                request.call_id),
+            call_result_body(request.workflow_id, request.call_id, ok, reply))
 
     @staticmethod
     def _require_no_running_loop() -> None:

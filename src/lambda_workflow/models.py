@@ -57,6 +57,14 @@ class ErrorInfo(BaseModel):
     details: JsonValue = None
 
 
+def _check_outcome(ok: bool, error: ErrorInfo | None, what: str) -> None:
+    # The engine records the outcome of ok=false from ``error``: one must come with the other.
+    if ok and error is not None:
+        raise ValueError(f"{what} with ok=true must not carry an error")
+    if not ok and error is None:
+        raise ValueError(f"{what} with ok=false must carry an error {{type, message}}")
+
+
 class StartMessage(_Message):
     """Starts (or, for an existing id, wakes) a workflow instance."""
 
@@ -76,10 +84,7 @@ class CallResultMessage(_Message):
 
     @pydantic.model_validator(mode="after")
     def _error_iff_not_ok(self) -> CallResultMessage:
-        if self.ok and self.error is not None:
-            raise ValueError("a reply with ok=true must not carry an error")
-        if not self.ok and self.error is None:
-            raise ValueError("a reply with ok=false must carry an error {type, message}")
+        _check_outcome(self.ok, self.error, "a reply")
         return self
 
 
@@ -101,11 +106,7 @@ class CallbackCompletedMessage(_Message):
 
     @pydantic.model_validator(mode="after")
     def _error_iff_not_ok(self) -> CallbackCompletedMessage:
-        # The engine records the outcome of ok=false from ``error``, as for call results.
-        if self.ok and self.error is not None:
-            raise ValueError("a completion with ok=true must not carry an error")
-        if not self.ok and self.error is None:
-            raise ValueError("a completion with ok=false must carry an error {type, message}")
+        _check_outcome(self.ok, self.error, "a completion")
         return self
 
 

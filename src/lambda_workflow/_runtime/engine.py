@@ -33,7 +33,8 @@ from ..service import type_name
 from ..workflow import Workflow
 from .replay import Replayer, StagedResult
 
-__all__ = ["ActivationReport", "Engine", "call_request_body", "start_message_body"]
+__all__ = ["ActivationReport", "Engine", "call_request_body", "call_result_body",
+           "start_message_body"]
 
 _SORT = orjson.OPT_SORT_KEYS
 
@@ -71,6 +72,13 @@ def call_request_body(op: OperationRecord, reply_to: str) -> bytes:
     return orjson.dumps({"v": 1, "kind": "call", "workflow_id": op.workflow_id,
                          "call_id": op.op_id, "service": op.name, "reply_to": reply_to,
                          "request": orjson.Fragment(op.request)})
+
+
+def call_result_body(workflow_id: str, call_id: str, ok: bool, payload: bytes) -> bytes:
+    """The JSON of a service's reply, embedding the encoded value (ok) or error (not ok)."""
+    return orjson.dumps({"v": 1, "kind": "call_result", "workflow_id": workflow_id,
+                         "call_id": call_id, "ok": ok,
+                         "value" if ok else "error": orjson.Fragment(payload)})
 
 
 def _outcome_of(msg: CallResultMessage | CallbackCompletedMessage) -> tuple[OperationState, bytes]:
