@@ -83,7 +83,29 @@ class CallTimeoutError(WorkflowError):
 
 
 class PayloadTooLargeError(WorkflowError):
-    """A request, result or message exceeds the byte limit of the store or the queue."""
+    """A request, result or message exceeds the byte limit of the store or the queue.
+
+    Raised, never retried: the same payload would be too large on every attempt. On AWS,
+    payloads above the threshold go to S3 when a bucket is configured; this error means none
+    is (or the payload exceeds even what S3 offloading allows).
+
+    Attributes:
+        what: What was too large, naming the workflow and the call (for example
+            ``"the request of call 3 (service 'fraud') of workflow 'tx-1'"``).
+        size: Its size in bytes.
+        limit: The limit it exceeded, in bytes.
+    """
+
+    def __init__(self, what: str, size: int, limit: int, hint: str = "") -> None:
+        self.what = what
+        self.size = size
+        self.limit = limit
+        self.hint = hint
+        super().__init__(f"{what} is {size:,} bytes, over the limit of {limit:,} bytes"
+                         + (f"; {hint}" if hint else ""))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PayloadTooLargeError, (self.what, self.size, self.limit, self.hint))
 
 
 class InvalidRequestError(WorkflowError, ValueError):

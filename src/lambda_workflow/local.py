@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import orjson
-import pydantic
-import pydantic_core
 
 from . import _core
 from ._runtime.clock import VirtualClock
@@ -29,19 +26,15 @@ from ._runtime.engine import (
     call_result_body,
     start_message_body,
 )
-from ._runtime.replay import error_payload
+from ._runtime.instances import instance_result, start_instance
+from ._runtime.services import run_service
 from .backends.memory import DeadLetter, InMemoryFifoQueue
 from .backends.protocols import QueueMessage, StateStore, Transport
 from .backends.sqlite import SQLiteStateStore
 from .errors import (
     InvalidMessageError,
-    InvalidRequestError,
-    ServiceError,
     UnknownWorkflowError,
-    WorkflowAlreadyStartedError,
     WorkflowError,
-    WorkflowFailedError,
-    WorkflowNotFinishedError,
     WorkflowNotFoundError,
 )
 from .models import (
@@ -51,11 +44,10 @@ from .models import (
     InstanceStatus,
     OperationState,
     WorkflowMessage,
-    describe_validation_error,
     parse_call_request,
     parse_workflow_message,
 )
-from .service import Service, type_name
+from .service import Service
 from .workflow import Workflow
 
 __all__ = ["LocalRuntime", "LocalTransport", "ServiceInvocation", "WorkflowHandle"]
@@ -255,26 +247,8 @@ class LocalRuntime:
                 f"workflow {getattr(workflow, 'name', workflow)!r} is not registered with this "
                 f"runtime (registered: {', '.join(sorted(self._workflows)) or 'none'}); call "
                 "runtime.register(...) first")
-        try:
-            payload = _core.encode_value(
-                workflow.request_adapter, workflow.request_adapter.validate_python(request))
-        except (pydantic.ValidationError, pydantic_core.PydanticSerializationError) as exc:
-            raise InvalidRequestError(
-                f"the input of workflow {workflow.name!r} is not a valid "
-                f"{type_name(workflow.request_type)}: {describe_validation_error(exc)}") from None
-        workflow_id = workflow_id or f"{workflow.name}-{uuid.uuid4().hex[:12]}"
-        digest = _core.digest(payload)
-        now = self.clock.now()
-        inst, created = self.store.create_instance(InstanceRecord(
-            workflow_id, workflow.name, payload, digest, created_at=now, updated_at=now))
-        if not created and (inst.workflow_name != workflow.name or inst.input_digest != digest):
-            what = ("workflow " + repr(inst.workflow_name)
-                    if inst.workflow_name != workflow.name else "a different input")
-            raise WorkflowAlreadyStartedError(
-                f"workflow id {workflow_id!r} is already used by an instance with {what}; "
-                f"starting it again needs the same workflow and input, or a new id")
-        self.transport.send_to_workflow(workflow_id, _core.dedup_id(workflow_id, "start", ""),
-                                        start_message_body(workflow_id, workflow.name, payload))
+        workflow_id = start_instance(self.store, self.transport, workflow, request, workflow_id,
+                                     self.clock.now())
         return WorkflowHandle(self, workflow, workflow_id)
 
     def _instance(self, workflow_id: str) -> InstanceRecord:
@@ -311,15 +285,7 @@ class LocalRuntime:
         return self._result(workflow_id, wf)
 
     def _result(self, workflow_id: str, workflow: Workflow[Any, ResT]) -> ResT:
-        inst = self._instance(workflow_id)
-        if inst.status is InstanceStatus.COMPLETED:
-            value: ResT = _core.decode_value(workflow.result_adapter, inst.result or b"null")
-            return value
-        if inst.status is InstanceStatus.RUNNING:
-            raise WorkflowNotFinishedError(f"workflow {workflow_id!r} is still running")
-        err = orjson.loads(inst.error or b"{}")
-        raise WorkflowFailedError(workflow_id, err.get("type", "Error"), err.get("message", ""),
-                                  err.get("details"))
+        return instance_result(self._instance(workflow_id), workflow)
 
     def dead_letters(self) -> list[DeadLetter]:
         """Messages that were rejected or poison, with the reason, oldest first."""
@@ -432,26 +398,7 @@ class LocalRuntime:
 
     def _serve(self, service: Service[Any, Any], fn: Callable[[Any], Any],
                request: CallRequestMessage) -> None:
-        ok, reply = True, b""
-        try:
-            value = service.request_adapter.validate_python(request.request)
-        except pydantic.ValidationError as exc:
-            ok, reply = False, orjson.dumps({
-                "type": "InvalidRequest", "details": None,
-                "message": f"request to {service.name!r} is not a valid "
-                           f"{type_name(service.request_type)}: "
-                           f"{describe_validation_error(exc)}"})
-        else:
-            try:
-                response = fn(value)
-                if inspect.isawaitable(response):
-                    response = self._run_async(response)
-                reply = _core.encode_value(service.response_adapter, response)
-            except ServiceError as exc:
-                ok, reply = False, orjson.dumps({"type": exc.error_type, "message": exc.message,
-                                                 "details": exc.details}, default=repr)
-            except Exception as exc:
-                ok, reply = False, error_payload(exc)
+        ok, reply = run_service(service, fn, request.request, self._run_async)
         invocation = ServiceInvocation(service.name, request.workflow_id, request.call_id,
                                        orjson.dumps(request.request), ok, reply)
         self.invocations.append(invocation)

@@ -99,7 +99,13 @@ class Engine:
     """
 
     def __init__(self, store: StateStore, transport: Transport,
-                 workflows: Mapping[str, Workflow[Any, Any]], clock: Clock) -> None:
+                 workflows: Mapping[str, Workflow[Any, Any]], clock: Clock, *,
+                 payload_limit: int | None = None, payload_hint: str = "") -> None:
+        """``payload_limit`` (bytes) caps a new call's request and the workflow's result:
+        over it, the workflow fails with :class:`PayloadTooLargeError` (``payload_hint`` says
+        how to lift the limit) instead of recording what the store or queue cannot hold."""
+        self.payload_limit = payload_limit
+        self.payload_hint = payload_hint
         self.store = store
         self.transport = transport
         self.workflows = workflows
@@ -218,7 +224,8 @@ class Engine:
                     f"{inst.workflow_name!r} with a different input; a start message may only "
                     "repeat the original input")
         result = Replayer(wf, workflow_id, inst.input, history.operations, staged,
-                          activation=activation, now=now).run()
+                          activation=activation, now=now, payload_limit=self.payload_limit,
+                          payload_hint=self.payload_hint).run()
         report.rejected.update(result.rejected)
         report.pending = result.pending
 

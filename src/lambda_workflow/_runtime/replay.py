@@ -16,7 +16,13 @@ import pydantic_core
 
 from .. import _core
 from ..context import WorkflowContext
-from ..errors import InvalidRequestError, NonDeterminismError, ServiceError, WorkflowError
+from ..errors import (
+    InvalidRequestError,
+    NonDeterminismError,
+    PayloadTooLargeError,
+    ServiceError,
+    WorkflowError,
+)
 from ..models import OperationRecord, OperationState, describe_validation_error
 from ..service import Service, type_name
 from ..workflow import Workflow
@@ -111,6 +117,8 @@ class Replayer:
         *,
         activation: int,
         now: float,
+        payload_limit: int | None = None,
+        payload_hint: str = "",
     ) -> None:
         self.workflow = workflow
         self.workflow_id = workflow_id
@@ -133,6 +141,10 @@ class Replayer:
         self.new_operations: list[OperationRecord] = []
         self.rejected: dict[int, str] = {}
         self._mismatch: NonDeterminismError | None = None
+        # An error no catch can undo (a request too large to record): the workflow fails.
+        self._fatal: PayloadTooLargeError | None = None
+        self._payload_limit = payload_limit
+        self._payload_hint = payload_hint
         self._logger = _ReplayAwareLogger(self)
 
     @property
@@ -179,6 +191,12 @@ class Replayer:
         if not self._index.new_allowed:
             raise self._early_new_operation(seq, kind, name, frame)
         self._replaying = False
+        if self._payload_limit is not None and len(payload) > self._payload_limit:
+            self._fatal = PayloadTooLargeError(
+                f"the request of call {_core.operation_id('', seq)} (service {name!r}, at "
+                f"{site_of(frame)}) of workflow {self.workflow_id!r}", len(payload),
+                self._payload_limit, self._payload_hint)
+            raise self._fatal
         self.new_operations.append(OperationRecord(
             workflow_id=self.workflow_id, op_id=_core.operation_id("", seq), seq=seq, kind=kind,
             name=name, request=payload, request_digest=_core.digest(payload),
@@ -242,7 +260,8 @@ class Replayer:
         loop = self._loop
         loop.run_until_idle()
         advance = self._index.advance
-        while not task.done() and self._mismatch is None and advance():
+        while (not task.done() and self._mismatch is None and self._fatal is None
+               and advance()):
             loop.run_until_idle()
         if not task.done():
             return self._suspend()
@@ -251,6 +270,8 @@ class Replayer:
             else task.exception())
         if self._mismatch is not None:
             return self._finish_failed(self._mismatch)
+        if self._fatal is not None:
+            return self._finish_failed(self._fatal)
         if exc is not None:
             return self._finish_failed(exc)
         if self._index.seq < len(self._history):
@@ -266,6 +287,10 @@ class Replayer:
             return self._finish_failed(WorkflowError(
                 f"workflow {wf.name!r} ({self.workflow_id}) returned a value that is not a "
                 f"valid {type_name(wf.result_type)}: {describe_validation_error(bad)}"))
+        if self._payload_limit is not None and len(result) > self._payload_limit:
+            return self._finish_failed(PayloadTooLargeError(
+                f"the result of workflow {self.workflow_id!r} ({wf.name})", len(result),
+                self._payload_limit, self._payload_hint))
         self._index.settle_unreached()
         self._loop.close()
         return ReplayResult("completed", self.new_operations, result=result,
@@ -278,6 +303,8 @@ class Replayer:
         if self._mismatch is not None:
             # The workflow caught the NonDeterminismError and waited on: it still failed.
             return self._finish_failed(self._mismatch)
+        if self._fatal is not None:
+            return self._finish_failed(self._fatal)
         if self._index.seq < len(self._history):
             missing = self._history[self._index.seq]
             return self._finish_failed(NonDeterminismError(

@@ -1,0 +1,172 @@
+"""Start workflows on AWS and follow them: the client side of a deployment."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import orjson
+
+from .. import _core
+from .._runtime.history import history_to_json
+from .._runtime.instances import instance_result, start_instance
+from ..backends.protocols import Clock
+from ..errors import WorkflowNotFinishedError, WorkflowNotFoundError
+from ..models import History, InstanceRecord, InstanceStatus
+from ..workflow import Workflow
+from .config import AwsConfig
+from .payloads import NO_BUCKET_HINT
+from .runtime import AwsDeployment
+
+if TYPE_CHECKING:
+    import boto3
+
+__all__ = ["AwsWorkflowHandle", "WorkflowClient"]
+
+ReqT = TypeVar("ReqT")
+ResT = TypeVar("ResT")
+
+
+class AwsWorkflowHandle(Generic[ResT]):
+    """A started instance on AWS, typed by its result."""
+
+    __slots__ = ("client", "workflow", "workflow_id")
+
+    def __init__(self, client: WorkflowClient, workflow: Workflow[Any, ResT],
+                 workflow_id: str) -> None:
+        self.client = client
+        self.workflow = workflow
+        self.workflow_id = workflow_id
+
+    def status(self) -> InstanceStatus:
+        return self.client.status(self.workflow_id)
+
+    def result(self) -> ResT:
+        """The typed result; raises :class:`WorkflowFailedError` or
+        :class:`WorkflowNotFinishedError`."""
+        return self.client.result(self.workflow_id, self.workflow)
+
+    def wait(self, timeout: float = 60.0, poll: float = 0.5) -> ResT:
+        """Poll until the instance ends, then return its result like :meth:`result`."""
+        return self.client.wait(self.workflow_id, self.workflow, timeout=timeout, poll=poll)
+
+    def cancel(self, reason: str = "") -> bool:
+        return self.client.cancel(self.workflow_id, reason)
+
+    def history(self) -> History:
+        return self.client.history(self.workflow_id)
+
+    def __repr__(self) -> str:
+        return f"<AwsWorkflowHandle {self.workflow.name} {self.workflow_id!r}>"
+
+
+class WorkflowClient:
+    """Start, inspect and cancel workflow instances of one deployment.
+
+    Example:
+        >>> client = WorkflowClient()          # LAMBDA_WORKFLOW_* from the environment
+        >>> handle = client.start(make_transaction, tx, workflow_id="tx-1")
+        >>> handle.status()
+        <InstanceStatus.RUNNING: 'running'>
+    """
+
+    def __init__(self, config: AwsConfig | None = None, *, session: boto3.Session | None = None,
+                 clock: Clock | None = None) -> None:
+        self.deployment = AwsDeployment(config, session=session, clock=clock)
+
+    def start(self, workflow: Workflow[ReqT, ResT], request: ReqT, *,
+              workflow_id: str | None = None) -> AwsWorkflowHandle[ResT]:
+        """Start an instance; idempotent per ``workflow_id`` (the same workflow and input
+        return the existing instance).
+
+        Raises:
+            InvalidRequestError: ``request`` is not a valid input of the workflow.
+            PayloadTooLargeError: the input is over the threshold and no bucket is set.
+            WorkflowAlreadyStartedError: the id is taken by another workflow or input.
+        """
+        if not isinstance(workflow, Workflow):
+            raise TypeError(f"start() takes a @workflow object, got {workflow!r}")
+        d = self.deployment
+        workflow_id = start_instance(d.store, d.transport, workflow, request, workflow_id,
+                                     d.clock.now(), payload_limit=d.payload_limit,
+                                     payload_hint=NO_BUCKET_HINT)
+        return AwsWorkflowHandle(self, workflow, workflow_id)
+
+    def handle(self, workflow: Workflow[Any, ResT], workflow_id: str) -> AwsWorkflowHandle[ResT]:
+        """A handle on an existing instance (not checked until used)."""
+        return AwsWorkflowHandle(self, workflow, workflow_id)
+
+    def describe(self, workflow_id: str) -> InstanceRecord:
+        """The instance record (status, timestamps, activations, result or error bytes).
+
+        Raises:
+            WorkflowNotFoundError: no such instance (or it expired by TTL).
+        """
+        inst = self.deployment.store.get_instance(workflow_id)
+        if inst is None:
+            raise WorkflowNotFoundError(f"no workflow instance {workflow_id!r} in table "
+                                        f"{self.deployment.config.table!r}")
+        return inst
+
+    def status(self, workflow_id: str) -> InstanceStatus:
+        return self.describe(workflow_id).status
+
+    def result(self, workflow_id: str, workflow: Workflow[Any, ResT]) -> ResT:
+        """The typed result of a completed instance.
+
+        Raises:
+            WorkflowFailedError: it failed or was cancelled.
+            WorkflowNotFinishedError: it is still running.
+        """
+        return instance_result(self.describe(workflow_id), workflow)
+
+    def wait(self, workflow_id: str, workflow: Workflow[Any, ResT], *, timeout: float = 60.0,
+             poll: float = 0.5) -> ResT:
+        """Poll the table until the instance ends (or ``timeout`` seconds pass, raising
+        :class:`WorkflowNotFinishedError`), then return like :meth:`result`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            inst = self.describe(workflow_id)
+            if inst.status is not InstanceStatus.RUNNING or time.monotonic() >= deadline:
+                break
+            time.sleep(poll)
+        if inst.status is InstanceStatus.RUNNING:
+            raise WorkflowNotFinishedError(
+                f"workflow {workflow_id!r} is still running after {timeout} s")
+        return instance_result(inst, workflow)
+
+    def cancel(self, workflow_id: str, reason: str = "") -> bool:
+        """Ask a running instance to stop (a ``cancel`` message on its queue). Returns
+        ``False`` if it had already ended.
+
+        Raises:
+            WorkflowNotFoundError: no such instance.
+        """
+        inst = self.describe(workflow_id)
+        if inst.status is not InstanceStatus.RUNNING:
+            return False
+        body = orjson.dumps({"v": 1, "kind": "cancel", "workflow_id": workflow_id,
+                             "reason": reason})
+        self.deployment.transport.send_to_workflow(
+            workflow_id, _core.dedup_id(workflow_id, "cancel", ""), body)
+        return True
+
+    def history(self, workflow_id: str) -> History:
+        """The instance and every recorded operation, in creation order.
+
+        Raises:
+            WorkflowNotFoundError: no such instance.
+        """
+        history = self.deployment.store.load_history(workflow_id)
+        if history is None:
+            raise WorkflowNotFoundError(f"no workflow instance {workflow_id!r}")
+        return history
+
+    def export_history(self, workflow_id: str) -> bytes:
+        """The history as JSON, as ``lambda-workflow history`` writes it (for the replayer
+        and for bug reports)."""
+        return history_to_json(self.history(workflow_id))
+
+    def list_instances(self) -> list[InstanceRecord]:
+        """Every instance in the table, oldest first (a Scan: for tooling, not hot paths)."""
+        return self.deployment.store.list_instances()

@@ -1,0 +1,178 @@
+"""Configuration of the AWS backends, from arguments or from environment variables.
+
+Every Lambda function of a deployment reads the same variables (the SAM template in
+``deploy/template.yaml`` sets them):
+
+=================================== ========================================================
+``LAMBDA_WORKFLOW_TABLE``           the DynamoDB table (required)
+``LAMBDA_WORKFLOW_QUEUE_URL``       the workflow FIFO queue's URL (required)
+``LAMBDA_WORKFLOW_DLQ_URL``         its dead-letter FIFO queue's URL (rejected messages go
+                                    there with their reason)
+``LAMBDA_WORKFLOW_BUCKET``          the S3 bucket for payloads over the threshold (optional)
+``LAMBDA_WORKFLOW_PAYLOAD_THRESHOLD`` bytes above which a payload goes to S3 (default 65536)
+``LAMBDA_WORKFLOW_RETENTION_DAYS``  days a finished workflow's items live before TTL deletes
+                                    them (default 30; 0 keeps them for ever)
+``LAMBDA_WORKFLOW_MAX_RECEIVES``    deliveries before a message is dead-lettered; equal to the
+                                    queue's redrive ``maxReceiveCount`` (default 5)
+``LAMBDA_WORKFLOW_SERVICES``        JSON object: service name to target, ``"sqs:<queue url>"``
+                                    or ``"lambda:<function name or ARN>"``
+``LAMBDA_WORKFLOW_SERVICE_<NAME>``  one service's target (name upper-cased, ``-`` as ``_``);
+                                    wins over ``LAMBDA_WORKFLOW_SERVICES``
+``AWS_ENDPOINT_URL``                boto3's own: an alternative endpoint (tests use moto's)
+=================================== ========================================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import WorkflowError
+
+__all__ = ["DEFAULT_PAYLOAD_THRESHOLD", "AwsConfig", "ConfigurationError", "ServiceTarget"]
+
+DEFAULT_PAYLOAD_THRESHOLD = 64 * 1024
+SQS_MAX_MESSAGE_BYTES = 1024 * 1024
+DYNAMODB_MAX_ITEM_BYTES = 400 * 1024
+LAMBDA_MAX_ASYNC_PAYLOAD_BYTES = 256 * 1024
+_ENV = "LAMBDA_WORKFLOW_"
+
+
+class ConfigurationError(WorkflowError, ValueError):
+    """A required setting is missing or a setting has an invalid value."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceTarget:
+    """Where requests to one service go: an SQS queue (standard or FIFO) or a Lambda function
+    invoked asynchronously."""
+
+    kind: str  # "sqs" or "lambda"
+    address: str  # the queue URL or the function name/ARN
+
+    @classmethod
+    def parse(cls, service: str, spec: str) -> ServiceTarget:
+        kind, sep, address = spec.partition(":")
+        if not sep or kind not in ("sqs", "lambda") or not address:
+            raise ConfigurationError(
+                f"service {service!r} has the target {spec!r}; expected 'sqs:<queue url>' or "
+                "'lambda:<function name or ARN>'")
+        return cls(kind, address)
+
+    @property
+    def fifo(self) -> bool:
+        return self.kind == "sqs" and self.address.endswith(".fifo")
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.address}"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(_ENV + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{_ENV}{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigurationError(f"{_ENV}{name}={value} must be at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class AwsConfig:
+    """Names and limits of one deployment. Build it directly or with :meth:`from_env`."""
+
+    table: str
+    queue_url: str
+    dead_letter_queue_url: str | None = None
+    bucket: str | None = None
+    payload_threshold: int = DEFAULT_PAYLOAD_THRESHOLD
+    retention_days: int = 30
+    max_receives: int = 5
+    services: Mapping[str, ServiceTarget] = field(default_factory=dict)
+    endpoint_url: str | None = None
+    region: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.table:
+            raise ConfigurationError("no DynamoDB table configured (LAMBDA_WORKFLOW_TABLE)")
+        if not self.queue_url:
+            raise ConfigurationError(
+                "no workflow queue configured (LAMBDA_WORKFLOW_QUEUE_URL)")
+        if not self.queue_url.endswith(".fifo"):
+            raise ConfigurationError(
+                f"the workflow queue must be an SQS FIFO queue (a URL ending in .fifo), got "
+                f"{self.queue_url!r}")
+        if not 1024 <= self.payload_threshold <= 240 * 1024:
+            raise ConfigurationError(
+                f"payload_threshold={self.payload_threshold} must be between 1024 and 245760 "
+                "bytes (it must leave room for the envelope under the Lambda, SQS and DynamoDB "
+                "limits)")
+        if self.retention_days < 0:
+            raise ConfigurationError(f"retention_days={self.retention_days} must be >= 0")
+        if self.max_receives < 1:
+            raise ConfigurationError(f"max_receives={self.max_receives} must be >= 1")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> AwsConfig:
+        """Read the ``LAMBDA_WORKFLOW_*`` variables (see the module's documentation).
+
+        Raises:
+            ConfigurationError: a required variable is missing or a value is invalid; the
+                message names the variable.
+        """
+        env = os.environ if env is None else env
+        services: dict[str, ServiceTarget] = {}
+        raw = env.get(_ENV + "SERVICES")
+        if raw:
+            try:
+                table = json.loads(raw)
+            except ValueError as exc:
+                raise ConfigurationError(f"{_ENV}SERVICES is not valid JSON: {exc}") from None
+            if not isinstance(table, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
+                raise ConfigurationError(
+                    f"{_ENV}SERVICES must be a JSON object of service name to target string")
+            services = {name: ServiceTarget.parse(name, spec) for name, spec in table.items()}
+        prefix = _ENV + "SERVICE_"
+        for key, spec in env.items():
+            if key.startswith(prefix) and len(key) > len(prefix):
+                # the env name is upper-cased; match it to a known service case-insensitively
+                wanted = key[len(prefix):]
+                name = next((n for n in services
+                             if n.upper().replace("-", "_") == wanted), wanted.lower())
+                services[name] = ServiceTarget.parse(name, spec)
+        values: dict[str, Any] = {
+            "table": env.get(_ENV + "TABLE", ""),
+            "queue_url": env.get(_ENV + "QUEUE_URL", ""),
+            "dead_letter_queue_url": env.get(_ENV + "DLQ_URL") or None,
+            "bucket": env.get(_ENV + "BUCKET") or None,
+            "payload_threshold": _int(env, "PAYLOAD_THRESHOLD", DEFAULT_PAYLOAD_THRESHOLD, 1),
+            "retention_days": _int(env, "RETENTION_DAYS", 30, 0),
+            "max_receives": _int(env, "MAX_RECEIVES", 5, 1),
+            "services": services,
+            "endpoint_url": env.get("AWS_ENDPOINT_URL") or None,
+            "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    def service_target(self, service: str) -> ServiceTarget:
+        """The target of ``service``.
+
+        Raises:
+            ConfigurationError: the service has no target; names the variable to set.
+        """
+        target = self.services.get(service)
+        if target is None:
+            known = ", ".join(sorted(self.services)) or "none"
+            raise ConfigurationError(
+                f"no target configured for service {service!r} (configured: {known}); set "
+                f"{_ENV}SERVICE_{service.upper().replace('-', '_')}='sqs:<queue url>' or "
+                f"'lambda:<function>', or add it to {_ENV}SERVICES")
+        return target

@@ -1,0 +1,64 @@
+"""One deployment's AWS resources, wired together once per Lambda container."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from .._runtime.clock import SystemClock
+from .._runtime.engine import Engine
+from ..backends.protocols import Clock
+from ..workflow import Workflow
+from ._clients import AwsClients
+from .config import AwsConfig
+from .dynamodb import DynamoDBStateStore
+from .payloads import NO_BUCKET_HINT, S3PayloadStore
+from .sqs import SqsFifoTransport
+
+if TYPE_CHECKING:
+    import boto3
+
+__all__ = ["AwsDeployment"]
+
+
+class AwsDeployment:
+    """The table, queues and bucket of one deployment, with the clients to reach them.
+
+    Built from :class:`AwsConfig` (by default from the environment). Clients are created on
+    first use, so a handler module can build this at import time for free.
+    """
+
+    def __init__(self, config: AwsConfig | None = None, *, session: boto3.Session | None = None,
+                 clock: Clock | None = None) -> None:
+        self.config = config if config is not None else AwsConfig.from_env()
+        self.clients = AwsClients(self.config, session)
+        self.clock: Clock = clock or SystemClock()
+
+    @cached_property
+    def payloads(self) -> S3PayloadStore | None:
+        """The S3 payload store, or ``None`` without a bucket."""
+        if self.config.bucket is None:
+            return None
+        return S3PayloadStore(self.clients.s3, self.config.bucket)
+
+    @cached_property
+    def store(self) -> DynamoDBStateStore:
+        return DynamoDBStateStore(
+            self.clients.dynamodb, self.config.table, payloads=self.payloads,
+            payload_threshold=self.config.payload_threshold,
+            retention_days=self.config.retention_days, clock=self.clock.now)
+
+    @cached_property
+    def transport(self) -> SqsFifoTransport:
+        return SqsFifoTransport(self.config, self.clients, self.payloads)
+
+    @property
+    def payload_limit(self) -> int | None:
+        """The largest payload a workflow may record: unlimited with a bucket (large ones go
+        to S3), the threshold without."""
+        return None if self.payloads is not None else self.config.payload_threshold
+
+    def engine(self, workflows: Mapping[str, Workflow[Any, Any]]) -> Engine:
+        return Engine(self.store, self.transport, workflows, self.clock,
+                      payload_limit=self.payload_limit, payload_hint=NO_BUCKET_HINT)
