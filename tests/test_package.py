@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from lambda_workflow import _package
 from lambda_workflow._package import (
     PackageError,
     build_zip,
@@ -273,6 +274,110 @@ def test_write_zip_is_sorted_dated_1980_and_reproducible(tmp_path: Path) -> None
     assert {i.date_time for i in infos} == {(1980, 1, 1, 0, 0, 0)}
     assert [i.external_attr >> 16 for i in infos] == [0o100644, 0o100644, 0o100755]
     assert list((tmp_path / "out").iterdir()) == [tmp_path / "out" / "two.zip"]
+
+
+# ---------------------------------------------------------------- several handler paths
+
+
+@pytest.fixture
+def fake_pip(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """pip replaced by a stand-in that installs a tiny ``pydantic`` into ``--target``; returns
+    the argument lists it was called with."""
+    calls: list[list[str]] = []
+
+    def install(args: list[str], description: str) -> None:
+        calls.append(args)
+        target = Path(args[args.index("--target") + 1])
+        (target / "pydantic").mkdir(parents=True)
+        (target / "pydantic" / "__init__.py").write_text("VERSION = '2.0'\n")
+        info = target / "pydantic-2.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pydantic\nVersion: 2.0\n\n")
+        (info / "RECORD").write_text("pydantic/__init__.py,,\npydantic-2.0.dist-info/METADATA,,\n"
+                                     "pydantic-2.0.dist-info/RECORD,,\n")
+
+    monkeypatch.setattr(_package, "_run_pip", install)
+    return calls
+
+
+def test_several_handler_paths_go_to_the_zip_root(tmp_path: Path,
+                                                  fake_pip: list[list[str]]) -> None:
+    """`package a.py b.py c.py pkg/` puts the three modules and the package side by side at the
+    zip's root with the dependencies, and reports each; --python defaults to 3.13."""
+    examples = tmp_path / "examples"
+    (examples / "shared").mkdir(parents=True)
+    modules = ["bank_lambda.py", "bank_transaction.py", "plain_transaction_service.py"]
+    for name in modules:
+        (examples / name).write_text(f"NAME = {name!r}\n")
+    (examples / "shared" / "__init__.py").write_text("")
+    wheels = fake_wheels(tmp_path / "dist", PURE)
+    out = tmp_path / "build" / "bank.zip"
+    code, report = run_cli("package", *(str(examples / m) for m in modules),
+                           str(examples / "shared"), "--arch", "arm64", "--wheel", str(wheels),
+                           "-o", str(out))
+    assert code == 0, report
+    with zipfile.ZipFile(out) as archive:
+        names = archive.namelist()
+        assert archive.read("bank_transaction.py") == b"NAME = 'bank_transaction.py'\n"
+    assert sorted(n for n in names if "/" not in n) == modules
+    assert {"shared/__init__.py", "pydantic/__init__.py"} <= set(names)
+    (args,) = fake_pip
+    assert args[args.index("--python-version") + 1] == "3.13"
+    assert "for Lambda arm64, python3.13" in report
+    for top in [*modules, "shared", "pydantic"]:
+        assert re.search(rf"^\s+\d+ KB  {re.escape(top)}$", report, re.M), top
+
+
+def test_handler_paths_with_the_same_top_level_name_are_refused(
+        tmp_path: Path, fake_pip: list[list[str]], capsys: pytest.CaptureFixture[str]) -> None:
+    """Two paths that would share a name at the zip's root (a/x.py and b/x.py, a module x.py and
+    a package x/, or one path given twice) are refused before anything is installed."""
+    for folder in ("a", "b", "c/x"):
+        (tmp_path / folder).mkdir(parents=True)
+    for path in ("a/x.py", "b/x.py", "c/x/__init__.py", "b/y.py"):
+        (tmp_path / path).write_text("")
+    wheels = fake_wheels(tmp_path / "dist", PURE)
+
+    def build(*paths: str) -> None:
+        build_zip([tmp_path / p for p in paths], arch="arm64", python="3.12", wheels=[wheels],
+                  output=tmp_path / "x.zip")
+
+    with pytest.raises(PackageError, match=r"handlers \S*a/x\.py and \S*b/x\.py both go to the "
+                                           r"zip's root as 'x' \(one would replace the other\); "
+                                           r"rename one of them"):
+        build("b/y.py", "a/x.py", "b/x.py")
+    with pytest.raises(PackageError, match=r"handlers \S*a/x\.py and \S*c/x both go to the "
+                                           r"zip's root as 'x'"):
+        build("a/x.py", "c/x")
+    with pytest.raises(PackageError, match=r"handler \S*a/x\.py is given twice"):
+        build("a/x.py", "a/x.py")
+    assert fake_pip == []
+    assert not (tmp_path / "x.zip").exists()
+    code, out = run_cli("package", str(tmp_path / "a/x.py"), str(tmp_path / "b/x.py"),
+                        "--arch", "arm64", "--wheel", str(wheels), "-o", str(tmp_path / "x.zip"))
+    assert (code, out) == (1, "")
+    assert "both go to the zip's root as 'x'" in capsys.readouterr().err
+
+
+def test_any_handler_path_named_like_a_dependency_is_refused(
+        tmp_path: Path, fake_pip: list[list[str]]) -> None:
+    """Among several handler paths, the one named like a dependency is named in the error."""
+    (tmp_path / "app.py").write_text("")
+    (tmp_path / "pydantic.py").write_text("")
+    with pytest.raises(PackageError, match=r"handler \S*pydantic\.py: its name 'pydantic' is "
+                                           r"also a top-level name of a dependency"):
+        build_zip([tmp_path / "app.py", tmp_path / "pydantic.py"], arch="x86_64",
+                  python="3.11", wheels=[fake_wheels(tmp_path / "dist", PURE)],
+                  output=tmp_path / "x.zip")
+    assert not (tmp_path / "x.zip").exists()
+
+
+def test_no_handler_path_is_an_error(tmp_path: Path) -> None:
+    """An empty list of handler paths is refused (the CLI requires at least one)."""
+    with pytest.raises(PackageError, match="no handler given"):
+        build_zip([], arch="arm64", python="3.11", wheels=[fake_wheels(tmp_path, PURE)])
+    with pytest.raises(SystemExit):
+        run_cli("package", "--arch", "arm64")
 
 
 # ---------------------------------------------------------------- real pip installs

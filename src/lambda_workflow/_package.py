@@ -1,4 +1,4 @@
-"""``lambda-workflow package``: a Lambda deployment zip from a handler and our wheel.
+"""``lambda-workflow package``: a Lambda deployment zip from handler modules and our wheel.
 
 The dependencies are installed the way AWS documents for zips built off Lambda: ``pip install
 --target DIR --platform manylinux2014_<arch> --python-version X.Y --implementation cp
@@ -24,6 +24,7 @@ from pathlib import Path
 
 __all__ = [
     "ARCHITECTURES",
+    "DEFAULT_PYTHON",
     "DIRECT_UPLOAD_LIMIT",
     "PYTHON_VERSIONS",
     "RUNTIME_PROVIDED",
@@ -42,6 +43,9 @@ __all__ = [
 ARCHITECTURES = {"arm64": "aarch64", "x86_64": "x86_64"}
 #: Lambda Python runtimes this package supports (it requires Python 3.11 or newer).
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
+#: The Python version ``lambda-workflow package`` builds for when none is given: the runtime
+#: of ``deploy/template.yaml`` (python3.13).
+DEFAULT_PYTHON = "3.13"
 #: Distributions every Lambda Python runtime already has (boto3 and its dependencies); left out
 #: of the zip unless ``with_boto3``.
 RUNTIME_PROVIDED = frozenset(
@@ -170,6 +174,27 @@ def _handler_files(handler: Path) -> tuple[str, list[tuple[str, Path]]]:
     raise PackageError(f"handler {handler}: no such file or folder")
 
 
+def _root_entries(paths: Sequence[Path]) -> list[tuple[Path, str, list[tuple[str, Path]]]]:
+    """(path, top-level name, files) of each handler path; two paths that would land on the same
+    top-level name (``a/x.py`` and ``b/x.py``, or ``x.py`` and a package ``x/``, which Python
+    imports under one name) are refused, as one would hide the other in the zip."""
+    if not paths:
+        raise PackageError("no handler given: name a .py file or a package folder")
+    entries: list[tuple[Path, str, list[tuple[str, Path]]]] = []
+    seen: dict[str, Path] = {}
+    for path in paths:
+        name, files = _handler_files(path)
+        if name in seen and seen[name].resolve() == path.resolve():
+            raise PackageError(f"handler {path} is given twice")
+        if name in seen:
+            raise PackageError(
+                f"handlers {seen[name]} and {path} both go to the zip's root as {name!r} "
+                f"(one would replace the other); rename one of them")
+        seen[name] = path
+        entries.append((path, name, files))
+    return entries
+
+
 def _run_pip(args: list[str], description: str) -> None:
     command = [sys.executable, "-m", "pip", *args]
     proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -269,7 +294,7 @@ def write_zip(output: Path, files: Iterable[tuple[str, Path]]) -> None:
         raise
 
 
-def build_zip(handler: str | Path, *, arch: str, python: str,
+def build_zip(handler: str | Path | Sequence[str | Path], *, arch: str, python: str,
               wheels: Sequence[str | Path] = (), requirements: str | Path | None = None,
               with_boto3: bool = False, output: str | Path = "build/lambda.zip",
               log: Callable[[str], None] | None = None) -> PackageResult:
@@ -277,7 +302,8 @@ def build_zip(handler: str | Path, *, arch: str, python: str,
 
     Args:
         handler: The handler module (``app/handler.py``, at the zip's root as ``handler.py``)
-            or a package folder (``app/``, at the root as ``app/``).
+            or a package folder (``app/``, at the root as ``app/``), or several of them (the
+            handler's own modules, for functions that share one zip), all at the zip's root.
         arch: ``"arm64"`` or ``"x86_64"``.
         python: ``"3.11"``, ``"3.12"`` or ``"3.13"``.
         wheels: lambda-workflow wheel files or folders holding them; default ``./dist``.
@@ -289,11 +315,14 @@ def build_zip(handler: str | Path, *, arch: str, python: str,
 
     Raises:
         PackageError: Unknown target, missing handler, wheel or requirements file, no wheel for
-            the target, a pip failure, or a handler whose name clashes with a dependency.
+            the target, a pip failure, two handler paths with the same top-level name, or a
+            handler whose name clashes with a dependency.
     """
     say = log or (lambda _line: None)
     platform, version = check_target(arch, python)
-    name, handler_files = _handler_files(Path(handler))
+    paths = [Path(handler)] if isinstance(handler, (str, Path)) else [Path(h) for h in handler]
+    handlers = _root_entries(paths)
+    handler_files = [pair for _, _, files in handlers for pair in files]
     if not wheels:
         if not Path("dist").is_dir():
             raise PackageError("no lambda-workflow wheel given: pass --wheel with a .whl file or a "
@@ -318,9 +347,10 @@ def build_zip(handler: str | Path, *, arch: str, python: str,
         _tidy(target)
         installed = sorted(p for p in target.rglob("*") if p.is_file())
         top_names = {p.relative_to(target).parts[0] for p in installed}
-        if name in top_names or f"{name}.py" in top_names:
-            raise PackageError(f"handler {handler}: its name {name!r} is also a top-level name "
-                               f"of a dependency; rename the handler")
+        for path, name, _ in handlers:
+            if name in top_names or f"{name}.py" in top_names:
+                raise PackageError(f"handler {path}: its name {name!r} is also a top-level name "
+                                   f"of a dependency; rename the handler")
         files = handler_files + [(p.relative_to(target).as_posix(), p) for p in installed]
         out = Path(output)
         write_zip(out, files)

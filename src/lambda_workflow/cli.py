@@ -215,12 +215,16 @@ def _parser() -> argparse.ArgumentParser:
     hist.add_argument("--db", required=True)
     hist.add_argument("workflow_id")
     hist.add_argument("--json", action="store_true", help="print the history as JSON")
-    pack = sub.add_parser("package", help="build a Lambda deployment zip of a handler, "
+    pack = sub.add_parser("package", help="build a Lambda deployment zip of handler modules, "
                                           "lambda-workflow and their dependencies")
-    pack.add_argument("handler", help="the handler module (app/handler.py, at the zip's root) "
-                                      "or a package folder (app/)")
+    pack.add_argument("handler", nargs="+",
+                      help="a handler module (app/handler.py, at the zip's root as handler.py) "
+                           "or a package folder (app/); several go to the zip's root side by "
+                           "side (for functions sharing one zip)")
     pack.add_argument("--arch", required=True, help="Lambda architecture: arm64 or x86_64")
-    pack.add_argument("--python", required=True, help="Lambda Python runtime: 3.11, 3.12 or 3.13")
+    pack.add_argument("--python", default=_package.DEFAULT_PYTHON,
+                      help="Lambda Python runtime: 3.11, 3.12 or 3.13 (default "
+                           f"{_package.DEFAULT_PYTHON}, the runtime of deploy/template.yaml)")
     pack.add_argument("--wheel", action="append", default=[],
                       help="a lambda-workflow wheel, or a folder of them (repeatable; "
                            "default ./dist)")

@@ -1,0 +1,542 @@
+"""``deploy/template.yaml``: translated to plain CloudFormation by aws-sam-translator (offline),
+linted by cfn-lint, then the properties the runtime relies on, one test each.
+
+cfn-lint alone does not look inside a SAM function's ``Events``; on the translated template it
+checks the ``AWS::Lambda::EventSourceMapping`` SAM generates (batch size limits, response types,
+references), which the negative tests show.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import importlib
+import json
+import re
+import shlex
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from cfnlint.api import lint  # type: ignore[import-untyped]
+from samtranslator.model.exceptions import (  # type: ignore[import-untyped]
+    InvalidDocumentException,
+)
+from samtranslator.parser.parser import Parser  # type: ignore[import-untyped]
+from samtranslator.translator.translator import Translator  # type: ignore[import-untyped]
+from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-untyped]
+
+from lambda_workflow import Service
+from lambda_workflow._package import DEFAULT_PYTHON
+from lambda_workflow.aws.config import AwsConfig
+from lambda_workflow.aws.dynamodb import table_definition
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "deploy" / "template.yaml"
+README = ROOT / "deploy" / "README.md"
+EXAMPLES = ROOT / "examples"
+CONFIG_MODULE = ROOT / "src" / "lambda_workflow" / "aws" / "config.py"
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+#: What `sam deploy` puts in place of the local CodeUri after uploading the zip.
+UPLOADED_CODE = "s3://lambda-workflow-artifacts/bank.zip"
+#: cfn-lint warnings accepted on the translated template, by rule id (none today). A new one
+#: fails the lint test with its message, so that it is read before it is accepted here.
+ACCEPTED_WARNINGS: frozenset[str] = frozenset()
+
+Template = dict[str, Any]
+
+
+# ---------------------------------------------------------------- translate and lint
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test here runs offline: opening a connection fails the test."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access during an offline template test: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def load_sam() -> Template:
+    sam: Template = yaml_parse(TEMPLATE.read_text(encoding="utf-8"))
+    return sam
+
+
+def _no_managed_policies() -> dict[str, str]:
+    """The managed-policy map SAM would otherwise list from IAM (``iam:ListPolicies``): empty,
+    since the template names no AWS managed policy."""
+    return {}
+
+
+def translate(sam: Template) -> Template:
+    """The CloudFormation `sam deploy` would submit: local code replaced by its S3 location
+    (as `sam package` does), then the SAM transform, without any AWS call."""
+    sam = copy.deepcopy(sam)
+    sam["Globals"]["Function"]["CodeUri"] = UPLOADED_CODE
+    # The translator only reads the session's region (for AWS::Region and the partition).
+    session = SimpleNamespace(region_name=REGION)
+    translator = Translator(None, Parser(), boto_session=session)
+    cfn: Template = translator.translate(sam, parameter_values={},
+                                         get_managed_policy_map=_no_managed_policies)
+    return cfn
+
+
+def check(sam: Template) -> tuple[list[str], list[str]]:
+    """Translate and lint; returns (errors, warnings) as ``"<rule> line N: message"``. A
+    template SAM cannot translate gives its translation errors."""
+    try:
+        cfn = translate(sam)
+    except InvalidDocumentException as exc:
+        return [f"SAM: {cause.message}" for cause in exc.causes], []
+    matches = lint(json.dumps(cfn, indent=1), regions=[REGION])
+    found = [(m.rule.id, f"{m.rule.id} line {m.linenumber}: {m.message}") for m in matches]
+    return ([text for rule, text in found if rule.startswith("E")],
+            [text for rule, text in found if rule.startswith("W")])
+
+
+@pytest.fixture(scope="module")
+def cfn() -> Template:
+    return translate(load_sam())
+
+
+def resources(cfn: Template, kind: str) -> dict[str, dict[str, Any]]:
+    return {name: r.get("Properties", {}) for name, r in cfn["Resources"].items()
+            if r["Type"] == kind}
+
+
+def ref_target(value: Any) -> str:
+    """The logical id a ``Ref`` or ``Fn::GetAtt [id, Arn]`` names."""
+    if isinstance(value, dict) and "Ref" in value:
+        return str(value["Ref"])
+    if isinstance(value, dict) and "Fn::GetAtt" in value:
+        return str(value["Fn::GetAtt"][0])
+    raise AssertionError(f"expected a Ref or GetAtt, got {value!r}")
+
+
+def function_by_handler(cfn: Template, handler: str) -> tuple[str, dict[str, Any]]:
+    (found,) = [(name, props) for name, props in resources(cfn, "AWS::Lambda::Function").items()
+                if props["Handler"] == handler]
+    return found
+
+
+def event_sources(cfn: Template, function: str) -> list[dict[str, Any]]:
+    return [props for props in resources(cfn, "AWS::Lambda::EventSourceMapping").values()
+            if ref_target(props["FunctionName"]) == function]
+
+
+def test_translates_and_lints_without_errors() -> None:
+    """SAM translates the template offline and cfn-lint finds no error in the result (and no
+    warning beyond ACCEPTED_WARNINGS)."""
+    errors, warnings = check(load_sam())
+    assert errors == []
+    assert [w for w in warnings if w.split()[0] not in ACCEPTED_WARNINGS] == []
+
+
+def _workflow_event(sam: Template) -> dict[str, Any]:
+    props: dict[str, Any] = sam["Resources"]["WorkflowFunction"]["Properties"]
+    (event,) = props["Events"].values()
+    source: dict[str, Any] = event["Properties"]
+    return source
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ("BatchSize 11", "11 is greater than the maximum of 10"),
+    ("ReportBatchItemFailure",
+     "'ReportBatchItemFailure' is not one of ['ReportBatchItemFailures']"),
+    ("a misspelled queue", "'WorkflowQueu' is not one of"),
+])
+def test_the_check_catches_a_broken_fifo_event_source(change: str, expected: str) -> None:
+    """A copy of the template with a FIFO batch over 10, a misspelled ReportBatchItemFailures or
+    a queue that does not exist fails translate+lint, with a message naming the mistake."""
+    sam = load_sam()
+    source = _workflow_event(sam)
+    if change == "BatchSize 11":
+        source["BatchSize"] = 11
+    elif change == "ReportBatchItemFailure":
+        source["FunctionResponseTypes"] = ["ReportBatchItemFailure"]
+    else:
+        source["Queue"] = {"Fn::GetAtt": ["WorkflowQueu", "Arn"]}
+    errors, _ = check(sam)
+    assert errors, f"{change}: translate+lint found nothing"
+    assert any(expected in e for e in errors), errors
+
+
+# ---------------------------------------------------------------- the workflow queue
+
+
+def test_workflow_function_reads_the_fifo_queue_in_batches_of_ten(cfn: Template) -> None:
+    """The workflow function's only event source is the FIFO queue, in batches of 10 (the FIFO
+    maximum), reporting failures per message (ReportBatchItemFailures)."""
+    name, _ = function_by_handler(cfn, "bank_lambda.handle_workflow")
+    (source,) = event_sources(cfn, name)
+    assert source["BatchSize"] == 10
+    assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert "MaximumBatchingWindowInSeconds" not in source
+    queue = cfn["Resources"][ref_target(source["EventSourceArn"])]
+    assert queue["Type"] == "AWS::SQS::Queue"
+    assert queue["Properties"]["FifoQueue"] is True
+    assert queue["Properties"]["ContentBasedDeduplication"] is False
+
+
+def test_workflow_queue_dead_letters_into_a_fifo_queue(cfn: Template) -> None:
+    """The workflow queue's redrive target is a FIFO queue, the one LAMBDA_WORKFLOW_DLQ_URL
+    names."""
+    queue = cfn["Resources"]["WorkflowQueue"]["Properties"]
+    dlq = ref_target(queue["RedrivePolicy"]["deadLetterTargetArn"])
+    assert cfn["Resources"][dlq]["Properties"]["FifoQueue"] is True
+    _, function = function_by_handler(cfn, "bank_lambda.handle_workflow")
+    assert ref_target(function["Environment"]["Variables"]["LAMBDA_WORKFLOW_DLQ_URL"]) == dlq
+    assert ref_target(function["Environment"]["Variables"]["LAMBDA_WORKFLOW_QUEUE_URL"]) == \
+        "WorkflowQueue"
+
+
+def test_max_receives_is_the_queues_max_receive_count(cfn: Template) -> None:
+    """One parameter sets the redrive maxReceiveCount of every queue a function reads and the
+    LAMBDA_WORKFLOW_MAX_RECEIVES of every function, so the two cannot disagree."""
+    counts = {name: props["RedrivePolicy"]["maxReceiveCount"]
+              for name, props in resources(cfn, "AWS::SQS::Queue").items()
+              if "RedrivePolicy" in props}
+    consumed = {ref_target(s["EventSourceArn"])
+                for s in resources(cfn, "AWS::Lambda::EventSourceMapping").values()}
+    assert consumed <= set(counts)
+    env = {name: props["Environment"]["Variables"]["LAMBDA_WORKFLOW_MAX_RECEIVES"]
+           for name, props in resources(cfn, "AWS::Lambda::Function").items()}
+    assert len(env) == 4
+    assert set(map(json.dumps, [*counts.values(), *env.values()])) == {
+        json.dumps({"Ref": "MaxReceives"})}
+    assert cfn["Parameters"]["MaxReceives"]["Type"] == "Number"
+
+
+def test_visibility_timeouts_are_six_times_the_function_timeouts(cfn: Template) -> None:
+    """Every queue that feeds a function has a visibility timeout of at least 6 times that
+    function's timeout, as AWS advises for Lambda event sources."""
+    functions = resources(cfn, "AWS::Lambda::Function")
+    pairs = [(ref_target(s["EventSourceArn"]), ref_target(s["FunctionName"]))
+             for s in resources(cfn, "AWS::Lambda::EventSourceMapping").values()]
+    assert len(pairs) == 3
+    for queue, function in pairs:
+        visibility = cfn["Resources"][queue]["Properties"]["VisibilityTimeout"]
+        assert visibility >= 6 * functions[function]["Timeout"], (queue, function)
+
+
+def test_every_service_queue_reports_batch_item_failures(cfn: Template) -> None:
+    """The balance and transaction functions read their own standard queues (each with a
+    dead-letter queue) in batches of 10 with ReportBatchItemFailures."""
+    for handler, queue in [("bank_lambda.handle_balance", "BalanceQueue"),
+                           ("plain_transaction_service.handler", "TransactionQueue")]:
+        name, _ = function_by_handler(cfn, handler)
+        (source,) = event_sources(cfn, name)
+        assert ref_target(source["EventSourceArn"]) == queue
+        assert source["BatchSize"] == 10
+        assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+        props = cfn["Resources"][queue]["Properties"]
+        assert "FifoQueue" not in props
+        assert "RedrivePolicy" in props
+
+
+def test_fraud_function_is_invoked_only_asynchronously(cfn: Template) -> None:
+    """The fraud function has no event source; its failed asynchronous invocations go to an
+    SQS on-failure destination."""
+    name, _ = function_by_handler(cfn, "bank_lambda.handle_fraud")
+    assert event_sources(cfn, name) == []
+    (config,) = [c for c in resources(cfn, "AWS::Lambda::EventInvokeConfig").values()
+                 if ref_target(c["FunctionName"]) == name]
+    destination = ref_target(config["DestinationConfig"]["OnFailure"]["Destination"])
+    assert cfn["Resources"][destination]["Type"] == "AWS::SQS::Queue"
+
+
+# ---------------------------------------------------------------- state and payloads
+
+
+def test_table_keys_billing_ttl_and_recovery(cfn: Template) -> None:
+    """The table has pk (S, HASH) and sk (S, RANGE), on-demand billing (as the DynamoDB
+    backend's table_definition says), TTL on expires_at and point-in-time recovery."""
+    (table,) = resources(cfn, "AWS::DynamoDB::Table").values()
+    assert {k: table[k] for k in table_definition()} == table_definition()
+    assert table["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"},
+                                  {"AttributeName": "sk", "KeyType": "RANGE"}]
+    assert sorted(table["AttributeDefinitions"], key=lambda a: a["AttributeName"]) == [
+        {"AttributeName": "pk", "AttributeType": "S"},
+        {"AttributeName": "sk", "AttributeType": "S"}]
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+
+
+def test_bucket_is_private_encrypted_and_expires_after_retention(cfn: Template) -> None:
+    """The bucket blocks public access and encrypts at rest; its lifecycle rule expires objects
+    after the retention days plus a margin, for every allowed retention, and is off when
+    retention is 0 (keep for ever)."""
+    (bucket,) = resources(cfn, "AWS::S3::Bucket").values()
+    assert set(bucket["PublicAccessBlockConfiguration"].values()) == {True}
+    (sse,) = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert sse["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+    (rule,) = bucket["LifecycleConfiguration"]["Rules"]
+    assert rule["ExpirationInDays"] == {
+        "Fn::FindInMap": ["PayloadExpiry", {"Ref": "RetentionDays"}, "Days"]}
+    assert rule["Status"] == {"Fn::If": ["KeepForever", "Disabled", "Enabled"]}
+    assert cfn["Conditions"]["KeepForever"] == {"Fn::Equals": [{"Ref": "RetentionDays"}, "0"]}
+    retention = cfn["Parameters"]["RetentionDays"]
+    assert retention["Default"] == 30
+    expiry = cfn["Mappings"]["PayloadExpiry"]
+    assert {str(v) for v in retention["AllowedValues"]} == set(expiry)
+    for days in retention["AllowedValues"]:
+        if days:
+            assert expiry[str(days)]["Days"] > days + 7, days
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def _documented_variables() -> tuple[set[str], list[str]]:
+    """The variable names the docstring of lambda_workflow/aws/config.py lists, and the
+    patterns (``LAMBDA_WORKFLOW_SERVICE_<NAME>``) as regular expressions."""
+    doc = ast.get_docstring(ast.parse(CONFIG_MODULE.read_text(encoding="utf-8"))) or ""
+    names = set(re.findall(r"``([A-Z][A-Z0-9_]*(?:<[A-Z]+>)?)``", doc))
+    patterns = [re.escape(n.split("<")[0]) + r"[A-Z0-9_]+" for n in names if "<" in n]
+    return {n for n in names if "<" not in n}, patterns
+
+
+def _environments(cfn: Template) -> dict[str, dict[str, Any]]:
+    return {props["Handler"]: props["Environment"]["Variables"]
+            for props in resources(cfn, "AWS::Lambda::Function").values()}
+
+
+def test_every_variable_set_is_documented_in_config(cfn: Template) -> None:
+    """Every environment variable the template sets on a function is one that
+    lambda_workflow/aws/config.py documents, and the required ones are set everywhere."""
+    names, patterns = _documented_variables()
+    assert "LAMBDA_WORKFLOW_TABLE" in names and patterns  # the docstring was read
+    for handler, variables in _environments(cfn).items():
+        unknown = [v for v in variables
+                   if v not in names and not any(re.fullmatch(p, v) for p in patterns)]
+        assert unknown == [], handler
+        assert {"LAMBDA_WORKFLOW_TABLE", "LAMBDA_WORKFLOW_QUEUE_URL"} <= set(variables)
+
+
+def _bank_services(monkeypatch: pytest.MonkeyPatch) -> list[Service[Any, Any]]:
+    """The Service objects examples/bank_transaction.py declares (examples/ on sys.path for
+    the import, as the Lambda has the zip's root)."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    module = importlib.import_module("bank_transaction")
+    return [v for v in vars(module).values() if isinstance(v, Service)]
+
+
+def _services_map(cfn: Template) -> dict[str, str]:
+    """LAMBDA_WORKFLOW_SERVICES of the workflow function, its ${...} placeholders unresolved."""
+    _, function = function_by_handler(cfn, "bank_lambda.handle_workflow")
+    raw = function["Environment"]["Variables"]["LAMBDA_WORKFLOW_SERVICES"]
+    assert set(raw) == {"Fn::Sub"} and isinstance(raw["Fn::Sub"], str), raw
+    services: dict[str, str] = json.loads(raw["Fn::Sub"])
+    return services
+
+
+def test_services_map_names_every_service_of_the_example(cfn: Template,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """LAMBDA_WORKFLOW_SERVICES (on the workflow function only) has exactly the services that
+    examples/bank_transaction.py declares, each routed to the function implementing it:
+    balance and transaction through their queues, fraud by asynchronous invocation."""
+    declared = {s.name for s in _bank_services(monkeypatch)}
+    assert declared == {"balance", "fraud", "transaction"}
+    services = _services_map(cfn)
+    assert set(services) == declared
+    handlers = {"balance": "bank_lambda.handle_balance", "fraud": "bank_lambda.handle_fraud",
+                "transaction": "plain_transaction_service.handler"}
+    for service, spec in services.items():
+        match = re.fullmatch(r"(sqs|lambda):\$\{(\w+)\}", spec)
+        assert match, spec
+        kind, target = match.groups()
+        if kind == "lambda":
+            function = target
+        else:
+            sources = [s for s in resources(cfn, "AWS::Lambda::EventSourceMapping").values()
+                       if ref_target(s["EventSourceArn"]) == target]
+            (source,) = sources
+            function = ref_target(source["FunctionName"])
+        resource = cfn["Resources"][function]
+        assert resource["Type"] == "AWS::Lambda::Function"
+        assert resource["Properties"]["Handler"] == handlers[service], service
+    users = [h for h, v in _environments(cfn).items() if "LAMBDA_WORKFLOW_SERVICES" in v]
+    assert users == ["bank_lambda.handle_workflow"]
+
+
+def _fake_value(cfn: Template, value: Any) -> str:
+    """A deployed-looking value for an intrinsic: a parameter's default, a queue's URL (with
+    .fifo for a FIFO queue), a table's, bucket's or function's name."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and set(value) == {"Fn::Sub"}:
+        return re.sub(r"\$\{(\w+)\}", lambda m: _fake_value(cfn, {"Ref": m.group(1)}),
+                      value["Fn::Sub"])
+    name = ref_target(value)
+    if name in cfn["Parameters"]:
+        return str(cfn["Parameters"][name]["Default"])
+    resource = cfn["Resources"][name]
+    if resource["Type"] == "AWS::SQS::Queue":
+        fifo = ".fifo" if resource["Properties"].get("FifoQueue") else ""
+        return f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/stack-{name}-X1{fifo}"
+    return f"stack-{name}-X1".lower()
+
+
+def test_each_functions_environment_is_a_valid_configuration(cfn: Template) -> None:
+    """With deployed-looking values in place of the references, every function's environment
+    is read by AwsConfig.from_env without error, with the parameters' defaults."""
+    for handler, variables in _environments(cfn).items():
+        env = {name: _fake_value(cfn, value) for name, value in variables.items()}
+        config = AwsConfig.from_env(env)
+        assert config.queue_url.endswith(".fifo"), handler
+        assert config.max_receives == 5 and config.retention_days == 30
+        assert config.bucket and config.dead_letter_queue_url
+        if handler == "bank_lambda.handle_workflow":
+            assert {n: t.kind for n, t in config.services.items()} == {
+                "balance": "sqs", "fraud": "lambda", "transaction": "sqs"}
+
+
+# ---------------------------------------------------------------- permissions
+
+
+def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
+    statement = document["Statement"]
+    return list(statement) if isinstance(statement, list) else [statement]
+
+
+def _policy_documents(cfn: Template) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, props in resources(cfn, "AWS::IAM::Role").items():
+        for policy in props.get("Policies", []):
+            yield f"{name}/{policy['PolicyName']}", policy["PolicyDocument"]
+    for kind in ("AWS::IAM::ManagedPolicy", "AWS::IAM::Policy"):
+        for name, props in resources(cfn, kind).items():
+            yield name, props["PolicyDocument"]
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def test_iam_statements_have_no_wildcard_action_or_resource(cfn: Template) -> None:
+    """No IAM statement allows a `*` action (nor `service:*`, nor NotAction) or a bare `*`
+    resource (nor NotResource); a `*` appears only inside an ARN pattern (bucket ARN/*)."""
+    documents = list(_policy_documents(cfn))
+    assert len(documents) == 5
+    for where, document in documents:
+        for statement in _statements(document):
+            assert statement["Effect"] == "Allow", where
+            assert "NotAction" not in statement and "NotResource" not in statement, where
+            for action in _as_list(statement["Action"]):
+                assert isinstance(action, str) and "*" not in action, (where, action)
+            for resource in _as_list(statement["Resource"]):
+                text = json.dumps(resource)
+                assert text != '"*"', where
+                if "*" in text:
+                    assert re.fullmatch(r'\{"Fn::Sub": "\$\{\w+\.Arn\}/\*"\}', text), (where, text)
+
+
+def test_roles_use_no_aws_managed_policy(cfn: Template) -> None:
+    """Each function has its own role, which attaches no AWS managed policy (those SAM would add
+    grant logs and SQS on every resource): only policies defined in this template."""
+    roles = resources(cfn, "AWS::IAM::Role")
+    functions = resources(cfn, "AWS::Lambda::Function")
+    assert sorted(ref_target(f["Role"]) for f in functions.values()) == sorted(roles)
+    own = set(resources(cfn, "AWS::IAM::ManagedPolicy"))
+    for name, role in roles.items():
+        for arn in role.get("ManagedPolicyArns", []):
+            assert ref_target(arn) in own, (name, arn)
+        (principal,) = [s["Principal"] for s in _statements(role["AssumeRolePolicyDocument"])]
+        assert principal == {"Service": "lambda.amazonaws.com"}
+
+
+def _permissions(cfn: Template, handler: str) -> set[tuple[str, str]]:
+    """(action, resource) pairs a function's role allows; a resource as ``Name`` for its ARN,
+    ``Name/*`` for the objects of a bucket."""
+    _, function = function_by_handler(cfn, handler)
+    role = cfn["Resources"][ref_target(function["Role"])]["Properties"]
+    documents = [p["PolicyDocument"] for p in role.get("Policies", [])]
+    documents += [cfn["Resources"][ref_target(a)]["Properties"]["PolicyDocument"]
+                  for a in role.get("ManagedPolicyArns", [])]
+    pairs = set()
+    for document in documents:
+        for statement in _statements(document):
+            for resource in _as_list(statement["Resource"]):
+                if isinstance(resource, dict) and "Fn::Sub" in resource:
+                    shown = re.sub(r"\$\{(\w+)\.Arn\}", r"\1", resource["Fn::Sub"])
+                else:
+                    shown = ref_target(resource)
+                pairs |= {(action, shown) for action in _as_list(statement["Action"])}
+    return pairs
+
+
+LOGS = ("logs:CreateLogStream", "logs:PutLogEvents")
+CONSUME = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes")
+REPLY = {("sqs:SendMessage", "WorkflowQueue"), ("dynamodb:GetItem", "WorkflowTable"),
+         ("dynamodb:PutItem", "WorkflowTable"), ("s3:GetObject", "PayloadBucket/*"),
+         ("s3:PutObject", "PayloadBucket/*")}
+
+
+def test_each_function_has_exactly_the_permissions_its_code_needs(cfn: Template) -> None:
+    """Least privilege, spelled out: the workflow function consumes its queue, sends to the
+    service queues, its own queue and the DLQ, invokes the fraud function, reads and writes
+    the table (TransactWriteItems is authorised by PutItem/UpdateItem/ConditionCheckItem) and
+    the payload objects; each service consumes its source (if any) and replies."""
+    workflow = {(a, "WorkflowLogGroup") for a in LOGS} | {(a, "WorkflowQueue") for a in CONSUME}
+    workflow |= {("sqs:SendMessage", q) for q in ("WorkflowQueue", "WorkflowDeadLetterQueue",
+                                                  "BalanceQueue", "TransactionQueue")}
+    workflow |= {("lambda:InvokeFunction", "FraudFunction")}
+    workflow |= {(f"dynamodb:{a}", "WorkflowTable")
+                 for a in ("GetItem", "PutItem", "UpdateItem", "ConditionCheckItem", "Query")}
+    workflow |= {("s3:GetObject", "PayloadBucket/*"), ("s3:PutObject", "PayloadBucket/*")}
+    assert _permissions(cfn, "bank_lambda.handle_workflow") == workflow
+    assert _permissions(cfn, "bank_lambda.handle_balance") == REPLY | {
+        (a, "BalanceLogGroup") for a in LOGS} | {(a, "BalanceQueue") for a in CONSUME}
+    assert _permissions(cfn, "plain_transaction_service.handler") == REPLY | {
+        (a, "TransactionLogGroup") for a in LOGS} | {(a, "TransactionQueue") for a in CONSUME}
+    assert _permissions(cfn, "bank_lambda.handle_fraud") == REPLY | {
+        (a, "FraudLogGroup") for a in LOGS} | {("sqs:SendMessage", "FraudFailureQueue")}
+
+
+def test_functions_log_to_the_group_their_role_may_write(cfn: Template) -> None:
+    """Each function logs to its own log group (with a retention), the one its role's logs
+    statement names, since the role has no logs permission on any other group."""
+    for name, props in resources(cfn, "AWS::Lambda::Function").items():
+        group = ref_target(props["LoggingConfig"]["LogGroup"])
+        assert cfn["Resources"][group]["Properties"]["RetentionInDays"] > 0
+        assert ("logs:PutLogEvents", group) in _permissions(cfn, props["Handler"]), name
+
+
+# ---------------------------------------------------------------- code and runtime
+
+
+def test_code_is_the_zip_the_readme_builds(cfn: Template) -> None:
+    """All functions run python{DEFAULT_PYTHON} (what `lambda-workflow package` builds for by
+    default) on the Architecture parameter (arm64 by default), from ../build/bank.zip, which
+    the README's `lambda-workflow package` command writes with every handler module."""
+    sam = load_sam()
+    code_uri = (TEMPLATE.parent / sam["Globals"]["Function"]["CodeUri"]).resolve()
+    assert code_uri == ROOT / "build" / "bank.zip"
+    command = re.search(r"lambda-workflow package ([^`]*?)\n```",
+                        README.read_text(encoding="utf-8").replace("\\\n", " "))
+    assert command, "deploy/README.md has no `lambda-workflow package` command"
+    argv = shlex.split(command.group(1))
+    assert argv[argv.index("-o") + 1] == "build/bank.zip"
+    modules = {Path(a).stem for a in argv if a.endswith(".py")}
+    functions = resources(cfn, "AWS::Lambda::Function").values()
+    assert {f["Handler"].split(".")[0] for f in functions} <= modules
+    assert "bank_transaction" in modules  # imported by bank_lambda
+    assert {f["Runtime"] for f in functions} == {f"python{DEFAULT_PYTHON}"}
+    assert all(f["Architectures"] == [{"Ref": "Architecture"}] for f in functions)
+    assert cfn["Parameters"]["Architecture"]["Default"] == "arm64"
+    assert argv[argv.index("--arch") + 1] == "arm64"
+
+
+def test_outputs_name_the_queue_table_bucket_and_functions(cfn: Template) -> None:
+    """The stack's outputs give the workflow queue's URL, the table, the bucket and every
+    function's name."""
+    outputs = {ref_target(o["Value"]) for o in cfn["Outputs"].values()}
+    assert {"WorkflowQueue", "WorkflowTable", "PayloadBucket"} <= outputs
+    assert set(resources(cfn, "AWS::Lambda::Function")) <= outputs
