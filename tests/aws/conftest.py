@@ -14,11 +14,13 @@ import itertools
 import json
 import logging
 import os
+import sys
 import threading
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -28,6 +30,11 @@ from lambda_workflow.aws.config import AwsConfig, ServiceTarget
 
 REGION = "us-east-1"
 _names = itertools.count()
+# The examples (the bank workflow, its Lambda handlers, the plain-boto3 service) import as
+# top-level modules, as they do inside a deployment zip.
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+if str(EXAMPLES) not in sys.path:
+    sys.path.insert(0, str(EXAMPLES))
 
 
 def _post(url: str, payload: object | None = None) -> None:
@@ -186,9 +193,9 @@ def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Aws:
     session = boto3.Session(region_name=REGION)
     requests: Counter[str] = Counter()
 
-    def count(event_name: str, **_: Any) -> None:
+    def count(event_name: str, **kwargs: Any) -> None:
         # event_name is "before-call.<service>.<Operation>"
-        _, service, operation = event_name.split(".", 2)
+        service, operation = event_name.split(".", 2)[1:]
         requests[f"{service}.{operation}"] += 1
 
     session.events.register("before-call", count)

@@ -53,7 +53,7 @@ json_values = st.recursive(
     max_leaves=15,
 )
 ANY = pydantic.TypeAdapter(Any)
-JSON = pydantic.TypeAdapter(JsonValue)
+JSON: pydantic.TypeAdapter[JsonValue] = pydantic.TypeAdapter(JsonValue)
 
 
 class Item(BaseModel):

@@ -202,7 +202,8 @@ def _kind(body: str) -> str:
 
 
 def workflow_handler(*workflows: Workflow[Any, Any], config: AwsConfig | None = None,
-                     session: boto3.Session | None = None) -> LambdaHandler:
+                     session: boto3.Session | None = None,
+                     deployment: AwsDeployment | None = None) -> LambdaHandler:
     """The handler of the workflow Lambda function (event source: the workflow FIFO queue,
     with ``ReportBatchItemFailures``).
 
@@ -214,7 +215,8 @@ def workflow_handler(*workflows: Workflow[Any, Any], config: AwsConfig | None = 
     still fails marks its instance failed (``PoisonMessage``) and goes to the DLQ.
 
     Configuration comes from the environment (:meth:`AwsConfig.from_env`) on first use,
-    unless ``config`` is given.
+    unless ``config`` (with an optional boto3 ``session``) or a whole ``deployment`` is
+    given.
 
     Example (``handler.py``)::
 
@@ -236,8 +238,8 @@ def workflow_handler(*workflows: Workflow[Any, Any], config: AwsConfig | None = 
     def handler(event: Any, context: Any = None) -> dict[str, Any]:
         fn = state.get("fn")
         if fn is None:
-            fn = state["fn"] = _WorkflowFunction(registry, AwsDeployment(config,
-                                                                         session=session))
+            fn = state["fn"] = _WorkflowFunction(
+                registry, deployment or AwsDeployment(config, session=session))
         return fn(event, context)
 
     handler.__doc__ = f"Workflow handler for: {', '.join(w.name for w in workflows)}"
@@ -254,16 +256,18 @@ class _ServiceFunction:
         self.fn = fn
         self.deployment = deployment
         self.idempotent = idempotent
-        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _run_async(self, awaitable: Awaitable[Any]) -> Any:
-        if self._loop is None or self._loop.is_closed():
-            self._loop = asyncio.new_event_loop()
-
+    @staticmethod
+    def _run_async(awaitable: Awaitable[Any]) -> Any:
+        # One loop per request, closed after it: a Lambda runs one invocation at a time.
         async def wrap() -> Any:
             return await awaitable
 
-        return self._loop.run_until_complete(wrap())
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(wrap())
+        finally:
+            loop.close()
 
     def __call__(self, event: Any, context: Any = None) -> Any:
         if isinstance(event, Mapping) and "Records" in event:
@@ -368,7 +372,8 @@ class _ServiceFunction:
 def service_handler(service: Service[ReqT, RespT],
                     fn: Callable[[ReqT], Awaitable[RespT]] | Callable[[ReqT], RespT], *,
                     idempotent: bool = True, config: AwsConfig | None = None,
-                    session: boto3.Session | None = None) -> LambdaHandler:
+                    session: boto3.Session | None = None,
+                    deployment: AwsDeployment | None = None) -> LambdaHandler:
     """The handler of a service Lambda function.
 
     It takes an SQS event (the service's request queue; returns ``batchItemFailures`` for
@@ -388,7 +393,7 @@ def service_handler(service: Service[ReqT, RespT],
         sf = state.get("fn")
         if sf is None:
             sf = state["fn"] = _ServiceFunction(
-                service, fn, AwsDeployment(config, session=session), idempotent)
+                service, fn, deployment or AwsDeployment(config, session=session), idempotent)
         return sf(event, context)
 
     if not isinstance(service, Service):

@@ -78,9 +78,8 @@ def message_pointer(body: str | bytes,
 
     A body that starts like a pointer but is malformed raises :class:`InvalidMessageError`.
     """
-    head = body[:64]
-    marker = POINTER_CLASS if isinstance(head, str) else POINTER_CLASS.encode()
-    if marker not in head and not (attributes and SIZE_ATTRIBUTE in attributes):
+    head = body[:64] if isinstance(body, str) else body[:64].decode("utf-8", "replace")
+    if POINTER_CLASS not in head and not (attributes and SIZE_ATTRIBUTE in attributes):
         return None
     try:
         kind, ref = orjson.loads(body)

@@ -176,7 +176,9 @@ class SqsFifoQueue:
             "MessageAttributeNames": ["All"]}
         if self.visibility_timeout is not None:
             kwargs["VisibilityTimeout"] = self.visibility_timeout
-        return list(self.sqs.receive_message(**kwargs).get("Messages", []))
+        messages: list[dict[str, Any]] = self.sqs.receive_message(**kwargs).get(
+            "Messages", [])  # type: ignore[assignment]
+        return messages
 
     def receive(self, max_messages: int = 10) -> list[QueueMessage]:
         return [_queue_message(m) for m in self.receive_raw(max_messages)]
@@ -205,11 +207,12 @@ class SqsFifoQueue:
             if not fresh:
                 break
             for m in fresh:
+                m_attrs: dict[str, Any] = dict(m.get("MessageAttributes", {}))
                 seen.add(m["MessageId"])
                 handles.append(m["ReceiptHandle"])
-                reason = (m.get("MessageAttributes", {}).get(REASON_ATTRIBUTE, {})
-                          .get("StringValue") or "moved by the queue's redrive policy "
-                          f"after {m['Attributes'].get('ApproximateReceiveCount', '?')} "
+                reason = (m_attrs.get(REASON_ATTRIBUTE, {}).get("StringValue")
+                          or "moved by the queue's redrive policy after "
+                          f"{m['Attributes'].get('ApproximateReceiveCount', '?')} "
                           "receives")
                 attrs = m.get("Attributes", {})
                 out.append(DeadLetter(m["Body"].encode(), attrs.get("MessageGroupId", ""),
