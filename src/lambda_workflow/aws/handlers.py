@@ -146,6 +146,7 @@ class _WorkflowFunction:
             return ids
         try:
             store = self.deployment.store
+            store.forget(group)  # a failed activation may have left a stale counter
             inst = store.get_instance(group)
             if inst is not None and inst.status is InstanceStatus.RUNNING:
                 kinds = sorted({_kind(r["body"]) for r in kept})
