@@ -163,6 +163,10 @@ cdef class ReplayIndex:
         return self.activation if rec.op_id in self._staged else -1
 
     @property
+    def stage(self):
+        return self._stage
+
+    @property
     def new_allowed(self):
         return self._pos >= self.n_recorded_stages
 

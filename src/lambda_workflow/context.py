@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import sys
+import uuid
 from collections.abc import Awaitable
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     import logging
+    import random
 
     from .service import Service
 
-__all__ = ["WorkflowContext"]
+__all__ = ["MAX_SLEEP", "MIN_SLEEP", "WorkflowContext"]
+
+MIN_SLEEP = timedelta(seconds=1)
+MAX_SLEEP = timedelta(days=366)
 
 ReqT = TypeVar("ReqT")
 CallReqT = TypeVar("CallReqT")
@@ -31,6 +37,17 @@ class _Driver(Protocol):
     def call(
         self, service: Service[CallReqT, CallRespT], request: CallReqT, frame: FrameType | None
     ) -> Awaitable[CallRespT]: ...
+
+    def sleep(self, seconds: float, frame: FrameType | None) -> Awaitable[None]: ...
+
+    def now(self) -> float: ...
+
+    @property
+    def rng(self) -> random.Random: ...
+
+    def patched(self, patch_id: str, frame: FrameType | None) -> bool: ...
+
+    def deprecate_patch(self, patch_id: str) -> None: ...
 
 
 class WorkflowContext(Generic[ReqT]):
@@ -91,3 +108,60 @@ class WorkflowContext(Generic[ReqT]):
                 request type.
         """
         return self._driver.call(service, request, sys._getframe(1))
+
+    def sleep(self, duration: float | timedelta, /) -> Awaitable[None]:
+        """Wait ``duration`` (seconds, or a ``timedelta``) durably: the Lambda suspends and a
+        timer wakes the workflow, so a sleep of a month costs nothing while it waits.
+
+        Replay behaviour:
+            Recorded: a ``timer`` operation with the duration in seconds; it fires at the time
+            of the activation that created it plus the duration. On replay a timer that fired
+            returns at once; one that has not fired suspends the workflow again. A different
+            duration at the same point raises :class:`~lambda_workflow.NonDeterminismError`.
+
+        Raises:
+            ValueError: ``duration`` is under 1 second or over 366 days (checked before
+                anything is recorded).
+        """
+        seconds = duration.total_seconds() if isinstance(duration, timedelta) else duration
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (
+                MIN_SLEEP.total_seconds() <= seconds <= MAX_SLEEP.total_seconds()):
+            raise ValueError(f"ctx.sleep takes 1 second to 366 days, got {duration!r}")
+        return self._driver.sleep(float(seconds), sys._getframe(1))
+
+    def now(self) -> datetime:
+        """The current time, deterministically: the time at which this point of the workflow
+        was first reached (the time of the activation that delivered the last outcome), in
+        UTC. Every replay returns the same value; use it instead of ``datetime.now()``."""
+        return datetime.fromtimestamp(self._driver.now(), UTC)
+
+    def random(self) -> float:
+        """A random float in [0, 1) that is the same on every replay (a generator seeded by
+        the workflow id, drawn in program order). Use it instead of ``random.random()``."""
+        return self._driver.rng.random()
+
+    def uuid4(self) -> uuid.UUID:
+        """A random (version 4) UUID that is the same on every replay. Use it instead of
+        ``uuid.uuid4()``, e.g. for idempotency keys sent to services."""
+        return uuid.UUID(int=self._driver.rng.getrandbits(128), version=4)
+
+    def patched(self, patch_id: str, /) -> bool:
+        """Versioning: whether this instance runs the code of patch ``patch_id``.
+
+        ``if ctx.patched("v2-fraud"): <new code> else: <old code>`` lets a changed workflow
+        run both instances started before the change (their history was recorded by the old
+        code: ``False``) and new ones (``True``; a marker is recorded in the history). Once no
+        instance started before the change is running, replace the call with
+        :meth:`deprecate_patch` and drop the old branch; once none recorded with the marker
+        remains either, delete that call too. See docs/versioning.md.
+        """
+        if not isinstance(patch_id, str) or not patch_id:
+            raise ValueError(f"ctx.patched takes a non-empty string id, got {patch_id!r}")
+        return self._driver.patched(patch_id, sys._getframe(1))
+
+    def deprecate_patch(self, patch_id: str, /) -> None:
+        """The old branch of patch ``patch_id`` is gone: consume the patch's marker in
+        histories that have one, so instances recorded by :meth:`patched` keep replaying."""
+        if not isinstance(patch_id, str) or not patch_id:
+            raise ValueError(f"ctx.deprecate_patch takes a non-empty string id, got {patch_id!r}")
+        self._driver.deprecate_patch(patch_id)

@@ -9,6 +9,7 @@ malformed or poison messages end in a dead-letter list with the reason.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from ._runtime.engine import (
     call_request_body,
     call_result_body,
     start_message_body,
+    timer_fire_at,
+    timer_fired_body,
 )
 from ._runtime.instances import instance_result, start_instance
 from ._runtime.services import run_service
@@ -93,6 +96,45 @@ class LocalTransport:
         self._service_queue(service).send(body, group_id=dedup_id, dedup_id=dedup_id)
 
 
+class LocalTimers:
+    """Durable timers on the virtual clock: due timers become ``timer_fired`` messages on the
+    workflow queue when the clock reaches them (:meth:`LocalRuntime.advance_time`, or the time
+    skipping of :meth:`LocalRuntime.run_until_idle`)."""
+
+    def __init__(self, clock: VirtualClock, transport: Transport) -> None:
+        self._clock = clock
+        self._transport = transport
+        self._heap: list[tuple[float, str, str]] = []
+        self._scheduled: set[tuple[str, str]] = set()
+
+    def schedule(self, workflow_id: str, timer_id: str, fire_at: float) -> None:
+        key = (workflow_id, timer_id)
+        if key in self._scheduled:
+            return
+        self._scheduled.add(key)
+        heapq.heappush(self._heap, (fire_at, workflow_id, timer_id))
+
+    def next_fire_at(self) -> float | None:
+        """When the earliest pending timer fires, or ``None``."""
+        return self._heap[0][0] if self._heap else None
+
+    def fire_due(self) -> int:
+        """Send ``timer_fired`` for every timer due by now. Returns how many fired."""
+        fired = 0
+        now = self._clock.now()
+        while self._heap and self._heap[0][0] <= now:
+            _, workflow_id, timer_id = heapq.heappop(self._heap)
+            self._scheduled.discard((workflow_id, timer_id))
+            self._transport.send_to_workflow(
+                workflow_id, _core.dedup_id(workflow_id, "timer_fired", timer_id),
+                timer_fired_body(workflow_id, timer_id))
+            fired += 1
+        return fired
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
 class WorkflowHandle(Generic[ResT]):
     """A started workflow instance, typed by its result."""
 
@@ -159,8 +201,10 @@ class LocalRuntime:
         self._max_receives = max_receives
         self._workflows: dict[str, Workflow[Any, Any]] = {}
         self._services: dict[str, tuple[Service[Any, Any], Callable[[Any], Any]]] = {}
-        self.engine = Engine(self.store, LocalTransport(self.queue, self.service_queue),
-                             self._workflows, self.clock)
+        transport = LocalTransport(self.queue, self.service_queue)
+        self.timers = LocalTimers(self.clock, transport)
+        self.engine = Engine(self.store, transport, self._workflows, self.clock,
+                             timers=self.timers)
         self.invocations: list[ServiceInvocation] = []
         self._last_errors: dict[str, str] = {}
         self._aio: asyncio.AbstractEventLoop | None = None
@@ -222,7 +266,9 @@ class LocalRuntime:
                                                                inst.input))
             history = self.store.load_history(wid)
             for op in history.operations if history else ():
-                if op.state is OperationState.PENDING:
+                if op.state is OperationState.PENDING and op.kind == "timer":
+                    self.timers.schedule(wid, op.op_id, timer_fire_at(op))
+                elif op.state is OperationState.PENDING and op.kind == "call":
                     self.transport.send_to_service(
                         op.name, _core.dedup_id(wid, "call", op.op_id),
                         call_request_body(op, self.transport.reply_address))
@@ -295,22 +341,32 @@ class LocalRuntime:
         return out
 
     def advance_time(self, seconds: float) -> None:
-        """Move the virtual clock forward."""
+        """Move the virtual clock forward; timers that are due then fire (their messages
+        wait on the workflow queue for the next :meth:`step_workflows`)."""
         self.clock.advance(seconds)
+        self.timers.fire_due()
 
     # -- running ---------------------------------------------------------------------------
-    def run_until_idle(self, *, max_rounds: int = 100_000) -> list[ActivationReport]:
+    def run_until_idle(self, *, skip_time: bool = True,
+                       max_rounds: int = 100_000) -> list[ActivationReport]:
         """Deliver messages and run services until nothing is left to do.
 
-        Returns the activations that ran, in order. Requests to services that have no
+        With ``skip_time`` (the default), when nothing else can happen the virtual clock
+        jumps to the next durable timer, which fires, so a workflow that sleeps 30 days
+        finishes at once; without it, timers fire only when :meth:`advance_time` reaches
+        them. Returns the activations that ran, in order. Requests to services that have no
         implementation stay on their queue.
         """
         reports: list[ActivationReport] = []
         for _ in range(max_rounds):
-            progressed = self.step_workflows(reports)
+            progressed = self.timers.fire_due() > 0
+            progressed = self.step_workflows(reports) or progressed
             progressed = self.step_services() or progressed
             if not progressed:
-                return reports
+                fire_at = self.timers.next_fire_at() if skip_time else None
+                if fire_at is None:
+                    return reports
+                self.clock.advance(max(0.0, fire_at - self.clock.now()))
         raise WorkflowError(f"run_until_idle did not settle within {max_rounds} rounds")
 
     def step_workflows(self, reports: list[ActivationReport] | None = None) -> bool:

@@ -213,6 +213,12 @@ class ReplayIndex:
         return self.activation if rec.op_id in self._staged else -1
 
     @property
+    def stage(self) -> int:
+        """The activation whose outcomes were delivered last (-1 before the first stage):
+        the code running now first ran in that activation."""
+        return self._stage
+
+    @property
     def new_allowed(self) -> bool:
         """Whether a new operation may appear now: from the last recorded stage on (an
         activation that crashed after recording replies left its new calls to be made

@@ -11,8 +11,8 @@ import pydantic
 import pydantic_core
 
 from .. import _core
-from ..backends.protocols import Clock, StateStore, Transport
-from ..errors import NonDeterminismError, UnknownWorkflowError
+from ..backends.protocols import Clock, StateStore, TimerService, Transport
+from ..errors import NonDeterminismError, UnknownWorkflowError, WorkflowError
 from ..models import (
     CallbackCompletedMessage,
     CallResultMessage,
@@ -34,7 +34,7 @@ from ..workflow import Workflow
 from .replay import Replayer, StagedResult
 
 __all__ = ["ActivationReport", "Engine", "call_request_body", "call_result_body",
-           "start_message_body"]
+           "start_message_body", "timer_fire_at", "timer_fired_body"]
 
 _SORT = orjson.OPT_SORT_KEYS
 
@@ -81,6 +81,17 @@ def call_result_body(workflow_id: str, call_id: str, ok: bool, payload: bytes) -
                          "value" if ok else "error": orjson.Fragment(payload)})
 
 
+def timer_fire_at(op: OperationRecord) -> float:
+    """When a timer operation fires: its creation time plus its duration."""
+    return op.created_at + float(orjson.loads(op.request)["seconds"])
+
+
+def timer_fired_body(workflow_id: str, timer_id: str) -> bytes:
+    """The JSON of a ``timer_fired`` message."""
+    return orjson.dumps({"v": 1, "kind": "timer_fired", "workflow_id": workflow_id,
+                         "timer_id": timer_id})
+
+
 def _outcome_of(msg: CallResultMessage | CallbackCompletedMessage) -> tuple[OperationState, bytes]:
     if msg.ok:
         return OperationState.COMPLETED, orjson.dumps(msg.value, option=_SORT)
@@ -100,12 +111,14 @@ class Engine:
 
     def __init__(self, store: StateStore, transport: Transport,
                  workflows: Mapping[str, Workflow[Any, Any]], clock: Clock, *,
-                 payload_limit: int | None = None, payload_hint: str = "") -> None:
+                 payload_limit: int | None = None, payload_hint: str = "",
+                 timers: TimerService | None = None) -> None:
         """``payload_limit`` (bytes) caps a new call's request and the workflow's result:
         over it, the workflow fails with :class:`PayloadTooLargeError` (``payload_hint`` says
         how to lift the limit) instead of recording what the store or queue cannot hold."""
         self.payload_limit = payload_limit
         self.payload_hint = payload_hint
+        self.timers = timers
         self.store = store
         self.transport = transport
         self.workflows = workflows
@@ -152,6 +165,13 @@ class Engine:
             return False
         return _core.digest(payload) == inst.input_digest
 
+    def _schedule(self, op: OperationRecord) -> None:
+        if self.timers is None:
+            raise WorkflowError(
+                f"workflow instance {op.workflow_id!r} started a durable timer, but this "
+                "runtime has no timer service (Engine(timers=...))")
+        self.timers.schedule(op.workflow_id, op.op_id, timer_fire_at(op))
+
     def activate(self, workflow_id: str, messages: Sequence[WorkflowMessage]) -> ActivationReport:
         """Apply every message of one instance, replay once, record and send."""
         report = ActivationReport(workflow_id, None, 0, "rejected")
@@ -187,8 +207,14 @@ class Engine:
                     state, payload = _outcome_of(msg)
                     staged[msg.call_id] = StagedResult(state, payload, i)
             elif isinstance(msg, TimerFiredMessage):
-                report.rejected[i] = (f"unknown timer id {msg.timer_id!r} for workflow "
-                                      f"instance {workflow_id!r}")
+                op = ops.get(msg.timer_id)
+                if op is None or op.kind != "timer":
+                    report.rejected[i] = (f"unknown timer id {msg.timer_id!r} for workflow "
+                                          f"instance {workflow_id!r}")
+                elif op.state is not OperationState.PENDING or msg.timer_id in staged:
+                    report.duplicates.append(msg.timer_id)
+                else:
+                    staged[msg.timer_id] = StagedResult(OperationState.COMPLETED, b"null", i)
             elif isinstance(msg, CallbackCompletedMessage):
                 report.rejected[i] = (f"unknown callback token for workflow instance "
                                       f"{workflow_id!r}")
@@ -244,10 +270,14 @@ class Engine:
             outbox = [op for op in history.operations
                       if not op.sent and op.state is OperationState.PENDING
                       and op.op_id not in staged]
-            outbox += result.new_operations
+            outbox += [op for op in result.new_operations
+                       if op.state is OperationState.PENDING]
         if outbox:
             reply_to = self.transport.reply_address
             for op in outbox:
+                if op.kind == "timer":
+                    self._schedule(op)
+                    continue
                 self.transport.send_to_service(
                     op.name, _core.dedup_id(workflow_id, "call", op.op_id),
                     call_request_body(op, reply_to))

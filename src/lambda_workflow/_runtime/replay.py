@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import random
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
@@ -83,6 +85,10 @@ def site_of(frame: FrameType | None) -> str:
     return f"{os.path.basename(code.co_filename)}:{frame.f_lineno} in {code.co_qualname}"
 
 
+_TIMER_REQUEST: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(dict[str, float])
+_NONE: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(None)
+
+
 class _ReplayAwareLogger(logging.LoggerAdapter[logging.Logger]):
     def __init__(self, replayer: Replayer) -> None:
         super().__init__(_log, {"workflow_id": replayer.workflow_id})
@@ -144,6 +150,8 @@ class Replayer:
         # An error no catch can undo (a request too large to record): the workflow fails.
         self._fatal: PayloadTooLargeError | None = None
         self._payload_limit = payload_limit
+        self._times: dict[int, float] | None = None
+        self._rng: random.Random | None = None
         self._payload_hint = payload_hint
         self._logger = _ReplayAwareLogger(self)
 
@@ -170,6 +178,91 @@ class Replayer:
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
         return self._logger
+
+    # -- durable operations beyond calls -------------------------------------------------------
+    def durable(self, kind: str, name: str, request_adapter: pydantic.TypeAdapter[Any],
+                response_adapter: pydantic.TypeAdapter[Any], request: object,
+                frame: FrameType | None) -> asyncio.Future[Any]:
+        """The next operation is a ``kind`` operation named ``name``: match it against the
+        history (or record it as new) and return the future of its outcome."""
+        idx = self._index
+        if idx.sealed:
+            future: asyncio.Future[Any] = self._loop.create_future()
+            future.cancel()
+            return future
+        seq = idx.seq
+        idx.seq = seq + 1
+        try:
+            decision, future, _, payload = idx.step(seq, kind, name, request_adapter, None,
+                                                    response_adapter, request, None)
+        except _core.ReplayMismatch as exc:
+            raise self._nondeterminism(exc, kind, name, frame) from None
+        if decision == _core.NEW:
+            self.new_operation(seq, kind, name, payload, frame)
+            idx.pending.append(_core.operation_id("", seq))
+        return future
+
+    def sleep(self, seconds: float, frame: FrameType | None) -> asyncio.Future[None]:
+        """A durable timer: resolves when its ``timer_fired`` message arrives."""
+        return self.durable("timer", "sleep", _TIMER_REQUEST, _NONE, {"seconds": seconds},
+                            frame)
+
+    def now(self) -> float:
+        """The time at which the code running now first ran: the time of the activation
+        whose outcomes were delivered last (activation 1 before any), the same value on
+        every replay."""
+        stage = max(self._index.stage, 1)
+        if stage >= self._activation:
+            return self._now
+        if self._times is None:
+            self._times = {}
+            for op in self._history:
+                self._times.setdefault(op.created_in, op.created_at)
+                if op.resolved_in is not None and op.resolved_at is not None:
+                    self._times.setdefault(op.resolved_in, op.resolved_at)
+        return self._times.get(stage, self._now)
+
+    @property
+    def rng(self) -> random.Random:
+        """The workflow's deterministic random generator: seeded by its id, drawn in program
+        order, so every replay draws the same values."""
+        if self._rng is None:
+            digest = hashlib.sha256(self.workflow_id.encode()).digest()
+            self._rng = random.Random(int.from_bytes(digest[:16], "big"))
+        return self._rng
+
+    def patched(self, patch_id: str, frame: FrameType | None) -> bool:
+        """Versioning: ``True`` where the history has this patch's marker or where the
+        workflow runs code the history has not reached (the marker is recorded then);
+        ``False`` where the history was recorded by the code before the patch."""
+        idx = self._index
+        seq = idx.seq
+        if seq < len(self._history):
+            rec = self._history[seq]
+            if rec.kind == "patch" and rec.name == patch_id:
+                idx.seq = seq + 1
+                return True
+            return False
+        if idx.sealed:
+            return True
+        idx.seq = seq + 1
+        self.new_operation(seq, "patch", patch_id, b"null", frame)
+        marker = self.new_operations[-1]
+        marker.state = OperationState.COMPLETED
+        marker.result = b"null"
+        marker.resolved_in = self._activation
+        marker.resolved_at = self._now
+        return True
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """The old code path is gone: consume the patch's marker where the history has one,
+        record nothing new."""
+        idx = self._index
+        seq = idx.seq
+        if seq < len(self._history):
+            rec = self._history[seq]
+            if rec.kind == "patch" and rec.name == patch_id:
+                idx.seq = seq + 1
 
     # -- the hooks of the replay core ---------------------------------------------------------
     def not_a_service(self, obj: object, frame: FrameType | None) -> BaseException:

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from ..models import History, InstanceRecord, InstanceStatus, OperationRecord, Outcome
 
-__all__ = ["Clock", "FifoQueue", "QueueMessage", "StateStore", "Transport"]
+__all__ = ["Clock", "FifoQueue", "QueueMessage", "StateStore", "TimerService", "Transport"]
 
 
 class Clock(Protocol):
@@ -91,6 +91,16 @@ class Transport(Protocol):
 
     def send_to_service(self, service: str, dedup_id: str, body: bytes) -> None:
         """Send a call request to the named service."""
+        ...
+
+
+class TimerService(Protocol):
+    """Durable timers: deliver a ``timer_fired`` message to an instance at a given time."""
+
+    def schedule(self, workflow_id: str, timer_id: str, fire_at: float) -> None:
+        """Send ``timer_fired`` for ``timer_id`` to ``workflow_id`` at ``fire_at`` (seconds
+        since the epoch), or at once if that has passed. Scheduling the same timer again is
+        harmless (the message carries the timer's deduplication id)."""
         ...
 
 
