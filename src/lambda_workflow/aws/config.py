@@ -9,6 +9,9 @@ Every Lambda function of a deployment reads the same variables (the SAM template
 ``LAMBDA_WORKFLOW_DLQ_URL``         its dead-letter FIFO queue's URL (rejected messages go
                                     there with their reason)
 ``LAMBDA_WORKFLOW_BUCKET``          the S3 bucket for payloads over the threshold (optional)
+``LAMBDA_WORKFLOW_TIMER_QUEUE_URL`` a standard SQS queue for durable timers (``ctx.sleep``):
+                                    delayed messages hop through it, 15 minutes at most each
+                                    (required by workflows that sleep)
 ``LAMBDA_WORKFLOW_PAYLOAD_THRESHOLD`` bytes above which a payload goes to S3 (default 65536)
 ``LAMBDA_WORKFLOW_RETENTION_DAYS``  days a finished workflow's items live before TTL deletes
                                     them (default 30; 0 keeps them for ever)
@@ -91,6 +94,7 @@ class AwsConfig:
     queue_url: str
     dead_letter_queue_url: str | None = None
     bucket: str | None = None
+    timer_queue_url: str | None = None
     payload_threshold: int = DEFAULT_PAYLOAD_THRESHOLD
     retention_days: int = 30
     max_receives: int = 5
@@ -113,6 +117,10 @@ class AwsConfig:
                 f"payload_threshold={self.payload_threshold} must be between 1024 and 245760 "
                 "bytes (it must leave room for the envelope under the Lambda, SQS and DynamoDB "
                 "limits)")
+        if self.timer_queue_url is not None and self.timer_queue_url.endswith(".fifo"):
+            raise ConfigurationError(
+                "the timer queue must be a standard SQS queue (FIFO queues refuse per-message "
+                f"delays), got {self.timer_queue_url!r} (LAMBDA_WORKFLOW_TIMER_QUEUE_URL)")
         if self.retention_days < 0:
             raise ConfigurationError(f"retention_days={self.retention_days} must be >= 0")
         if self.max_receives < 1:
@@ -152,6 +160,7 @@ class AwsConfig:
             "queue_url": env.get(_ENV + "QUEUE_URL", ""),
             "dead_letter_queue_url": env.get(_ENV + "DLQ_URL") or None,
             "bucket": env.get(_ENV + "BUCKET") or None,
+            "timer_queue_url": env.get(_ENV + "TIMER_QUEUE_URL") or None,
             "payload_threshold": _int(env, "PAYLOAD_THRESHOLD", DEFAULT_PAYLOAD_THRESHOLD, 1),
             "retention_days": _int(env, "RETENTION_DAYS", 30, 0),
             "max_receives": _int(env, "MAX_RECEIVES", 5, 1),

@@ -28,11 +28,12 @@ from .config import AwsConfig
 from .payloads import NO_BUCKET_HINT, SIZE_ATTRIBUTE, message_pointer
 from .runtime import AwsDeployment
 from .sqs import dead_letter_attributes, resolve_body, send_message
+from .timers import parse_timer
 
 if TYPE_CHECKING:
     import boto3
 
-__all__ = ["LambdaHandler", "service_handler", "workflow_handler"]
+__all__ = ["LambdaHandler", "service_handler", "timer_handler", "workflow_handler"]
 
 log = logging.getLogger("lambda_workflow.aws")
 
@@ -400,4 +401,33 @@ def service_handler(service: Service[ReqT, RespT],
     if not isinstance(service, Service):
         raise TypeError(f"service_handler() takes a Service, got {service!r}")
     handler.__doc__ = f"Service handler for {service.name!r}"
+    return handler
+
+
+def timer_handler(*, config: AwsConfig | None = None, session: boto3.Session | None = None,
+                  deployment: AwsDeployment | None = None
+                  ) -> Callable[[Any, Any], dict[str, Any]]:
+    """The handler of the timer function (event source: the timer queue, with
+    ``ReportBatchItemFailures``): forwards due timers to the workflow queue as
+    ``timer_fired`` and sends the others on for their next hop."""
+    state: dict[str, AwsDeployment] = {}
+
+    def handler(event: Any, context: Any = None) -> dict[str, Any]:
+        dep = state.get("d")
+        if dep is None:
+            dep = state["d"] = deployment or AwsDeployment(config, session=session)
+        timers = dep.timers
+        failures: list[dict[str, str]] = []
+        for record in event.get("Records", []) if isinstance(event, Mapping) else []:
+            try:
+                fired = timers.handle(parse_timer(record["body"]))
+                _log("timer_fired" if fired else "timer_hop", message_id=record["messageId"])
+            except Exception as exc:
+                # Returned to the queue; the timer queue's redrive policy moves a message
+                # that keeps failing (a malformed one, say) to its DLQ.
+                _log("timer_failed", message_id=record["messageId"],
+                     error=f"{type(exc).__name__}: {exc}")
+                failures.append({"itemIdentifier": record["messageId"]})
+        return {"batchItemFailures": failures}
+
     return handler

@@ -15,6 +15,7 @@ from .config import AwsConfig
 from .dynamodb import DynamoDBStateStore
 from .payloads import NO_BUCKET_HINT, S3PayloadStore
 from .sqs import SqsFifoTransport
+from .timers import SqsDelayTimers
 
 if TYPE_CHECKING:
     import boto3
@@ -53,6 +54,10 @@ class AwsDeployment:
     def transport(self) -> SqsFifoTransport:
         return SqsFifoTransport(self.config, self.clients, self.payloads)
 
+    @cached_property
+    def timers(self) -> SqsDelayTimers:
+        return SqsDelayTimers(self.config, self.clients, self.clock)
+
     @property
     def payload_limit(self) -> int | None:
         """The largest payload a workflow may record: unlimited with a bucket (large ones go
@@ -61,4 +66,5 @@ class AwsDeployment:
 
     def engine(self, workflows: Mapping[str, Workflow[Any, Any]]) -> Engine:
         return Engine(self.store, self.transport, workflows, self.clock,
-                      payload_limit=self.payload_limit, payload_hint=NO_BUCKET_HINT)
+                      payload_limit=self.payload_limit, payload_hint=NO_BUCKET_HINT,
+                      timers=self.timers)

@@ -1,0 +1,122 @@
+"""Durable timers on AWS: ctx.sleep hops through a standard SQS delay queue (15 minutes at
+most per hop) and fires on the workflow FIFO queue, on moto's server with its clock moved."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+
+import orjson
+import pytest
+
+from lambda_workflow import InstanceStatus, WorkflowContext, workflow
+from lambda_workflow.aws import AwsDeployment, timer_handler, workflow_handler
+from lambda_workflow.aws.config import ConfigurationError
+
+from .conftest import Aws
+from .harness import EventSourceMapping, drain
+
+
+class ShiftedClock:
+    """Wall-clock time plus an offset that the test moves, shared with the moto server."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[ShiftedClock]:
+    import moto.sqs.models as sqs_models
+
+    shifted = ShiftedClock()
+    real = sqs_models.unix_time_millis  # type: ignore[attr-defined]
+
+    def millis(*args: object) -> float:
+        return float(real(*args)) + shifted.offset * 1000  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqs_models, "unix_time_millis", millis)
+    yield shifted
+
+
+@workflow
+async def overnight(ctx: WorkflowContext[float]) -> str:
+    """Sleeps ctx.request seconds and reports when it woke up."""
+    start = ctx.now()
+    await ctx.sleep(ctx.request)
+    return f"{(ctx.now() - start).total_seconds():.0f}"
+
+
+def _deploy(aws: Aws, clock: ShiftedClock) -> tuple[AwsDeployment, EventSourceMapping,
+                                                    EventSourceMapping]:
+    config = replace(aws.config(), timer_queue_url=aws.create_queue(aws.name("timers")))
+    deployment = AwsDeployment(config, session=aws.session, clock=clock)
+    sqs = aws.client("sqs")
+    workflows = EventSourceMapping(sqs, config.queue_url,
+                                   workflow_handler(overnight, deployment=deployment))
+    timers = EventSourceMapping(sqs, config.timer_queue_url or "",
+                                timer_handler(deployment=deployment))
+    return deployment, workflows, timers
+
+
+def test_a_two_hour_sleep_hops_eight_times_and_fires_once(aws: Aws, clock: ShiftedClock) -> None:
+    """A 2-hour sleep: the timer message hops through the delay queue 15 minutes at a time
+    (8 sends), is invisible until each delay ends, then fires timer_fired on the FIFO queue;
+    the workflow wakes 7200 s (by its recorded clock) after it went to sleep."""
+    deployment, workflows, timers = _deploy(aws, clock)
+    from lambda_workflow.aws import WorkflowClient
+
+    client = WorkflowClient(deployment.config, session=aws.session, clock=clock)
+    handle = client.start(overnight, 7200.0, workflow_id="night-1")
+    drain([workflows, timers])
+    assert handle.status() is InstanceStatus.RUNNING
+    hops = 0
+    for _ in range(20):
+        clock.offset += 900
+        before = aws.requests["sqs.SendMessage"]
+        drain([workflows, timers])
+        hops += aws.requests["sqs.SendMessage"] - before
+        if handle.status() is not InstanceStatus.RUNNING:
+            break
+    assert handle.result() == "7200"
+    assert clock.offset == 7200  # it fired when the deadline came, not earlier
+    # 7 more hops after the first send, then the timer_fired message itself
+    assert hops == 8
+    (timer,) = handle.history().operations
+    assert (timer.kind, orjson.loads(timer.request)) == ("timer", {"seconds": 7200.0})
+
+
+def test_a_redelivered_hop_fires_once(aws: Aws, clock: ShiftedClock) -> None:
+    """The same due timer handled twice sends timer_fired twice with one deduplication id:
+    the workflow wakes once and nothing is dead-lettered."""
+    deployment, workflows, timers = _deploy(aws, clock)
+    from lambda_workflow.aws import WorkflowClient
+
+    client = WorkflowClient(deployment.config, session=aws.session, clock=clock)
+    handle = client.start(overnight, 60.0, workflow_id="night-2")
+    drain([workflows])
+    clock.offset += 61
+    timer = {"v": 1, "kind": "timer", "workflow_id": "night-2", "timer_id": "1",
+             "fire_at": clock.now() - 1}
+    assert deployment.timers.handle(timer) is True
+    assert deployment.timers.handle(timer) is True
+    drain([workflows, timers])
+    assert handle.result() == "61"
+
+
+def test_a_sleep_without_a_timer_queue_fails_clearly(aws: Aws, clock: ShiftedClock) -> None:
+    """Without LAMBDA_WORKFLOW_TIMER_QUEUE_URL the activation that creates a timer fails with
+    a ConfigurationError naming the variable (and the message goes back to the queue)."""
+    deployment = AwsDeployment(aws.config(), session=aws.session, clock=clock)
+    with pytest.raises(ConfigurationError, match="LAMBDA_WORKFLOW_TIMER_QUEUE_URL"):
+        deployment.timers.schedule("wf", "1", clock.now() + 60)
+
+
+def test_a_fifo_timer_queue_is_refused(aws: Aws) -> None:
+    """A FIFO queue cannot delay single messages: configuring one as the timer queue is an
+    error naming the variable."""
+    with pytest.raises(ConfigurationError, match="standard SQS queue"):
+        replace(aws.config(), timer_queue_url="https://sqs/x/timers.fifo")
