@@ -208,7 +208,7 @@ def test_max_receives_is_the_queues_max_receive_count(cfn: Template) -> None:
     assert consumed <= set(counts)
     env = {name: props["Environment"]["Variables"]["LAMBDA_WORKFLOW_MAX_RECEIVES"]
            for name, props in resources(cfn, "AWS::Lambda::Function").items()}
-    assert len(env) == 4
+    assert len(env) == 5
     assert set(map(json.dumps, [*counts.values(), *env.values()])) == {
         json.dumps({"Ref": "MaxReceives"})}
     assert cfn["Parameters"]["MaxReceives"]["Type"] == "Number"
@@ -220,7 +220,7 @@ def test_visibility_timeouts_are_six_times_the_function_timeouts(cfn: Template) 
     functions = resources(cfn, "AWS::Lambda::Function")
     pairs = [(ref_target(s["EventSourceArn"]), ref_target(s["FunctionName"]))
              for s in resources(cfn, "AWS::Lambda::EventSourceMapping").values()]
-    assert len(pairs) == 3
+    assert len(pairs) == 4
     for queue, function in pairs:
         visibility = cfn["Resources"][queue]["Properties"]["VisibilityTimeout"]
         assert visibility >= 6 * functions[function]["Timeout"], (queue, function)
@@ -239,6 +239,28 @@ def test_every_service_queue_reports_batch_item_failures(cfn: Template) -> None:
         props = cfn["Resources"][queue]["Properties"]
         assert "FifoQueue" not in props
         assert "RedrivePolicy" in props
+
+
+def test_timer_function_reads_the_standard_timer_queue(cfn: Template) -> None:
+    """Durable timers: the timer function's only event source is the timer queue, a standard
+    queue (FIFO queues refuse per-message DelaySeconds) with its own standard dead-letter queue,
+    in batches of 10 with ReportBatchItemFailures. Every function's LAMBDA_WORKFLOW_TIMER_QUEUE_URL
+    names it, and the workflow function (which schedules timers) may send to it."""
+    name, _ = function_by_handler(cfn, "bank_lambda.handle_timers")
+    (source,) = event_sources(cfn, name)
+    assert ref_target(source["EventSourceArn"]) == "TimerQueue"
+    assert source["BatchSize"] == 10
+    assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    queue = cfn["Resources"]["TimerQueue"]
+    assert queue["Type"] == "AWS::SQS::Queue"
+    assert "FifoQueue" not in queue["Properties"]
+    assert "DelaySeconds" not in queue["Properties"]  # each message carries its own delay
+    dlq = ref_target(queue["Properties"]["RedrivePolicy"]["deadLetterTargetArn"])
+    assert dlq == "TimerDeadLetterQueue"
+    assert "FifoQueue" not in cfn["Resources"][dlq]["Properties"]
+    for handler, variables in _environments(cfn).items():
+        assert ref_target(variables["LAMBDA_WORKFLOW_TIMER_QUEUE_URL"]) == "TimerQueue", handler
+    assert ("sqs:SendMessage", "TimerQueue") in _permissions(cfn, "bank_lambda.handle_workflow")
 
 
 def test_fraud_function_is_invoked_only_asynchronously(cfn: Template) -> None:
@@ -394,6 +416,7 @@ def test_each_functions_environment_is_a_valid_configuration(cfn: Template) -> N
         assert config.queue_url.endswith(".fifo"), handler
         assert config.max_receives == 5 and config.retention_days == 30
         assert config.bucket and config.dead_letter_queue_url
+        assert config.timer_queue_url and not config.timer_queue_url.endswith(".fifo")
         if handler == "bank_lambda.handle_workflow":
             assert {n: t.kind for n, t in config.services.items()} == {
                 "balance": "sqs", "fraud": "lambda", "transaction": "sqs"}
@@ -424,7 +447,7 @@ def test_iam_statements_have_no_wildcard_action_or_resource(cfn: Template) -> No
     """No IAM statement allows a `*` action (nor `service:*`, nor NotAction) or a bare `*`
     resource (nor NotResource); a `*` appears only inside an ARN pattern (bucket ARN/*)."""
     documents = list(_policy_documents(cfn))
-    assert len(documents) == 5
+    assert len(documents) == 6
     for where, document in documents:
         for statement in _statements(document):
             assert statement["Effect"] == "Allow", where
@@ -483,10 +506,13 @@ def test_each_function_has_exactly_the_permissions_its_code_needs(cfn: Template)
     """Least privilege, spelled out: the workflow function consumes its queue, sends to the
     service queues, its own queue and the DLQ, invokes the fraud function, reads and writes
     the table (TransactWriteItems is authorised by PutItem/UpdateItem/ConditionCheckItem) and
-    the payload objects; each service consumes its source (if any) and replies."""
+    the payload objects, and schedules timers on the timer queue; each service consumes its
+    source (if any) and replies; the timer function consumes the timer queue and sends to the
+    workflow queue (timer_fired) and to the timer queue (the next hop), nothing else."""
     workflow = {(a, "WorkflowLogGroup") for a in LOGS} | {(a, "WorkflowQueue") for a in CONSUME}
     workflow |= {("sqs:SendMessage", q) for q in ("WorkflowQueue", "WorkflowDeadLetterQueue",
-                                                  "BalanceQueue", "TransactionQueue")}
+                                                  "BalanceQueue", "TransactionQueue",
+                                                  "TimerQueue")}
     workflow |= {("lambda:InvokeFunction", "FraudFunction")}
     workflow |= {(f"dynamodb:{a}", "WorkflowTable")
                  for a in ("GetItem", "PutItem", "UpdateItem", "ConditionCheckItem", "Query")}
@@ -498,6 +524,9 @@ def test_each_function_has_exactly_the_permissions_its_code_needs(cfn: Template)
         (a, "TransactionLogGroup") for a in LOGS} | {(a, "TransactionQueue") for a in CONSUME}
     assert _permissions(cfn, "bank_lambda.handle_fraud") == REPLY | {
         (a, "FraudLogGroup") for a in LOGS} | {("sqs:SendMessage", "FraudFailureQueue")}
+    assert _permissions(cfn, "bank_lambda.handle_timers") == {
+        (a, "TimerLogGroup") for a in LOGS} | {(a, "TimerQueue") for a in CONSUME} | {
+        ("sqs:SendMessage", "WorkflowQueue"), ("sqs:SendMessage", "TimerQueue")}
 
 
 def test_functions_log_to_the_group_their_role_may_write(cfn: Template) -> None:
@@ -515,7 +544,8 @@ def test_functions_log_to_the_group_their_role_may_write(cfn: Template) -> None:
 def test_code_is_the_zip_the_readme_builds(cfn: Template) -> None:
     """All functions run python{DEFAULT_PYTHON} (what `lambda-workflow package` builds for by
     default) on the Architecture parameter (arm64 by default), from ../build/bank.zip, which
-    the README's `lambda-workflow package` command writes with every handler module."""
+    the README's `lambda-workflow package` command writes with every handler module; each
+    handler is a name its module defines."""
     sam = load_sam()
     code_uri = (TEMPLATE.parent / sam["Globals"]["Function"]["CodeUri"]).resolve()
     assert code_uri == ROOT / "build" / "bank.zip"
@@ -527,6 +557,13 @@ def test_code_is_the_zip_the_readme_builds(cfn: Template) -> None:
     modules = {Path(a).stem for a in argv if a.endswith(".py")}
     functions = resources(cfn, "AWS::Lambda::Function").values()
     assert {f["Handler"].split(".")[0] for f in functions} <= modules
+    for function in functions:  # each handler is a name its module assigns at top level
+        module, attribute = function["Handler"].split(".")
+        tree = ast.parse((EXAMPLES / f"{module}.py").read_text(encoding="utf-8"))
+        assigned = {target.id for node in tree.body if isinstance(node, ast.Assign)
+                    for target in node.targets if isinstance(target, ast.Name)}
+        assigned |= {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        assert attribute in assigned, function["Handler"]
     assert "bank_transaction" in modules  # imported by bank_lambda
     assert {f["Runtime"] for f in functions} == {f"python{DEFAULT_PYTHON}"}
     assert all(f["Architectures"] == [{"Ref": "Architecture"}] for f in functions)
@@ -534,9 +571,9 @@ def test_code_is_the_zip_the_readme_builds(cfn: Template) -> None:
     assert argv[argv.index("--arch") + 1] == "arm64"
 
 
-def test_outputs_name_the_queue_table_bucket_and_functions(cfn: Template) -> None:
-    """The stack's outputs give the workflow queue's URL, the table, the bucket and every
-    function's name."""
+def test_outputs_name_the_queues_table_bucket_and_functions(cfn: Template) -> None:
+    """The stack's outputs give the workflow and timer queues' URLs, the table, the bucket and
+    every function's name."""
     outputs = {ref_target(o["Value"]) for o in cfn["Outputs"].values()}
-    assert {"WorkflowQueue", "WorkflowTable", "PayloadBucket"} <= outputs
+    assert {"WorkflowQueue", "TimerQueue", "WorkflowTable", "PayloadBucket"} <= outputs
     assert set(resources(cfn, "AWS::Lambda::Function")) <= outputs
