@@ -26,6 +26,7 @@ from .errors import (
     WorkflowNotFoundError,
 )
 from .service import Service
+from .steps import Jitter, RetryPolicy, Semantics, Step, StepError, StepInfo, current_step, step
 from .workflow import Workflow, workflow
 
 __all__ = [
@@ -34,10 +35,16 @@ __all__ = [
     "InstanceStatus",
     "InvalidMessageError",
     "InvalidRequestError",
+    "Jitter",
     "NonDeterminismError",
     "PayloadTooLargeError",
+    "RetryPolicy",
+    "Semantics",
     "Service",
     "ServiceError",
+    "Step",
+    "StepError",
+    "StepInfo",
     "UnknownCallError",
     "UnknownWorkflowError",
     "Workflow",
@@ -48,6 +55,8 @@ __all__ = [
     "WorkflowNotFinishedError",
     "WorkflowNotFoundError",
     "__version__",
+    "current_step",
+    "step",
     "workflow",
 ]
 

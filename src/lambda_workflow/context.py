@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 if TYPE_CHECKING:
     import logging
     import random
 
     from .service import Service
+    from .steps import Step
 
 __all__ = ["MAX_SLEEP", "MIN_SLEEP", "WorkflowContext"]
 
@@ -23,6 +24,8 @@ MAX_SLEEP = timedelta(days=366)
 ReqT = TypeVar("ReqT")
 CallReqT = TypeVar("CallReqT")
 CallRespT = TypeVar("CallRespT")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class _Driver(Protocol):
@@ -39,6 +42,9 @@ class _Driver(Protocol):
     ) -> Awaitable[CallRespT]: ...
 
     def sleep(self, seconds: float, frame: FrameType | None) -> Awaitable[None]: ...
+
+    def run_step(self, st: Step[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                 frame: FrameType | None) -> Coroutine[Any, Any, Any]: ...
 
     def now(self) -> float: ...
 
@@ -165,3 +171,38 @@ class WorkflowContext(Generic[ReqT]):
         if not isinstance(patch_id, str) or not patch_id:
             raise ValueError(f"ctx.deprecate_patch takes a non-empty string id, got {patch_id!r}")
         self._driver.deprecate_patch(patch_id)
+
+    @overload
+    def step(self, fn: Callable[P, Coroutine[Any, Any, R]], /, *args: P.args,
+             **kwargs: P.kwargs) -> Coroutine[Any, Any, R]: ...
+    @overload
+    def step(self, fn: Callable[P, R], /, *args: P.args,
+             **kwargs: P.kwargs) -> Coroutine[Any, Any, R]: ...
+    def step(self, fn: Callable[P, Any], /, *args: P.args,
+             **kwargs: P.kwargs) -> Coroutine[Any, Any, Any]:
+        """Run local code once, durably: ``await ctx.step(charge_card, card, amount)``.
+
+        ``fn`` is a function (``def`` or ``async def``) or a :func:`~lambda_workflow.step`
+        object carrying options (name, retry policy, at-least-once or at-most-once). Its
+        arguments and result must be JSON-serializable (pydantic models included); the result
+        is validated into ``fn``'s return annotation, so the first execution returns exactly
+        what a replay returns. Inside the body, :func:`~lambda_workflow.current_step` gives
+        the attempt number (from 1).
+
+        Replay behaviour:
+            Recorded: one ``step`` operation per attempt (name, arguments, attempt number,
+            outcome), and a ``timer`` operation (``retry:<name>``) for each delay between
+            attempts: a retry suspends the workflow, it never sleeps in process. On replay a
+            recorded attempt returns (or raises) its recorded outcome without running the
+            body. An at-most-once attempt is recorded before it runs: if a crash interrupted
+            it, the next activation counts it as failed (``StepInterrupted``); an
+            at-least-once attempt interrupted by a crash runs again.
+
+        Raises:
+            StepError: when awaited, if the last attempt failed (or the error is not
+                retryable); carries the original exception's type name and message.
+            InvalidRequestError: the arguments are not JSON-serializable.
+        """
+        from .steps import as_step
+
+        return self._driver.run_step(as_step(fn), args, dict(kwargs), sys._getframe(1))

@@ -37,6 +37,9 @@ __all__ = ["ActivationReport", "Engine", "call_request_body", "call_result_body"
            "start_message_body", "timer_fire_at", "timer_fired_body"]
 
 _SORT = orjson.OPT_SORT_KEYS
+# Operations that leave the activation: a call's request, a timer's schedule. Steps run in
+# the activation; patch markers are only recorded.
+_SENT_KINDS = frozenset({"call", "timer"})
 
 
 @dataclass(slots=True)
@@ -251,16 +254,18 @@ class Engine:
                     "repeat the original input")
         result = Replayer(wf, workflow_id, inst.input, history.operations, staged,
                           activation=activation, now=now, payload_limit=self.payload_limit,
-                          payload_hint=self.payload_hint).run()
+                          payload_hint=self.payload_hint,
+                          checkpoint=lambda op: self.store.add_operations(
+                              workflow_id, [op], activation)).run()
         report.rejected.update(result.rejected)
         report.pending = result.pending
 
         # Outbox: record the replies and the new requests (one atomic write), send, mark
         # sent. A crash between any two steps repeats them with the same ids on redelivery.
-        if result.accepted or result.new_operations:
+        if result.accepted or result.new_operations or result.step_outcomes:
             report.applied = self.store.commit_activation(
                 workflow_id, [Outcome(op_id, staged[op_id].state, staged[op_id].payload)
-                              for op_id in result.accepted],
+                              for op_id in result.accepted] + result.step_outcomes,
                 result.new_operations, activation, now)
         outbox: list[OperationRecord] = []
         # Requests recorded by an earlier activation whose send crashed go out even when the
@@ -269,9 +274,9 @@ class Engine:
         if not isinstance(result.exception, NonDeterminismError):
             outbox = [op for op in history.operations
                       if not op.sent and op.state is OperationState.PENDING
-                      and op.op_id not in staged]
+                      and op.kind in _SENT_KINDS and op.op_id not in staged]
             outbox += [op for op in result.new_operations
-                       if op.state is OperationState.PENDING]
+                       if op.state is OperationState.PENDING and op.kind in _SENT_KINDS]
         if outbox:
             reply_to = self.transport.reply_address
             for op in outbox:

@@ -25,8 +25,9 @@ from ..errors import (
     ServiceError,
     WorkflowError,
 )
-from ..models import OperationRecord, OperationState, describe_validation_error
+from ..models import OperationRecord, OperationState, Outcome, describe_validation_error
 from ..service import Service, type_name
+from ..steps import Semantics, Step, StepError, StepInfo
 from ..workflow import Workflow
 from .loop import ReplayLoop
 
@@ -62,6 +63,7 @@ class ReplayResult:
     accepted: list[str] = field(default_factory=list)
     rejected: dict[int, str] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)
+    step_outcomes: list[Outcome] = field(default_factory=list)
 
 
 
@@ -75,6 +77,10 @@ def error_payload(exc: BaseException) -> bytes:
                         default=repr)
 
 
+def _step_error(error_type: str, message: str, retry: bool) -> bytes:
+    return orjson.dumps({"type": error_type, "message": message, "details": {"retry": retry}})
+
+
 def site_of(frame: FrameType | None) -> str:
     """``file.py:LINE in function`` for the first frame outside this package."""
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
@@ -85,6 +91,7 @@ def site_of(frame: FrameType | None) -> str:
     return f"{os.path.basename(code.co_filename)}:{frame.f_lineno} in {code.co_qualname}"
 
 
+_SORT = orjson.OPT_SORT_KEYS
 _TIMER_REQUEST: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(dict[str, float])
 _NONE: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(None)
 
@@ -125,6 +132,7 @@ class Replayer:
         now: float,
         payload_limit: int | None = None,
         payload_hint: str = "",
+        checkpoint: Callable[[OperationRecord], None] | None = None,
     ) -> None:
         self.workflow = workflow
         self.workflow_id = workflow_id
@@ -152,6 +160,9 @@ class Replayer:
         self._payload_limit = payload_limit
         self._times: dict[int, float] | None = None
         self._rng: random.Random | None = None
+        self._checkpoint = checkpoint
+        # Outcomes of steps whose operation was recorded before it ran (at-most-once).
+        self.step_outcomes: list[Outcome] = []
         self._payload_hint = payload_hint
         self._logger = _ReplayAwareLogger(self)
 
@@ -253,6 +264,83 @@ class Replayer:
         marker.resolved_in = self._activation
         marker.resolved_at = self._now
         return True
+
+    async def run_step(self, st: Step[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                       frame: FrameType | None) -> Any:
+        """``ctx.step``: run ``st`` once per attempt, recorded, with retries on timers."""
+        try:
+            arguments = orjson.dumps({"args": args, "kwargs": kwargs}, option=_SORT,
+                                     default=pydantic_core.to_jsonable_python)
+        except (TypeError, pydantic_core.PydanticSerializationError) as exc:
+            raise InvalidRequestError(
+                f"the arguments of step {st.name!r} at {site_of(frame)} are not JSON "
+                f"serializable: {exc}") from None
+        key = f"{self.workflow_id}\0{st.name}\0{self._index.seq}"
+        for attempt in range(1, st.retry.max_attempts + 1):
+            ok, payload = self._attempt(st, attempt, arguments, args, kwargs, frame)
+            if ok:
+                return st.result_adapter.validate_json(payload)
+            error = orjson.loads(payload)
+            retry = (error.get("details") or {}).get("retry", False)
+            if attempt == st.retry.max_attempts or not retry:
+                raise StepError(st.name, error["type"], error["message"], attempt)
+            await self.durable("timer", f"retry:{st.name}", _TIMER_REQUEST, _NONE,
+                               {"seconds": st.retry.delay(attempt, key)}, frame)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _attempt(self, st: Step[Any, Any], attempt: int, arguments: bytes,
+                 args: tuple[Any, ...], kwargs: dict[str, Any], frame: FrameType | None
+                 ) -> tuple[bool, bytes]:
+        """One attempt: its recorded outcome, or run it now and record it. A failure's error
+        object records, in ``details.retry``, whether the policy retries it (decided once,
+        while the exception's class is known, so every replay takes the same path)."""
+        idx = self._index
+        if idx.sealed:
+            raise asyncio.CancelledError
+        seq = idx.seq
+        idx.seq = seq + 1
+        # {"args": [...], "kwargs": {...}, "attempt": n}
+        request = arguments[:-1] + b',"attempt":' + str(attempt).encode() + b"}"
+        try:
+            rec = idx.match(seq, "step", st.name, request)
+        except _core.ReplayMismatch as exc:
+            raise self._nondeterminism(exc, "step", st.name, frame) from None
+        if rec is not None and rec.state is not OperationState.PENDING:
+            return rec.state is OperationState.COMPLETED, rec.result or b"null"
+        if rec is not None:
+            # Recorded as started, never finished: the activation that ran it crashed.
+            error = _step_error(
+                "StepInterrupted", f"attempt {attempt} of step {st.name!r} was interrupted "
+                "by a crash (at-most-once: it is not run again)",
+                st.retry.retries(None, "StepInterrupted"))
+            self.step_outcomes.append(Outcome(rec.op_id, OperationState.FAILED, error))
+            return False, error
+        self.new_operation(seq, "step", st.name, request, frame)
+        op = self.new_operations[-1]
+        if st.semantics is Semantics.AT_MOST_ONCE:
+            if self._checkpoint is None:
+                raise WorkflowError(f"step {st.name!r} is at-most-once, but this runtime "
+                                    "cannot record an attempt before it runs")
+            self._checkpoint(op)
+            self.new_operations.pop()
+        ok, payload = True, b"null"
+        info = StepInfo(st.name, attempt, self.workflow_id)
+        try:
+            payload = _core.encode_value(st.result_adapter, st.run(info, args, kwargs))
+        except (pydantic.ValidationError, pydantic_core.PydanticSerializationError) as exc:
+            ok, payload = False, _step_error(
+                "StepResultError", f"step {st.name!r} returned a value that is not a valid "
+                f"{type_name(st.result_type)}: {describe_validation_error(exc)}", False)
+        except Exception as exc:
+            ok, payload = False, _step_error(type(exc).__name__, str(exc),
+                                             st.retry.retries(type(exc), type(exc).__name__))
+        state = OperationState.COMPLETED if ok else OperationState.FAILED
+        if st.semantics is Semantics.AT_MOST_ONCE:
+            self.step_outcomes.append(Outcome(op.op_id, state, payload))
+        else:
+            op.state, op.result = state, payload
+            op.resolved_in, op.resolved_at = self._activation, self._now
+        return ok, payload
 
     def deprecate_patch(self, patch_id: str) -> None:
         """The old code path is gone: consume the patch's marker where the history has one,
@@ -387,7 +475,8 @@ class Replayer:
         self._index.settle_unreached()
         self._loop.close()
         return ReplayResult("completed", self.new_operations, result=result,
-                            accepted=self.accepted, rejected=self.rejected)
+                            accepted=self.accepted, rejected=self.rejected,
+                            step_outcomes=self.step_outcomes)
 
     def _suspend(self) -> ReplayResult:
         self._index.sealed = True
@@ -407,7 +496,8 @@ class Replayer:
                 f"{missing.kind} {missing.name!r} (created at "
                 f"{missing.site or 'an unknown site'})"))
         return ReplayResult("suspended", self.new_operations, accepted=self.accepted,
-                            rejected=self.rejected, pending=self.pending)
+                            rejected=self.rejected, pending=self.pending,
+                            step_outcomes=self.step_outcomes)
 
     def _finish_failed(self, exc: BaseException) -> ReplayResult:
         self._index.sealed = True
@@ -417,7 +507,9 @@ class Replayer:
         # A failed replay sends nothing new when the history no longer matches the code.
         new_ops = [] if isinstance(exc, NonDeterminismError) else self.new_operations
         return ReplayResult("failed", new_ops, error=error_payload(exc), exception=exc,
-                            accepted=self.accepted, rejected=self.rejected)
+                            accepted=self.accepted, rejected=self.rejected,
+                            step_outcomes=[] if isinstance(exc, NonDeterminismError)
+                            else self.step_outcomes)
 
 
 def _count(n: int) -> str:

@@ -1,0 +1,309 @@
+"""Steps: local code run once and recorded (``await ctx.step(fn, *args)``), with retries.
+
+A step runs inside the workflow's activation. Each attempt is one recorded operation (kind
+``step``) holding the arguments, the attempt number and the outcome: the value (after a round
+trip through JSON, so the first execution returns exactly what replay returns) or the error
+(type name and message). Between attempts the workflow sleeps on a durable timer (kind
+``timer``, name ``retry:<step>``): a retry delay suspends the Lambda, it never sleeps in
+process.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import hashlib
+import inspect
+import math
+import threading
+import typing
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+import pydantic
+
+from .errors import WorkflowError
+
+__all__ = [
+    "Jitter",
+    "RetryPolicy",
+    "Semantics",
+    "Step",
+    "StepError",
+    "StepInfo",
+    "current_step",
+    "step",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Jitter(enum.StrEnum):
+    """How a retry delay is randomised (deterministically, per workflow, step and attempt)."""
+
+    FULL = "full"  # uniform in [0, delay]
+    HALF = "half"  # uniform in [delay / 2, delay]
+    NONE = "none"  # exactly the delay
+
+
+class Semantics(enum.StrEnum):
+    """What a crash in the middle of an attempt means."""
+
+    AT_LEAST_ONCE = "at_least_once"  # the attempt runs again (nothing was recorded)
+    AT_MOST_ONCE = "at_most_once"  # the attempt counts as failed (its start was recorded)
+
+
+def _seconds(value: float | timedelta, what: str) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (
+            math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"{what} must be a non-negative number of seconds, got {value!r}")
+    return float(seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When and how often a failed step runs again.
+
+    Args:
+        max_attempts: Attempts in all, counting the first (1 = no retry).
+        initial_delay: The delay before the second attempt (seconds or ``timedelta``).
+        backoff_rate: Each further delay is the previous one times this (>= 1).
+        max_delay: No delay is longer than this.
+        jitter: ``full`` (uniform in [0, delay]), ``half`` ([delay/2, delay]) or ``none``.
+            Delays are at least 1 second (a durable timer's resolution).
+        retryable: Exception types (or their names) that are retried; others fail the step
+            at once. Default: every ``Exception``.
+        non_retryable: Exception types (or names) never retried, even if ``retryable``
+            matches.
+    """
+
+    max_attempts: int = 3
+    initial_delay: float | timedelta = 1.0
+    backoff_rate: float = 2.0
+    max_delay: float | timedelta = 300.0
+    jitter: Jitter | str = Jitter.FULL
+    retryable: Sequence[type[BaseException] | str] = (Exception,)
+    non_retryable: Sequence[type[BaseException] | str] = field(default=())
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or (
+                self.max_attempts < 1):
+            raise ValueError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        _seconds(self.initial_delay, "initial_delay")
+        _seconds(self.max_delay, "max_delay")
+        if not isinstance(self.backoff_rate, int | float) or not (
+                math.isfinite(self.backoff_rate) and self.backoff_rate >= 1):
+            raise ValueError(f"backoff_rate must be >= 1, got {self.backoff_rate!r}")
+        try:
+            object.__setattr__(self, "jitter", Jitter(self.jitter))
+        except ValueError:
+            raise ValueError(f"jitter must be one of full, half, none; got {self.jitter!r}"
+                             ) from None
+        for name in ("retryable", "non_retryable"):
+            for entry in getattr(self, name):
+                if not (isinstance(entry, str) or (
+                        isinstance(entry, type) and issubclass(entry, BaseException))):
+                    raise TypeError(f"{name} takes exception types or names, got {entry!r}")
+
+    def retries(self, error_type: type[BaseException] | None, error_name: str) -> bool:
+        """Whether an error is retried: by class when it is known, else by name (an
+        ``Exception`` entry matches any name)."""
+        def matches(entries: Sequence[type[BaseException] | str]) -> bool:
+            for entry in entries:
+                if isinstance(entry, str):
+                    if entry == error_name:
+                        return True
+                elif error_type is not None:
+                    if issubclass(error_type, entry):
+                        return True
+                elif entry.__name__ == error_name or entry in (Exception, BaseException):
+                    return True
+            return False
+        return matches(self.retryable) and not matches(self.non_retryable)
+
+    def delay(self, attempt: int, key: str) -> float:
+        """The delay after failed attempt ``attempt`` (1-based), jittered deterministically
+        by ``key`` (the same on every replay)."""
+        base = _seconds(self.initial_delay, "initial_delay") * self.backoff_rate ** (attempt - 1)
+        delay = min(base, _seconds(self.max_delay, "max_delay"))
+        fraction = int.from_bytes(hashlib.sha256(f"{key}\0{attempt}".encode()).digest()[:8],
+                                  "big") / 2**64
+        if self.jitter is Jitter.FULL:
+            delay *= fraction
+        elif self.jitter is Jitter.HALF:
+            delay = delay / 2 + delay / 2 * fraction
+        return max(1.0, math.ceil(delay))
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """What a step's body may know about the attempt running it."""
+
+    name: str
+    attempt: int
+    workflow_id: str
+
+
+_CURRENT: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar(
+    "lambda_workflow_step", default=None)
+
+
+def current_step() -> StepInfo:
+    """The running step's name, attempt number (from 1) and workflow id.
+
+    Raises:
+        WorkflowError: called outside a step's body.
+    """
+    info = _CURRENT.get()
+    if info is None:
+        raise WorkflowError("current_step() is only available inside a step's body")
+    return info
+
+
+class StepError(WorkflowError):
+    """A step failed: its last attempt raised and no retry is left (or the error is not
+    retryable). Raised in the workflow at the ``await`` of the step.
+
+    Attributes:
+        step: The step's name.
+        error_type: The class name of the exception the body raised.
+        message: Its message.
+        attempts: How many attempts ran.
+    """
+
+    def __init__(self, step: str, error_type: str, message: str, attempts: int) -> None:
+        self.step = step
+        self.error_type = error_type
+        self.message = message
+        self.attempts = attempts
+        super().__init__(f"step {step!r} failed after {attempts} attempt"
+                         f"{'s' if attempts != 1 else ''}: {error_type}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StepError, (self.step, self.error_type, self.message, self.attempts))
+
+
+class Step(Generic[P, R]):
+    """A function with its step options (made by :func:`step`). Calling it calls the
+    function; ``await ctx.step(it, ...)`` runs it durably."""
+
+    __slots__ = ("fn", "name", "result_adapter", "result_type", "retry", "semantics")
+
+    def __init__(self, fn: Callable[P, R], *,
+                 name: str | None = None, retry: RetryPolicy | None = None,
+                 semantics: Semantics | str = Semantics.AT_LEAST_ONCE) -> None:
+        if not callable(fn):
+            raise TypeError(f"a step needs a function, got {fn!r}")
+        self.fn = fn
+        self.name = name or getattr(fn, "__qualname__", None) or repr(fn)
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a step name must be a non-empty string, got {self.name!r}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy, got {retry!r}")
+        self.retry = retry or DEFAULT_RETRY
+        try:
+            self.semantics = Semantics(semantics)
+        except ValueError:
+            raise ValueError("semantics must be 'at_least_once' or 'at_most_once', got "
+                             f"{semantics!r}") from None
+        self.result_type = _result_type(fn)
+        self.result_adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(self.result_type)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def run(self, info: StepInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run the body once (an ``async`` body on its own event loop, in a worker thread,
+        since the workflow's loop does no I/O)."""
+        context = contextvars.copy_context()
+        context.run(_CURRENT.set, info)
+        result = context.run(self.fn, *args, **kwargs)
+        if not inspect.isawaitable(result):
+            return result
+        import asyncio  # only async steps need it; `import lambda_workflow` stays light
+
+        outcome: list[Any] = []
+
+        def work() -> None:
+            async def wrap() -> Any:
+                return await result
+
+            try:
+                outcome.append((True, context.run(asyncio.run, wrap())))
+            except BaseException as exc:
+                outcome.append((False, exc))
+
+        worker = threading.Thread(target=work, name=f"step {self.name}")
+        worker.start()
+        worker.join()
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
+
+    def __repr__(self) -> str:
+        return f"<Step {self.name!r}>"
+
+
+_PLAIN: weakref.WeakKeyDictionary[Callable[..., Any], Step[Any, Any]] = (
+    weakref.WeakKeyDictionary())
+
+
+def as_step(fn: Callable[..., Any]) -> Step[Any, Any]:
+    """``fn`` itself if it is a :class:`Step`, else a default-options step for it (made once
+    per function: reading the return annotation builds a validator)."""
+    if isinstance(fn, Step):
+        return fn
+    try:
+        cached = _PLAIN.get(fn)
+    except TypeError:  # not weak-referenceable (a builtin): no cache
+        return Step(fn)
+    if cached is None:
+        cached = _PLAIN[fn] = Step(fn)
+    return cached
+
+
+def _result_type(fn: Callable[..., Any]) -> Any:
+    target = inspect.unwrap(fn)
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:
+        return Any
+    result = hints.get("return", Any)
+    origin = typing.get_origin(result)
+    if origin in (Awaitable, typing.Coroutine) or (
+            origin is not None and getattr(origin, "__name__", "") in ("Coroutine", "Awaitable")):
+        args = typing.get_args(result)
+        result = args[-1] if args else Any
+    return result
+
+
+@overload
+def step(fn: Callable[P, R], /) -> Step[P, R]: ...
+@overload
+def step(*, name: str | None = None, retry: RetryPolicy | None = None,
+         semantics: Semantics | str = Semantics.AT_LEAST_ONCE
+         ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
+def step(fn: Callable[P, R] | None = None, /, *, name: str | None = None,
+         retry: RetryPolicy | None = None,
+         semantics: Semantics | str = Semantics.AT_LEAST_ONCE
+         ) -> Step[P, R] | Callable[[Callable[P, R]], Step[P, R]]:
+    """Give a function step options: ``@step`` or ``@step(name=..., retry=RetryPolicy(...),
+    semantics="at_most_once")``. Options are checked here, before anything runs."""
+    if fn is not None:
+        return Step(fn)
+
+    def decorate(f: Callable[P, R]) -> Step[P, R]:
+        return Step(f, name=name, retry=retry, semantics=semantics)
+
+    # Checked now, so a bad option fails at import time rather than mid-workflow.
+    Step(lambda: None, name=name or "check", retry=retry, semantics=semantics)
+    return decorate
