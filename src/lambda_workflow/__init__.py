@@ -9,9 +9,15 @@ Importing this package is cheap: no boto3, no sqlite3, no I/O.
 
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
+from .callbacks import Callback
 from .context import WorkflowContext
 from .errors import (
+    CallbackError,
+    CallbackFailedError,
+    CallbackHeartbeatTimeoutError,
+    CallbackTimeoutError,
     CallTimeoutError,
+    InvalidCallbackTokenError,
     InvalidMessageError,
     InvalidRequestError,
     NonDeterminismError,
@@ -32,7 +38,13 @@ from .workflow import Workflow, workflow
 __all__ = [
     "IMPLEMENTATION",
     "CallTimeoutError",
+    "Callback",
+    "CallbackError",
+    "CallbackFailedError",
+    "CallbackHeartbeatTimeoutError",
+    "CallbackTimeoutError",
     "InstanceStatus",
+    "InvalidCallbackTokenError",
     "InvalidMessageError",
     "InvalidRequestError",
     "Jitter",

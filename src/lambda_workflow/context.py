@@ -13,8 +13,11 @@ if TYPE_CHECKING:
     import logging
     import random
 
+    import pydantic
+
+    from .callbacks import Callback
     from .service import Service
-    from .steps import Step
+    from .steps import RetryPolicy, Step
 
 __all__ = ["MAX_SLEEP", "MIN_SLEEP", "WorkflowContext"]
 
@@ -26,6 +29,7 @@ CallReqT = TypeVar("CallReqT")
 CallRespT = TypeVar("CallRespT")
 P = ParamSpec("P")
 R = TypeVar("R")
+CbT = TypeVar("CbT")
 
 
 class _Driver(Protocol):
@@ -42,6 +46,10 @@ class _Driver(Protocol):
     ) -> Awaitable[CallRespT]: ...
 
     def sleep(self, seconds: float, frame: FrameType | None) -> Awaitable[None]: ...
+
+    def create_callback(self, name: str, result_adapter: pydantic.TypeAdapter[Any],
+                        timeout: float | None, heartbeat_timeout: float | None,
+                        frame: FrameType | None) -> Callback[Any]: ...
 
     def run_step(self, st: Step[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                  frame: FrameType | None) -> Coroutine[Any, Any, Any]: ...
@@ -206,3 +214,73 @@ class WorkflowContext(Generic[ReqT]):
         from .steps import as_step
 
         return self._driver.run_step(as_step(fn), args, dict(kwargs), sys._getframe(1))
+
+    @overload
+    def create_callback(self, name: str, result_type: type[CbT], /, *,
+                        timeout: float | timedelta | None = None,
+                        heartbeat_timeout: float | timedelta | None = None
+                        ) -> Callback[CbT]: ...
+    @overload
+    def create_callback(self, name: str, /, *, timeout: float | timedelta | None = None,
+                        heartbeat_timeout: float | timedelta | None = None
+                        ) -> Callback[Any]: ...
+    def create_callback(self, name: str, result_type: Any = Any, /, *,
+                        timeout: float | timedelta | None = None,
+                        heartbeat_timeout: float | timedelta | None = None) -> Callback[Any]:
+        """Create a callback an external system completes, and return it at once.
+
+        Hand ``cb.token`` to the external system (an approver's e-mail, a payment provider's
+        webhook); it completes the callback through ``complete_callback(token, value)``,
+        ``fail_callback(token, error_type, message)`` or ``heartbeat_callback(token)`` of the
+        client or the local runtime. ``await cb`` returns the value, validated as
+        ``result_type``. Several callbacks may be outstanding and awaited in any order.
+
+        Replay behaviour:
+            Recorded: a ``callback`` operation (name and timeouts), and a ``timer`` for each
+            timeout; the token is derived from the instance and the operation id, so every
+            replay hands out the same token. A heartbeat records a new heartbeat period.
+
+        Raises:
+            ValueError: a timeout outside 1 second to 366 days (before anything is recorded).
+            CallbackFailedError, CallbackTimeoutError, CallbackHeartbeatTimeoutError: when
+                awaited.
+        """
+        import pydantic as _pydantic
+
+        from .steps import _seconds
+
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a callback needs a non-empty name, got {name!r}")
+        limits: list[float | None] = []
+        for label, value in (("timeout", timeout), ("heartbeat_timeout", heartbeat_timeout)):
+            if value is None:
+                limits.append(None)
+                continue
+            seconds = _seconds(value, label)
+            if not MIN_SLEEP.total_seconds() <= seconds <= MAX_SLEEP.total_seconds():
+                raise ValueError(f"{label} must be 1 second to 366 days, got {value!r}")
+            limits.append(seconds)
+        adapter: _pydantic.TypeAdapter[Any] = _pydantic.TypeAdapter(result_type)
+        return self._driver.create_callback(name, adapter, limits[0], limits[1],
+                                            sys._getframe(1))
+
+    async def wait_for_callback(
+        self, name: str, submitter: Callable[[str], Any], result_type: type[CbT], /,
+        *, timeout: float | timedelta | None = None,
+        heartbeat_timeout: float | timedelta | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> CbT:
+        """Create a callback, run ``submitter(token)`` as a retryable step (send the token
+        to the external system), then wait for the callback's value.
+
+        Raises:
+            StepError: the submitter failed on its last attempt.
+            CallbackFailedError, CallbackTimeoutError, CallbackHeartbeatTimeoutError.
+        """
+        from .steps import Step
+
+        callback = self.create_callback(name, result_type, timeout=timeout,
+                                        heartbeat_timeout=heartbeat_timeout)
+        submit = Step(submitter, name=f"submit:{name}", retry=retry)
+        await self._driver.run_step(submit, (callback.token,), {}, sys._getframe(1))
+        return await callback

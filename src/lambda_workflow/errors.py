@@ -6,6 +6,11 @@ from typing import Any
 
 __all__ = [
     "CallTimeoutError",
+    "CallbackError",
+    "CallbackFailedError",
+    "CallbackHeartbeatTimeoutError",
+    "CallbackTimeoutError",
+    "InvalidCallbackTokenError",
     "InvalidMessageError",
     "InvalidRequestError",
     "NonDeterminismError",
@@ -79,7 +84,47 @@ class NonDeterminismError(WorkflowError):
 
 
 class CallTimeoutError(WorkflowError):
-    """A call did not receive its reply within its timeout."""
+    """A call did not receive its reply within its timeout. Its reply, if it comes later, is
+    recorded and ignored."""
+
+
+class CallbackError(WorkflowError):
+    """A callback did not complete: it failed, or one of its timeouts passed.
+
+    Attributes:
+        callback: The callback's name.
+        error_type: For a failed callback, the type the external system reported.
+        message: The message.
+        details: Optional JSON details.
+    """
+
+    def __init__(self, callback: str, error_type: str, message: str,
+                 details: Any = None) -> None:
+        self.callback = callback
+        self.error_type = error_type
+        self.message = message
+        self.details = details
+        super().__init__(f"callback {callback!r}: {error_type}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.callback, self.error_type, self.message, self.details))
+
+
+class CallbackFailedError(CallbackError):
+    """The external system failed the callback (``fail_callback``)."""
+
+
+class CallbackTimeoutError(CallbackError):
+    """The callback was not completed within its ``timeout``."""
+
+
+class CallbackHeartbeatTimeoutError(CallbackError):
+    """No heartbeat (or completion) arrived within the callback's ``heartbeat_timeout``."""
+
+
+class InvalidCallbackTokenError(WorkflowError, ValueError):
+    """A callback token is forged, altered, for another deployment, or its callback has
+    already completed. Nothing was changed."""
 
 
 class PayloadTooLargeError(WorkflowError):

@@ -29,11 +29,12 @@ from ._runtime.engine import (
     timer_fire_at,
     timer_fired_body,
 )
-from ._runtime.instances import instance_result, start_instance
+from ._runtime.instances import callback_message, instance_result, start_instance
 from ._runtime.services import run_service
 from .backends.memory import DeadLetter, InMemoryFifoQueue
 from .backends.protocols import QueueMessage, StateStore, Transport
 from .backends.sqlite import SQLiteStateStore
+from .callbacks import CallbackTokens
 from .errors import (
     InvalidMessageError,
     UnknownWorkflowError,
@@ -61,6 +62,9 @@ ResT = TypeVar("ResT")
 
 ServiceFunction = Callable[[ReqT], Awaitable[RespT]] | Callable[[ReqT], RespT]
 LOCAL_REPLY_ADDRESS = "local:workflows"
+# Signs callback tokens on the embedded runtime unless a key is given. It is public: tokens
+# of a local runtime prove nothing outside tests and development.
+LOCAL_CALLBACK_KEY = b"lambda-workflow local development key"
 
 
 @dataclass(slots=True, frozen=True)
@@ -179,6 +183,8 @@ class LocalRuntime:
         clock: The virtual clock (default: starts at the wall clock's time and moves only with
             :meth:`advance_time`).
         max_receives: Deliveries of a message before it is dead-lettered as poison.
+        callback_key: The key that signs callback tokens (at least 16 bytes); the default is
+            a public development key.
         on_event: Called with every :class:`ActivationReport`, :class:`ServiceInvocation` and
             :class:`DeadLetter`, in order (the CLI prints them).
     """
@@ -190,6 +196,7 @@ class LocalRuntime:
         store: StateStore | None = None,
         clock: VirtualClock | None = None,
         max_receives: int = 5,
+        callback_key: bytes | str = LOCAL_CALLBACK_KEY,
         on_event: Callable[[ActivationReport | ServiceInvocation | DeadLetter], None]
         | None = None,
     ) -> None:
@@ -203,8 +210,9 @@ class LocalRuntime:
         self._services: dict[str, tuple[Service[Any, Any], Callable[[Any], Any]]] = {}
         transport = LocalTransport(self.queue, self.service_queue)
         self.timers = LocalTimers(self.clock, transport)
+        self.tokens = CallbackTokens(callback_key)
         self.engine = Engine(self.store, transport, self._workflows, self.clock,
-                             timers=self.timers)
+                             timers=self.timers, tokens=self.tokens)
         self.invocations: list[ServiceInvocation] = []
         self._last_errors: dict[str, str] = {}
         self._aio: asyncio.AbstractEventLoop | None = None
@@ -332,6 +340,38 @@ class LocalRuntime:
 
     def _result(self, workflow_id: str, workflow: Workflow[Any, ResT]) -> ResT:
         return instance_result(self._instance(workflow_id), workflow)
+
+    # -- callbacks -------------------------------------------------------------------------
+    def complete_callback(self, token: str, value: object = None) -> None:
+        """Complete the callback ``token`` names with ``value`` (validated as the callback's
+        result type when the workflow receives it).
+
+        Raises:
+            InvalidCallbackTokenError: a forged or altered token, or one whose callback
+                already completed or whose instance ended; nothing is sent.
+        """
+        self._send_callback(callback_message(self.store, self.tokens, token, "completed",
+                                             value=value))
+
+    def fail_callback(self, token: str, error_type: str, message: str,
+                      details: object = None) -> None:
+        """Fail the callback: the workflow's ``await`` raises ``CallbackFailedError`` with
+        this type, message and details. Raises like :meth:`complete_callback`."""
+        if not isinstance(error_type, str) or not error_type:
+            raise ValueError(f"error_type must be a non-empty string, got {error_type!r}")
+        self._send_callback(callback_message(
+            self.store, self.tokens, token, "completed",
+            error={"type": error_type, "message": str(message), "details": details}))
+
+    def heartbeat_callback(self, token: str) -> None:
+        """Report progress on the callback: its heartbeat timeout starts again. Raises like
+        :meth:`complete_callback`."""
+        self._send_callback(callback_message(self.store, self.tokens, token, "heartbeat"))
+
+    def _send_callback(self, message: tuple[str, str, bytes] | None) -> None:
+        if message is not None:
+            workflow_id, dedup, body = message
+            self.transport.send_to_workflow(workflow_id, dedup, body)
 
     def dead_letters(self) -> list[DeadLetter]:
         """Messages that were rejected or poison, with the reason, oldest first."""

@@ -117,12 +117,22 @@ class CancelMessage(_Message):
     reason: str = ""
 
 
+class CallbackHeartbeatMessage(_Message):
+    """An external system says it is still working on a callback (resets its heartbeat
+    timeout)."""
+
+    kind: Literal["callback_heartbeat"] = "callback_heartbeat"
+    token: Annotated[str, Field(min_length=1)]
+
+
 WorkflowMessage = Annotated[
-    StartMessage | CallResultMessage | TimerFiredMessage | CallbackCompletedMessage | CancelMessage,
+    StartMessage | CallResultMessage | TimerFiredMessage | CallbackCompletedMessage
+    | CallbackHeartbeatMessage | CancelMessage,
     Field(discriminator="kind"),
 ]
 _WORKFLOW_MESSAGE: pydantic.TypeAdapter[WorkflowMessage] = pydantic.TypeAdapter(WorkflowMessage)
-MESSAGE_KINDS = ("start", "call_result", "timer_fired", "callback_completed", "cancel")
+MESSAGE_KINDS = ("start", "call_result", "timer_fired", "callback_completed",
+                 "callback_heartbeat", "cancel")
 
 
 class CallRequestMessage(_Message):

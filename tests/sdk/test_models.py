@@ -102,7 +102,7 @@ def test_an_unknown_kind_is_refused(kind: object, shown: str) -> None:
         parse_workflow_message(body(**fields))
     text = str(info.value)
     assert f"unknown message kind {shown}" in text
-    assert "start, call_result, timer_fired, callback_completed, cancel" in text
+    assert "start, call_result, timer_fired, callback_completed, callback_heartbeat, cancel" in text
 
 
 def test_a_missing_field_is_named() -> None:

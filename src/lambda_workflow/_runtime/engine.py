@@ -12,9 +12,16 @@ import pydantic_core
 
 from .. import _core
 from ..backends.protocols import Clock, StateStore, TimerService, Transport
-from ..errors import NonDeterminismError, UnknownWorkflowError, WorkflowError
+from ..callbacks import CallbackTokens
+from ..errors import (
+    InvalidCallbackTokenError,
+    NonDeterminismError,
+    UnknownWorkflowError,
+    WorkflowError,
+)
 from ..models import (
     CallbackCompletedMessage,
+    CallbackHeartbeatMessage,
     CallResultMessage,
     CancelMessage,
     ErrorInfo,
@@ -34,7 +41,7 @@ from ..workflow import Workflow
 from .replay import Replayer, StagedResult
 
 __all__ = ["ActivationReport", "Engine", "call_request_body", "call_result_body",
-           "start_message_body", "timer_fire_at", "timer_fired_body"]
+           "current_heartbeat", "start_message_body", "timer_fire_at", "timer_fired_body"]
 
 _SORT = orjson.OPT_SORT_KEYS
 # Operations that leave the activation: a call's request, a timer's schedule. Steps run in
@@ -95,6 +102,18 @@ def timer_fired_body(workflow_id: str, timer_id: str) -> bytes:
                          "timer_id": timer_id})
 
 
+def current_heartbeat(callback: OperationRecord,
+                      operations: Sequence[OperationRecord]) -> OperationRecord | None:
+    """The pending heartbeat operation of a callback that is still waiting, if any."""
+    if callback.state is not OperationState.PENDING:
+        return None
+    request = orjson.dumps({"callback": callback.op_id})
+    for op in reversed(operations):
+        if op.kind == "heartbeat" and op.request == request:
+            return op if op.state is OperationState.PENDING else None
+    return None
+
+
 def _outcome_of(msg: CallResultMessage | CallbackCompletedMessage) -> tuple[OperationState, bytes]:
     if msg.ok:
         return OperationState.COMPLETED, orjson.dumps(msg.value, option=_SORT)
@@ -115,13 +134,15 @@ class Engine:
     def __init__(self, store: StateStore, transport: Transport,
                  workflows: Mapping[str, Workflow[Any, Any]], clock: Clock, *,
                  payload_limit: int | None = None, payload_hint: str = "",
-                 timers: TimerService | None = None) -> None:
+                 timers: TimerService | None = None,
+                 tokens: CallbackTokens | None = None) -> None:
         """``payload_limit`` (bytes) caps a new call's request and the workflow's result:
         over it, the workflow fails with :class:`PayloadTooLargeError` (``payload_hint`` says
         how to lift the limit) instead of recording what the store or queue cannot hold."""
         self.payload_limit = payload_limit
         self.payload_hint = payload_hint
         self.timers = timers
+        self.tokens = tokens
         self.store = store
         self.transport = transport
         self.workflows = workflows
@@ -167,6 +188,28 @@ class Engine:
         except (pydantic.ValidationError, pydantic_core.PydanticSerializationError):
             return False
         return _core.digest(payload) == inst.input_digest
+
+    def _callback_target(self, token: str, workflow_id: str,
+                         ops: Mapping[str, OperationRecord], report: ActivationReport,
+                         index: int) -> OperationRecord | None:
+        """The callback operation a token names, or ``None`` (the message is rejected with
+        the reason)."""
+        if self.tokens is None:
+            report.rejected[index] = (f"callback message for workflow instance {workflow_id!r}"
+                                      ", but this runtime has no callback key to verify it")
+            return None
+        try:
+            token_workflow, callback_id = self.tokens.verify(token)
+        except InvalidCallbackTokenError as exc:
+            report.rejected[index] = f"{exc} (workflow instance {workflow_id!r})"
+            return None
+        op = ops.get(callback_id)
+        if token_workflow != workflow_id or op is None or op.kind != "callback":
+            report.rejected[index] = (f"callback token names callback {callback_id!r} of "
+                                      f"{token_workflow!r}, which instance {workflow_id!r} "
+                                      "does not have")
+            return None
+        return op
 
     def _schedule(self, op: OperationRecord) -> None:
         if self.timers is None:
@@ -218,9 +261,21 @@ class Engine:
                     report.duplicates.append(msg.timer_id)
                 else:
                     staged[msg.timer_id] = StagedResult(OperationState.COMPLETED, b"null", i)
-            elif isinstance(msg, CallbackCompletedMessage):
-                report.rejected[i] = (f"unknown callback token for workflow instance "
-                                      f"{workflow_id!r}")
+            elif isinstance(msg, CallbackCompletedMessage | CallbackHeartbeatMessage):
+                target = self._callback_target(msg.token, workflow_id, ops, report, i)
+                if target is None:
+                    continue
+                if isinstance(msg, CallbackHeartbeatMessage):
+                    target = current_heartbeat(target, history.operations)
+                    if target is None or target.op_id in staged:
+                        report.duplicates.append(msg.token[:16])
+                        continue
+                    staged[target.op_id] = StagedResult(OperationState.COMPLETED, b"null", i)
+                elif target.state is not OperationState.PENDING or target.op_id in staged:
+                    report.duplicates.append(target.op_id)
+                else:
+                    state, payload = _outcome_of(msg)
+                    staged[target.op_id] = StagedResult(state, payload, i)
             else:
                 cancel = msg
 
@@ -256,7 +311,8 @@ class Engine:
                           activation=activation, now=now, payload_limit=self.payload_limit,
                           payload_hint=self.payload_hint,
                           checkpoint=lambda op: self.store.add_operations(
-                              workflow_id, [op], activation)).run()
+                              workflow_id, [op], activation),
+                          tokens=self.tokens).run()
         report.rejected.update(result.rejected)
         report.pending = result.pending
 

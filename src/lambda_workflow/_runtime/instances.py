@@ -12,19 +12,22 @@ import pydantic_core
 
 from .. import _core
 from ..backends.protocols import StateStore, Transport
+from ..callbacks import CallbackTokens
 from ..errors import (
+    InvalidCallbackTokenError,
     InvalidRequestError,
     PayloadTooLargeError,
     WorkflowAlreadyStartedError,
+    WorkflowError,
     WorkflowFailedError,
     WorkflowNotFinishedError,
 )
-from ..models import InstanceRecord, InstanceStatus, describe_validation_error
+from ..models import InstanceRecord, InstanceStatus, OperationState, describe_validation_error
 from ..service import type_name
 from ..workflow import Workflow
-from .engine import start_message_body
+from .engine import current_heartbeat, start_message_body
 
-__all__ = ["instance_result", "start_instance"]
+__all__ = ["callback_message", "instance_result", "start_instance"]
 
 ResT = TypeVar("ResT")
 
@@ -80,3 +83,57 @@ def instance_result(inst: InstanceRecord, workflow: Workflow[Any, ResT]) -> ResT
     err = orjson.loads(inst.error or b"{}")
     raise WorkflowFailedError(inst.workflow_id, err.get("type", "Error"), err.get("message", ""),
                               err.get("details"))
+
+
+def callback_message(store: StateStore, tokens: CallbackTokens | None, token: str, kind: str,
+                     *, value: object = None, error: dict[str, Any] | None = None
+                     ) -> tuple[str, str, bytes] | None:
+    """Check a callback token against the state and build the message completing, failing
+    (``kind`` ``completed`` with ``error``) or heartbeating (``heartbeat``) its callback.
+
+    Returns ``(workflow_id, dedup_id, body)``, or ``None`` for a heartbeat to a callback that
+    has no heartbeat timeout (nothing to send).
+
+    Raises:
+        InvalidCallbackTokenError: forged or altered token, unknown instance or callback, a
+            callback that already completed or an instance that ended. Nothing is sent.
+        InvalidRequestError: ``value`` is not JSON-serializable.
+    """
+    if tokens is None:
+        raise WorkflowError("this runtime has no callback key to verify tokens with")
+    workflow_id, callback_id = tokens.verify(token)
+    history = store.load_history(workflow_id)
+    op = next((o for o in history.operations if o.op_id == callback_id), None) if history else None
+    if history is None or op is None or op.kind != "callback":
+        raise InvalidCallbackTokenError(
+            f"callback token rejected: instance {workflow_id!r} has no callback {callback_id!r}")
+    if op.state is not OperationState.PENDING:
+        raise InvalidCallbackTokenError(
+            f"callback token rejected: callback {op.name!r} of {workflow_id!r} has already "
+            "completed (a token completes its callback once)")
+    if history.instance.status is not InstanceStatus.RUNNING:
+        raise InvalidCallbackTokenError(
+            f"callback token rejected: instance {workflow_id!r} has ended "
+            f"({history.instance.status.value})")
+    if kind == "heartbeat":
+        beat = current_heartbeat(op, history.operations)
+        if beat is None:
+            return None
+        body = orjson.dumps({"v": 1, "kind": "callback_heartbeat", "workflow_id": workflow_id,
+                             "token": token})
+        return (workflow_id,
+                _core.dedup_id(workflow_id, "callback_heartbeat", f"{callback_id}:{beat.op_id}"),
+                body)
+    message: dict[str, Any] = {"v": 1, "kind": "callback_completed",
+                               "workflow_id": workflow_id, "token": token,
+                               "ok": error is None}
+    if error is None:
+        message["value"] = value
+    else:
+        message["error"] = error
+    try:
+        body = orjson.dumps(message, default=pydantic_core.to_jsonable_python)
+    except (TypeError, pydantic_core.PydanticSerializationError) as exc:
+        raise InvalidRequestError(f"the value completing callback {op.name!r} is not "
+                                  f"JSON-serializable: {exc}") from None
+    return workflow_id, _core.dedup_id(workflow_id, "callback_completed", token), body

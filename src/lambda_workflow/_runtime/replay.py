@@ -17,8 +17,12 @@ import pydantic
 import pydantic_core
 
 from .. import _core
+from ..callbacks import Callback, CallbackTokens
 from ..context import WorkflowContext
 from ..errors import (
+    CallbackFailedError,
+    CallbackHeartbeatTimeoutError,
+    CallbackTimeoutError,
     InvalidRequestError,
     NonDeterminismError,
     PayloadTooLargeError,
@@ -94,6 +98,8 @@ def site_of(frame: FrameType | None) -> str:
 _SORT = orjson.OPT_SORT_KEYS
 _TIMER_REQUEST: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(dict[str, float])
 _NONE: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(None)
+_CALLBACK_REQUEST: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(dict[str, float | None])
+_HEARTBEAT_REQUEST: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(dict[str, str])
 
 
 class _ReplayAwareLogger(logging.LoggerAdapter[logging.Logger]):
@@ -133,6 +139,7 @@ class Replayer:
         payload_limit: int | None = None,
         payload_hint: str = "",
         checkpoint: Callable[[OperationRecord], None] | None = None,
+        tokens: CallbackTokens | None = None,
     ) -> None:
         self.workflow = workflow
         self.workflow_id = workflow_id
@@ -161,6 +168,7 @@ class Replayer:
         self._times: dict[int, float] | None = None
         self._rng: random.Random | None = None
         self._checkpoint = checkpoint
+        self._tokens = tokens
         # Outcomes of steps whose operation was recorded before it ran (at-most-once).
         self.step_outcomes: list[Outcome] = []
         self._payload_hint = payload_hint
@@ -342,6 +350,67 @@ class Replayer:
             op.resolved_in, op.resolved_at = self._activation, self._now
         return ok, payload
 
+    def create_callback(self, name: str, result_adapter: pydantic.TypeAdapter[Any],
+                        timeout: float | None, heartbeat_timeout: float | None,
+                        frame: FrameType | None) -> Callback[Any]:
+        """``ctx.create_callback``: record the callback (and its timers) now, in program
+        order, and return its token with the awaitable of its outcome."""
+        if self._tokens is None:
+            raise WorkflowError(
+                f"workflow {self.workflow.name!r} created callback {name!r}, but this runtime "
+                "has no callback key to sign tokens (LocalRuntime(callback_key=...), or "
+                "LAMBDA_WORKFLOW_CALLBACK_KEY on AWS)")
+        seq = self._index.seq
+        future = self.durable("callback", name, _CALLBACK_REQUEST, result_adapter,
+                              {"timeout": timeout, "heartbeat_timeout": heartbeat_timeout},
+                              frame)
+        callback_id = _core.operation_id("", seq)
+        token = self._tokens.sign(self.workflow_id, callback_id)
+        deadline = (self.durable("timer", f"timeout:{name}", _TIMER_REQUEST, _NONE,
+                                 {"seconds": timeout}, frame) if timeout else None)
+        beat = (self._heartbeat_period(name, callback_id, heartbeat_timeout, frame)
+                if heartbeat_timeout else None)
+        return Callback(name, token, lambda: self._await_callback(
+            name, callback_id, future, deadline, timeout, heartbeat_timeout, beat, frame))
+
+    def _heartbeat_period(self, name: str, callback_id: str, seconds: float,
+                          frame: FrameType | None
+                          ) -> tuple[asyncio.Future[Any], asyncio.Future[Any]]:
+        timer = self.durable("timer", f"heartbeat:{name}", _TIMER_REQUEST, _NONE,
+                             {"seconds": seconds}, frame)
+        signal = self.durable("heartbeat", name, _HEARTBEAT_REQUEST, _NONE,
+                              {"callback": callback_id}, frame)
+        return timer, signal
+
+    async def _await_callback(self, name: str, callback_id: str, future: asyncio.Future[Any],
+                              deadline: asyncio.Future[Any] | None, timeout: float | None,
+                              heartbeat_timeout: float | None,
+                              beat: tuple[asyncio.Future[Any], asyncio.Future[Any]] | None,
+                              frame: FrameType | None) -> Any:
+        while True:
+            waits: set[asyncio.Future[Any]] = {future}
+            if deadline is not None:
+                waits.add(deadline)
+            if beat is not None:
+                waits.update(beat)
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if future in done:
+                try:
+                    return future.result()
+                except ServiceError as exc:
+                    raise CallbackFailedError(name, exc.error_type, exc.message,
+                                              exc.details) from None
+            if deadline is not None and deadline in done:
+                raise CallbackTimeoutError(name, "CallbackTimeout",
+                                           f"not completed within {timeout:g} s")
+            assert beat is not None and heartbeat_timeout is not None
+            signal = beat[1]
+            if not signal.done():
+                raise CallbackHeartbeatTimeoutError(
+                    name, "CallbackHeartbeatTimeout",
+                    f"no heartbeat within {heartbeat_timeout:g} s")
+            beat = self._heartbeat_period(name, callback_id, heartbeat_timeout, frame)
+
     def deprecate_patch(self, patch_id: str) -> None:
         """The old code path is gone: consume the patch's marker where the history has one,
         record nothing new."""
@@ -389,10 +458,15 @@ class Replayer:
         """A reply that does not validate against its response type. One that arrived now is
         rejected, never recorded: the call stays pending and a valid reply may still arrive.
         A recorded one means the response type changed under a running workflow."""
-        service: Service[Any, Any] = future.owner  # type: ignore[attr-defined]
-        reason = (f"reply to call {record.op_id} of workflow {self.workflow_id!r} (service "
-                  f"{service.name!r}) is not a valid {type_name(service.response_type)}: "
-                  f"{describe_validation_error(exc)}")
+        owner = getattr(future, "owner", None)
+        if isinstance(owner, Service):
+            reason = (f"reply to call {record.op_id} of workflow {self.workflow_id!r} (service "
+                      f"{owner.name!r}) is not a valid {type_name(owner.response_type)}: "
+                      f"{describe_validation_error(exc)}")
+        else:
+            reason = (f"the value completing {record.kind} {record.name!r} ({record.op_id}) of "
+                      f"workflow {self.workflow_id!r} is not valid: "
+                      f"{describe_validation_error(exc)}")
         self._index.pending.append(record.op_id)
         if staged_payload is not None:
             self.rejected[self._staged[record.op_id].message_index] = reason

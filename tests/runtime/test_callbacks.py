@@ -1,0 +1,268 @@
+"""Callbacks on the embedded runtime: tokens, completion, failure, timeouts, heartbeats,
+several outstanding callbacks, wait_for_callback, and every way a bad token is refused."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import BaseModel
+
+from lambda_workflow import (
+    CallbackFailedError,
+    CallbackHeartbeatTimeoutError,
+    CallbackTimeoutError,
+    InvalidCallbackTokenError,
+    RetryPolicy,
+    WorkflowContext,
+    current_step,
+    workflow,
+)
+from lambda_workflow._runtime.clock import VirtualClock
+from lambda_workflow.callbacks import CallbackTokens
+from lambda_workflow.local import LocalRuntime
+from lambda_workflow.models import OperationState
+
+TOKENS: dict[str, str] = {}
+
+
+class Approval(BaseModel):
+    approved: bool
+    by: str
+
+
+def _runtime(*workflows: Any) -> LocalRuntime:
+    rt = LocalRuntime(clock=VirtualClock(1_700_000_000.0))
+    rt.register(*workflows)
+    return rt
+
+
+@workflow
+async def approve(ctx: WorkflowContext[str]) -> str:
+    cb = ctx.create_callback("manager", Approval, timeout=3600)
+    TOKENS[ctx.request] = cb.token
+    try:
+        decision = await cb
+    except CallbackTimeoutError as exc:
+        return f"timeout: {exc.message}"
+    except CallbackFailedError as exc:
+        return f"failed: {exc.error_type}: {exc.message} {exc.details}"
+    return f"{decision.approved} by {decision.by}"
+
+
+def test_a_callback_completes_with_a_typed_value() -> None:
+    """The workflow suspends on the callback; complete_callback with the token resumes it
+    with the value validated as the callback's type. The token is the same on every replay."""
+    with _runtime(approve) as rt:
+        handle = rt.start(approve, "a1")
+        rt.run_until_idle(skip_time=False)
+        token = TOKENS["a1"]
+        rt.complete_callback(token, {"approved": True, "by": "ana"})
+        rt.run_until_idle(skip_time=False)
+        assert handle.result() == "True by ana"
+        assert TOKENS["a1"] == token
+        kinds = [(op.kind, op.name, op.state) for op in handle.history().operations]
+    assert kinds == [("callback", "manager", OperationState.COMPLETED),
+                     ("timer", "timeout:manager", OperationState.PENDING)]
+
+
+def test_a_failed_callback_raises_with_the_reported_error() -> None:
+    """fail_callback reaches the workflow as CallbackFailedError with the type, message and
+    details the external system gave."""
+    with _runtime(approve) as rt:
+        handle = rt.start(approve, "a2")
+        rt.run_until_idle(skip_time=False)
+        rt.fail_callback(TOKENS["a2"], "Rejected", "budget exceeded", {"limit": 100})
+        rt.run_until_idle(skip_time=False)
+        assert handle.result() == "failed: Rejected: budget exceeded {'limit': 100}"
+
+
+def test_a_callback_times_out_and_a_late_completion_is_refused() -> None:
+    """Nobody completes it within the hour: CallbackTimeoutError. Completing it afterwards
+    (the workflow has ended) raises InvalidCallbackTokenError and sends nothing."""
+    with _runtime(approve) as rt:
+        handle = rt.start(approve, "a3")
+        rt.run_until_idle()
+        assert handle.result() == "timeout: not completed within 3600 s"
+        with pytest.raises(InvalidCallbackTokenError, match="has ended"):
+            rt.complete_callback(TOKENS["a3"], {"approved": True, "by": "late"})
+        assert len(rt.queue) == 0
+
+
+@workflow
+async def watched(ctx: WorkflowContext[None]) -> str:
+    cb = ctx.create_callback("export", int, timeout=86_400, heartbeat_timeout=60)
+    TOKENS["watched"] = cb.token
+    try:
+        return f"rows {await cb}"
+    except CallbackHeartbeatTimeoutError as exc:
+        return f"stalled: {exc.message}"
+
+
+def test_heartbeats_keep_a_callback_alive_until_they_stop() -> None:
+    """Each heartbeat starts the heartbeat timeout again; when heartbeats stop, the workflow
+    gets CallbackHeartbeatTimeoutError (distinct from the overall timeout)."""
+    with _runtime(watched) as rt:
+        handle = rt.start(watched, None)
+        rt.run_until_idle(skip_time=False)
+        for _ in range(3):
+            rt.advance_time(50)
+            rt.heartbeat_callback(TOKENS["watched"])
+            rt.run_until_idle(skip_time=False)
+        assert handle.status().value == "running"
+        rt.advance_time(61)
+        rt.run_until_idle(skip_time=False)
+        assert handle.result() == "stalled: no heartbeat within 60 s"
+
+
+def test_heartbeats_then_completion() -> None:
+    """A heartbeated callback completes normally with its value."""
+    with _runtime(watched) as rt:
+        handle = rt.start(watched, None)
+        rt.run_until_idle(skip_time=False)
+        rt.advance_time(30)
+        rt.heartbeat_callback(TOKENS["watched"])
+        rt.run_until_idle(skip_time=False)
+        rt.complete_callback(TOKENS["watched"], 1234)
+        rt.run_until_idle(skip_time=False)
+        assert handle.result() == "rows 1234"
+
+
+@workflow
+async def three_approvals(ctx: WorkflowContext[None]) -> list[str]:
+    callbacks = [ctx.create_callback(name, str) for name in ("legal", "finance", "ceo")]
+    for cb in callbacks:
+        TOKENS[cb.name] = cb.token
+    first_done = await asyncio.wait([asyncio.ensure_future(cb) for cb in callbacks],
+                                    return_when=asyncio.ALL_COMPLETED)
+    assert first_done
+    return [await cb for cb in reversed(callbacks)]
+
+
+def test_several_callbacks_complete_in_any_order() -> None:
+    """Three outstanding callbacks completed in reverse order of creation, awaited in yet
+    another order: each returns its own value."""
+    with _runtime(three_approvals) as rt:
+        handle = rt.start(three_approvals, None)
+        rt.run_until_idle()
+        for name in ("ceo", "finance", "legal"):
+            rt.complete_callback(TOKENS[name], f"{name} ok")
+            rt.run_until_idle()
+        assert handle.result() == ["ceo ok", "finance ok", "legal ok"]
+
+
+SUBMITTED: list[tuple[int, str]] = []
+
+
+def send_to_approver(token: str) -> None:
+    SUBMITTED.append((current_step().attempt, token))
+    if current_step().attempt == 1:
+        raise ConnectionError("mail server down")
+
+
+@workflow
+async def request_approval(ctx: WorkflowContext[None]) -> bool:
+    decision: Approval = await ctx.wait_for_callback(
+        "approval", send_to_approver, Approval, timeout=3600,
+        retry=RetryPolicy(max_attempts=3, initial_delay=5, jitter="none"))
+    return decision.approved
+
+
+def test_wait_for_callback_submits_the_token_as_a_retryable_step() -> None:
+    """wait_for_callback creates the callback, runs the submitter with its token as a step
+    (retried after a failure, on a timer) and returns the completion value."""
+    SUBMITTED.clear()
+    with _runtime(request_approval) as rt:
+        handle = rt.start(request_approval, None)
+        rt.run_until_idle(skip_time=False)
+        rt.advance_time(5)
+        rt.run_until_idle(skip_time=False)
+        assert [attempt for attempt, _ in SUBMITTED] == [1, 2]
+        token = SUBMITTED[-1][1]
+        rt.complete_callback(token, {"approved": False, "by": "bo"})
+        rt.run_until_idle(skip_time=False)
+        assert handle.result() is False
+
+
+def _altered(token: str) -> str:
+    payload, signature = token.split(".")
+    data = orjson.loads(__import__("base64").urlsafe_b64decode(payload + "=="))
+    data["c"] = "2"
+    forged = __import__("base64").urlsafe_b64encode(orjson.dumps(data)).rstrip(b"=").decode()
+    return f"{forged}.{signature}"
+
+
+@pytest.mark.parametrize("make_token", [
+    lambda token: "not-a-token",
+    lambda token: token[:-2] + ("AA" if not token.endswith("AA") else "BB"),
+    _altered,
+    lambda token: CallbackTokens(b"another deployment's key").sign(
+        *CallbackTokens(b"lambda-workflow local development key").verify(token)),
+], ids=["garbage", "bad-signature", "altered-payload", "other-key"])
+def test_forged_or_altered_tokens_are_refused_and_change_nothing(make_token: Any) -> None:
+    """A forged, altered or foreign token raises InvalidCallbackTokenError for complete,
+    fail and heartbeat; nothing is queued and the callback stays pending."""
+    with _runtime(approve) as rt:
+        handle = rt.start(approve, "f1")
+        rt.run_until_idle(skip_time=False)
+        bad = make_token(TOKENS["f1"])
+        with pytest.raises(InvalidCallbackTokenError):
+            rt.complete_callback(bad, {"approved": True, "by": "x"})
+        with pytest.raises(InvalidCallbackTokenError):
+            rt.fail_callback(bad, "X", "y")
+        with pytest.raises(InvalidCallbackTokenError):
+            rt.heartbeat_callback(bad)
+        assert len(rt.queue) == 0
+        assert handle.history().operations[0].state is OperationState.PENDING
+
+
+def test_a_token_completes_its_callback_once() -> None:
+    """After the callback completed, its token is refused (replayed-after-completion)."""
+    with _runtime(approve) as rt:
+        handle = rt.start(approve, "once")
+        rt.run_until_idle(skip_time=False)
+        rt.complete_callback(TOKENS["once"], {"approved": True, "by": "ana"})
+        rt.run_until_idle(skip_time=False)
+        assert handle.result() == "True by ana"
+        with pytest.raises(InvalidCallbackTokenError, match="already completed"):
+            rt.complete_callback(TOKENS["once"], {"approved": False, "by": "eve"})
+
+
+def test_a_forged_callback_message_on_the_queue_is_dead_lettered(
+        ) -> None:
+    """A callback_completed message posted straight to the queue with a forged token is
+    dead-lettered with the reason; the workflow keeps waiting."""
+    with _runtime(approve) as rt:
+        handle = rt.start(approve, "q1")
+        rt.run_until_idle(skip_time=False)
+        body = orjson.dumps({"v": 1, "kind": "callback_completed", "workflow_id":
+                             handle.workflow_id, "token": "abc.def", "ok": True,
+                             "value": {"approved": True, "by": "mallory"}})
+        rt.transport.send_to_workflow(handle.workflow_id, "forged", body)
+        rt.run_until_idle(skip_time=False)
+        (letter,) = rt.dead_letters()
+        assert "signature does not match" in letter.reason
+        assert handle.status().value == "running"
+
+
+@pytest.mark.parametrize("kwargs", [{"timeout": 0}, {"heartbeat_timeout": -5},
+                                    {"timeout": 10**9}])
+def test_bad_callback_timeouts_are_refused_before_recording(kwargs: dict[str, Any]) -> None:
+    """A timeout outside 1 s to 366 days raises ValueError at create_callback."""
+    @workflow
+    async def bad(ctx: WorkflowContext[None]) -> None:
+        ctx.create_callback("x", **kwargs)
+
+    with _runtime(bad) as rt:
+        handle = rt.start(bad, None)
+        rt.run_until_idle()
+        assert handle.status().value == "failed"
+        assert handle.history().operations == []
+
+
+def test_short_keys_are_refused() -> None:
+    """A callback key shorter than 16 bytes is refused."""
+    with pytest.raises(ValueError, match="16 bytes"):
+        CallbackTokens(b"short")
