@@ -365,6 +365,8 @@ def _purpose(action: str, request: Mapping[str, Any]) -> str:
             return "create instance (client)"
         if action == "ConditionCheck":
             return "instance condition check"
+        if "#sent" in expression:
+            return "mark request sent"
         return "finish instance" if "#status" in expression else "activation counter"
     if action == "Put":
         return "new operation"

@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 from backends.contract import StateStoreContract, StoreFactory
 
+from lambda_workflow.aws import dynamodb
 from lambda_workflow.aws._clients import AwsClients
 from lambda_workflow.aws.dynamodb import (
     ConcurrentWriteError,
     DynamoDBStateStore,
     table_definition,
 )
-from lambda_workflow.aws.payloads import S3PayloadStore
+from lambda_workflow.aws.payloads import S3PayloadStore, dynamodb_item_size
 from lambda_workflow.backends.protocols import StateStore
 from lambda_workflow.errors import PayloadTooLargeError, WorkflowError
 from lambda_workflow.models import (
@@ -122,7 +123,9 @@ def _crash_on_call(store: DynamoDBStateStore, operation: str, number: int) -> No
 
 def test_items_follow_the_documented_layout(make: MakeStore) -> None:
     """An instance is one item (wf#<id>, #instance) and each operation one item
-    (wf#<id>, op#<op_id>) holding every record field; payloads are Binary, times Numbers."""
+    (wf#<id>, op#<op_id>) holding every record field; payloads are Binary, times Numbers.
+    mark_sent records sent op ids in the instance's string set sent_ops (unknown ids left
+    out) and its time in sent_at; the operation item keeps sent = false."""
     store = make(clock=lambda: 555.5)
     store.create_instance(_instance())
     store.add_operations(WID, [_op("1", 0)], activation=1)
@@ -139,9 +142,9 @@ def test_items_follow_the_documented_layout(make: MakeStore) -> None:
         "pk": "S", "sk": "S", "workflow_id": "S", "op_id": "S", "seq": "N", "kind": "S",
         "name": "S", "request": "B", "request_digest": "S", "site": "S", "state": "S",
         "sent": "BOOL", "result": "B", "created_in": "N", "created_at": "N",
-        "resolved_in": "N", "resolved_at": "N", "sent_at": "N"}
-    assert (op["result"], op["sent"], float(op["sent_at"]["N"])) == ({"B": b"7"},
-                                                                       {"BOOL": True}, 555.5)
+        "resolved_in": "N", "resolved_at": "N"}
+    assert (op["result"], op["sent"]) == ({"B": b"7"}, {"BOOL": False})
+    assert (inst["sent_ops"], float(inst["sent_at"]["N"])) == ({"SS": ["1"]}, 555.5)
     assert "expires_at" not in inst and "expires_at" not in op
 
 
@@ -505,32 +508,241 @@ def test_retention_zero_sets_no_expiry(make: MakeStore) -> None:
     assert set(_expiries(store).values()) == {None}
 
 
-def test_a_finish_lost_to_a_second_writer_leaves_no_expiry(make: MakeStore) -> None:
-    """When finish must mark more operations than one transaction holds, and another writer
-    moves the instance on after the first transaction, finish raises ConcurrentWriteError and
-    removes the expires_at it had already set: the instance goes on running, its operations
-    must not expire."""
+def _writes(aws: Aws) -> dict[str, int]:
+    return {k: v for k, v in aws.requests.items()
+            if k in ("dynamodb.PutItem", "dynamodb.UpdateItem", "dynamodb.TransactWriteItems",
+                     "dynamodb.DeleteItem", "dynamodb.BatchWriteItem")}
+
+
+@pytest.mark.parametrize("reads_first", [True, False], ids=["after-load", "without-load"])
+def test_finish_is_one_instance_update_then_one_plain_update_per_operation(
+        aws: Aws, make: MakeStore, reads_first: bool) -> None:
+    """finish of a workflow with 3 operations makes 1 UpdateItem of the instance and then 3
+    plain UpdateItems (expires_at on each operation item), no TransactWriteItems; without a
+    loaded history the operations' keys come from one keys-only Query."""
+    store = make(retention_days=30)
+    store.create_instance(_instance())
+    store.add_operations(WID, [_op("1", 0), _op("2", 1), _op("3", 2)], 1)
+    finisher = make(table=store.table, retention_days=30)
+    if reads_first:
+        finisher.load_history(WID)
+    keys: list[str] = []
+    finisher.client.meta.events.register(
+        "provide-client-params.dynamodb.UpdateItem",
+        lambda params, **_: keys.append(params["Key"]["sk"]["S"]))
+    aws.requests.clear()
+    assert finisher.finish(WID, InstanceStatus.COMPLETED, b'"done"', None, 2, 1_000.0)
+    assert _writes(aws) == {"dynamodb.UpdateItem": 4}
+    assert keys == ["#instance", "op#1", "op#2", "op#3"]  # the instance first
+    assert aws.requests["dynamodb.Query"] == (0 if reads_first else 1)
+    assert set(_expiries(store).values()) == {1_000 + 30 * 86_400}
+
+
+def test_a_finish_that_loses_touches_no_operation(aws: Aws, make: MakeStore) -> None:
+    """A finish that loses to a second writer (ConcurrentWriteError) or to an earlier finish
+    (returns False) makes its one conditional UpdateItem of the instance and nothing more:
+    no expires_at anywhere, the instance goes on as the other writer left it."""
     first = make(retention_days=30)
     first.create_instance(_instance())
     first.add_operations(WID, [_op(f"{i:03}", i) for i in range(120)], 1)
     second = make(table=first.table, retention_days=30)
     first.load_history(WID)
     second.load_history(WID)
-    sizes = _transaction_sizes(second)
+    first.commit_activation(WID, [Outcome("000", OperationState.COMPLETED, b"1")], [], 2, 5.0)
 
-    def interleave(**_: Any) -> None:
-        if len(sizes) == 2:  # second's first transaction is written; its last not yet
-            assert any(_expiries(first).values())
-            first.commit_activation(WID, [Outcome("000", OperationState.COMPLETED, b"1")], [],
-                                    2, 5.0)
-
-    second.client.meta.events.register("before-call.dynamodb.TransactWriteItems", interleave)
+    aws.requests.clear()
     with pytest.raises(ConcurrentWriteError):
         second.finish(WID, InstanceStatus.COMPLETED, b"1", None, 2, 6.0)
-    assert len(sizes) >= 3  # first part, the refused last part, the undo
+    assert _writes(aws) == {"dynamodb.UpdateItem": 1}
     assert set(_expiries(first).values()) == {None}
     inst = first.get_instance(WID)
     assert inst is not None and (inst.status, inst.activations) == (InstanceStatus.RUNNING, 2)
+
+    assert first.finish(WID, InstanceStatus.COMPLETED, b"1", None, 3, 7.0)
+    expected = 7 + 30 * 86_400
+    assert set(_expiries(first).values()) == {expected}
+    late = make(table=first.table, retention_days=1)
+    late.load_history(WID)
+    aws.requests.clear()
+    assert not late.finish(WID, InstanceStatus.FAILED, None, b"{}", 4, 9_000.0)
+    assert _writes(aws) == {"dynamodb.UpdateItem": 1}
+    assert set(_expiries(first).values()) == {expected}
+
+
+def test_a_crash_between_finish_and_the_ttl_updates_heals_on_the_next_load(
+        make: MakeStore) -> None:
+    """The instance's update and the operations' TTL updates are separate requests: a crash
+    after the first leaves the workflow finished with operation items that have no
+    expires_at. The next load_history (the redelivered activation) gives them the instance's
+    expiry; a load that finds nothing missing writes nothing."""
+    store = make(retention_days=30)
+    store.create_instance(_instance())
+    store.add_operations(WID, [_op("1", 0), _op("2", 1), _op("3", 2)], 1)
+    store.load_history(WID)
+    _crash_on_call(store, "UpdateItem", 3)  # the instance, op 1, then killed before op 2
+    with pytest.raises(Crash):
+        store.finish(WID, InstanceStatus.COMPLETED, b'"done"', None, 2, 1_000.0)
+    expected = 1_000 + 30 * 86_400
+    assert _expiries(store) == {"#instance": expected, "op#1": expected, "op#2": None,
+                                "op#3": None}
+
+    redelivered = make(table=store.table, retention_days=7)
+    history = redelivered.load_history(WID)
+    assert history is not None and history.instance.status is InstanceStatus.COMPLETED
+    assert set(_expiries(store).values()) == {expected}  # the instance's, not its own
+    sizes = _transaction_sizes(redelivered)
+    updates: list[object] = []
+    redelivered.client.meta.events.register("before-call.dynamodb.UpdateItem",
+                                            lambda **kw: updates.append(kw))
+    assert redelivered.load_history(WID) is not None
+    assert (updates, sizes) == ([], [])
+
+
+# -- sent requests ----------------------------------------------------------------------------
+
+def test_mark_sent_is_one_update_of_the_instance(aws: Aws, make: MakeStore) -> None:
+    """mark_sent of 3 operations is exactly 1 UpdateItem (ADD to the instance's sent_ops
+    set), for a store that loaded the history and for one that did not (which lists the
+    operations' keys with one Query first, to leave unknown ids out). Repeating it changes
+    nothing; the operations load as sent."""
+    store = make()
+    store.create_instance(_instance())
+    store.add_operations(WID, [_op("1", 0), _op("2", 1), _op("3", 2), _op("4", 3)], 1)
+    store.load_history(WID)
+    aws.requests.clear()
+    store.mark_sent(WID, ["1", "2", "3", "2"])
+    assert _writes(aws) == {"dynamodb.UpdateItem": 1}
+    assert "dynamodb.Query" not in aws.requests
+    assert sorted(_raw(store)[("wf#tx-1", "#instance")]["sent_ops"]["SS"]) == ["1", "2", "3"]
+
+    other = make(table=store.table)
+    aws.requests.clear()
+    other.mark_sent(WID, ["3", "4", "99"])
+    assert _writes(aws) == {"dynamodb.UpdateItem": 1}
+    assert aws.requests["dynamodb.Query"] == 1
+    history = other.load_history(WID)
+    assert history is not None and [op.sent for op in history.operations] == [True] * 4
+    assert sorted(_raw(store)[("wf#tx-1", "#instance")]["sent_ops"]["SS"]) == [
+        "1", "2", "3", "4"]
+    aws.requests.clear()
+    other.mark_sent(WID, ["77"])
+    other.mark_sent("nobody", ["1"])
+    assert _writes(aws) == {}
+
+
+def test_an_unknown_id_never_marks_an_operation_created_later(make: MakeStore) -> None:
+    """An id mark_sent is given for an operation that does not exist (yet) is not recorded:
+    the operation created later under that id loads as not sent, and is sent by the
+    outbox."""
+    store = make()
+    store.create_instance(_instance())
+    store.add_operations(WID, [_op("1", 0)], 1)
+    store.load_history(WID)
+    store.mark_sent(WID, ["1", "2"])
+    DynamoDBStateStore(store.client, store.table).mark_sent(WID, ["3"])
+    store.add_operations(WID, [_op("2", 1), _op("3", 2)], 2)
+    history = store.load_history(WID)
+    assert history is not None
+    assert [(op.op_id, op.sent) for op in history.operations] == [
+        ("1", True), ("2", False), ("3", False)]
+
+
+def test_mark_sent_leaves_the_second_writer_check_alone(make: MakeStore) -> None:
+    """mark_sent does not change activations and is not conditioned on it: another store's
+    mark_sent between this store's load and its commit raises no ConcurrentWriteError, and
+    this store's mark_sent after another writer committed still records."""
+    first = make()
+    first.create_instance(_instance())
+    first.add_operations(WID, [_op("1", 0), _op("2", 1)], 1)
+    second = make(table=first.table)
+    first.load_history(WID)
+    second.load_history(WID)
+    second.mark_sent(WID, ["1"])
+    assert first.commit_activation(WID, [Outcome("1", OperationState.COMPLETED, b"1")],
+                                   [_op("3", 2)], 2, 5.0) == ["1"]
+    second.mark_sent(WID, ["2"])
+    first.mark_sent(WID, ["3"])
+    assert first.finish(WID, InstanceStatus.COMPLETED, b"1", None, 2, 6.0)
+    history = first.load_history(WID)
+    assert history is not None
+    assert history.instance.activations == 2
+    assert [op.sent for op in history.operations] == [True, True, True]
+
+
+def test_the_per_operation_sent_flag_of_earlier_tables_still_counts(make: MakeStore) -> None:
+    """An operation item whose own sent flag is true (written by the earlier version of the
+    store, which set it per item) loads as sent, beside ids in the instance's set."""
+    store = make()
+    store.create_instance(_instance())
+    store.add_operations(WID, [_op("1", 0), _op("2", 1), _op("3", 2)], 1)
+    store.client.update_item(
+        TableName=store.table, Key={"pk": {"S": "wf#tx-1"}, "sk": {"S": "op#1"}},
+        UpdateExpression="SET sent = :t, sent_at = :now",
+        ExpressionAttributeValues={":t": {"BOOL": True}, ":now": {"N": "5"}})
+    store.mark_sent(WID, ["3"])
+    history = store.load_history(WID)
+    assert history is not None
+    assert [op.sent for op in history.operations] == [True, False, True]
+
+
+def test_past_the_set_limit_each_operation_gets_its_own_flag(
+        aws: Aws, make: MakeStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The instance's set holds at most MAX_SENT_IDS ids. Past that, mark_sent sets the
+    sent flag on each operation item (a plain UpdateItem each): decided from the store's
+    memory when it loaded the history, from the refused conditional ADD when it did not."""
+    monkeypatch.setattr(dynamodb, "MAX_SENT_IDS", 3)
+    store = make()
+    store.create_instance(_instance())
+    store.add_operations(WID, [_op(str(i), i) for i in range(1, 9)], 1)
+    store.load_history(WID)
+    store.mark_sent(WID, ["1", "2"])
+    aws.requests.clear()
+    store.mark_sent(WID, ["3", "4"])  # 2 + 2 > 3: known, no ADD tried
+    assert _writes(aws) == {"dynamodb.UpdateItem": 2}
+    fresh = make(table=store.table)
+    aws.requests.clear()
+    fresh.mark_sent(WID, ["5", "6"])  # size(set) 2 > 3 - 2: the ADD is refused
+    assert _writes(aws) == {"dynamodb.UpdateItem": 3}
+    aws.requests.clear()
+    fresh.mark_sent(WID, ["7", "8", "5", "6"])  # more ids than the set holds at all
+    assert _writes(aws) == {"dynamodb.UpdateItem": 4}
+    raw = _raw(store)
+    assert sorted(raw[("wf#tx-1", "#instance")]["sent_ops"]["SS"]) == ["1", "2"]
+    assert [raw[("wf#tx-1", f"op#{i}")]["sent"]["BOOL"] for i in range(1, 9)] == [
+        False, False, True, True, True, True, True, True]
+    history = fresh.load_history(WID)
+    assert history is not None and all(op.sent for op in history.operations)
+
+
+def test_mark_sent_on_an_instance_item_without_room_flags_each_operation(
+        aws: Aws, make: MakeStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The set counts in the instance item's size: when adding it would take the item over
+    the 400 KB limit (checked from the known size, or DynamoDB's refusal without it),
+    mark_sent flags each operation item instead and the instance is left as it was."""
+    store = make(payload_threshold=500 * KB)
+    store.create_instance(_instance(payload=_blob(404_000)))  # moto's limit: 405,000 bytes
+    store.add_operations(WID, [_op("1", 0), _op("2", 1)], 1)
+    store.load_history(WID)
+    size = dynamodb_item_size(_raw(store)[("wf#tx-1", "#instance")])
+    monkeypatch.setattr(dynamodb, "DYNAMODB_MAX_ITEM_BYTES", size + 20)
+    aws.requests.clear()
+    store.mark_sent(WID, ["1"])
+    assert _writes(aws) == {"dynamodb.UpdateItem": 1}
+    assert "sent_ops" not in _raw(store)[("wf#tx-1", "#instance")]
+    monkeypatch.undo()
+
+    pad = 404_990 - size - len("padding")  # the instance item grows to just under moto's
+    store.client.update_item(  # limit (405,000 bytes): sent_ops and sent_at take it over
+        TableName=store.table, Key={"pk": {"S": "wf#tx-1"}, "sk": {"S": "#instance"}},
+        UpdateExpression="SET padding = :p", ExpressionAttributeValues={":p": {"S": "x" * pad}})
+    fresh = make(table=store.table, payload_threshold=500 * KB)
+    aws.requests.clear()
+    fresh.mark_sent(WID, ["2"])
+    assert _writes(aws) == {"dynamodb.UpdateItem": 2}  # the refused ADD, then op 2's flag
+    raw = _raw(store)
+    assert "sent_ops" not in raw[("wf#tx-1", "#instance")]
+    history = fresh.load_history(WID)
+    assert history is not None and [op.sent for op in history.operations] == [True, True]
 
 
 def test_a_reply_and_the_creation_of_its_operation_in_one_commit(make: MakeStore) -> None:

@@ -7,7 +7,9 @@ Single-table design (the layout is documented in ``docs/aws-dynamodb.md``):
 - the ``svc#`` partition-key prefix belongs to the service handlers' reply records.
 
 An activation reads its whole history with one paginated ``Query`` of its partition and writes
-an activation's replies and new operations with one ``TransactWriteItems``. Every write is
+an activation's replies and new operations with one ``TransactWriteItems``; ``mark_sent`` adds
+op ids to a string set on the instance item (one ``UpdateItem``), and ``finish`` updates the
+instance, then sets each operation's TTL with plain ``UpdateItem``s. Every write is
 conditional, so a repeated write changes nothing already recorded. Payloads over the threshold
 go to S3 (``<field>_s3`` holds the key) and come back transparently.
 """
@@ -15,10 +17,12 @@ go to S3 (``<field>_s3`` holds the key) and come back transparently.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -53,11 +57,24 @@ INSTANCE_SK = "#instance"
 OP_PREFIX = "op#"
 WORKFLOW_PREFIX = "wf#"
 TTL_ATTRIBUTE = "expires_at"
+# The instance item's string set of the op ids ``mark_sent`` recorded (``ADD``), at most
+# ``MAX_SENT_IDS`` of them; past that, each operation item carries its own ``sent`` flag.
+# Every write of the instance item is billed on its whole size, so the set stays small:
+# 256 ids of 1 to 8 bytes each are at most 2 KB (ids "1" .. "256": about 660 bytes).
+SENT_SET_ATTRIBUTE = "sent_ops"
+MAX_SENT_IDS = 256
+# What adding to the set can add to the instance item besides the ids: the attribute names
+# sent_ops and sent_at and sent_at's number.
+_SENT_OVERHEAD = 32
 MAX_TRANSACTION_ITEMS = 100
 # TransactWriteItems refuses more than 4 MB of items; keep a margin under 4,000,000 bytes.
 MAX_TRANSACTION_BYTES = 3_900_000
 _DAY = 86_400
 _REMEMBERED_WORKFLOWS = 256
+# Per-item updates (TTL at finish, per-operation sent flags) go one after another up to this
+# many, and on this many threads beyond.
+_UPDATE_THREADS = 8
+_log = logging.getLogger(__name__)
 _ITEM_HINT = ("configure an S3 bucket for large payloads (LAMBDA_WORKFLOW_BUCKET): payloads "
               "that do not fit in the item then go to S3")
 _NO_ROOM_HINT = "the attributes other than payloads alone are too large"
@@ -125,6 +142,7 @@ class _Known:
     activations: int
     instance_size: int
     ops: dict[str, _OpInfo] = field(default_factory=dict)
+    sent_ids: int = 0  # ids in the instance's sent set (an upper bound after mark_sent)
 
 
 class _InstanceMissing(Exception):
@@ -220,7 +238,8 @@ class DynamoDBStateStore:
         payload_threshold: Bytes above which an input, request or result leaves the item.
         retention_days: Days a finished workflow's items live before TTL deletes them; ``0``
             keeps them for ever.
-        clock: The time source for ``sent_at`` (when :meth:`mark_sent` saw a request leave).
+        clock: The time source for ``sent_at`` (when :meth:`mark_sent` last recorded sent
+            requests).
 
     One store object may serve many workflows (a Lambda container keeps it across
     invocations). It remembers, for the workflows it read recently, the ``activations``
@@ -371,7 +390,10 @@ class DynamoDBStateStore:
             activations=int(item["activations"]["N"]),
         )
 
-    def _operation(self, item: Item) -> OperationRecord:
+    def _operation(self, item: Item, sent_ids: frozenset[str] = frozenset()) -> OperationRecord:
+        """An operation item as a record; ``sent_ids`` is the instance's sent set: the
+        operation was sent if its id is there or its own ``sent`` flag is set (tables written
+        before the set existed, and operations past ``MAX_SENT_IDS``)."""
         wid, op_id = item["workflow_id"]["S"], item["op_id"]["S"]
         request = self._payload(item, "request", f"the request of operation {op_id} of "
                                                   f"workflow {wid!r}")
@@ -387,7 +409,7 @@ class DynamoDBStateStore:
             request_digest=item["request_digest"]["S"],
             site=item["site"]["S"],
             state=OperationState(item["state"]["S"]),
-            sent=bool(item["sent"]["BOOL"]),
+            sent=bool(item["sent"]["BOOL"]) or op_id in sent_ids,
             result=self._payload(item, "result", f"the result of operation {op_id} of "
                                                  f"workflow {wid!r}"),
             created_in=int(item["created_in"]["N"]),
@@ -698,13 +720,33 @@ class DynamoDBStateStore:
         if instance is None:
             self.forget(workflow_id)
             return None
+        sent = frozenset(instance.get(SENT_SET_ATTRIBUTE, {}).get("SS", ()))
         history = History(self._instance(instance), sorted(
-            (self._operation(op) for op in ops), key=lambda op: op.seq))
+            (self._operation(op, sent) for op in ops), key=lambda op: op.seq))
+        if history.instance.status is not InstanceStatus.RUNNING:
+            self._heal_expiry(workflow_id, instance, ops)
         self._remember(workflow_id, _Known(
             history.instance.activations, dynamodb_item_size(instance),
             {op["op_id"]["S"]: _OpInfo(op["kind"]["S"], op["name"]["S"], dynamodb_item_size(op))
-             for op in ops}))
+             for op in ops}, len(sent)))
         return history
+
+    def _heal_expiry(self, workflow_id: str, instance: Item, ops: Sequence[Item]) -> None:
+        """A finished instance carries ``expires_at`` but some of its operation items do not:
+        a ``finish`` stopped (crashed, timed out, throttled) between the instance's update
+        and the operations' TTL updates. Give them the instance's expiry now. Best effort: a
+        failure is logged and the load goes on (the next load tries again)."""
+        expires = instance.get(TTL_ATTRIBUTE)
+        if expires is None:
+            return
+        missing = [op["op_id"]["S"] for op in ops if TTL_ATTRIBUTE not in op]
+        if not missing:
+            return
+        try:
+            self._set_expiry(workflow_id, missing, int(expires["N"]))
+        except ClientError as exc:
+            _log.warning("could not set expires_at on %d operation item(s) of finished "
+                         "workflow %r: %s", len(missing), workflow_id, exc)
 
     def _commit(self, workflow_id: str, outcomes: Sequence[Outcome],
                 operations: Sequence[OperationRecord], activation: int,
@@ -760,20 +802,91 @@ class DynamoDBStateStore:
         return self._commit(workflow_id, outcomes, operations, activation, at)
 
     def mark_sent(self, workflow_id: str, op_ids: Sequence[str]) -> None:
+        """Record that the requests of ``op_ids`` left: one ``UpdateItem`` of the instance
+        item, ``ADD sent_ops :ids`` (a string set) and ``SET sent_at``. Only ids of operations
+        that exist are added (from the store's memory, or a keys-only ``Query`` without it),
+        so an operation created later under an unknown id never looks sent. The update leaves
+        ``activations`` alone: it neither needs nor disturbs the second-writer check. Past
+        ``MAX_SENT_IDS`` ids, or when the instance item would outgrow 400 KB, each operation
+        item gets its own ``sent`` flag instead (one plain ``UpdateItem`` each)."""
         known = self._memory(workflow_id)
+        exists = set(self._op_ids(workflow_id, known))
+        ids = [op_id for op_id in dict.fromkeys(op_ids) if op_id in exists]
+        if not ids:
+            return
         now = _float(self.clock())
-        writes = []
-        for op_id in dict.fromkeys(op_ids):
-            info = known.ops.get(op_id) if known is not None else None
-            writes.append(_Write({"Update": {
-                "TableName": self.table, "Key": _op_key(workflow_id, op_id),
-                "UpdateExpression": "SET #sent = :true, #sent_at = :now",
-                "ConditionExpression": "attribute_exists(pk)",
-                "ExpressionAttributeNames": _names("sent", "sent_at"),
-                "ExpressionAttributeValues": {":true": {"BOOL": True}, ":now": now}}},
-                info.size if info is not None else self._op_estimate(),
-                _op_label(workflow_id, op_id, info)))
-        self._run(workflow_id, self._transactions(writes, (), None))
+        added = sum(len(op_id.encode()) for op_id in ids) + _SENT_OVERHEAD
+        if len(ids) > MAX_SENT_IDS or (known is not None and (
+                known.sent_ids + len(ids) > MAX_SENT_IDS
+                or known.instance_size + added > DYNAMODB_MAX_ITEM_BYTES)):
+            self._flag_each(workflow_id, ids, now)
+            return
+        try:
+            self.client.update_item(
+                TableName=self.table, Key=_instance_key(workflow_id),
+                UpdateExpression="ADD #sent_ops :ids SET #sent_at = :now",
+                ConditionExpression="attribute_exists(pk) AND (attribute_not_exists(#sent_ops) "
+                                    "OR size(#sent_ops) <= :room)",
+                ExpressionAttributeNames=_names(SENT_SET_ATTRIBUTE, "sent_at"),
+                ExpressionAttributeValues={":ids": {"SS": ids}, ":now": now,
+                                           ":room": _int(MAX_SENT_IDS - len(ids))},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD")
+        except ClientError as exc:
+            response = cast(Mapping[str, Any], exc.response)
+            error = response.get("Error", {})
+            code, message = error.get("Code", ""), error.get("Message", "")
+            if code == "ConditionalCheckFailedException":
+                if response.get("Item") is None:
+                    return  # no such instance: nothing to mark
+            elif not (code == "ValidationException" and _is_size_error(message)):
+                raise
+            # The set is full, or the instance item has no room left for it.
+            if known is not None:
+                known.sent_ids = MAX_SENT_IDS
+            self._flag_each(workflow_id, ids, now)
+            return
+        if known is not None:
+            known.sent_ids += len(ids)
+            known.instance_size += added
+
+    def _flag_each(self, workflow_id: str, op_ids: Sequence[str], now: Item) -> None:
+        """``sent = true, sent_at`` on each operation item (the per-item fallback)."""
+        self._update_each([{
+            "TableName": self.table, "Key": _op_key(workflow_id, op_id),
+            "UpdateExpression": "SET #sent = :true, #sent_at = :now",
+            "ConditionExpression": "attribute_exists(pk)",
+            "ExpressionAttributeNames": _names("sent", "sent_at"),
+            "ExpressionAttributeValues": {":true": {"BOOL": True}, ":now": now}}
+            for op_id in op_ids])
+
+    def _set_expiry(self, workflow_id: str, op_ids: Sequence[str], expires: int) -> None:
+        """``expires_at`` on each operation item: plain, idempotent ``UpdateItem``s."""
+        self._update_each([{
+            "TableName": self.table, "Key": _op_key(workflow_id, op_id),
+            "UpdateExpression": "SET #ttl = :ttl",
+            "ConditionExpression": "attribute_exists(pk)",
+            "ExpressionAttributeNames": {"#ttl": TTL_ATTRIBUTE},
+            "ExpressionAttributeValues": {":ttl": _int(expires)}} for op_id in op_ids])
+
+    def _update_each(self, updates: Sequence[Mapping[str, Any]]) -> None:
+        """Independent single-item updates, each conditional on its item existing (a missing
+        item is skipped, never created); several threads when there are many."""
+
+        def update(kwargs: Mapping[str, Any]) -> None:
+            try:
+                self.client.update_item(**kwargs)
+            except ClientError as exc:
+                response = cast(Mapping[str, Any], exc.response)
+                if response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                    raise
+
+        if len(updates) <= _UPDATE_THREADS:
+            for kwargs in updates:
+                update(kwargs)
+            return
+        with ThreadPoolExecutor(max_workers=_UPDATE_THREADS) as pool:
+            for _ in pool.map(update, updates):
+                pass
 
     def _op_ids(self, workflow_id: str, known: _Known | None) -> list[str]:
         if known is not None:
@@ -829,33 +942,12 @@ class DynamoDBStateStore:
                      "#status = :running AND #activations <= :activation",
                      {":activation": _int(activation)}, lower)
 
-    def _finish_guard(self, workflow_id: str, known: _Known | None) -> _Write:
-        condition = "#status = :running"
-        values: Item = {":running": _s(InstanceStatus.RUNNING.value)}
-        if known is not None:
-            condition += " AND #activations = :seen"
-            values[":seen"] = _int(known.activations)
-            seen = known.activations
-
-            def on_fail(old: Item | None) -> _Write | None:
-                if old is None or old["status"]["S"] != InstanceStatus.RUNNING.value:
-                    raise _NotRunning
-                raise ConcurrentWriteError(workflow_id, seen, int(old["activations"]["N"]))
-        else:
-            def on_fail(old: Item | None) -> _Write | None:
-                raise _NotRunning
-        return _Write({"ConditionCheck": {
-            "TableName": self.table, "Key": _instance_key(workflow_id),
-            "ConditionExpression": condition,
-            "ExpressionAttributeNames": _names("status", "activations") if known is not None
-            else _names("status"),
-            "ExpressionAttributeValues": values,
-            "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}},
-            known.instance_size if known is not None else self._instance_estimate(),
-            f"workflow {workflow_id!r}", essential=False, on_fail=on_fail)
-
     def finish(self, workflow_id: str, status: InstanceStatus, result: bytes | None,
                error: bytes | None, activation: int, at: float) -> bool:
+        """One conditional ``UpdateItem`` of the instance (``status = running``, and the
+        remembered counter); once it succeeded, with retention on, a plain ``UpdateItem``
+        per operation item setting ``expires_at``. A finish that loses (not running, or a
+        second writer) has touched no operation."""
         known = self._memory(workflow_id)
         values: Item = {"status": _s(status.value), "updated_at": _float(at)}
         expires = int(at) + self.retention_days * _DAY if self.retention_days else None
@@ -873,41 +965,19 @@ class DynamoDBStateStore:
             base=known.instance_size if known is not None else 0)
         write = self._finish_write(workflow_id, values, activation, known,
                                    max(size, known.instance_size if known else 0))
-        marks: list[_Write] = []
-        if expires is not None:
-            for op_id in self._op_ids(workflow_id, known):
-                info = known.ops.get(op_id) if known is not None else None
-                marks.append(self._ttl_write(workflow_id, op_id, info, expires, remove=False))
         self._upload(uploads)
-        transactions = self._transactions(marks, [write], self._finish_guard(workflow_id, known))
-        done: list[_Write] = []
         try:
-            for parts in transactions:
-                done += self._execute(workflow_id, parts)
+            self._execute(workflow_id, [write])
         except _NotRunning:
             return False
-        except ConcurrentWriteError:
-            # Another writer goes on with the instance: its operations must not expire.
-            undo = [self._ttl_write(workflow_id, w.op_id, None, expires, remove=True)
-                    for w in done if w.op_id is not None and expires is not None]
-            self._run(workflow_id, self._transactions(undo, (), None))
-            raise
+        op_ids = self._op_ids(workflow_id, known) if expires is not None else []
         self.forget(workflow_id)
+        if expires is not None:
+            # Not atomic with the instance's update: a crash in between leaves operation
+            # items without expires_at until the next load_history of the workflow (a
+            # redelivered activation) sets it (_heal_expiry).
+            self._set_expiry(workflow_id, op_ids, expires)
         return True
-
-    def _ttl_write(self, workflow_id: str, op_id: str, info: _OpInfo | None, expires: int,
-                   *, remove: bool) -> _Write:
-        update: Any = {"TableName": self.table, "Key": _op_key(workflow_id, op_id),
-                       "ExpressionAttributeNames": {"#ttl": TTL_ATTRIBUTE},
-                       "ExpressionAttributeValues": {":ttl": _int(expires)}}
-        if remove:
-            update.update(UpdateExpression="REMOVE #ttl", ConditionExpression="#ttl = :ttl")
-        else:
-            update.update(UpdateExpression="SET #ttl = :ttl",
-                          ConditionExpression="attribute_exists(pk)")
-        return _Write({"Update": update},
-                      info.size if info is not None else self._op_estimate(),
-                      _op_label(workflow_id, op_id, info), op_id=op_id)
 
     def list_instances(self) -> list[InstanceRecord]:
         """Every instance, oldest first. A ``Scan`` of the whole table (for tools, never on
