@@ -108,6 +108,9 @@ cdef object _bad_request_errors = (_ValidationError, PydanticSerializationError,
                                    ValueError)
 
 
+from cpython.pyport cimport PY_SSIZE_T_MAX
+
+
 cdef class ReplayIndex:
     cdef list _ops
     cdef dict _staged
@@ -121,6 +124,7 @@ cdef class ReplayIndex:
     cdef public object hooks
     cdef public Py_ssize_t seq
     cdef public bint sealed
+    cdef public Py_ssize_t barrier
     cdef public dict waiting
     cdef public list pending
     cdef public list accepted
@@ -131,6 +135,7 @@ cdef class ReplayIndex:
         cdef Py_ssize_t stage
         self._ops = list(operations)
         self._staged = dict(staged)
+        self.barrier = PY_SSIZE_T_MAX
         self.activation = activation
         self.loop = loop
         self.hooks = hooks
@@ -165,6 +170,12 @@ cdef class ReplayIndex:
     @property
     def stage(self):
         return self._stage
+
+    @property
+    def next_stage(self):
+        if self._pos < len(self._schedule):
+            return self._schedule[self._pos]
+        return -1
 
     @property
     def new_allowed(self):
@@ -259,6 +270,11 @@ cdef class ReplayIndex:
         else:
             ok = rec.state == _COMPLETED_STATE
             payload = rec.result or b"null"
+        if future.done():
+            # cancelled (the workflow was cancelled while awaiting it): recorded, ignored
+            if staged is not None:
+                self.accepted.append(op_id)
+            return
         if ok:
             try:
                 value = future.adapter.validate_json(payload)
@@ -284,7 +300,7 @@ cdef class ReplayIndex:
             return
         rec = self._ops[seq]
         stage = self._stage_of(rec)
-        if self._schedule[pos] != stage:
+        if self._schedule[pos] != stage or stage > self.barrier:
             return
         self._pos = pos + 1
         self._stage = stage

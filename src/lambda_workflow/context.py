@@ -24,6 +24,30 @@ __all__ = ["MAX_SLEEP", "MIN_SLEEP", "WorkflowContext"]
 MIN_SLEEP = timedelta(seconds=1)
 MAX_SLEEP = timedelta(days=366)
 
+
+def _limit(value: float | timedelta, what: str) -> float:
+    """A duration for a durable timer, in seconds: 1 second to 366 days."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (
+            MIN_SLEEP.total_seconds() <= seconds <= MAX_SLEEP.total_seconds()):
+        raise ValueError(f"{what} must be 1 second to 366 days, got {value!r}")
+    return float(seconds)
+
+
+async def _first_of(reply: Awaitable[CallRespT], timer: Awaitable[None], service: str,
+                    seconds: float) -> CallRespT:
+    import asyncio
+
+    reply_f = asyncio.ensure_future(reply)
+    timer_f = asyncio.ensure_future(timer)
+    done, _ = await asyncio.wait({reply_f, timer_f}, return_when=asyncio.FIRST_COMPLETED)
+    if reply_f in done:
+        return reply_f.result()
+    from .errors import CallTimeoutError
+
+    raise CallTimeoutError(f"call to service {service!r} got no reply within {seconds:g} s")
+
+
 ReqT = TypeVar("ReqT")
 CallReqT = TypeVar("CallReqT")
 CallRespT = TypeVar("CallRespT")
@@ -45,7 +69,8 @@ class _Driver(Protocol):
         self, service: Service[CallReqT, CallRespT], request: CallReqT, frame: FrameType | None
     ) -> Awaitable[CallRespT]: ...
 
-    def sleep(self, seconds: float, frame: FrameType | None) -> Awaitable[None]: ...
+    def sleep(self, seconds: float, frame: FrameType | None,
+              name: str = "sleep") -> Awaitable[None]: ...
 
     def create_callback(self, name: str, result_adapter: pydantic.TypeAdapter[Any],
                         timeout: float | None, heartbeat_timeout: float | None,
@@ -100,7 +125,8 @@ class WorkflowContext(Generic[ReqT]):
         return self._driver.logger
 
     def call(
-        self, service: Service[CallReqT, CallRespT], request: CallReqT, /
+        self, service: Service[CallReqT, CallRespT], request: CallReqT, /, *,
+        timeout: float | timedelta | None = None,
     ) -> Awaitable[CallRespT]:
         """Call an asynchronous service and return an awaitable of its typed reply.
 
@@ -116,12 +142,24 @@ class WorkflowContext(Generic[ReqT]):
             service name or request differs from the recorded one raises
             :class:`~lambda_workflow.NonDeterminismError`.
 
+            With ``timeout``, a ``timer`` operation (``timeout:<service>``) is recorded right
+            after the call; whichever of the reply and the timer arrives first decides, on
+            every replay.
+
         Raises:
             ServiceError: when awaited, if the service replied with an error.
+            CallTimeoutError: when awaited, if ``timeout`` passed before the reply (a reply
+                that comes later is recorded and ignored).
             InvalidRequestError: if ``request`` does not validate against the service's
                 request type.
         """
-        return self._driver.call(service, request, sys._getframe(1))
+        frame = sys._getframe(1)
+        if timeout is None:
+            return self._driver.call(service, request, frame)
+        seconds = _limit(timeout, "timeout")
+        reply = self._driver.call(service, request, frame)
+        timer = self._driver.sleep(seconds, frame, f"timeout:{service.name}")
+        return _first_of(reply, timer, service.name, seconds)
 
     def sleep(self, duration: float | timedelta, /) -> Awaitable[None]:
         """Wait ``duration`` (seconds, or a ``timedelta``) durably: the Lambda suspends and a

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 from collections.abc import Generator, Mapping, Sequence
 from types import FrameType
 from typing import Any, Protocol, TypeVar
@@ -167,6 +168,7 @@ class ReplayIndex:
         "_staged",
         "accepted",
         "activation",
+        "barrier",
         "consumed",
         "hooks",
         "loop",
@@ -181,6 +183,9 @@ class ReplayIndex:
                  activation: int, loop: Any, hooks: ReplayHooks) -> None:
         self._ops = list(operations)
         self._staged = dict(staged)
+        # on_await never delivers a stage past this one early (the runtime delivers a
+        # cancellation after it first)
+        self.barrier = sys.maxsize
         self.activation = activation
         self.loop = loop
         self.hooks = hooks
@@ -217,6 +222,11 @@ class ReplayIndex:
         """The activation whose outcomes were delivered last (-1 before the first stage):
         the code running now first ran in that activation."""
         return self._stage
+
+    @property
+    def next_stage(self) -> int:
+        """The stage :meth:`advance` delivers next, or -1 when none is left."""
+        return self._schedule[self._pos] if self._pos < len(self._schedule) else -1
 
     @property
     def new_allowed(self) -> bool:
@@ -331,6 +341,11 @@ class ReplayIndex:
             self.consumed.add(rec.op_id)
         else:
             ok, payload = rec.state == _COMPLETED_STATE, rec.result or b"null"
+        if future.done():
+            # cancelled (the workflow was cancelled while awaiting it): recorded, ignored
+            if staged is not None:
+                self.accepted.append(rec.op_id)
+            return
         if ok:
             try:
                 value = future.adapter.validate_json(payload)  # type: ignore[union-attr]
@@ -359,7 +374,7 @@ class ReplayIndex:
             return
         rec = self._ops[seq]
         stage = self._stage_of(rec)
-        if self._schedule[pos] != stage:
+        if self._schedule[pos] != stage or stage > self.barrier:
             return
         self._pos = pos + 1
         self._stage = stage

@@ -47,6 +47,7 @@ _SORT = orjson.OPT_SORT_KEYS
 # Operations that leave the activation: a call's request, a timer's schedule. Steps run in
 # the activation; patch markers are only recorded.
 _SENT_KINDS = frozenset({"call", "timer"})
+CANCEL_OP_ID = "cancel"
 
 
 @dataclass(slots=True)
@@ -276,6 +277,8 @@ class Engine:
                 else:
                     state, payload = _outcome_of(msg)
                     staged[target.op_id] = StagedResult(state, payload, i)
+            elif cancel is not None:
+                report.duplicates.append(CANCEL_OP_ID)  # the first cancel's reason stands
             else:
                 cancel = msg
 
@@ -286,14 +289,23 @@ class Engine:
                 activation, now) if staged else []
             report.status = "finished-earlier"
             return report
-        if cancel is not None:
+        # A cancellation is recorded once (op id "cancel", outside the workflow's own order)
+        # and delivered to the workflow after the stage it arrived in, on every replay.
+        recorded_cancel = ops.get(CANCEL_OP_ID)
+        new_cancel: OperationRecord | None = None
+        if cancel is not None and recorded_cancel is None:
             reason = cancel.reason or "cancelled by request"
-            error = orjson.dumps({"type": "Cancelled", "message": reason, "details": None})
-            self.store.finish(workflow_id, InstanceStatus.CANCELLED, None, error, activation,
-                              now)
-            report.status = "cancelled"
-            report.error = ErrorInfo(type="Cancelled", message=reason)
-            return report
+            payload = orjson.dumps({"reason": reason})
+            new_cancel = recorded_cancel = OperationRecord(
+                workflow_id, CANCEL_OP_ID, -1, "cancel", "cancel", payload,
+                _core.digest(payload), state=OperationState.COMPLETED, result=b"null",
+                created_in=activation, resolved_in=activation, created_at=now, resolved_at=now)
+        elif cancel is not None:
+            report.duplicates.append(CANCEL_OP_ID)
+        cancel_at = None
+        if recorded_cancel is not None:
+            cancel_at = (recorded_cancel.resolved_in or activation,
+                         orjson.loads(recorded_cancel.request)["reason"])
 
         wf = self.workflows.get(inst.workflow_name)
         if wf is None:
@@ -307,12 +319,15 @@ class Engine:
                     f"workflow id {workflow_id!r} is already used by an instance of "
                     f"{inst.workflow_name!r} with a different input; a start message may only "
                     "repeat the original input")
-        result = Replayer(wf, workflow_id, inst.input, history.operations, staged,
+        replayed = [op for op in history.operations if op.kind != "cancel"]
+        result = Replayer(wf, workflow_id, inst.input, replayed, staged,
                           activation=activation, now=now, payload_limit=self.payload_limit,
                           payload_hint=self.payload_hint,
                           checkpoint=lambda op: self.store.add_operations(
                               workflow_id, [op], activation),
-                          tokens=self.tokens).run()
+                          tokens=self.tokens, cancel=cancel_at).run()
+        if new_cancel is not None:
+            result.new_operations.append(new_cancel)
         report.rejected.update(result.rejected)
         report.pending = result.pending
 
@@ -350,11 +365,12 @@ class Engine:
                               activation, now)
             report.status = "completed"
             report.result = result.result
-        elif result.outcome == "failed":
+        elif result.outcome in ("failed", "cancelled"):
             assert result.error is not None
-            self.store.finish(workflow_id, InstanceStatus.FAILED, None, result.error,
-                              activation, now)
-            report.status = "failed"
+            status = (InstanceStatus.FAILED if result.outcome == "failed"
+                      else InstanceStatus.CANCELLED)
+            self.store.finish(workflow_id, status, None, result.error, activation, now)
+            report.status = result.outcome
             report.error = ErrorInfo.model_validate_json(result.error)
         else:
             report.status = "suspended"

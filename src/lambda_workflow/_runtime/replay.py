@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import random
+import sys
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
@@ -140,6 +141,7 @@ class Replayer:
         payload_hint: str = "",
         checkpoint: Callable[[OperationRecord], None] | None = None,
         tokens: CallbackTokens | None = None,
+        cancel: tuple[int, str] | None = None,
     ) -> None:
         self.workflow = workflow
         self.workflow_id = workflow_id
@@ -169,6 +171,9 @@ class Replayer:
         self._rng: random.Random | None = None
         self._checkpoint = checkpoint
         self._tokens = tokens
+        # (stage, reason): cancel the workflow once that stage has been delivered
+        self._cancel = cancel
+        self._cancel_delivered = False
         # Outcomes of steps whose operation was recorded before it ran (at-most-once).
         self.step_outcomes: list[Outcome] = []
         self._payload_hint = payload_hint
@@ -221,9 +226,10 @@ class Replayer:
             idx.pending.append(_core.operation_id("", seq))
         return future
 
-    def sleep(self, seconds: float, frame: FrameType | None) -> asyncio.Future[None]:
+    def sleep(self, seconds: float, frame: FrameType | None,
+              name: str = "sleep") -> asyncio.Future[None]:
         """A durable timer: resolves when its ``timer_fired`` message arrives."""
-        return self.durable("timer", "sleep", _TIMER_REQUEST, _NONE, {"seconds": seconds},
+        return self.durable("timer", name, _TIMER_REQUEST, _NONE, {"seconds": seconds},
                             frame)
 
     def now(self) -> float:
@@ -513,13 +519,26 @@ class Replayer:
         ctx: WorkflowContext[Any] = WorkflowContext(self, request, self.workflow_id)
         task = self._loop.create_task(wf.fn(ctx))
         loop = self._loop
+        idx = self._index
+        if self._cancel is not None:
+            idx.barrier = self._cancel[0]
         loop.run_until_idle()
-        advance = self._index.advance
-        while (not task.done() and self._mismatch is None and self._fatal is None
-               and advance()):
+        advance = idx.advance
+        while not task.done() and self._mismatch is None and self._fatal is None:
+            if self._cancel is not None and not self._cancel_delivered and (
+                    idx.next_stage == -1 or idx.next_stage > self._cancel[0]):
+                self._cancel_delivered = True
+                idx.barrier = sys.maxsize
+                task.cancel(self._cancel[1])
+                loop.run_until_idle()
+                continue
+            if not advance():
+                break
             loop.run_until_idle()
         if not task.done():
             return self._suspend()
+        if task.cancelled() and self._cancel_delivered and self._mismatch is None:
+            return self._finish_cancelled()
         exc: BaseException | None = (
             WorkflowError("the workflow's main task was cancelled") if task.cancelled()
             else task.exception())
@@ -571,6 +590,17 @@ class Replayer:
                 f"{missing.site or 'an unknown site'})"))
         return ReplayResult("suspended", self.new_operations, accepted=self.accepted,
                             rejected=self.rejected, pending=self.pending,
+                            step_outcomes=self.step_outcomes)
+
+    def _finish_cancelled(self) -> ReplayResult:
+        assert self._cancel is not None
+        self._index.sealed = True
+        self._index.settle_unreached()
+        if not self._loop.is_closed():
+            self._loop.abandon()
+        error = orjson.dumps({"type": "Cancelled", "message": self._cancel[1], "details": None})
+        return ReplayResult("cancelled", self.new_operations, error=error,
+                            accepted=self.accepted, rejected=self.rejected,
                             step_outcomes=self.step_outcomes)
 
     def _finish_failed(self, exc: BaseException) -> ReplayResult:
