@@ -1,26 +1,34 @@
-"""The ``lambda-workflow`` command: run workflows locally, show status and history, and
-package a handler as a Lambda deployment zip."""
+"""The ``lambda-workflow`` command: run workflows locally, show status and history (from a
+SQLite file or a deployment's DynamoDB table), replay recorded histories against the current
+code, and package a handler as a Lambda deployment zip."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+import orjson
 import pydantic
 
 from . import _package
 from ._runtime.engine import ActivationReport
-from ._runtime.history import history_to_json
+from ._runtime.history import history_from_json, history_to_json
+from ._runtime.replay_check import check_replay
 from .backends.memory import DeadLetter
-from .errors import InvalidRequestError, WorkflowError
-from .local import LocalRuntime, ServiceInvocation
-from .models import InstanceStatus, describe_validation_error
+from .callbacks import CallbackTokens
+from .errors import InvalidRequestError, WorkflowError, WorkflowNotFoundError
+from .local import LOCAL_CALLBACK_KEY, LocalRuntime, ServiceInvocation
+from .models import History, InstanceRecord, InstanceStatus, describe_validation_error
 from .workflow import Workflow
+
+if TYPE_CHECKING:
+    from .aws import WorkflowClient
 
 __all__ = ["main"]
 
@@ -148,24 +156,81 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     return code
 
 
+# Reading a deployment's table needs no queue; AwsConfig insists on one, so it gets a URL that
+# is never used.
+_UNUSED_QUEUE_URL = "https://sqs.invalid/000000000000/lambda-workflow-cli-unused.fifo"
+
+
+def _table_client(table: str) -> WorkflowClient:
+    """A client on a deployment's DynamoDB table, configured like the deployment's functions
+    (``LAMBDA_WORKFLOW_*``, ``AWS_REGION``, ``AWS_ENDPOINT_URL``, ...) but for ``table``."""
+    try:
+        from .aws import AwsConfig, WorkflowClient
+    except ImportError as exc:
+        raise SystemExit(f"lambda-workflow: --table needs boto3 (pip install "
+                         f"'lambda-workflow[aws]'): {exc}") from None
+    config = AwsConfig.from_env(table=table, queue_url=_UNUSED_QUEUE_URL)
+    return WorkflowClient(config)
+
+
+def _aws_errors() -> tuple[type[BaseException], ...]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError)
+
+
+def _print_instances(instances: Sequence[InstanceRecord], out: TextIO) -> None:
+    for inst in instances:
+        print(f"{inst.workflow_id:<24} {inst.workflow_name:<20} {inst.status.value:<10} "
+              f"activations={inst.activations}", file=out)
+
+
 def _cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    if args.table:
+        client = _table_client(args.table)
+        try:
+            if args.workflow_id:
+                found = []
+                for wid in args.workflow_id:
+                    try:
+                        found.append(client.describe(wid))
+                    except WorkflowNotFoundError:
+                        print(f"lambda-workflow: no workflow instance {wid!r} in table "
+                              f"{args.table!r}", file=sys.stderr)
+                _print_instances(found, out)
+                return 0 if len(found) == len(args.workflow_id) else 1
+            _print_instances(client.list_instances(), out)
+        except _aws_errors() as exc:
+            print(f"lambda-workflow: reading table {args.table!r} failed: {exc}",
+                  file=sys.stderr)
+            return 1
+        return 0
     runtime = LocalRuntime(args.db)
     instances = runtime.store.list_instances()
     if args.workflow_id:
         instances = [i for i in instances if i.workflow_id in args.workflow_id]
-    for inst in instances:
-        print(f"{inst.workflow_id:<24} {inst.workflow_name:<20} {inst.status.value:<10} "
-              f"activations={inst.activations}", file=out)
+    _print_instances(instances, out)
     runtime.close()
     return 0
 
 
 def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
-    runtime = LocalRuntime(args.db)
-    history = runtime.store.load_history(args.workflow_id)
-    runtime.close()
+    history: History | None
+    if args.table:
+        source = f"table {args.table!r}"
+        try:
+            history = _table_client(args.table).deployment.store.load_history(args.workflow_id)
+        except _aws_errors() as exc:
+            print(f"lambda-workflow: reading table {args.table!r} failed: {exc}",
+                  file=sys.stderr)
+            return 1
+    else:
+        source = args.db
+        runtime = LocalRuntime(args.db)
+        history = runtime.store.load_history(args.workflow_id)
+        runtime.close()
     if history is None:
-        print(f"lambda-workflow: no workflow instance {args.workflow_id!r} in {args.db}",
+        print(f"lambda-workflow: no workflow instance {args.workflow_id!r} in {source}",
               file=sys.stderr)
         return 1
     if args.json:
@@ -183,6 +248,102 @@ def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
     if inst.error is not None:
         print(f"  error: {_short(inst.error, 300)}", file=out)
     return 0
+
+
+def _split_target(target: str) -> tuple[str, str | None]:
+    """``path/to/module.py[:name]`` as (file, name)."""
+    if not Path(target).is_file() and ":" in target:
+        file, _, name = target.rpartition(":")
+        if file and name:
+            return file, name
+    return target, None
+
+
+def _workflows_in(module: ModuleType) -> dict[str, Workflow[Any, Any]]:
+    """The module's workflows by workflow name and by attribute name, with those its
+    ``setup(runtime)`` registers."""
+    found: dict[str, Workflow[Any, Any]] = {}
+    for attr, value in vars(module).items():
+        if isinstance(value, Workflow):
+            found.setdefault(value.name, value)
+            found.setdefault(attr, value)
+    setup = getattr(module, "setup", None)
+    if callable(setup):
+        runtime = LocalRuntime()
+        try:
+            setup(runtime)
+            for name, wf in runtime.engine.workflows.items():
+                found.setdefault(name, wf)
+        finally:
+            runtime.close()
+    return found
+
+
+def _why_not_a_history(data: bytes, exc: Exception) -> str:
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as bad:
+        return f"it is not valid JSON: {bad}"
+    if not isinstance(doc, dict):
+        return f"expected a JSON object, found a JSON {type(doc).__name__}"
+    if isinstance(exc, KeyError):
+        return f"the field {exc} is missing"
+    return str(exc)
+
+
+def _callback_tokens() -> CallbackTokens:
+    """The signer of callback tokens a replay hands out again: the deployment's key
+    (``LAMBDA_WORKFLOW_CALLBACK_KEY``), else the embedded runtime's development key."""
+    return CallbackTokens(os.environ.get("LAMBDA_WORKFLOW_CALLBACK_KEY")
+                          or LOCAL_CALLBACK_KEY)
+
+
+def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
+    file, name = _split_target(args.workflow)
+    histories: list[tuple[str, History]] = []
+    for path in args.history:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            print(f"lambda-workflow replay: cannot read {path}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 2
+        try:
+            histories.append((path, history_from_json(data)))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            reason = _why_not_a_history(data, exc)
+            print(f"lambda-workflow replay: {path} is not a workflow history as "
+                  f"`lambda-workflow history --json` exports it ({reason})", file=sys.stderr)
+            return 2
+    if not Path(file).is_file():
+        print(f"lambda-workflow replay: no such file: {file}", file=sys.stderr)
+        return 2
+    try:
+        tokens = _callback_tokens()
+    except ValueError as exc:
+        print(f"lambda-workflow replay: LAMBDA_WORKFLOW_CALLBACK_KEY: {exc}", file=sys.stderr)
+        return 2
+    workflows = _workflows_in(_load_module(file))
+    failed = 0
+    for path, history in histories:
+        wanted = name or history.instance.workflow_name
+        wf = workflows.get(wanted)
+        if wf is None:
+            known = sorted({w.name for w in workflows.values()})
+            print(f"lambda-workflow replay: {path} records workflow "
+                  f"{history.instance.workflow_name!r}, but {file} has no workflow {wanted!r} "
+                  f"(found: {', '.join(known) or 'none'}); name the one to replay with "
+                  f"--workflow {file}:NAME", file=sys.stderr)
+            return 2
+        check = check_replay(wf, history, tokens=tokens)
+        if check.ok:
+            print(f"{path}: {check.message}", file=out)
+        else:
+            failed += 1
+            print(f"{path}: FAILED: NonDeterminismError: {check.message}", file=out)
+    if len(histories) > 1:
+        print(f"{len(histories) - failed} of {len(histories)} histories replay OK", file=out)
+    return 1 if failed else 0
 
 
 def _cmd_package(args: argparse.Namespace, out: TextIO) -> int:
@@ -208,13 +369,30 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--id", help="the workflow id (with a single --input)")
     run.add_argument("--db", default=":memory:", help="SQLite file for state (default: memory)")
     run.add_argument("--quiet", action="store_true", help="print only the results")
-    status = sub.add_parser("status", help="list instances in a SQLite state file")
-    status.add_argument("--db", required=True)
+    status = sub.add_parser("status", help="list instances in a SQLite state file or a "
+                                           "deployment's DynamoDB table")
+    source = status.add_mutually_exclusive_group(required=True)
+    source.add_argument("--db", help="the SQLite state file")
+    source.add_argument("--table", help="the DynamoDB table (AWS credentials, region and "
+                                        "endpoint from the usual AWS environment variables)")
     status.add_argument("workflow_id", nargs="*")
     hist = sub.add_parser("history", help="show an instance's recorded history")
-    hist.add_argument("--db", required=True)
+    source = hist.add_mutually_exclusive_group(required=True)
+    source.add_argument("--db", help="the SQLite state file")
+    source.add_argument("--table", help="the DynamoDB table (AWS credentials, region and "
+                                        "endpoint from the usual AWS environment variables)")
     hist.add_argument("workflow_id")
-    hist.add_argument("--json", action="store_true", help="print the history as JSON")
+    hist.add_argument("--json", action="store_true",
+                      help="print the history as JSON (the input of `replay`)")
+    replay = sub.add_parser(
+        "replay", help="replay recorded histories against the current code; exit 0 if they "
+                       "all match, 1 if one does not (NonDeterminismError), 2 if one cannot "
+                       "be checked")
+    replay.add_argument("history", nargs="+",
+                        help="a history exported with `lambda-workflow history --json`")
+    replay.add_argument("--workflow", required=True, metavar="FILE.py[:NAME]",
+                        help="the module defining the workflow; NAME picks a workflow other "
+                             "than the one the history names")
     pack = sub.add_parser("package", help="build a Lambda deployment zip of handler modules, "
                                           "lambda-workflow and their dependencies")
     pack.add_argument("handler", nargs="+",
@@ -248,6 +426,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return _cmd_status(args, stream)
         if args.command == "package":
             return _cmd_package(args, stream)
+        if args.command == "replay":
+            return _cmd_replay(args, stream)
         return _cmd_history(args, stream)
     except WorkflowError as exc:
         print(f"lambda-workflow: {type(exc).__name__}: {exc}", file=sys.stderr)

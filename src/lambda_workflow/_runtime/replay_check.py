@@ -19,25 +19,27 @@ Nothing is written or sent: the check only reads the history.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 import orjson
 
+from ..callbacks import CallbackTokens
 from ..errors import NonDeterminismError
 from ..models import History, InstanceStatus, OperationRecord, OperationState
 from ..workflow import Workflow
+from .engine import CANCEL_OP_ID
 from .replay import Replayer
 
 __all__ = ["ReplayCheck", "check_replay"]
 
-# Endings the code does not decide, so a replay cannot reproduce them: a cancel message, a
-# poison message, a request or result over the store's limit. For these the check only asks
-# that the recorded operations replay unchanged.
-_EXTERNAL_ENDINGS = frozenset({"Cancelled", "PoisonMessage", "PayloadTooLargeError"})
-_REPLAYER_TAKES_TOKENS = "tokens" in inspect.signature(Replayer.__init__).parameters
+# Endings the code does not decide, so a replay cannot reproduce them: a poison message, a
+# request or result over the store's limit. For these the check only asks that the recorded
+# operations replay unchanged.
+_EXTERNAL_ENDINGS = frozenset({"PoisonMessage", "PayloadTooLargeError"})
+_EXPECTED = {InstanceStatus.RUNNING: "suspended", InstanceStatus.COMPLETED: "completed",
+             InstanceStatus.FAILED: "failed", InstanceStatus.CANCELLED: "cancelled"}
 
 
 @dataclass(slots=True)
@@ -131,21 +133,29 @@ def _recorded(history: History) -> str:
 
 
 def check_replay(workflow: Workflow[Any, Any], history: History, *,
-                 tokens: object | None = None) -> ReplayCheck:
+                 tokens: CallbackTokens | None = None) -> ReplayCheck:
     """Replay ``history`` from the top against ``workflow``'s current code.
 
     Args:
         workflow: The workflow to replay (normally the one named by the history).
         history: A recorded instance, from a state store or :func:`history_from_json`.
-        tokens: The callback token signer of the deployment that recorded the history
-            (``CallbackTokens``), for workflows that create callbacks.
+        tokens: The callback token signer of the deployment that recorded the history, for
+            workflows that create callbacks (a token is part of the requests it goes into).
 
     Returns:
         A :class:`ReplayCheck`; ``ok`` is false when the code no longer reproduces the
         history, and ``message`` says where.
     """
     inst = history.instance
-    ops = sorted(history.operations, key=lambda op: op.seq)
+    # As the engine replays: the cancellation is not one of the workflow's own operations; it
+    # is delivered as CancelledError after the stage it arrived in.
+    ops = sorted((op for op in history.operations if op.op_id != CANCEL_OP_ID),
+                 key=lambda op: op.seq)
+    cancel_op = next((op for op in history.operations if op.op_id == CANCEL_OP_ID), None)
+    cancel = None
+    if cancel_op is not None:
+        cancel = (cancel_op.resolved_in or cancel_op.created_in,
+                  str(orjson.loads(cancel_op.request).get("reason", "")))
     status = inst.status
 
     def verdict(ok: bool, message: str, outcome: str,
@@ -156,11 +166,10 @@ def check_replay(workflow: Workflow[Any, Any], history: History, *,
     if inst.activations == 0 and not ops:
         return verdict(True, f"OK: workflow {inst.workflow_name!r} ({inst.workflow_id}) has "
                              "not run yet; there is nothing to replay", "not-run")
-    extra: dict[str, Any] = {"tokens": tokens} if _REPLAYER_TAKES_TOKENS and tokens else {}
     replayer = _CheckingReplayer(
         workflow, inst.workflow_id, inst.input, ops, {}, activation=inst.activations + 1,
         # The time of the last activation: ctx.now() in code first run by it.
-        now=inst.updated_at or inst.created_at, **extra)
+        now=inst.updated_at or inst.created_at, tokens=tokens, cancel=cancel)
     try:
         result = replayer.run()
     except Exception as exc:  # the runtime itself broke: still a verdict, not a crash
@@ -168,7 +177,9 @@ def check_replay(workflow: Workflow[Any, Any], history: History, *,
                               f"({inst.workflow_id}) raised {type(exc).__name__}: {exc}",
                        "error")
     unrecorded = replayer.unrecorded
-    external = status is InstanceStatus.CANCELLED or (
+    # A cancellation recorded before cancels were replayed ends the instance without an
+    # operation saying so.
+    external = (status is InstanceStatus.CANCELLED and cancel_op is None) or (
         status is InstanceStatus.FAILED and _error_of(inst.error)[0] in _EXTERNAL_ENDINGS)
     if external and (unrecorded is not None or result.outcome == "suspended"):
         # The recorded operations all replayed; what came next was not the code's decision.
@@ -182,19 +193,18 @@ def check_replay(workflow: Workflow[Any, Any], history: History, *,
         return verdict(False, str(result.exception), result.outcome)
 
     name = f"workflow {inst.workflow_name!r} ({inst.workflow_id})"
-    expected = {InstanceStatus.RUNNING: "suspended", InstanceStatus.COMPLETED: "completed",
-                InstanceStatus.FAILED: "failed", InstanceStatus.CANCELLED: "suspended"}[status]
+    expected = _EXPECTED[status]
     if result.outcome != expected:
         if result.outcome == "completed":
             now = f"completed with result {_short(result.result)}"
-        elif result.outcome == "failed":
+        elif result.outcome in ("failed", "cancelled"):
             kind, message = _error_of(result.error)
-            now = f"failed with {kind}: {message}"
+            now = f"{result.outcome} with {kind}: {message}"
         else:
             pending = ", ".join(result.pending) or "nothing"
             now = f"suspended waiting on operation {pending}"
         return verdict(False, f"{name} no longer matches its history: replayed from the top, "
-                              f"it {now}, but the history says it {_recorded(history)}",
+                              f"it {now}, but the history says it is {_recorded(history)}",
                        result.outcome)
     if result.outcome == "completed" and result.result != inst.result:
         return verdict(False, f"{name} no longer matches its history: replayed from the top, "
