@@ -9,6 +9,7 @@ Importing this package is cheap: no boto3, no sqlite3, no I/O.
 
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
+from .batch import BatchError, BatchItem, BatchResult, Completion, CompletionReason, ItemStatus
 from .callbacks import Callback
 from .context import WorkflowContext
 from .errors import (
@@ -17,6 +18,8 @@ from .errors import (
     CallbackHeartbeatTimeoutError,
     CallbackTimeoutError,
     CallTimeoutError,
+    ChildWorkflowError,
+    ConditionNotMetError,
     InvalidCallbackTokenError,
     InvalidMessageError,
     InvalidRequestError,
@@ -37,16 +40,24 @@ from .workflow import Workflow, workflow
 
 __all__ = [
     "IMPLEMENTATION",
+    "BatchError",
+    "BatchItem",
+    "BatchResult",
     "CallTimeoutError",
     "Callback",
     "CallbackError",
     "CallbackFailedError",
     "CallbackHeartbeatTimeoutError",
     "CallbackTimeoutError",
+    "ChildWorkflowError",
+    "Completion",
+    "CompletionReason",
+    "ConditionNotMetError",
     "InstanceStatus",
     "InvalidCallbackTokenError",
     "InvalidMessageError",
     "InvalidRequestError",
+    "ItemStatus",
     "Jitter",
     "NonDeterminismError",
     "PayloadTooLargeError",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
@@ -15,9 +15,11 @@ if TYPE_CHECKING:
 
     import pydantic
 
+    from .batch import BatchResult, Completion
     from .callbacks import Callback
     from .service import Service
     from .steps import RetryPolicy, Step
+    from .workflow import Workflow
 
 __all__ = ["MAX_SLEEP", "MIN_SLEEP", "WorkflowContext"]
 
@@ -54,6 +56,10 @@ CallRespT = TypeVar("CallRespT")
 P = ParamSpec("P")
 R = TypeVar("R")
 CbT = TypeVar("CbT")
+ItemT = TypeVar("ItemT")
+StateT = TypeVar("StateT")
+ChildReqT = TypeVar("ChildReqT")
+ChildResT = TypeVar("ChildResT")
 
 
 class _Driver(Protocol):
@@ -75,6 +81,9 @@ class _Driver(Protocol):
     def create_callback(self, name: str, result_adapter: pydantic.TypeAdapter[Any],
                         timeout: float | None, heartbeat_timeout: float | None,
                         frame: FrameType | None) -> Callback[Any]: ...
+
+    def child(self, workflow: Workflow[Any, Any], request: Any, workflow_id: str | None,
+              frame: FrameType | None) -> Awaitable[Any]: ...
 
     def run_step(self, st: Step[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                  frame: FrameType | None) -> Coroutine[Any, Any, Any]: ...
@@ -322,3 +331,129 @@ class WorkflowContext(Generic[ReqT]):
         submit = Step(submitter, name=f"submit:{name}", retry=retry)
         await self._driver.run_step(submit, (callback.token,), {}, sys._getframe(1))
         return await callback
+
+    async def parallel(self, branches: Sequence[Callable[[], Awaitable[R]]], /, *,
+                       max_concurrency: int | None = None,
+                       completion: Completion | None = None) -> BatchResult[R]:
+        """Run branches (zero-argument async callables) concurrently and return their
+        :class:`~lambda_workflow.BatchResult`, in branch order.
+
+        ``max_concurrency`` caps the branches running at once; ``completion`` says when the
+        batch is complete (default: all successful, stopping at the first failure; or a
+        minimum successful, a tolerated failure count or percentage, or all completed).
+        Branches still running when it completes are cancelled; branches never started are
+        reported ``not_started``.
+
+        Replay behaviour:
+            Nothing of its own is recorded: each branch's operations are, in the order the
+            branches create them. A branch that waits suspends the workflow; on replay,
+            finished branches return their recorded results at once and nothing they did is
+            repeated.
+
+        Raises:
+            ValueError: ``max_concurrency`` below 1 (before anything runs).
+        """
+        from .batch import Completion, run_batch
+
+        _check_batch(max_concurrency, completion)
+        branches = list(branches)
+        for branch in branches:
+            if not callable(branch):
+                raise TypeError(f"ctx.parallel takes callables returning awaitables, got "
+                                f"{branch!r}")
+        return await run_batch(branches, max_concurrency=max_concurrency,
+                               completion=completion or Completion())
+
+    async def map(self, items: Sequence[ItemT], fn: Callable[[ItemT], Awaitable[R]], /, *,
+                  max_concurrency: int | None = None,
+                  completion: Completion | None = None) -> BatchResult[R]:
+        """``await fn(item)`` for every item, concurrently (see :meth:`parallel`); the
+        result's items are in the order of ``items``."""
+        from .batch import Completion, run_batch
+
+        _check_batch(max_concurrency, completion)
+        values = list(items)
+
+        def branch(item: ItemT) -> Callable[[], Awaitable[R]]:
+            return lambda: fn(item)
+
+        return await run_batch([branch(item) for item in values],
+                               max_concurrency=max_concurrency,
+                               completion=completion or Completion())
+
+    async def child(self, workflow: Workflow[ChildReqT, ChildResT], request: ChildReqT, /, *,
+                    workflow_id: str | None = None) -> ChildResT:
+        """Start a child workflow and wait for its result.
+
+        The child is an instance of its own (id ``workflow_id``, default
+        ``<this id>/<operation id>``) with its own history; it must be registered with the
+        same runtime. When it ends, its result (or error) comes back as the reply of this
+        operation.
+
+        Replay behaviour:
+            Recorded: a ``child`` operation (the child workflow's name and input); its start
+            message leaves once; on replay the recorded result returns at once.
+
+        Raises:
+            ChildWorkflowError: the child failed or was cancelled; carries its error type and
+                message.
+        """
+        from .errors import ChildWorkflowError, ServiceError
+
+        future = self._driver.child(workflow, request, workflow_id, sys._getframe(1))
+        try:
+            result: ChildResT = await future
+        except ServiceError as exc:
+            details = exc.details if isinstance(exc.details, dict) else {}
+            raise ChildWorkflowError(str(details.get("workflow_id", "")), exc.error_type,
+                                     exc.message, details.get("details")) from None
+        return result
+
+    async def wait_for_condition(
+        self, check: Callable[[StateT], StateT] | Callable[[StateT], Awaitable[StateT]],
+        initial_state: StateT, wait_strategy: Callable[[StateT, int], float | None], /, *,
+        name: str | None = None, max_attempts: int = 60,
+    ) -> StateT:
+        """Poll until a condition holds: ``state = check(state)`` runs as a recorded step,
+        then ``wait_strategy(state, attempt)`` returns the seconds to wait before the next
+        check, or ``None`` when the condition is met (the state is returned).
+
+        Replay behaviour:
+            Each check is a ``step`` operation (its state recorded) and each wait a
+            ``timer``; a replay returns recorded states without checking again.
+
+        Raises:
+            ConditionNotMetError: ``max_attempts`` checks did not satisfy it.
+            StepError: a check raised (after its retries).
+            ValueError: ``max_attempts`` below 1 (before anything runs).
+        """
+        from .errors import ConditionNotMetError
+        from .steps import Step
+
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or (
+                max_attempts < 1):
+            raise ValueError(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
+        label = name or getattr(check, "__qualname__", "condition")
+        st = Step(check, name=label)
+        frame = sys._getframe(1)
+        state = initial_state
+        for attempt in range(1, max_attempts + 1):
+            state = await self._driver.run_step(st, (state,), {}, frame)
+            delay = wait_strategy(state, attempt)
+            if delay is None:
+                return state
+            if attempt < max_attempts:
+                await self._driver.sleep(_limit(delay, "the wait strategy's delay"), frame,
+                                         f"poll:{label}")
+        raise ConditionNotMetError(f"condition {label!r} not met after {max_attempts} checks")
+
+
+def _check_batch(max_concurrency: int | None, completion: object) -> None:
+    from .batch import Completion
+
+    if completion is not None and not isinstance(completion, Completion):
+        raise TypeError(f"completion must be a Completion, got {completion!r}")
+    if max_concurrency is not None and (
+            isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
+            or max_concurrency < 1):
+        raise ValueError(f"max_concurrency must be an integer >= 1, got {max_concurrency!r}")

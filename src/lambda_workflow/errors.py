@@ -10,6 +10,8 @@ __all__ = [
     "CallbackFailedError",
     "CallbackHeartbeatTimeoutError",
     "CallbackTimeoutError",
+    "ChildWorkflowError",
+    "ConditionNotMetError",
     "InvalidCallbackTokenError",
     "InvalidMessageError",
     "InvalidRequestError",
@@ -120,6 +122,34 @@ class CallbackTimeoutError(CallbackError):
 
 class CallbackHeartbeatTimeoutError(CallbackError):
     """No heartbeat (or completion) arrived within the callback's ``heartbeat_timeout``."""
+
+
+class ChildWorkflowError(WorkflowError):
+    """A child workflow failed or was cancelled (raised at ``await ctx.child(...)``).
+
+    Attributes:
+        workflow_id: The child's id.
+        error_type: The type of the error that ended the child (e.g. ``ValueError``,
+            ``ServiceError``, ``Cancelled``).
+        message: Its message.
+        details: Optional JSON details.
+    """
+
+    def __init__(self, workflow_id: str, error_type: str, message: str,
+                 details: Any = None) -> None:
+        self.workflow_id = workflow_id
+        self.error_type = error_type
+        self.message = message
+        self.details = details
+        super().__init__(f"child workflow {workflow_id!r} failed with {error_type}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ChildWorkflowError, (self.workflow_id, self.error_type, self.message,
+                                     self.details))
+
+
+class ConditionNotMetError(WorkflowError):
+    """``ctx.wait_for_condition`` ran out of attempts."""
 
 
 class InvalidCallbackTokenError(WorkflowError, ValueError):

@@ -276,6 +276,8 @@ class LocalRuntime:
             for op in history.operations if history else ():
                 if op.state is OperationState.PENDING and op.kind == "timer":
                     self.timers.schedule(wid, op.op_id, timer_fire_at(op))
+                elif op.state is OperationState.PENDING and op.kind == "child":
+                    self.engine.start_child(op)
                 elif op.state is OperationState.PENDING and op.kind == "call":
                     self.transport.send_to_service(
                         op.name, _core.dedup_id(wid, "call", op.op_id),

@@ -65,12 +65,22 @@ def _check_outcome(ok: bool, error: ErrorInfo | None, what: str) -> None:
         raise ValueError(f"{what} with ok=false must carry an error {{type, message}}")
 
 
+class ParentRef(BaseModel):
+    """The parent of a child workflow: where its result goes (as a ``call_result``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workflow_id: Annotated[str, Field(min_length=1, max_length=128)]
+    call_id: Annotated[str, Field(min_length=1)]
+
+
 class StartMessage(_Message):
     """Starts (or, for an existing id, wakes) a workflow instance."""
 
     kind: Literal["start"] = "start"
     workflow: Annotated[str, Field(min_length=1)]
     input: JsonValue = None
+    parent: ParentRef | None = None
 
 
 class CallResultMessage(_Message):

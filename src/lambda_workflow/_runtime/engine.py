@@ -46,7 +46,10 @@ __all__ = ["ActivationReport", "Engine", "call_request_body", "call_result_body"
 _SORT = orjson.OPT_SORT_KEYS
 # Operations that leave the activation: a call's request, a timer's schedule. Steps run in
 # the activation; patch markers are only recorded.
-_SENT_KINDS = frozenset({"call", "timer"})
+_SENT_KINDS = frozenset({"call", "timer", "child"})
+# Recorded outside the workflow's own order: not replayed as its operations.
+_OUTSIDE_KINDS = frozenset({"cancel", "parent"})
+PARENT_OP_ID = "parent"
 CANCEL_OP_ID = "cancel"
 
 
@@ -90,6 +93,17 @@ def call_result_body(workflow_id: str, call_id: str, ok: bool, payload: bytes) -
     return orjson.dumps({"v": 1, "kind": "call_result", "workflow_id": workflow_id,
                          "call_id": call_id, "ok": ok,
                          "value" if ok else "error": orjson.Fragment(payload)})
+
+
+def child_workflow_id(parent_id: str, op_id: str, given: str | None) -> str:
+    """The id of a child workflow: the given one, else ``<parent id>/<operation id>`` (a
+    digest of the parent id when that would exceed 128 characters)."""
+    if given:
+        return given
+    child_id = f"{parent_id}/{op_id}"
+    if len(child_id) > 128:
+        child_id = f"{_core.digest(parent_id.encode())[:64]}/{op_id}"
+    return child_id
 
 
 def timer_fire_at(op: OperationRecord) -> float:
@@ -175,9 +189,16 @@ class Engine:
             report.rejected.update(dict.fromkeys(range(len(messages)), reason))
             return None
         now = self.clock.now()
-        inst, _ = self.store.create_instance(InstanceRecord(
+        inst, created = self.store.create_instance(InstanceRecord(
             workflow_id, wf.name, payload, _core.digest(payload), created_at=now,
             updated_at=now))
+        if created and start.parent is not None:
+            # A child remembers its parent in its own history: its result goes there.
+            ref = orjson.dumps(start.parent.model_dump(), option=_SORT)
+            self.store.add_operations(workflow_id, [OperationRecord(
+                workflow_id, PARENT_OP_ID, -2, "parent", start.parent.workflow_id, ref,
+                _core.digest(ref), state=OperationState.COMPLETED, result=b"null",
+                created_in=0, resolved_in=0, created_at=now, resolved_at=now)], 0)
         report.workflow_name = inst.workflow_name
         return self.store.load_history(workflow_id)
 
@@ -212,6 +233,36 @@ class Engine:
             return None
         return op
 
+    def start_child(self, op: OperationRecord) -> None:
+        """Send the start message of the child workflow a ``child`` operation names."""
+        request = orjson.loads(op.request)
+        child_id = child_workflow_id(op.workflow_id, op.op_id, request.get("workflow_id"))
+        body = orjson.dumps({"v": 1, "kind": "start", "workflow_id": child_id,
+                             "workflow": op.name, "input": request["input"],
+                             "parent": {"workflow_id": op.workflow_id, "call_id": op.op_id}})
+        self.transport.send_to_workflow(child_id, _core.dedup_id(child_id, "start", ""), body)
+
+    def _notify_parent(self, history: History, status: InstanceStatus, result: bytes | None,
+                       error: bytes | None) -> None:
+        """A child that ended sends its result (or error) to its parent as the reply of the
+        parent's ``child`` operation. Repeated deliveries are harmless (same dedup id)."""
+        ref = next((op for op in history.operations if op.op_id == PARENT_OP_ID), None)
+        if ref is None or status is InstanceStatus.RUNNING:
+            return
+        parent = orjson.loads(ref.request)
+        child_id = history.instance.workflow_id
+        if status is InstanceStatus.COMPLETED:
+            body = call_result_body(parent["workflow_id"], parent["call_id"], True,
+                                    result or b"null")
+        else:
+            err = orjson.loads(error or b"{}")
+            body = call_result_body(parent["workflow_id"], parent["call_id"], False, orjson.dumps(
+                {"type": err.get("type", "Error"), "message": err.get("message", ""),
+                 "details": {"workflow_id": child_id, "details": err.get("details")}}))
+        self.transport.send_to_workflow(
+            parent["workflow_id"],
+            _core.dedup_id(parent["workflow_id"], "call_result", parent["call_id"]), body)
+
     def _schedule(self, op: OperationRecord) -> None:
         if self.timers is None:
             raise WorkflowError(
@@ -243,7 +294,7 @@ class Engine:
                         f"message for workflow {msg.workflow!r} cannot reuse its id")
             elif isinstance(msg, CallResultMessage):
                 op = ops.get(msg.call_id)
-                if op is None or op.kind != "call":
+                if op is None or op.kind not in ("call", "child"):
                     report.rejected[i] = (
                         f"reply for unknown call id {msg.call_id!r} of workflow instance "
                         f"{workflow_id!r} ({inst.workflow_name}); it has "
@@ -288,6 +339,7 @@ class Engine:
                 workflow_id, [Outcome(op_id, st.state, st.payload) for op_id, st in staged.items()],
                 activation, now) if staged else []
             report.status = "finished-earlier"
+            self._notify_parent(history, inst.status, inst.result, inst.error)
             return report
         # A cancellation is recorded once (op id "cancel", outside the workflow's own order)
         # and delivered to the workflow after the stage it arrived in, on every replay.
@@ -319,7 +371,7 @@ class Engine:
                     f"workflow id {workflow_id!r} is already used by an instance of "
                     f"{inst.workflow_name!r} with a different input; a start message may only "
                     "repeat the original input")
-        replayed = [op for op in history.operations if op.kind != "cancel"]
+        replayed = [op for op in history.operations if op.kind not in _OUTSIDE_KINDS]
         result = Replayer(wf, workflow_id, inst.input, replayed, staged,
                           activation=activation, now=now, payload_limit=self.payload_limit,
                           payload_hint=self.payload_hint,
@@ -354,6 +406,9 @@ class Engine:
                 if op.kind == "timer":
                     self._schedule(op)
                     continue
+                if op.kind == "child":
+                    self.start_child(op)
+                    continue
                 self.transport.send_to_service(
                     op.name, _core.dedup_id(workflow_id, "call", op.op_id),
                     call_request_body(op, reply_to))
@@ -365,6 +420,7 @@ class Engine:
                               activation, now)
             report.status = "completed"
             report.result = result.result
+            self._notify_parent(history, InstanceStatus.COMPLETED, result.result, None)
         elif result.outcome in ("failed", "cancelled"):
             assert result.error is not None
             status = (InstanceStatus.FAILED if result.outcome == "failed"
@@ -372,6 +428,7 @@ class Engine:
             self.store.finish(workflow_id, status, None, result.error, activation, now)
             report.status = result.outcome
             report.error = ErrorInfo.model_validate_json(result.error)
+            self._notify_parent(history, status, None, result.error)
         else:
             report.status = "suspended"
         return report

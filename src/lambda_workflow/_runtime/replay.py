@@ -103,6 +103,21 @@ _CALLBACK_REQUEST: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(dict[str, fl
 _HEARTBEAT_REQUEST: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(dict[str, str])
 
 
+_CHILD_ADAPTERS: dict[int, tuple[Workflow[Any, Any], pydantic.TypeAdapter[Any]]] = {}
+
+
+def _child_request_adapter(workflow: Workflow[Any, Any]) -> pydantic.TypeAdapter[Any]:
+    """``{"input": <the child's input type>, "workflow_id": str | None}``, made once per
+    workflow."""
+    cached = _CHILD_ADAPTERS.get(id(workflow))
+    if cached is None or cached[0] is not workflow:
+        fields: Any = {"input": (workflow.request_type, ...), "workflow_id": (str | None, None)}
+        model = pydantic.create_model(f"ChildStart_{workflow.name}", **fields)
+        adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(model)
+        cached = _CHILD_ADAPTERS[id(workflow)] = (workflow, adapter)
+    return cached[1]
+
+
 class _ReplayAwareLogger(logging.LoggerAdapter[logging.Logger]):
     def __init__(self, replayer: Replayer) -> None:
         super().__init__(_log, {"workflow_id": replayer.workflow_id})
@@ -416,6 +431,27 @@ class Replayer:
                     name, "CallbackHeartbeatTimeout",
                     f"no heartbeat within {heartbeat_timeout:g} s")
             beat = self._heartbeat_period(name, callback_id, heartbeat_timeout, frame)
+
+    def child(self, workflow: Workflow[Any, Any], request: Any, workflow_id: str | None,
+              frame: FrameType | None) -> asyncio.Future[Any]:
+        """``ctx.child``: a ``child`` operation whose request is the child's input (and its id
+        when given); its reply is the child's result."""
+        if not isinstance(workflow, Workflow):
+            raise TypeError(f"ctx.child takes a @workflow object, got {workflow!r}")
+        if workflow_id is not None and (not isinstance(workflow_id, str)
+                                        or not 1 <= len(workflow_id) <= 128):
+            raise ValueError(f"a child workflow id must be 1 to 128 characters, got "
+                             f"{workflow_id!r}")
+        adapter = _child_request_adapter(workflow)
+        try:
+            return self.durable("child", workflow.name, adapter, workflow.result_adapter,
+                                {"input": request, "workflow_id": workflow_id}, frame)
+        except (pydantic.ValidationError, pydantic_core.PydanticSerializationError) as exc:
+            raise InvalidRequestError(
+                f"workflow {self.workflow.name!r} ({self.workflow_id}): the input of child "
+                f"workflow {workflow.name!r} at {site_of(frame)} is not a valid "
+                f"{type_name(workflow.request_type)}: {describe_validation_error(exc)}"
+            ) from None
 
     def deprecate_patch(self, patch_id: str) -> None:
         """The old code path is gone: consume the patch's marker where the history has one,

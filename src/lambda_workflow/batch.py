@@ -1,0 +1,198 @@
+"""Parallel branches and maps over items, with a concurrency limit and completion rules.
+
+Branches run as tasks on the workflow's own loop, so their operations are recorded like any
+other (in the order the branches create them) and a branch that waits suspends the workflow
+while completed branches stay recorded: a replay returns their results without running their
+operations again.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from .errors import WorkflowError
+
+__all__ = [
+    "BatchError",
+    "BatchItem",
+    "BatchResult",
+    "Completion",
+    "CompletionReason",
+    "ItemStatus",
+    "run_batch",
+]
+
+T = TypeVar("T")
+
+
+class ItemStatus(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # started, then stopped because the batch was complete
+    NOT_STARTED = "not_started"  # never started because the batch was complete
+
+
+class CompletionReason(enum.StrEnum):
+    ALL_COMPLETED = "all_completed"
+    MIN_SUCCESSFUL_REACHED = "min_successful_reached"
+    FAILURE_TOLERANCE_EXCEEDED = "failure_tolerance_exceeded"
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """When a batch is complete. The default (no argument) is *all successful*: it stops at
+    the first failure (fail-fast).
+
+    Args:
+        min_successful: Complete as soon as this many items succeeded.
+        tolerated_failure_count: Fail once more than this many items failed.
+        tolerated_failure_percentage: Fail once failures exceed this percentage of all
+            items (strictly).
+        all_completed: Run every item whatever fails (failures are reported, not fatal).
+    """
+
+    min_successful: int | None = None
+    tolerated_failure_count: int | None = None
+    tolerated_failure_percentage: float | None = None
+    all_completed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.min_successful is not None and (
+                isinstance(self.min_successful, bool) or not isinstance(self.min_successful, int)
+                or self.min_successful < 1):
+            raise ValueError(f"min_successful must be an integer >= 1, got "
+                             f"{self.min_successful!r}")
+        if self.tolerated_failure_count is not None and (
+                isinstance(self.tolerated_failure_count, bool)
+                or not isinstance(self.tolerated_failure_count, int)
+                or self.tolerated_failure_count < 0):
+            raise ValueError(f"tolerated_failure_count must be an integer >= 0, got "
+                             f"{self.tolerated_failure_count!r}")
+        pct = self.tolerated_failure_percentage
+        if pct is not None and (isinstance(pct, bool) or not isinstance(pct, int | float)
+                                or not math.isfinite(pct) or not 0 <= pct <= 100):
+            raise ValueError(f"tolerated_failure_percentage must be 0 to 100, got {pct!r}")
+
+    def failed_too_often(self, failed: int, total: int) -> bool:
+        """Whether ``failed`` failures out of ``total`` items end the batch as failed."""
+        if failed == 0 or self.all_completed:
+            return False
+        if self.tolerated_failure_count is not None and failed > self.tolerated_failure_count:
+            return True
+        pct = self.tolerated_failure_percentage
+        if pct is not None and failed * 100 > pct * total:
+            return True
+        if self.min_successful is not None:
+            return total - failed < self.min_successful  # it can no longer be reached
+        return self.tolerated_failure_count is None and pct is None  # all successful
+
+
+@dataclass(slots=True)
+class BatchItem(Generic[T]):
+    """One branch or item: its position, status, and value or error."""
+
+    index: int
+    status: ItemStatus = ItemStatus.NOT_STARTED
+    value: T | None = None
+    error: BaseException | None = None
+
+
+class BatchError(WorkflowError):
+    """Items of a batch failed (raised by :meth:`BatchResult.raise_if_error`).
+
+    Attributes:
+        errors: ``(index, exception)`` of every failed item, in index order.
+    """
+
+    def __init__(self, errors: Sequence[tuple[int, BaseException]]) -> None:
+        self.errors = list(errors)
+        first_index, first = self.errors[0]
+        super().__init__(f"{len(self.errors)} item(s) failed; first: item {first_index}: "
+                         f"{type(first).__name__}: {first}")
+
+
+@dataclass(slots=True)
+class BatchResult(Generic[T]):
+    """The outcome of ``ctx.parallel`` or ``ctx.map``: one :class:`BatchItem` per branch or
+    item, in index order, and why the batch completed."""
+
+    items: list[BatchItem[T]]
+    completion_reason: CompletionReason
+    started: int = field(default=0)
+
+    @property
+    def succeeded(self) -> int:
+        return sum(item.status is ItemStatus.SUCCEEDED for item in self.items)
+
+    @property
+    def failed(self) -> int:
+        return sum(item.status is ItemStatus.FAILED for item in self.items)
+
+    def values(self) -> list[T]:
+        """The values of the items that succeeded, in index order."""
+        return [item.value for item in self.items  # type: ignore[misc]
+                if item.status is ItemStatus.SUCCEEDED]
+
+    def errors(self) -> list[tuple[int, BaseException]]:
+        return [(item.index, item.error) for item in self.items
+                if item.status is ItemStatus.FAILED and item.error is not None]
+
+    def raise_if_error(self) -> None:
+        """Raise :class:`BatchError` if any item failed."""
+        errors = self.errors()
+        if errors:
+            raise BatchError(errors)
+
+
+async def run_batch(branches: Sequence[Callable[[], Awaitable[T]]], *,
+                    max_concurrency: int | None, completion: Completion) -> BatchResult[T]:
+    """Run ``branches`` on the workflow loop, at most ``max_concurrency`` at a time, until
+    ``completion`` says the batch is complete; stop the rest."""
+    import asyncio
+
+    items: list[BatchItem[T]] = [BatchItem(i) for i in range(len(branches))]
+    running: dict[asyncio.Future[T], int] = {}
+    next_index = 0
+    reason: CompletionReason | None = None
+    total = len(branches)
+    succeeded = failed = started = 0
+    while True:
+        while reason is None and next_index < total and (
+                max_concurrency is None or len(running) < max_concurrency):
+            running[asyncio.ensure_future(branches[next_index]())] = next_index
+            items[next_index].status = ItemStatus.CANCELLED  # until it ends
+            next_index += 1
+            started += 1
+        if not running:
+            break
+        done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        for task in sorted(done, key=running.__getitem__):  # index order: deterministic
+            item = items[running.pop(task)]
+            if task.cancelled():
+                continue
+            error = task.exception()
+            if error is None:
+                item.status, item.value = ItemStatus.SUCCEEDED, task.result()
+                succeeded += 1
+            else:
+                item.status, item.error = ItemStatus.FAILED, error
+                failed += 1
+        if reason is None:
+            if completion.failed_too_often(failed, total):
+                reason = CompletionReason.FAILURE_TOLERANCE_EXCEEDED
+            elif completion.min_successful is not None and succeeded >= completion.min_successful:
+                reason = CompletionReason.MIN_SUCCESSFUL_REACHED
+            if reason is not None:
+                for task in running:
+                    task.cancel()
+                if running:
+                    await asyncio.wait(running)
+                running.clear()
+                break
+    for item in items[next_index:]:
+        item.status = ItemStatus.NOT_STARTED
+    return BatchResult(items, reason or CompletionReason.ALL_COMPLETED, started)
