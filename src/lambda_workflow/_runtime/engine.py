@@ -95,6 +95,19 @@ def call_result_body(workflow_id: str, call_id: str, ok: bool, payload: bytes) -
                          "value" if ok else "error": orjson.Fragment(payload)})
 
 
+def replay_inputs(operations: Sequence[OperationRecord]
+                  ) -> tuple[list[OperationRecord], tuple[int, str] | None]:
+    """What a replay is given: the workflow's own operations in order (not the records kept
+    outside it: a cancellation, a child's parent), and the recorded cancellation as
+    ``(stage, reason)``."""
+    ops = [op for op in operations if op.kind not in _OUTSIDE_KINDS]
+    record = next((op for op in operations if op.op_id == CANCEL_OP_ID), None)
+    if record is None:
+        return ops, None
+    return ops, (record.resolved_in or record.created_in,
+                 str(orjson.loads(record.request).get("reason", "")))
+
+
 def child_workflow_id(parent_id: str, op_id: str, given: str | None) -> str:
     """The id of a child workflow: the given one, else ``<parent id>/<operation id>`` (a
     digest of the parent id when that would exceed 128 characters)."""
@@ -354,10 +367,8 @@ class Engine:
                 created_in=activation, resolved_in=activation, created_at=now, resolved_at=now)
         elif cancel is not None:
             report.duplicates.append(CANCEL_OP_ID)
-        cancel_at = None
-        if recorded_cancel is not None:
-            cancel_at = (recorded_cancel.resolved_in or activation,
-                         orjson.loads(recorded_cancel.request)["reason"])
+        replayed, cancel_at = replay_inputs(
+            [*history.operations, *([new_cancel] if new_cancel is not None else [])])
 
         wf = self.workflows.get(inst.workflow_name)
         if wf is None:
@@ -371,7 +382,6 @@ class Engine:
                     f"workflow id {workflow_id!r} is already used by an instance of "
                     f"{inst.workflow_name!r} with a different input; a start message may only "
                     "repeat the original input")
-        replayed = [op for op in history.operations if op.kind not in _OUTSIDE_KINDS]
         result = Replayer(wf, workflow_id, inst.input, replayed, staged,
                           activation=activation, now=now, payload_limit=self.payload_limit,
                           payload_hint=self.payload_hint,

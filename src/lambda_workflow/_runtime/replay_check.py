@@ -29,7 +29,7 @@ from ..callbacks import CallbackTokens
 from ..errors import NonDeterminismError
 from ..models import History, InstanceStatus, OperationRecord, OperationState
 from ..workflow import Workflow
-from .engine import CANCEL_OP_ID
+from .engine import CANCEL_OP_ID, replay_inputs
 from .replay import Replayer
 
 __all__ = ["ReplayCheck", "check_replay"]
@@ -149,13 +149,8 @@ def check_replay(workflow: Workflow[Any, Any], history: History, *,
     inst = history.instance
     # As the engine replays: the cancellation is not one of the workflow's own operations; it
     # is delivered as CancelledError after the stage it arrived in.
-    ops = sorted((op for op in history.operations if op.op_id != CANCEL_OP_ID),
-                 key=lambda op: op.seq)
+    ops, cancel = replay_inputs(sorted(history.operations, key=lambda op: op.seq))
     cancel_op = next((op for op in history.operations if op.op_id == CANCEL_OP_ID), None)
-    cancel = None
-    if cancel_op is not None:
-        cancel = (cancel_op.resolved_in or cancel_op.created_in,
-                  str(orjson.loads(cancel_op.request).get("reason", "")))
     status = inst.status
 
     def verdict(ok: bool, message: str, outcome: str,
