@@ -12,6 +12,9 @@ Every Lambda function of a deployment reads the same variables (the SAM template
 ``LAMBDA_WORKFLOW_TIMER_QUEUE_URL`` a standard SQS queue for durable timers (``ctx.sleep``):
                                     delayed messages hop through it, 15 minutes at most each
                                     (required by workflows that sleep)
+``LAMBDA_WORKFLOW_CALLBACK_KEY``    the secret (16 bytes or more) that signs callback tokens;
+                                    required by workflows that create callbacks, and by
+                                    clients that complete them
 ``LAMBDA_WORKFLOW_PAYLOAD_THRESHOLD`` bytes above which a payload goes to S3 (default 65536)
 ``LAMBDA_WORKFLOW_RETENTION_DAYS``  days a finished workflow's items live before TTL deletes
                                     them (default 30; 0 keeps them for ever)
@@ -95,6 +98,7 @@ class AwsConfig:
     dead_letter_queue_url: str | None = None
     bucket: str | None = None
     timer_queue_url: str | None = None
+    callback_key: str | None = field(default=None, repr=False)
     payload_threshold: int = DEFAULT_PAYLOAD_THRESHOLD
     retention_days: int = 30
     max_receives: int = 5
@@ -121,6 +125,9 @@ class AwsConfig:
             raise ConfigurationError(
                 "the timer queue must be a standard SQS queue (FIFO queues refuse per-message "
                 f"delays), got {self.timer_queue_url!r} (LAMBDA_WORKFLOW_TIMER_QUEUE_URL)")
+        if self.callback_key is not None and len(self.callback_key.encode()) < 16:
+            raise ConfigurationError(
+                "LAMBDA_WORKFLOW_CALLBACK_KEY must be at least 16 bytes (a random secret)")
         if self.retention_days < 0:
             raise ConfigurationError(f"retention_days={self.retention_days} must be >= 0")
         if self.max_receives < 1:
@@ -161,6 +168,7 @@ class AwsConfig:
             "dead_letter_queue_url": env.get(_ENV + "DLQ_URL") or None,
             "bucket": env.get(_ENV + "BUCKET") or None,
             "timer_queue_url": env.get(_ENV + "TIMER_QUEUE_URL") or None,
+            "callback_key": env.get(_ENV + "CALLBACK_KEY") or None,
             "payload_threshold": _int(env, "PAYLOAD_THRESHOLD", DEFAULT_PAYLOAD_THRESHOLD, 1),
             "retention_days": _int(env, "RETENTION_DAYS", 30, 0),
             "max_receives": _int(env, "MAX_RECEIVES", 5, 1),

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .._runtime.clock import SystemClock
 from .._runtime.engine import Engine
 from ..backends.protocols import Clock
+from ..callbacks import CallbackTokens
 from ..workflow import Workflow
 from ._clients import AwsClients
 from .config import AwsConfig
@@ -58,6 +59,12 @@ class AwsDeployment:
     def timers(self) -> SqsDelayTimers:
         return SqsDelayTimers(self.config, self.clients, self.clock)
 
+    @cached_property
+    def tokens(self) -> CallbackTokens | None:
+        """Signs and verifies callback tokens, or ``None`` without a callback key."""
+        key = self.config.callback_key
+        return CallbackTokens(key) if key else None
+
     @property
     def payload_limit(self) -> int | None:
         """The largest payload a workflow may record: unlimited with a bucket (large ones go
@@ -67,4 +74,4 @@ class AwsDeployment:
     def engine(self, workflows: Mapping[str, Workflow[Any, Any]]) -> Engine:
         return Engine(self.store, self.transport, workflows, self.clock,
                       payload_limit=self.payload_limit, payload_hint=NO_BUCKET_HINT,
-                      timers=self.timers)
+                      timers=self.timers, tokens=self.tokens)
