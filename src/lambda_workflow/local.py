@@ -127,11 +127,13 @@ class LocalTimers:
         fired = 0
         now = self._clock.now()
         while self._heap and self._heap[0][0] <= now:
-            _, workflow_id, timer_id = heapq.heappop(self._heap)
-            self._scheduled.discard((workflow_id, timer_id))
+            _, workflow_id, timer_id = self._heap[0]
+            # Sent before it leaves the heap: a failed send keeps the timer.
             self._transport.send_to_workflow(
                 workflow_id, _core.dedup_id(workflow_id, "timer_fired", timer_id),
                 timer_fired_body(workflow_id, timer_id))
+            heapq.heappop(self._heap)
+            self._scheduled.discard((workflow_id, timer_id))
             fired += 1
         return fired
 
