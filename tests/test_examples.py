@@ -350,14 +350,10 @@ async def _instant_approval(ctx: WorkflowContext[None]) -> str:
     return await ctx.wait_for_callback("approval", _answer_at_once, str, timeout=3600)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "library bug: wait_for_callback runs the submitter in the activation that creates the "
-    "callback, before the callback is recorded, so its token is refused ('instance has no "
-    "callback') until that activation commits; the first attempt always fails"))
-def test_library_bug_wait_for_callback_token_is_refused_while_the_submitter_runs() -> None:
-    """The token handed to the submitter should be usable at once: a submitter that completes
-    the callback synchronously should run once and the workflow return the value. Today the
-    first attempt gets InvalidCallbackTokenError and only the retry (a timer later) works."""
+def test_wait_for_callback_token_works_while_the_submitter_runs() -> None:
+    """The token handed to the submitter is usable at once (the callback is recorded before
+    the submitter runs): a submitter that completes the callback synchronously runs once and
+    the workflow returns the value."""
     _SUBMITTER_ATTEMPTS.clear()
     with WorkflowTestRuntime(_instant_approval) as runtime:
         _RUNTIMES.append(runtime)

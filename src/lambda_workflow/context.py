@@ -85,6 +85,8 @@ class _Driver(Protocol):
     def child(self, workflow: Workflow[Any, Any], request: Any, workflow_id: str | None,
               frame: FrameType | None) -> Awaitable[Any]: ...
 
+    def persist_new_operations(self) -> None: ...
+
     def run_step(self, st: Step[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                  frame: FrameType | None) -> Coroutine[Any, Any, Any]: ...
 
@@ -328,6 +330,9 @@ class WorkflowContext(Generic[ReqT]):
 
         callback = self.create_callback(name, result_type, timeout=timeout,
                                         heartbeat_timeout=heartbeat_timeout)
+        # The callback must exist in the state before the submitter hands out its token: an
+        # external system may answer at once.
+        self._driver.persist_new_operations()
         submit = Step(submitter, name=f"submit:{name}", retry=retry)
         await self._driver.run_step(submit, (callback.token,), {}, sys._getframe(1))
         return await callback

@@ -385,8 +385,8 @@ class Engine:
         result = Replayer(wf, workflow_id, inst.input, replayed, staged,
                           activation=activation, now=now, payload_limit=self.payload_limit,
                           payload_hint=self.payload_hint,
-                          checkpoint=lambda op: self.store.add_operations(
-                              workflow_id, [op], activation),
+                          checkpoint=lambda new: self.store.add_operations(
+                              workflow_id, new, activation),
                           tokens=self.tokens, cancel=cancel_at).run()
         if new_cancel is not None:
             result.new_operations.append(new_cancel)

@@ -154,7 +154,7 @@ class Replayer:
         now: float,
         payload_limit: int | None = None,
         payload_hint: str = "",
-        checkpoint: Callable[[OperationRecord], None] | None = None,
+        checkpoint: Callable[[Sequence[OperationRecord]], None] | None = None,
         tokens: CallbackTokens | None = None,
         cancel: tuple[int, str] | None = None,
     ) -> None:
@@ -350,7 +350,7 @@ class Replayer:
             if self._checkpoint is None:
                 raise WorkflowError(f"step {st.name!r} is at-most-once, but this runtime "
                                     "cannot record an attempt before it runs")
-            self._checkpoint(op)
+            self._checkpoint([op])
             self.new_operations.pop()
         ok, payload = True, b"null"
         info = StepInfo(st.name, attempt, self.workflow_id)
@@ -370,6 +370,14 @@ class Replayer:
             op.state, op.result = state, payload
             op.resolved_in, op.resolved_at = self._activation, self._now
         return ok, payload
+
+    def persist_new_operations(self) -> None:
+        """Record the operations created so far in this activation now, before code that
+        lets the outside world act on them (a callback's submitter): the activation's
+        commit records them again, conditionally, and sends what they need."""
+        pending = [op for op in self.new_operations if op.state is OperationState.PENDING]
+        if self._checkpoint is not None and pending and not self._index.sealed:
+            self._checkpoint(pending)
 
     def create_callback(self, name: str, result_adapter: pydantic.TypeAdapter[Any],
                         timeout: float | None, heartbeat_timeout: float | None,
