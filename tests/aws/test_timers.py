@@ -3,9 +3,11 @@ most per hop) and fires on the workflow FIFO queue, on moto's server with its cl
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -121,3 +123,61 @@ def test_a_fifo_timer_queue_is_refused(aws: Aws) -> None:
     error naming the variable."""
     with pytest.raises(ConfigurationError, match="standard SQS queue"):
         replace(aws.config(), timer_queue_url="https://sqs/x/timers.fifo")
+
+
+def test_a_long_sleep_is_one_eventbridge_schedule(aws: Aws, clock: ShiftedClock) -> None:
+    """With a scheduler role configured, a 2-day sleep is one one-time EventBridge Scheduler
+    schedule (at the deadline, deleted after it runs) targeting the timer queue with the
+    timer message, and no SQS hop. When the schedule delivers that message (the test plays
+    EventBridge), the timer fires and the workflow wakes; scheduling again is harmless."""
+    from lambda_workflow.aws import WorkflowClient
+
+    deployment, workflows, timers = _deploy(aws, clock)
+    config = replace(deployment.config,
+                     scheduler_role_arn="arn:aws:iam::123456789012:role/scheduler")
+    deployment = AwsDeployment(config, session=aws.session, clock=clock)
+    workflows.handler = workflow_handler(overnight, deployment=deployment)
+    timers.handler = timer_handler(deployment=deployment)
+    client = WorkflowClient(config, session=aws.session, clock=clock)
+    handle = client.start(overnight, 2 * 86_400.0, workflow_id="night-3")
+    drain([workflows, timers])
+    assert aws.client("sqs").get_queue_attributes(
+        QueueUrl=config.timer_queue_url, AttributeNames=["ApproximateNumberOfMessagesDelayed"]
+    )["Attributes"]["ApproximateNumberOfMessagesDelayed"] == "0"
+    scheduler = aws.client("scheduler")
+    (summary,) = scheduler.list_schedules()["Schedules"]
+    schedule = scheduler.get_schedule(Name=summary["Name"])
+    (timer,) = handle.history().operations
+    fire_at = timer.created_at + 2 * 86_400
+    assert schedule["ScheduleExpression"] == (
+        f"at({datetime.fromtimestamp(math.ceil(fire_at), UTC):%Y-%m-%dT%H:%M:%S})")
+    assert schedule["ActionAfterCompletion"] == "DELETE"
+    target = schedule["Target"]
+    assert target["RoleArn"] == config.scheduler_role_arn
+    assert target["Arn"].endswith(":" + (config.timer_queue_url or "").rsplit("/", 1)[1])
+    message = orjson.loads(target["Input"])
+    assert (message["workflow_id"], message["timer_id"]) == ("night-3", "1")
+    deployment.timers.schedule("night-3", "1", fire_at)  # a repeated schedule: no error
+    assert len(scheduler.list_schedules()["Schedules"]) == 1
+    clock.offset += 2 * 86_400
+    aws.client("sqs").send_message(QueueUrl=config.timer_queue_url,
+                                   MessageBody=target["Input"])  # EventBridge delivers
+    drain([workflows, timers])
+    assert 2 * 86_400 <= int(handle.result()) < 2 * 86_400 + 10
+
+
+def test_a_short_sleep_still_hops_with_a_scheduler_configured(aws: Aws,
+                                                              clock: ShiftedClock) -> None:
+    """A timer within one SQS delay (15 minutes) stays a delayed message: no schedule."""
+    from lambda_workflow.aws import WorkflowClient
+
+    deployment, workflows, _ = _deploy(aws, clock)
+    config = replace(deployment.config,
+                     scheduler_role_arn="arn:aws:iam::123456789012:role/scheduler")
+    deployment = AwsDeployment(config, session=aws.session, clock=clock)
+    workflows.handler = workflow_handler(overnight, deployment=deployment)
+    client = WorkflowClient(config, session=aws.session, clock=clock)
+    client.start(overnight, 600.0, workflow_id="nap")
+    drain([workflows])
+    assert aws.client("scheduler").list_schedules()["Schedules"] == []
+    assert aws.requests["sqs.SendMessage"] >= 2  # the start and the delayed timer message

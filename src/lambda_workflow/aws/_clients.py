@@ -51,6 +51,11 @@ class AwsClients:
         return client
 
     @cached_property
+    def scheduler(self) -> Any:
+        """EventBridge Scheduler (used for timers longer than one SQS delay)."""
+        return self._client("scheduler")
+
+    @cached_property
     def lambda_(self) -> LambdaClient:
         client: LambdaClient = self._client("lambda")
         return client

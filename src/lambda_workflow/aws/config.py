@@ -12,6 +12,11 @@ Every Lambda function of a deployment reads the same variables (the SAM template
 ``LAMBDA_WORKFLOW_TIMER_QUEUE_URL`` a standard SQS queue for durable timers (``ctx.sleep``):
                                     delayed messages hop through it, 15 minutes at most each
                                     (required by workflows that sleep)
+``LAMBDA_WORKFLOW_SCHEDULER_ROLE_ARN`` a role EventBridge Scheduler assumes to send to the
+                                    timer queue: timers longer than 15 minutes then become
+                                    one one-time schedule each instead of SQS hops (optional)
+``LAMBDA_WORKFLOW_SCHEDULER_GROUP`` the schedule group for those schedules (default
+                                    ``default``)
 ``LAMBDA_WORKFLOW_CALLBACK_KEY``    the secret (16 bytes or more) that signs callback tokens;
                                     required by workflows that create callbacks, and by
                                     clients that complete them
@@ -98,6 +103,8 @@ class AwsConfig:
     dead_letter_queue_url: str | None = None
     bucket: str | None = None
     timer_queue_url: str | None = None
+    scheduler_role_arn: str | None = None
+    scheduler_group: str = "default"
     callback_key: str | None = field(default=None, repr=False)
     payload_threshold: int = DEFAULT_PAYLOAD_THRESHOLD
     retention_days: int = 30
@@ -168,6 +175,8 @@ class AwsConfig:
             "dead_letter_queue_url": env.get(_ENV + "DLQ_URL") or None,
             "bucket": env.get(_ENV + "BUCKET") or None,
             "timer_queue_url": env.get(_ENV + "TIMER_QUEUE_URL") or None,
+            "scheduler_role_arn": env.get(_ENV + "SCHEDULER_ROLE_ARN") or None,
+            "scheduler_group": env.get(_ENV + "SCHEDULER_GROUP") or "default",
             "callback_key": env.get(_ENV + "CALLBACK_KEY") or None,
             "payload_threshold": _int(env, "PAYLOAD_THRESHOLD", DEFAULT_PAYLOAD_THRESHOLD, 1),
             "retention_days": _int(env, "RETENTION_DAYS", 30, 0),

@@ -1,10 +1,15 @@
-"""Durable timers on AWS: delayed messages hopping through a standard SQS queue.
+"""Durable timers on AWS: delayed messages hopping through a standard SQS queue, or one
+EventBridge Scheduler schedule per long timer.
 
 SQS delays a message by 15 minutes at most (``DelaySeconds`` up to 900, on standard queues
 only). A timer is one message on the timer queue carrying its deadline; the timer function
 receives it when its delay ends, and either forwards ``timer_fired`` to the workflow FIFO queue
 (the deadline has come) or sends it on again with the next delay (up to 15 more minutes). A
 sleep of a day is 96 hops; docs/aws.md prices it.
+
+With ``LAMBDA_WORKFLOW_SCHEDULER_ROLE_ARN`` set, a timer longer than one delay is instead one
+one-time EventBridge Scheduler schedule (``at(...)``, deleted after it runs) whose target is the
+timer queue with the same timer message: one scheduler invocation however long the sleep.
 
 The deadline is in the message, so a hop that arrives late or twice does no harm: the
 ``timer_fired`` message carries the timer's deduplication id, and the engine ignores a timer
@@ -13,8 +18,12 @@ that already fired.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -53,8 +62,44 @@ class SqsDelayTimers:
         return self.config.timer_queue_url
 
     def schedule(self, workflow_id: str, timer_id: str, fire_at: float) -> None:
-        self.hop({"v": 1, "kind": "timer", "workflow_id": workflow_id, "timer_id": timer_id,
-                  "fire_at": fire_at})
+        timer = {"v": 1, "kind": "timer", "workflow_id": workflow_id, "timer_id": timer_id,
+                 "fire_at": fire_at}
+        if (self.config.scheduler_role_arn is not None
+                and fire_at - self.clock.now() > MAX_DELAY_SECONDS):
+            self.schedule_once(timer)
+        else:
+            self.hop(timer)
+
+    @cached_property
+    def queue_arn(self) -> str:
+        """The timer queue's ARN (read once; a schedule's target needs it)."""
+        return str(self.clients.sqs.get_queue_attributes(
+            QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"])
+
+    @staticmethod
+    def schedule_name(timer: Mapping[str, Any]) -> str:
+        """One schedule per timer: a name derived from the instance and the timer id, so
+        scheduling the same timer again finds the existing schedule."""
+        digest = hashlib.sha256(f"{timer['workflow_id']}\0{timer['timer_id']}".encode())
+        return f"lambda-workflow-{digest.hexdigest()[:40]}"
+
+    def schedule_once(self, timer: Mapping[str, Any]) -> str:
+        """Create the one-time schedule of a long timer; returns its name."""
+        at = datetime.fromtimestamp(math.ceil(float(timer["fire_at"])), UTC)
+        name = self.schedule_name(timer)
+        scheduler = self.clients.scheduler
+        # ConflictException: an earlier attempt of this activation made it (the same timer).
+        with contextlib.suppress(scheduler.exceptions.ConflictException):
+            scheduler.create_schedule(
+                Name=name, GroupName=self.config.scheduler_group,
+                ScheduleExpression=f"at({at:%Y-%m-%dT%H:%M:%S})",
+                ScheduleExpressionTimezone="UTC", FlexibleTimeWindow={"Mode": "OFF"},
+                ActionAfterCompletion="DELETE",
+                Description=f"lambda-workflow timer {timer['timer_id']} of "
+                            f"{timer['workflow_id']}"[:512],
+                Target={"Arn": self.queue_arn, "RoleArn": self.config.scheduler_role_arn,
+                        "Input": orjson.dumps(timer).decode()})
+        return name
 
     def hop(self, timer: Mapping[str, Any]) -> int:
         """Send the timer message with the delay to its deadline, 900 s at most. Returns the
