@@ -157,3 +157,30 @@ def test_a_workflow_may_swallow_the_cancellation_and_complete() -> None:
                       dedup_id="c")
         rt.run_until_idle()
         assert handle.result() == "finished anyway"
+
+
+@workflow
+async def long_child(ctx: WorkflowContext[None]) -> str:
+    await ctx.sleep(86_400)
+    return "child done"
+
+
+@workflow
+async def parent_of_long_child(ctx: WorkflowContext[None]) -> str:
+    return await ctx.child(long_child, None)
+
+
+def test_cancelling_a_parent_cancels_its_running_children() -> None:
+    """A parent cancelled while its child runs passes the cancellation on: the child ends
+    cancelled with a reason naming the parent, and the parent ends cancelled."""
+    with _runtime(parent_of_long_child, long_child) as rt:
+        handle = rt.start(parent_of_long_child, None, workflow_id="par")
+        rt.run_until_idle(skip_time=False)
+        assert rt.status("par/1") is InstanceStatus.RUNNING
+        rt.queue.send(b'{"v":1,"kind":"cancel","workflow_id":"par","reason":"stop"}',
+                      group_id="par", dedup_id="c")
+        rt.run_until_idle(skip_time=False)
+        assert handle.status() is InstanceStatus.CANCELLED
+        assert rt.status("par/1") is InstanceStatus.CANCELLED
+        with pytest.raises(WorkflowFailedError, match="parent 'par' cancelled: stop"):
+            rt.result("par/1")

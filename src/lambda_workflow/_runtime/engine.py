@@ -255,6 +255,19 @@ class Engine:
                              "parent": {"workflow_id": op.workflow_id, "call_id": op.op_id}})
         self.transport.send_to_workflow(child_id, _core.dedup_id(child_id, "start", ""), body)
 
+    def _cancel_children(self, operations: Sequence[OperationRecord],
+                         staged: Mapping[str, StagedResult], reason: str) -> None:
+        for op in operations:
+            if (op.kind != "child" or op.state is not OperationState.PENDING
+                    or op.op_id in staged):
+                continue
+            child_id = child_workflow_id(op.workflow_id, op.op_id,
+                                         orjson.loads(op.request).get("workflow_id"))
+            body = orjson.dumps({"v": 1, "kind": "cancel", "workflow_id": child_id,
+                                 "reason": f"parent {op.workflow_id!r} cancelled: {reason}"})
+            self.transport.send_to_workflow(child_id, _core.dedup_id(child_id, "cancel", ""),
+                                            body)
+
     def _notify_parent(self, history: History, status: InstanceStatus, result: bytes | None,
                        error: bytes | None) -> None:
         """A child that ended sends its result (or error) to its parent as the reply of the
@@ -424,6 +437,11 @@ class Engine:
                     call_request_body(op, reply_to))
             self.store.mark_sent(workflow_id, [op.op_id for op in outbox])
             report.sent = outbox
+        if cancel_at is not None:
+            # A cancelled parent cancels its children still running (on every activation
+            # after the cancel: the same deduplication id makes repeats harmless).
+            self._cancel_children(
+                [*history.operations, *result.new_operations], staged, cancel_at[1])
 
         if result.outcome == "completed":
             self.store.finish(workflow_id, InstanceStatus.COMPLETED, result.result, None,
