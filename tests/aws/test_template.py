@@ -43,6 +43,13 @@ REGION = "us-east-1"
 ACCOUNT = "123456789012"
 #: What `sam deploy` puts in place of the local CodeUri after uploading the zip.
 UPLOADED_CODE = "s3://lambda-workflow-artifacts/bank.zip"
+#: Values for the parameters without a default, as `sam deploy --parameter-overrides` gives
+#: them (deploy/README.md): the callback key is a deployment's own secret.
+PARAMETER_VALUES = {"CallbackKey": "3f9c2a7e51d04b6c8e1f0a2b3c4d5e6f"}
+#: The ARN pattern of the timer schedules in the template's schedule group, the only resource
+#: on which the workflow function may create schedules.
+TIMER_SCHEDULES = ("arn:${AWS::Partition}:scheduler:${AWS::Region}:${AWS::AccountId}:"
+                   "schedule/${TimerScheduleGroup}/*")
 #: cfn-lint warnings accepted on the translated template, by rule id (none today). A new one
 #: fails the lint test with its message, so that it is read before it is accepted here.
 ACCEPTED_WARNINGS: frozenset[str] = frozenset()
@@ -83,7 +90,7 @@ def translate(sam: Template) -> Template:
     # The translator only reads the session's region (for AWS::Region and the partition).
     session = SimpleNamespace(region_name=REGION)
     translator = Translator(None, Parser(), boto_session=session)
-    cfn: Template = translator.translate(sam, parameter_values={},
+    cfn: Template = translator.translate(sam, parameter_values=dict(PARAMETER_VALUES),
                                          get_managed_policy_map=_no_managed_policies)
     return cfn
 
@@ -390,8 +397,9 @@ def test_services_map_names_every_service_of_the_example(cfn: Template,
 
 
 def _fake_value(cfn: Template, value: Any) -> str:
-    """A deployed-looking value for an intrinsic: a parameter's default, a queue's URL (with
-    .fifo for a FIFO queue), a table's, bucket's or function's name."""
+    """A deployed-looking value for an intrinsic: a parameter's default (or the value
+    PARAMETER_VALUES passes), a queue's URL (with .fifo for a FIFO queue), a role's ARN, a
+    table's, bucket's, schedule group's or function's name."""
     if isinstance(value, str):
         return value
     if isinstance(value, dict) and set(value) == {"Fn::Sub"}:
@@ -399,17 +407,22 @@ def _fake_value(cfn: Template, value: Any) -> str:
                       value["Fn::Sub"])
     name = ref_target(value)
     if name in cfn["Parameters"]:
-        return str(cfn["Parameters"][name]["Default"])
+        return str(cfn["Parameters"][name].get("Default", PARAMETER_VALUES.get(name)))
     resource = cfn["Resources"][name]
     if resource["Type"] == "AWS::SQS::Queue":
         fifo = ".fifo" if resource["Properties"].get("FifoQueue") else ""
         return f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/stack-{name}-X1{fifo}"
+    if resource["Type"] == "AWS::IAM::Role":
+        assert value == {"Fn::GetAtt": [name, "Arn"]}, value
+        return f"arn:aws:iam::{ACCOUNT}:role/stack-{name}-X1"
     return f"stack-{name}-X1".lower()
 
 
 def test_each_functions_environment_is_a_valid_configuration(cfn: Template) -> None:
     """With deployed-looking values in place of the references, every function's environment
-    is read by AwsConfig.from_env without error, with the parameters' defaults."""
+    is read by AwsConfig.from_env without error, with the parameters' defaults and a callback
+    key. The workflow function's has the scheduler role, its schedule group and the callback
+    key; the others have none of them (services and the timer function do not use them)."""
     for handler, variables in _environments(cfn).items():
         env = {name: _fake_value(cfn, value) for name, value in variables.items()}
         config = AwsConfig.from_env(env)
@@ -420,6 +433,51 @@ def test_each_functions_environment_is_a_valid_configuration(cfn: Template) -> N
         if handler == "bank_lambda.handle_workflow":
             assert {n: t.kind for n, t in config.services.items()} == {
                 "balance": "sqs", "fraud": "lambda", "transaction": "sqs"}
+            assert config.scheduler_role_arn == \
+                f"arn:aws:iam::{ACCOUNT}:role/stack-SchedulerRole-X1"
+            assert config.scheduler_group == "stack-timerschedulegroup-x1"
+            assert config.callback_key == PARAMETER_VALUES["CallbackKey"]
+        else:
+            assert config.scheduler_role_arn is None and config.callback_key is None, handler
+            assert config.scheduler_group == "default", handler
+
+
+def test_workflow_function_schedules_long_timers_in_the_stacks_group(cfn: Template) -> None:
+    """Long timers: the workflow function's LAMBDA_WORKFLOW_SCHEDULER_ROLE_ARN is the
+    SchedulerRole's ARN and LAMBDA_WORKFLOW_SCHEDULER_GROUP the stack's schedule group, the
+    group whose schedules (and only those) its role may create."""
+    _, function = function_by_handler(cfn, "bank_lambda.handle_workflow")
+    variables = function["Environment"]["Variables"]
+    assert variables["LAMBDA_WORKFLOW_SCHEDULER_ROLE_ARN"] == {
+        "Fn::GetAtt": ["SchedulerRole", "Arn"]}
+    assert variables["LAMBDA_WORKFLOW_SCHEDULER_GROUP"] == {"Ref": "TimerScheduleGroup"}
+    assert cfn["Resources"]["TimerScheduleGroup"]["Type"] == "AWS::Scheduler::ScheduleGroup"
+    assert ("scheduler:CreateSchedule", TIMER_SCHEDULES) in _permissions(
+        cfn, "bank_lambda.handle_workflow")
+
+
+def test_callback_key_is_a_required_secret_parameter(cfn: Template) -> None:
+    """LAMBDA_WORKFLOW_CALLBACK_KEY comes from the CallbackKey parameter: hidden (NoEcho), at
+    least 16 characters (AwsConfig refuses fewer than 16 bytes), no default (each deployment
+    passes its own, as the README's `sam deploy` command does), set on the workflow function
+    only."""
+    parameter = cfn["Parameters"]["CallbackKey"]
+    assert parameter["Type"] == "String"
+    assert parameter["NoEcho"] is True
+    assert parameter["MinLength"] == 16
+    assert "Default" not in parameter
+    users = {h: v["LAMBDA_WORKFLOW_CALLBACK_KEY"] for h, v in _environments(cfn).items()
+             if "LAMBDA_WORKFLOW_CALLBACK_KEY" in v}
+    assert users == {"bank_lambda.handle_workflow": {"Ref": "CallbackKey"}}
+    command = re.search(r"sam deploy ([^`]*?)\n```",
+                        README.read_text(encoding="utf-8").replace("\\\n", " "))
+    assert command, "deploy/README.md has no `sam deploy` command"
+    argv = shlex.split(command.group(1))
+    overrides = argv[argv.index("--parameter-overrides") + 1:]
+    required = {n for n, p in cfn["Parameters"].items() if "Default" not in p
+                and not n.startswith("AWS::")}
+    assert required == {"CallbackKey"}
+    assert {o.split("=")[0] for o in overrides if "=" in o} >= required
 
 
 # ---------------------------------------------------------------- permissions
@@ -445,9 +503,10 @@ def _as_list(value: Any) -> list[Any]:
 
 def test_iam_statements_have_no_wildcard_action_or_resource(cfn: Template) -> None:
     """No IAM statement allows a `*` action (nor `service:*`, nor NotAction) or a bare `*`
-    resource (nor NotResource); a `*` appears only inside an ARN pattern (bucket ARN/*)."""
+    resource (nor NotResource); a `*` appears only inside an ARN pattern (bucket ARN/*, the
+    schedules of the stack's schedule group)."""
     documents = list(_policy_documents(cfn))
-    assert len(documents) == 6
+    assert len(documents) == 7
     for where, document in documents:
         for statement in _statements(document):
             assert statement["Effect"] == "Allow", where
@@ -457,29 +516,52 @@ def test_iam_statements_have_no_wildcard_action_or_resource(cfn: Template) -> No
             for resource in _as_list(statement["Resource"]):
                 text = json.dumps(resource)
                 assert text != '"*"', where
-                if "*" in text:
+                if "*" in text and text != json.dumps({"Fn::Sub": TIMER_SCHEDULES}):
                     assert re.fullmatch(r'\{"Fn::Sub": "\$\{\w+\.Arn\}/\*"\}', text), (where, text)
 
 
 def test_roles_use_no_aws_managed_policy(cfn: Template) -> None:
-    """Each function has its own role, which attaches no AWS managed policy (those SAM would add
-    grant logs and SQS on every resource): only policies defined in this template."""
+    """Each function has its own role, which only Lambda may assume, and the scheduler has
+    one; no role attaches an AWS managed policy (those SAM would add grant logs and SQS on
+    every resource): only policies defined in this template."""
     roles = resources(cfn, "AWS::IAM::Role")
     functions = resources(cfn, "AWS::Lambda::Function")
-    assert sorted(ref_target(f["Role"]) for f in functions.values()) == sorted(roles)
+    function_roles = sorted(ref_target(f["Role"]) for f in functions.values())
+    assert sorted([*function_roles, "SchedulerRole"]) == sorted(roles)
     own = set(resources(cfn, "AWS::IAM::ManagedPolicy"))
     for name, role in roles.items():
         for arn in role.get("ManagedPolicyArns", []):
             assert ref_target(arn) in own, (name, arn)
-        (principal,) = [s["Principal"] for s in _statements(role["AssumeRolePolicyDocument"])]
-        assert principal == {"Service": "lambda.amazonaws.com"}
+        if name in function_roles:
+            (principal,) = [s["Principal"]
+                            for s in _statements(role["AssumeRolePolicyDocument"])]
+            assert principal == {"Service": "lambda.amazonaws.com"}
+
+
+def test_scheduler_role_only_delivers_timers(cfn: Template) -> None:
+    """The role EventBridge Scheduler assumes for a timer's schedule: only
+    scheduler.amazonaws.com may assume it, for schedules of this account (aws:SourceAccount,
+    against the confused deputy), and it may only send to the timer queue."""
+    role = cfn["Resources"]["SchedulerRole"]["Properties"]
+    (trust,) = _statements(role["AssumeRolePolicyDocument"])
+    assert trust == {"Effect": "Allow", "Principal": {"Service": "scheduler.amazonaws.com"},
+                     "Action": "sts:AssumeRole",
+                     "Condition": {"StringEquals": {
+                         "aws:SourceAccount": {"Ref": "AWS::AccountId"}}}}
+    assert "ManagedPolicyArns" not in role
+    assert _role_permissions(cfn, "SchedulerRole") == {("sqs:SendMessage", "TimerQueue")}
 
 
 def _permissions(cfn: Template, handler: str) -> set[tuple[str, str]]:
     """(action, resource) pairs a function's role allows; a resource as ``Name`` for its ARN,
-    ``Name/*`` for the objects of a bucket."""
+    ``Name/*`` for the objects of a bucket, any other ``Fn::Sub`` as its text."""
     _, function = function_by_handler(cfn, handler)
-    role = cfn["Resources"][ref_target(function["Role"])]["Properties"]
+    return _role_permissions(cfn, ref_target(function["Role"]))
+
+
+def _role_permissions(cfn: Template, name: str) -> set[tuple[str, str]]:
+    """(action, resource) pairs the role ``name`` allows, shown as :func:`_permissions` says."""
+    role = cfn["Resources"][name]["Properties"]
     documents = [p["PolicyDocument"] for p in role.get("Policies", [])]
     documents += [cfn["Resources"][ref_target(a)]["Properties"]["PolicyDocument"]
                   for a in role.get("ManagedPolicyArns", [])]
@@ -506,9 +588,12 @@ def test_each_function_has_exactly_the_permissions_its_code_needs(cfn: Template)
     """Least privilege, spelled out: the workflow function consumes its queue, sends to the
     service queues, its own queue and the DLQ, invokes the fraud function, reads and writes
     the table (TransactWriteItems is authorised by PutItem/UpdateItem/ConditionCheckItem) and
-    the payload objects, and schedules timers on the timer queue; each service consumes its
-    source (if any) and replies; the timer function consumes the timer queue and sends to the
-    workflow queue (timer_fired) and to the timer queue (the next hop), nothing else."""
+    the payload objects, and schedules timers on the timer queue, a long one as a schedule in
+    the stack's group (CreateSchedule on its schedules, PassRole on the scheduler's role only
+    to the scheduler, and the timer queue's attributes for its ARN, the schedule's target);
+    each service consumes its source (if any) and replies; the timer function consumes the
+    timer queue and sends to the workflow queue (timer_fired) and to the timer queue (the next
+    hop), nothing else."""
     workflow = {(a, "WorkflowLogGroup") for a in LOGS} | {(a, "WorkflowQueue") for a in CONSUME}
     workflow |= {("sqs:SendMessage", q) for q in ("WorkflowQueue", "WorkflowDeadLetterQueue",
                                                   "BalanceQueue", "TransactionQueue",
@@ -517,7 +602,18 @@ def test_each_function_has_exactly_the_permissions_its_code_needs(cfn: Template)
     workflow |= {(f"dynamodb:{a}", "WorkflowTable")
                  for a in ("GetItem", "PutItem", "UpdateItem", "ConditionCheckItem", "Query")}
     workflow |= {("s3:GetObject", "PayloadBucket/*"), ("s3:PutObject", "PayloadBucket/*")}
+    workflow |= {("sqs:GetQueueAttributes", "TimerQueue"),
+                 ("scheduler:CreateSchedule", TIMER_SCHEDULES),
+                 ("iam:PassRole", "SchedulerRole")}
     assert _permissions(cfn, "bank_lambda.handle_workflow") == workflow
+    (pass_role,) = [s for _, d in _policy_documents(cfn) for s in _statements(d)
+                    if "iam:PassRole" in _as_list(s["Action"])]
+    assert pass_role["Resource"] == {"Fn::GetAtt": ["SchedulerRole", "Arn"]}
+    assert pass_role["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}}
+    conditional = [s for _, d in _policy_documents(cfn) for s in _statements(d)
+                   if "Condition" in s]
+    assert conditional == [pass_role]  # no other statement relies on a condition
     assert _permissions(cfn, "bank_lambda.handle_balance") == REPLY | {
         (a, "BalanceLogGroup") for a in LOGS} | {(a, "BalanceQueue") for a in CONSUME}
     assert _permissions(cfn, "plain_transaction_service.handler") == REPLY | {
