@@ -118,6 +118,13 @@ class LocalTimers:
         self._scheduled.add(key)
         heapq.heappush(self._heap, (fire_at, workflow_id, timer_id))
 
+    def withdraw(self, workflow_id: str, timer_id: str) -> None:
+        key = (workflow_id, timer_id)
+        if key in self._scheduled:
+            self._scheduled.discard(key)
+            self._heap = [entry for entry in self._heap if entry[1:] != key]
+            heapq.heapify(self._heap)
+
     def next_fire_at(self) -> float | None:
         """When the earliest pending timer fires, or ``None``."""
         return self._heap[0][0] if self._heap else None

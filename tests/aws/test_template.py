@@ -604,6 +604,7 @@ def test_each_function_has_exactly_the_permissions_its_code_needs(cfn: Template)
     workflow |= {("s3:GetObject", "PayloadBucket/*"), ("s3:PutObject", "PayloadBucket/*")}
     workflow |= {("sqs:GetQueueAttributes", "TimerQueue"),
                  ("scheduler:CreateSchedule", TIMER_SCHEDULES),
+                 ("scheduler:DeleteSchedule", TIMER_SCHEDULES),
                  ("iam:PassRole", "SchedulerRole")}
     assert _permissions(cfn, "bank_lambda.handle_workflow") == workflow
     (pass_role,) = [s for _, d in _policy_documents(cfn) for s in _statements(d)

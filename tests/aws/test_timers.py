@@ -181,3 +181,37 @@ def test_a_short_sleep_still_hops_with_a_scheduler_configured(aws: Aws,
     drain([workflows])
     assert aws.client("scheduler").list_schedules()["Schedules"] == []
     assert aws.requests["sqs.SendMessage"] >= 2  # the start and the delayed timer message
+
+
+@workflow
+async def race(ctx: WorkflowContext[None]) -> str:
+    """A one-minute timer races a two-day one; the short one wins."""
+    import asyncio
+
+    short = asyncio.ensure_future(ctx.sleep(60))
+    long = asyncio.ensure_future(ctx.sleep(2 * 86_400))
+    done, _ = await asyncio.wait({short, long}, return_when=asyncio.FIRST_COMPLETED)
+    return "short" if short in done else "long"
+
+
+def test_a_schedule_left_pending_is_deleted_when_the_workflow_ends(
+        aws: Aws, clock: ShiftedClock) -> None:
+    """The two-day timer became a schedule; when the workflow ends on the one-minute timer,
+    the schedule is deleted (no invocation is left to pay for)."""
+    from lambda_workflow.aws import WorkflowClient
+
+    deployment, workflows, timers = _deploy(aws, clock)
+    config = replace(deployment.config,
+                     scheduler_role_arn="arn:aws:iam::123456789012:role/scheduler")
+    deployment = AwsDeployment(config, session=aws.session, clock=clock)
+    workflows.handler = workflow_handler(race, deployment=deployment)
+    timers.handler = timer_handler(deployment=deployment)
+    handle = WorkflowClient(config, session=aws.session, clock=clock).start(
+        race, None, workflow_id="race-1")
+    drain([workflows, timers])
+    scheduler = aws.client("scheduler")
+    assert len(scheduler.list_schedules()["Schedules"]) == 1
+    clock.offset += 61
+    drain([workflows, timers])
+    assert handle.result() == "short"
+    assert scheduler.list_schedules()["Schedules"] == []

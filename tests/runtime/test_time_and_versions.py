@@ -89,16 +89,18 @@ async def two_timers(ctx: WorkflowContext[None]) -> list[str]:
     return ["short" if short in done else "long"]
 
 
-def test_timers_fire_in_deadline_order_and_a_late_one_is_harmless() -> None:
-    """Of two timers, the earlier deadline fires first; the later one's message, arriving
-    after the workflow ended, is recorded and changes nothing."""
+def test_timers_fire_in_deadline_order_and_a_late_one_is_withdrawn() -> None:
+    """Of two timers, the earlier deadline fires first; the later one, still pending when the
+    workflow ends, is withdrawn (it never fires, and time does not skip to it)."""
     with _runtime(two_timers) as rt:
         handle = rt.start(two_timers, None, workflow_id="race")
         rt.run_until_idle()
         assert handle.result() == ["short"]
         assert [op.state for op in handle.history().operations] == [
-            OperationState.COMPLETED, OperationState.COMPLETED]
+            OperationState.COMPLETED, OperationState.PENDING]
         assert rt.dead_letters() == []
+        assert len(rt.timers) == 0
+        assert rt.clock.now() == START + 10
 
 
 def test_a_pending_timer_survives_a_restart(tmp_path: Path) -> None:

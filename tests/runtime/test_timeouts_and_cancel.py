@@ -184,3 +184,17 @@ def test_cancelling_a_parent_cancels_its_running_children() -> None:
         assert rt.status("par/1") is InstanceStatus.CANCELLED
         with pytest.raises(WorkflowFailedError, match="parent 'par' cancelled: stop"):
             rt.result("par/1")
+
+
+def test_a_timer_that_lost_its_race_is_withdrawn_when_the_workflow_ends() -> None:
+    """When the reply beats the timeout and the workflow ends, its still-pending timeout timer
+    is withdrawn: no later wake-up, and time-skipping does not jump to it."""
+    with _runtime(impatient) as rt:
+        rt.implement(slow, _echo)
+        start = rt.clock.now()
+        handle = rt.start(impatient, "q")
+        reports = rt.run_until_idle()
+        assert handle.result() == "done q"
+        assert len(rt.timers) == 0
+        assert rt.clock.now() == start
+        assert [r.status for r in reports][-1] == "completed"

@@ -255,6 +255,20 @@ class Engine:
                              "parent": {"workflow_id": op.workflow_id, "call_id": op.op_id}})
         self.transport.send_to_workflow(child_id, _core.dedup_id(child_id, "start", ""), body)
 
+    def _withdraw_timers(self, operations: Sequence[OperationRecord],
+                         staged: Mapping[str, StagedResult]) -> None:
+        """The instance is ending: its timers still pending (a timeout that lost its race,
+        say) will change nothing, so their carrier may drop them. Best effort."""
+        if self.timers is None:
+            return
+        for op in operations:
+            if op.kind == "timer" and op.state is OperationState.PENDING and (
+                    op.op_id not in staged):
+                try:
+                    self.timers.withdraw(op.workflow_id, op.op_id)
+                except Exception:  # a timer left behind fires later and changes nothing
+                    continue
+
     def _cancel_children(self, operations: Sequence[OperationRecord],
                          staged: Mapping[str, StagedResult], reason: str) -> None:
         for op in operations:
@@ -443,6 +457,8 @@ class Engine:
             self._cancel_children(
                 [*history.operations, *result.new_operations], staged, cancel_at[1])
 
+        if result.outcome != "suspended":
+            self._withdraw_timers([*history.operations, *result.new_operations], staged)
         if result.outcome == "completed":
             self.store.finish(workflow_id, InstanceStatus.COMPLETED, result.result, None,
                               activation, now)

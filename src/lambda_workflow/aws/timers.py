@@ -70,6 +70,17 @@ class SqsDelayTimers:
         else:
             self.hop(timer)
 
+    def withdraw(self, workflow_id: str, timer_id: str) -> None:
+        """Delete a long timer's schedule (a delayed SQS message cannot be withdrawn; it
+        fires and changes nothing)."""
+        if self.config.scheduler_role_arn is None:
+            return
+        scheduler = self.clients.scheduler
+        with contextlib.suppress(scheduler.exceptions.ResourceNotFoundException):
+            scheduler.delete_schedule(
+                Name=self.schedule_name({"workflow_id": workflow_id, "timer_id": timer_id}),
+                GroupName=self.config.scheduler_group)
+
     @cached_property
     def queue_arn(self) -> str:
         """The timer queue's ARN (read once; a schedule's target needs it)."""

@@ -103,6 +103,11 @@ class TimerService(Protocol):
         harmless (the message carries the timer's deduplication id)."""
         ...
 
+    def withdraw(self, workflow_id: str, timer_id: str) -> None:
+        """The timer is no longer needed (its instance ended): drop it if the carrier can.
+        A timer that fires anyway is harmless."""
+        ...
+
 
 @dataclass(slots=True)
 class QueueMessage:
