@@ -67,7 +67,7 @@ import pytest  # noqa: E402
 
 from lambda_workflow.aws.payloads import dynamodb_item_size, sqs_message_size  # noqa: E402
 from tests.aws.bank import BankOnAws, deploy_bank, expected_result  # noqa: E402
-from tests.aws.conftest import _INVOCATIONS, REGION, Aws, _post  # noqa: E402
+from tests.aws.conftest import _INVOCATIONS, REGION, Aws, _post, moto_server  # noqa: E402
 from tests.aws.harness import drain  # noqa: E402
 
 ACCOUNTS = ("alice", "bob", "mallory", "carol")
@@ -836,34 +836,14 @@ def main() -> None:
                         "aws_cost.json")
     args = parser.parse_args()
 
-    from moto.awslambda_simple.models import LambdaSimpleBackend
-    from moto.server import ThreadedMotoServer
-
     for name in ("moto", "botocore.credentials", "lambda_workflow"):
         logging.getLogger(name).setLevel(logging.ERROR)
     # moto's server errors are counted as retries below instead of printed.
     logging.getLogger("werkzeug").setLevel(logging.CRITICAL)
-    original = LambdaSimpleBackend.invoke
-
-    def recording_invoke(self: LambdaSimpleBackend, function_name: str, qualifier: str | None,
-                         body: Any, headers: Any, response_headers: Any) -> Any:
-        payload = body if isinstance(body, bytes) else str(body or "").encode()
-        with _INVOCATIONS.lock:
-            _INVOCATIONS.calls.append((function_name, payload))
-        return original(self, function_name, qualifier, body, headers, response_headers)
-
-    LambdaSimpleBackend.invoke = recording_invoke  # type: ignore[method-assign]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    try:
+    with moto_server() as endpoint:
         one = run_scenario(endpoint, "one", [("tx-ok", "alice", 50)], threads=1)
         inputs = [(f"tx-{i:03d}", ACCOUNTS[i % 4], i + 1) for i in range(args.workflows)]
         many = run_scenario(endpoint, "concurrent", inputs, threads=2)
-    finally:
-        server.stop()
-        LambdaSimpleBackend.invoke = original  # type: ignore[method-assign]
 
     text, data = report(Costed(one, args.cpu_scale), Costed(many, args.cpu_scale))
     print(text)

@@ -19,6 +19,7 @@ import threading
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,14 +61,12 @@ class LambdaInvocations:
 _INVOCATIONS = LambdaInvocations()
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """The URL of a moto server on 127.0.0.1 (a free port), for the whole session."""
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """Run moto's server on 127.0.0.1 (a free port), with async Lambda invocations recorded
+    in ``_INVOCATIONS``; yields its URL and stops it on exit."""
     from moto.awslambda_simple.models import LambdaSimpleBackend
     from moto.server import ThreadedMotoServer
-
-    for name in ("werkzeug", "moto", "botocore.credentials"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
     original = LambdaSimpleBackend.invoke
 
@@ -88,6 +87,15 @@ def moto_endpoint() -> Iterator[str]:
     finally:
         server.stop()
         LambdaSimpleBackend.invoke = original  # type: ignore[method-assign]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """The URL of a moto server on 127.0.0.1 (a free port), for the whole session."""
+    for name in ("werkzeug", "moto", "botocore.credentials"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @dataclass
