@@ -29,7 +29,7 @@ from ._runtime.engine import (
     timer_fire_at,
     timer_fired_body,
 )
-from ._runtime.instances import callback_message, instance_result, start_instance
+from ._runtime.instances import CallbackCompletion, instance_result, start_instance
 from ._runtime.services import run_service
 from .backends.memory import DeadLetter, InMemoryFifoQueue
 from .backends.protocols import QueueMessage, StateStore, Transport
@@ -175,7 +175,7 @@ class WorkflowHandle(Generic[ResT]):
         return f"<WorkflowHandle {self.workflow.name} {self.workflow_id!r}>"
 
 
-class LocalRuntime:
+class LocalRuntime(CallbackCompletion):
     """Run workflows on one machine, durably, with the same protocol as on AWS.
 
     Example:
@@ -352,37 +352,9 @@ class LocalRuntime:
     def _result(self, workflow_id: str, workflow: Workflow[Any, ResT]) -> ResT:
         return instance_result(self._instance(workflow_id), workflow)
 
-    # -- callbacks -------------------------------------------------------------------------
-    def complete_callback(self, token: str, value: object = None) -> None:
-        """Complete the callback ``token`` names with ``value`` (validated as the callback's
-        result type when the workflow receives it).
-
-        Raises:
-            InvalidCallbackTokenError: a forged or altered token, or one whose callback
-                already completed or whose instance ended; nothing is sent.
-        """
-        self._send_callback(callback_message(self.store, self.tokens, token, "completed",
-                                             value=value))
-
-    def fail_callback(self, token: str, error_type: str, message: str,
-                      details: object = None) -> None:
-        """Fail the callback: the workflow's ``await`` raises ``CallbackFailedError`` with
-        this type, message and details. Raises like :meth:`complete_callback`."""
-        if not isinstance(error_type, str) or not error_type:
-            raise ValueError(f"error_type must be a non-empty string, got {error_type!r}")
-        self._send_callback(callback_message(
-            self.store, self.tokens, token, "completed",
-            error={"type": error_type, "message": str(message), "details": details}))
-
-    def heartbeat_callback(self, token: str) -> None:
-        """Report progress on the callback: its heartbeat timeout starts again. Raises like
-        :meth:`complete_callback`."""
-        self._send_callback(callback_message(self.store, self.tokens, token, "heartbeat"))
-
-    def _send_callback(self, message: tuple[str, str, bytes] | None) -> None:
-        if message is not None:
-            workflow_id, dedup, body = message
-            self.transport.send_to_workflow(workflow_id, dedup, body)
+    # -- callbacks (complete/fail/heartbeat_callback come from CallbackCompletion) ----------
+    def _callback_parts(self) -> tuple[StateStore, CallbackTokens | None, Transport]:
+        return self.store, self.tokens, self.transport
 
     def dead_letters(self) -> list[DeadLetter]:
         """Messages that were rejected or poison, with the reason, oldest first."""

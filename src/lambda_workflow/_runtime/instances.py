@@ -27,7 +27,7 @@ from ..service import type_name
 from ..workflow import Workflow
 from .engine import current_heartbeat, start_message_body
 
-__all__ = ["callback_message", "instance_result", "start_instance"]
+__all__ = ["CallbackCompletion", "callback_message", "instance_result", "start_instance"]
 
 ResT = TypeVar("ResT")
 
@@ -137,3 +137,48 @@ def callback_message(store: StateStore, tokens: CallbackTokens | None, token: st
         raise InvalidRequestError(f"the value completing callback {op.name!r} is not "
                                   f"JSON-serializable: {exc}") from None
     return workflow_id, _core.dedup_id(workflow_id, "callback_completed", token), body
+
+
+class CallbackCompletion:
+    """``complete_callback``, ``fail_callback`` and ``heartbeat_callback`` for a client of a
+    runtime (the local runtime, the AWS client): each checks the token against the state with
+    :func:`callback_message` and sends what it builds to the workflow."""
+
+    def _callback_parts(self) -> tuple[StateStore, CallbackTokens | None, Transport]:
+        """The store the token is checked against, the key, and the way to the workflow."""
+        raise NotImplementedError
+
+    def complete_callback(self, token: str, value: object = None) -> None:
+        """Complete the callback ``token`` names with ``value`` (validated as the callback's
+        result type when the workflow receives it).
+
+        Raises:
+            InvalidCallbackTokenError: a forged or altered token, one signed with another
+                key, or one whose callback already completed or whose instance ended; nothing
+                is sent.
+            WorkflowError: no callback key is configured.
+        """
+        store, tokens, _ = self._callback_parts()
+        self._send_callback(callback_message(store, tokens, token, "completed", value=value))
+
+    def fail_callback(self, token: str, error_type: str, message: str,
+                      details: object = None) -> None:
+        """Fail the callback: the workflow's ``await`` raises ``CallbackFailedError`` with
+        this type, message and details. Raises like :meth:`complete_callback`."""
+        if not isinstance(error_type, str) or not error_type:
+            raise ValueError(f"error_type must be a non-empty string, got {error_type!r}")
+        store, tokens, _ = self._callback_parts()
+        self._send_callback(callback_message(
+            store, tokens, token, "completed",
+            error={"type": error_type, "message": str(message), "details": details}))
+
+    def heartbeat_callback(self, token: str) -> None:
+        """Report progress on the callback: its heartbeat timeout starts again. Raises like
+        :meth:`complete_callback`."""
+        store, tokens, _ = self._callback_parts()
+        self._send_callback(callback_message(store, tokens, token, "heartbeat"))
+
+    def _send_callback(self, message: tuple[str, str, bytes] | None) -> None:
+        if message is not None:
+            workflow_id, dedup, body = message
+            self._callback_parts()[2].send_to_workflow(workflow_id, dedup, body)

@@ -9,8 +9,9 @@ import orjson
 
 from .. import _core
 from .._runtime.history import history_to_json
-from .._runtime.instances import callback_message, instance_result, start_instance
-from ..backends.protocols import Clock
+from .._runtime.instances import CallbackCompletion, instance_result, start_instance
+from ..backends.protocols import Clock, StateStore, Transport
+from ..callbacks import CallbackTokens
 from ..errors import WorkflowNotFinishedError, WorkflowNotFoundError
 from ..models import History, InstanceRecord, InstanceStatus
 from ..workflow import Workflow
@@ -60,7 +61,7 @@ class AwsWorkflowHandle(Generic[ResT]):
         return f"<AwsWorkflowHandle {self.workflow.name} {self.workflow_id!r}>"
 
 
-class WorkflowClient:
+class WorkflowClient(CallbackCompletion):
     """Start, inspect and cancel workflow instances of one deployment.
 
     Example:
@@ -167,39 +168,11 @@ class WorkflowClient:
         and for bug reports)."""
         return history_to_json(self.history(workflow_id))
 
-    # -- callbacks -----------------------------------------------------------------------------
-    def complete_callback(self, token: str, value: object = None) -> None:
-        """Complete the callback ``token`` names with ``value`` (a ``callback_completed``
-        message on the workflow queue).
-
-        Raises:
-            InvalidCallbackTokenError: a forged or altered token, one signed with another key,
-                or one whose callback already completed or whose instance ended; nothing is
-                sent.
-            WorkflowError: no callback key is configured (LAMBDA_WORKFLOW_CALLBACK_KEY).
-        """
-        self._send_callback(callback_message(self.deployment.store, self.deployment.tokens,
-                                             token, "completed", value=value))
-
-    def fail_callback(self, token: str, error_type: str, message: str,
-                      details: object = None) -> None:
-        """Fail the callback: the workflow's ``await`` raises ``CallbackFailedError``.
-        Raises like :meth:`complete_callback`."""
-        if not isinstance(error_type, str) or not error_type:
-            raise ValueError(f"error_type must be a non-empty string, got {error_type!r}")
-        self._send_callback(callback_message(
-            self.deployment.store, self.deployment.tokens, token, "completed",
-            error={"type": error_type, "message": str(message), "details": details}))
-
-    def heartbeat_callback(self, token: str) -> None:
-        """The external system is still working: the heartbeat timeout starts again."""
-        self._send_callback(callback_message(self.deployment.store, self.deployment.tokens,
-                                             token, "heartbeat"))
-
-    def _send_callback(self, message: tuple[str, str, bytes] | None) -> None:
-        if message is not None:
-            workflow_id, dedup, body = message
-            self.deployment.transport.send_to_workflow(workflow_id, dedup, body)
+    # -- callbacks (complete/fail/heartbeat_callback come from CallbackCompletion; the key
+    # is LAMBDA_WORKFLOW_CALLBACK_KEY) -----------------------------------------------------
+    def _callback_parts(self) -> tuple[StateStore, CallbackTokens | None, Transport]:
+        d = self.deployment
+        return d.store, d.tokens, d.transport
 
     def list_instances(self) -> list[InstanceRecord]:
         """Every instance in the table, oldest first (a Scan: for tooling, not hot paths)."""
