@@ -186,11 +186,7 @@ class WorkflowContext(Generic[ReqT]):
             ValueError: ``duration`` is under 1 second or over 366 days (checked before
                 anything is recorded).
         """
-        seconds = duration.total_seconds() if isinstance(duration, timedelta) else duration
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (
-                MIN_SLEEP.total_seconds() <= seconds <= MAX_SLEEP.total_seconds()):
-            raise ValueError(f"ctx.sleep takes 1 second to 366 days, got {duration!r}")
-        return self._driver.sleep(float(seconds), sys._getframe(1))
+        return self._driver.sleep(_limit(duration, "ctx.sleep's duration"), sys._getframe(1))
 
     def now(self) -> datetime:
         """The current time, deterministically: the time at which this point of the workflow
@@ -296,22 +292,13 @@ class WorkflowContext(Generic[ReqT]):
         """
         import pydantic as _pydantic
 
-        from .steps import _seconds
-
         if not isinstance(name, str) or not name:
             raise ValueError(f"a callback needs a non-empty name, got {name!r}")
-        limits: list[float | None] = []
-        for label, value in (("timeout", timeout), ("heartbeat_timeout", heartbeat_timeout)):
-            if value is None:
-                limits.append(None)
-                continue
-            seconds = _seconds(value, label)
-            if not MIN_SLEEP.total_seconds() <= seconds <= MAX_SLEEP.total_seconds():
-                raise ValueError(f"{label} must be 1 second to 366 days, got {value!r}")
-            limits.append(seconds)
+        limit = None if timeout is None else _limit(timeout, "timeout")
+        beat = None if heartbeat_timeout is None else _limit(heartbeat_timeout,
+                                                             "heartbeat_timeout")
         adapter: _pydantic.TypeAdapter[Any] = _pydantic.TypeAdapter(result_type)
-        return self._driver.create_callback(name, adapter, limits[0], limits[1],
-                                            sys._getframe(1))
+        return self._driver.create_callback(name, adapter, limit, beat, sys._getframe(1))
 
     async def wait_for_callback(
         self, name: str, submitter: Callable[[str], Any], result_type: type[CbT], /,

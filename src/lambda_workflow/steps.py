@@ -204,16 +204,7 @@ class Step(Generic[P, R]):
             raise TypeError(f"a step needs a function, got {fn!r}")
         self.fn = fn
         self.name = name or getattr(fn, "__qualname__", None) or repr(fn)
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"a step name must be a non-empty string, got {self.name!r}")
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError(f"retry must be a RetryPolicy, got {retry!r}")
-        self.retry = retry or DEFAULT_RETRY
-        try:
-            self.semantics = Semantics(semantics)
-        except ValueError:
-            raise ValueError("semantics must be 'at_least_once' or 'at_most_once', got "
-                             f"{semantics!r}") from None
+        self.retry, self.semantics = _options(self.name, retry, semantics)
         self.result_type = _result_type(fn)
         self.result_adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(self.result_type)
 
@@ -251,6 +242,20 @@ class Step(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Step {self.name!r}>"
+
+
+def _options(name: object, retry: RetryPolicy | None,
+             semantics: Semantics | str) -> tuple[RetryPolicy, Semantics]:
+    """Check a step's options; returns its retry policy and semantics."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a step name must be a non-empty string, got {name!r}")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise TypeError(f"retry must be a RetryPolicy, got {retry!r}")
+    try:
+        return retry or DEFAULT_RETRY, Semantics(semantics)
+    except ValueError:
+        raise ValueError("semantics must be 'at_least_once' or 'at_most_once', got "
+                         f"{semantics!r}") from None
 
 
 _PLAIN: weakref.WeakKeyDictionary[Callable[..., Any], Step[Any, Any]] = (
@@ -305,5 +310,5 @@ def step(fn: Callable[P, R] | None = None, /, *, name: str | None = None,
         return Step(f, name=name, retry=retry, semantics=semantics)
 
     # Checked now, so a bad option fails at import time rather than mid-workflow.
-    Step(lambda: None, name=name or "check", retry=retry, semantics=semantics)
+    _options(name or "check", retry, semantics)
     return decorate

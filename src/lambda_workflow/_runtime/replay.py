@@ -278,11 +278,7 @@ class Replayer:
         idx = self._index
         seq = idx.seq
         if seq < len(self._history):
-            rec = self._history[seq]
-            if rec.kind == "patch" and rec.name == patch_id:
-                idx.seq = seq + 1
-                return True
-            return False
+            return self._consume_patch_marker(patch_id)
         if idx.sealed:
             return True
         idx.seq = seq + 1
@@ -464,12 +460,18 @@ class Replayer:
     def deprecate_patch(self, patch_id: str) -> None:
         """The old code path is gone: consume the patch's marker where the history has one,
         record nothing new."""
+        self._consume_patch_marker(patch_id)
+
+    def _consume_patch_marker(self, patch_id: str) -> bool:
+        """If the next recorded operation is this patch's marker, step past it (``True``)."""
         idx = self._index
         seq = idx.seq
         if seq < len(self._history):
             rec = self._history[seq]
             if rec.kind == "patch" and rec.name == patch_id:
                 idx.seq = seq + 1
+                return True
+        return False
 
     # -- the hooks of the replay core ---------------------------------------------------------
     def not_a_service(self, obj: object, frame: FrameType | None) -> BaseException:

@@ -328,29 +328,25 @@ class DynamoDBStateStore:
             else:
                 inline[p.field] = p
 
-        def size() -> int:
+        def build() -> Item:
             item = dict(attrs)
             for name, p in inline.items():
                 item[name] = {"B": p.data}
             for name, p in offload.items():
                 assert store is not None
                 item[f"{name}_s3"] = _s(store.key_for(p.owner, p.data))
-            return base + dynamodb_item_size(item)
+            return item
 
-        total = size()
+        out = build()
+        total = base + dynamodb_item_size(out)
         while total > DYNAMODB_MAX_ITEM_BYTES and store is not None and inline:
             largest = max(inline, key=lambda name: len(inline[name].data))
             offload[largest] = inline.pop(largest)
-            total = size()
+            out = build()
+            total = base + dynamodb_item_size(out)
         if total > DYNAMODB_MAX_ITEM_BYTES:
             raise PayloadTooLargeError(f"the record of {label}", total, DYNAMODB_MAX_ITEM_BYTES,
                                        _ITEM_HINT if store is None else _NO_ROOM_HINT)
-        out = dict(attrs)
-        for name, p in inline.items():
-            out[name] = {"B": p.data}
-        for name, p in offload.items():
-            assert store is not None
-            out[f"{name}_s3"] = _s(store.key_for(p.owner, p.data))
         return out, list(offload.values()), total
 
     def _upload(self, uploads: Sequence[_Payload]) -> None:
