@@ -8,12 +8,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
 
-from lambda_workflow import InstanceStatus, WorkflowContext, workflow
-from lambda_workflow.aws import AwsDeployment, timer_handler, workflow_handler
+from lambda_workflow import InstanceStatus, Workflow, WorkflowContext, workflow
+from lambda_workflow.aws import AwsDeployment, WorkflowClient, timer_handler, workflow_handler
 from lambda_workflow.aws.config import ConfigurationError
 
 from .conftest import Aws
@@ -52,13 +53,18 @@ async def overnight(ctx: WorkflowContext[float]) -> str:
     return f"{(ctx.now() - start).total_seconds():.0f}"
 
 
-def _deploy(aws: Aws, clock: ShiftedClock) -> tuple[AwsDeployment, EventSourceMapping,
-                                                    EventSourceMapping]:
-    config = replace(aws.config(), timer_queue_url=aws.create_queue(aws.name("timers")))
+SCHEDULER_ROLE = "arn:aws:iam::123456789012:role/scheduler"
+
+
+def _deploy(aws: Aws, clock: ShiftedClock, wf: Workflow[Any, Any] = overnight, *,
+            scheduler_role: str | None = None
+            ) -> tuple[AwsDeployment, EventSourceMapping, EventSourceMapping]:
+    config = replace(aws.config(), timer_queue_url=aws.create_queue(aws.name("timers")),
+                     scheduler_role_arn=scheduler_role)
     deployment = AwsDeployment(config, session=aws.session, clock=clock)
     sqs = aws.client("sqs")
     workflows = EventSourceMapping(sqs, config.queue_url,
-                                   workflow_handler(overnight, deployment=deployment))
+                                   workflow_handler(wf, deployment=deployment))
     timers = EventSourceMapping(sqs, config.timer_queue_url or "",
                                 timer_handler(deployment=deployment))
     return deployment, workflows, timers
@@ -69,8 +75,6 @@ def test_a_two_hour_sleep_hops_eight_times_and_fires_once(aws: Aws, clock: Shift
     (8 sends), is invisible until each delay ends, then fires timer_fired on the FIFO queue;
     the workflow wakes 7200 s (by its recorded clock) after it went to sleep."""
     deployment, workflows, timers = _deploy(aws, clock)
-    from lambda_workflow.aws import WorkflowClient
-
     client = WorkflowClient(deployment.config, session=aws.session, clock=clock)
     handle = client.start(overnight, 7200.0, workflow_id="night-1")
     drain([workflows, timers])
@@ -96,8 +100,6 @@ def test_a_redelivered_hop_fires_once(aws: Aws, clock: ShiftedClock) -> None:
     """The same due timer handled twice sends timer_fired twice with one deduplication id:
     the workflow wakes once and nothing is dead-lettered."""
     deployment, workflows, timers = _deploy(aws, clock)
-    from lambda_workflow.aws import WorkflowClient
-
     client = WorkflowClient(deployment.config, session=aws.session, clock=clock)
     handle = client.start(overnight, 60.0, workflow_id="night-2")
     drain([workflows])
@@ -130,14 +132,8 @@ def test_a_long_sleep_is_one_eventbridge_schedule(aws: Aws, clock: ShiftedClock)
     schedule (at the deadline, deleted after it runs) targeting the timer queue with the
     timer message, and no SQS hop. When the schedule delivers that message (the test plays
     EventBridge), the timer fires and the workflow wakes; scheduling again is harmless."""
-    from lambda_workflow.aws import WorkflowClient
-
-    deployment, workflows, timers = _deploy(aws, clock)
-    config = replace(deployment.config,
-                     scheduler_role_arn="arn:aws:iam::123456789012:role/scheduler")
-    deployment = AwsDeployment(config, session=aws.session, clock=clock)
-    workflows.handler = workflow_handler(overnight, deployment=deployment)
-    timers.handler = timer_handler(deployment=deployment)
+    deployment, workflows, timers = _deploy(aws, clock, scheduler_role=SCHEDULER_ROLE)
+    config = deployment.config
     client = WorkflowClient(config, session=aws.session, clock=clock)
     handle = client.start(overnight, 2 * 86_400.0, workflow_id="night-3")
     drain([workflows, timers])
@@ -169,14 +165,8 @@ def test_a_long_sleep_is_one_eventbridge_schedule(aws: Aws, clock: ShiftedClock)
 def test_a_short_sleep_still_hops_with_a_scheduler_configured(aws: Aws,
                                                               clock: ShiftedClock) -> None:
     """A timer within one SQS delay (15 minutes) stays a delayed message: no schedule."""
-    from lambda_workflow.aws import WorkflowClient
-
-    deployment, workflows, _ = _deploy(aws, clock)
-    config = replace(deployment.config,
-                     scheduler_role_arn="arn:aws:iam::123456789012:role/scheduler")
-    deployment = AwsDeployment(config, session=aws.session, clock=clock)
-    workflows.handler = workflow_handler(overnight, deployment=deployment)
-    client = WorkflowClient(config, session=aws.session, clock=clock)
+    deployment, workflows, _ = _deploy(aws, clock, scheduler_role=SCHEDULER_ROLE)
+    client = WorkflowClient(deployment.config, session=aws.session, clock=clock)
     client.start(overnight, 600.0, workflow_id="nap")
     drain([workflows])
     assert aws.client("scheduler").list_schedules()["Schedules"] == []
@@ -198,15 +188,8 @@ def test_a_schedule_left_pending_is_deleted_when_the_workflow_ends(
         aws: Aws, clock: ShiftedClock) -> None:
     """The two-day timer became a schedule; when the workflow ends on the one-minute timer,
     the schedule is deleted (no invocation is left to pay for)."""
-    from lambda_workflow.aws import WorkflowClient
-
-    deployment, workflows, timers = _deploy(aws, clock)
-    config = replace(deployment.config,
-                     scheduler_role_arn="arn:aws:iam::123456789012:role/scheduler")
-    deployment = AwsDeployment(config, session=aws.session, clock=clock)
-    workflows.handler = workflow_handler(race, deployment=deployment)
-    timers.handler = timer_handler(deployment=deployment)
-    handle = WorkflowClient(config, session=aws.session, clock=clock).start(
+    deployment, workflows, timers = _deploy(aws, clock, race, scheduler_role=SCHEDULER_ROLE)
+    handle = WorkflowClient(deployment.config, session=aws.session, clock=clock).start(
         race, None, workflow_id="race-1")
     drain([workflows, timers])
     scheduler = aws.client("scheduler")
