@@ -15,7 +15,7 @@ import pydantic
 
 from pydantic_core import PydanticSerializationError
 
-from ..errors import ServiceError
+from ..errors import INTEGER_LIMIT, ServiceError
 
 __all__ = [
     "NEW",
@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 cdef object _dumps = orjson.dumps
+cdef object _JSONEncodeError = orjson.JSONEncodeError
 cdef object _loads = orjson.loads
 cdef object _blake2b = hashlib.blake2b
 cdef object _sha256 = hashlib.sha256
@@ -52,8 +53,15 @@ WAIT = 3
 cdef int C_NEW = 0, C_PENDING = 1, C_READY = 2, C_WAIT = 3
 
 
+cdef bytes _canonical(object data):
+    try:
+        return _dumps(data, option=_SORT)
+    except _JSONEncodeError as exc:
+        raise PydanticSerializationError(f"{exc}: {INTEGER_LIMIT}") from None
+
+
 def encode_value(adapter, value):
-    return _dumps(adapter.dump_python(value, mode="json"), option=_SORT)
+    return _canonical(adapter.dump_python(value, mode="json"))
 
 
 def decode_value(adapter, payload):
@@ -212,8 +220,7 @@ cdef class ReplayIndex:
         cdef Py_ssize_t stage
         if request_model is None or type(request) is not request_model:
             request = request_adapter.validate_python(request)
-        cdef bytes payload = _dumps(request_adapter.dump_python(request, mode="json"),
-                                    option=_SORT)
+        cdef bytes payload = _canonical(request_adapter.dump_python(request, mode="json"))
         rec = self._match(seq, kind, name, payload)
         future = CallFuture(self, self.loop)
         if rec is None:

@@ -21,6 +21,7 @@ from ._runtime.engine import ActivationReport
 from ._runtime.history import history_from_json, history_to_json
 from ._runtime.replay_check import check_replay
 from .backends.memory import DeadLetter
+from .backends.sqlite import SQLiteStateStore
 from .callbacks import CallbackTokens
 from .errors import InvalidRequestError, WorkflowError, WorkflowNotFoundError
 from .local import LOCAL_CALLBACK_KEY, LocalRuntime, ServiceInvocation
@@ -205,12 +206,12 @@ def _cmd_status(args: argparse.Namespace, out: TextIO) -> int:
                   file=sys.stderr)
             return 1
         return 0
-    runtime = LocalRuntime(args.db)
-    instances = runtime.store.list_instances()
+    store = SQLiteStateStore(args.db)  # a reader: a runtime may hold the file meanwhile
+    instances = store.list_instances()
     if args.workflow_id:
         instances = [i for i in instances if i.workflow_id in args.workflow_id]
     _print_instances(instances, out)
-    runtime.close()
+    store.close()
     return 0
 
 
@@ -226,9 +227,9 @@ def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
             return 1
     else:
         source = args.db
-        runtime = LocalRuntime(args.db)
-        history = runtime.store.load_history(args.workflow_id)
-        runtime.close()
+        store = SQLiteStateStore(args.db)
+        history = store.load_history(args.workflow_id)
+        store.close()
     if history is None:
         print(f"lambda-workflow: no workflow instance {args.workflow_id!r} in {source}",
               file=sys.stderr)

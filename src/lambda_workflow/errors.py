@@ -28,6 +28,12 @@ __all__ = [
 ]
 
 
+# Integers travel as JSON numbers, which most parsers (orjson, JavaScript, DynamoDB's
+# tooling) hold in 64 bits: beyond that they fail or silently round. The protocol's limit.
+INTEGER_LIMIT = ("integers in payloads must lie between -2**63 and 2**64-1 (the protocol's "
+                 "64-bit limit, docs/protocol.md); send larger numbers as strings")
+
+
 class WorkflowError(Exception):
     """Base class of every exception raised by lambda-workflow."""
 
@@ -185,6 +191,15 @@ class PayloadTooLargeError(WorkflowError):
 
 class InvalidRequestError(WorkflowError, ValueError):
     """A request does not validate against the type the workflow or service declares."""
+
+
+class InvalidWorkflowIdError(WorkflowError, ValueError):
+    """A workflow id breaks the id rule (``docs/protocol.md``): 1 to 128 ASCII letters,
+    digits and punctuation, and no ``~`` in ids that users choose (it marks child ids)."""
+
+
+class StateFileInUseError(WorkflowError):
+    """Another runtime (this process or another) already runs workflows on this state file."""
 
 
 class InvalidMessageError(WorkflowError, ValueError):

@@ -8,6 +8,9 @@ history, and their payloads stay as the JSON bytes that were recorded.
 from __future__ import annotations
 
 import enum
+import json
+import re
+import string
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -15,7 +18,7 @@ import orjson
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from .errors import InvalidMessageError
+from .errors import INTEGER_LIMIT, InvalidMessageError, InvalidWorkflowIdError
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -39,12 +42,58 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 
+# The workflow id rule, the same on every runtime: what SQS FIFO accepts as a MessageGroupId
+# (the instance's message group), so an id the embedded runtime takes also works on AWS.
+MAX_WORKFLOW_ID = 128
+_ID_CHARS = frozenset(string.ascii_letters + string.digits + string.punctuation)
+# Generated child ids are ``<parent id>~<operation id>``: ids that users choose (starts, the
+# client, ``ctx.child(..., workflow_id=...)``) may not contain it, so they never collide.
+CHILD_ID_MARK = "~"
+
+
+def workflow_id_problem(workflow_id: object) -> str | None:
+    """What is wrong with a workflow id under the id rule, or ``None``."""
+    if not isinstance(workflow_id, str):
+        return f"a workflow id must be a string, got {type(workflow_id).__name__}"
+    if not 1 <= len(workflow_id) <= MAX_WORKFLOW_ID:
+        return (f"a workflow id must be 1 to {MAX_WORKFLOW_ID} characters, got "
+                f"{len(workflow_id)}")
+    bad = next((c for c in workflow_id if c not in _ID_CHARS), None)
+    if bad is not None:
+        return (f"a workflow id may hold only ASCII letters, digits and punctuation (what SQS "
+                f"FIFO accepts as a message group id); {workflow_id[:40]!r} has {bad!r} at "
+                f"position {workflow_id.index(bad)}")
+    return None
+
+
+def check_workflow_id(workflow_id: object, *, user: bool = True) -> str:
+    """Return ``workflow_id`` if it follows the id rule (``user``: also without the child-id
+    mark ``~``), else raise :class:`InvalidWorkflowIdError` naming what is wrong."""
+    problem = workflow_id_problem(workflow_id)
+    if problem is None and user and CHILD_ID_MARK in workflow_id:  # type: ignore[operator]
+        problem = (f"a workflow id may not contain {CHILD_ID_MARK!r}: it marks the ids of "
+                   f"child workflows; got {workflow_id!r}")
+    if problem is not None:
+        raise InvalidWorkflowIdError(problem)
+    assert isinstance(workflow_id, str)
+    return workflow_id
+
+
+def _valid_id(value: str) -> str:
+    problem = workflow_id_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+WorkflowId = Annotated[str, pydantic.AfterValidator(_valid_id)]
+
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     v: Literal[1] = 1
-    workflow_id: Annotated[str, Field(min_length=1, max_length=128)]
+    workflow_id: WorkflowId
 
 
 class ErrorInfo(BaseModel):
@@ -70,7 +119,7 @@ class ParentRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    workflow_id: Annotated[str, Field(min_length=1, max_length=128)]
+    workflow_id: WorkflowId
     call_id: Annotated[str, Field(min_length=1)]
 
 
@@ -156,12 +205,33 @@ class CallRequestMessage(_Message):
     reply_to: str | None = None
 
 
+# 19 digits in a row: the only way a JSON text can hold an integer beyond 64 bits (which
+# orjson would silently turn into a rounded float).
+_LONG_DIGITS = re.compile(rb"\d{19}")
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def _checked_int(text: str) -> int:
+    value = int(text)
+    if not _INT_MIN <= value <= _INT_MAX:
+        raise InvalidMessageError(f"the integer {text[:40]} is out of range: {INTEGER_LIMIT}")
+    return value
+
+
 def _load_object(body: bytes | str, what: str) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         preview = body[:80] if isinstance(body, str) else body[:80].decode("utf-8", "replace")
         raise InvalidMessageError(f"{what} is not valid JSON ({exc}): {preview!r}") from None
+    raw = body.encode() if isinstance(body, str) else body
+    if _LONG_DIGITS.search(raw):
+        # Rare (long digit runs, mostly inside strings): parse exactly to find integers that
+        # orjson rounded to floats, and refuse them instead of recording a wrong number.
+        try:
+            json.loads(raw, parse_int=_checked_int)
+        except InvalidMessageError as exc:
+            raise InvalidMessageError(f"{what}: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidMessageError(f"{what} must be a JSON object, got {type(data).__name__}")
     return data

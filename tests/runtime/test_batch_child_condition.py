@@ -222,9 +222,9 @@ def test_a_child_workflow_runs_with_its_own_history() -> None:
         handle = rt.start(parent, [2, 3], workflow_id="p")
         rt.run_until_idle()
         assert handle.result() == "total 13"
-        assert rt.result("p/1") == 4
-        assert rt.result("p/2") == 9
-        child_ops = [op.kind for op in rt.history("p/1").operations]
+        assert rt.result("p~1") == 4
+        assert rt.result("p~2") == 9
+        child_ops = [op.kind for op in rt.history("p~1").operations]
         parent_ops = [(op.kind, op.name) for op in handle.history().operations]
     assert child_ops == ["parent", "call"]
     assert parent_ops == [("child", "child_square"), ("child", "child_square")]
@@ -236,7 +236,7 @@ def test_a_failed_child_surfaces_its_original_error() -> None:
     with _runtime(parent, child_square) as rt:
         handle = rt.start(parent, [2, -5], workflow_id="p2")
         rt.run_until_idle()
-        assert handle.result() == ("child p2/2 failed: ServiceError: Negative: -5 is negative "
+        assert handle.result() == ("child p2~2 failed: ServiceError: Negative: -5 is negative "
                                    "(service 'square', call 1)")
 
 

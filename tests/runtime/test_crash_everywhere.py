@@ -94,7 +94,9 @@ def _run(crash: Callable[[LocalRuntime], None] | None) -> tuple[list[Any], Local
     return handle.result(), rt
 
 
-def _crash_nth(target: str, n: int) -> Callable[[LocalRuntime], None]:
+def _crash_nth(target: str, n: int, when: str = "before") -> Callable[[LocalRuntime], None]:
+    """Crash at the n-th call of ``target``: ``before`` it does anything, or ``after`` it
+    did its work (the write is durable, the message is out) and before its caller learns."""
     def install(rt: LocalRuntime) -> None:
         owner: Any = rt.timers if target == "schedule" else (
             rt.transport if target.startswith("send") else rt.store)
@@ -105,7 +107,9 @@ def _crash_nth(target: str, n: int) -> Callable[[LocalRuntime], None]:
             count[0] += 1
             if count[0] == n:
                 CRASHED.append(target)
-                raise Crash(f"crash at {target} #{n}")
+                if when == "after":
+                    real(*args, **kwargs)
+                raise Crash(f"crash {when} {target} #{n}")
             return real(*args, **kwargs)
 
         setattr(owner, target, wrapped)
@@ -122,8 +126,8 @@ def test_the_crash_free_run() -> None:
     assert (STEPS["first"], STEPS["last"]) == (1, 1)
 
 
-TARGETS = ("commit_activation", "mark_sent", "finish", "send_to_service", "send_to_workflow",
-           "schedule")
+TARGETS = ("create_instance", "add_operations", "commit_activation", "record_outcomes",
+           "mark_sent", "finish", "send_to_service", "send_to_workflow", "schedule")
 
 
 def _counting(counts: Counter[str]) -> Callable[[LocalRuntime], None]:
@@ -142,23 +146,25 @@ def _counting(counts: Counter[str]) -> Callable[[LocalRuntime], None]:
     return install
 
 
-def _every_crash_point() -> list[tuple[str, int]]:
-    """(target, n) for every call a crash-free run makes, so each case really crashes."""
+def _every_crash_point() -> list[tuple[str, int, str]]:
+    """(target, n, when) for every call a crash-free run makes, so each case really
+    crashes: before the call and after it."""
     counts: Counter[str] = Counter()
     _, rt = _run(_counting(counts))
     rt.close()
-    return [(target, n) for target in TARGETS for n in range(1, counts[target] + 1)]
+    return [(target, n, when) for target in TARGETS for n in range(1, counts[target] + 1)
+            for when in ("before", "after")]
 
 
-@pytest.mark.parametrize(("target", "n"), _every_crash_point())
-def test_a_crash_anywhere_changes_nothing_but_repeats(target: str, n: int) -> None:
-    """A crash at the n-th call of a store write, a send or a timer schedule: the messages
-    come back, the activation repeats, and the workflow ends with the same result; each
-    service call's work ran once (services are idempotent per call id here by the outbox's
-    single send, at most twice when the crash fell between a send and its record) and each
-    step body at most twice (at-least-once)."""
+@pytest.mark.parametrize(("target", "n", "when"), _every_crash_point())
+def test_a_crash_anywhere_changes_nothing_but_repeats(target: str, n: int, when: str) -> None:
+    """A crash before or after the n-th call of a store write, a send or a timer schedule
+    (child creation included): the messages come back, the activation repeats, and the
+    workflow ends with the same result; each service call's work ran once (services are
+    idempotent per call id here by the outbox's single send, at most twice when the crash
+    fell between a send and its record) and each step body at most twice (at-least-once)."""
     CRASHED.clear()
-    result, rt = _run(_crash_nth(target, n))
+    result, rt = _run(_crash_nth(target, n, when))
     rt.close()
     assert [target] == CRASHED  # the crash did happen
     assert result == EXPECTED

@@ -176,14 +176,14 @@ def test_cancelling_a_parent_cancels_its_running_children() -> None:
     with _runtime(parent_of_long_child, long_child) as rt:
         handle = rt.start(parent_of_long_child, None, workflow_id="par")
         rt.run_until_idle(skip_time=False)
-        assert rt.status("par/1") is InstanceStatus.RUNNING
+        assert rt.status("par~1") is InstanceStatus.RUNNING
         rt.queue.send(b'{"v":1,"kind":"cancel","workflow_id":"par","reason":"stop"}',
                       group_id="par", dedup_id="c")
         rt.run_until_idle(skip_time=False)
         assert handle.status() is InstanceStatus.CANCELLED
-        assert rt.status("par/1") is InstanceStatus.CANCELLED
+        assert rt.status("par~1") is InstanceStatus.CANCELLED
         with pytest.raises(WorkflowFailedError, match="parent 'par' cancelled: stop"):
-            rt.result("par/1")
+            rt.result("par~1")
 
 
 def test_a_timer_that_lost_its_race_is_withdrawn_when_the_workflow_ends() -> None:

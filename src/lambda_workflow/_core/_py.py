@@ -21,7 +21,7 @@ import pydantic
 from pydantic import TypeAdapter
 from pydantic_core import PydanticSerializationError
 
-from ..errors import ServiceError
+from ..errors import INTEGER_LIMIT, ServiceError
 
 __all__ = [
     "NEW",
@@ -56,7 +56,15 @@ def encode_value(adapter: TypeAdapter[Any], value: object) -> bytes:
 
     Canonical bytes make the digest independent of dict insertion order.
     """
-    return orjson.dumps(adapter.dump_python(value, mode="json"), option=_SORT)
+    return _canonical(adapter.dump_python(value, mode="json"))
+
+
+def _canonical(data: object) -> bytes:
+    try:
+        return orjson.dumps(data, option=_SORT)
+    except orjson.JSONEncodeError as exc:
+        # orjson refuses integers beyond 64 bits: say so with the protocol's limit.
+        raise PydanticSerializationError(f"{exc}: {INTEGER_LIMIT}") from None
 
 
 def decode_value(adapter: TypeAdapter[Any], payload: bytes) -> Any:
@@ -279,7 +287,7 @@ class ReplayIndex:
         """
         if request_model is None or type(request) is not request_model:
             request = request_adapter.validate_python(request)
-        payload = orjson.dumps(request_adapter.dump_python(request, mode="json"), option=_SORT)
+        payload = _canonical(request_adapter.dump_python(request, mode="json"))
         rec = self.match(seq, kind, name, payload)
         future: CallFuture[Any] = CallFuture(self, self.loop)
         if rec is None:

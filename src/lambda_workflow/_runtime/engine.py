@@ -20,6 +20,8 @@ from ..errors import (
     WorkflowError,
 )
 from ..models import (
+    CHILD_ID_MARK,
+    MAX_WORKFLOW_ID,
     CallbackCompletedMessage,
     CallbackHeartbeatMessage,
     CallResultMessage,
@@ -109,13 +111,14 @@ def replay_inputs(operations: Sequence[OperationRecord]
 
 
 def child_workflow_id(parent_id: str, op_id: str, given: str | None) -> str:
-    """The id of a child workflow: the given one, else ``<parent id>/<operation id>`` (a
-    digest of the parent id when that would exceed 128 characters)."""
+    """The id of a child workflow: the given one, else ``<parent id>~<operation id>`` (a
+    digest of the parent id when that would exceed 128 characters). Ids that users choose
+    may not contain ``~``, so a generated child id is never an id a user started."""
     if given:
         return given
-    child_id = f"{parent_id}/{op_id}"
-    if len(child_id) > 128:
-        child_id = f"{_core.digest(parent_id.encode())[:64]}/{op_id}"
+    child_id = f"{parent_id}{CHILD_ID_MARK}{op_id}"
+    if len(child_id) > MAX_WORKFLOW_ID:
+        child_id = f"{_core.digest(parent_id.encode())[:64]}{CHILD_ID_MARK}{op_id}"
     return child_id
 
 
@@ -192,6 +195,7 @@ class Engine:
             reason = (f"unknown workflow {start.workflow!r} for instance {workflow_id!r}; "
                       f"registered: {self._registered()}")
             report.rejected.update(dict.fromkeys(range(len(messages)), reason))
+            self._refuse_child(start, "UnknownWorkflowError", reason)
             return None
         try:
             payload = _core.encode_value(
@@ -200,20 +204,45 @@ class Engine:
             reason = (f"the input of workflow {wf.name!r} ({workflow_id}) is not a valid "
                       f"{type_name(wf.request_type)}: {describe_validation_error(exc)}")
             report.rejected.update(dict.fromkeys(range(len(messages)), reason))
+            self._refuse_child(start, "InvalidRequestError", reason)
             return None
         now = self.clock.now()
-        inst, created = self.store.create_instance(InstanceRecord(
-            workflow_id, wf.name, payload, _core.digest(payload), created_at=now,
-            updated_at=now))
-        if created and start.parent is not None:
-            # A child remembers its parent in its own history: its result goes there.
+        link: list[OperationRecord] = []
+        if start.parent is not None:
+            # A child remembers its parent in its own history: its result goes there. The
+            # link is written with the instance, in one atomic write: a crash between two
+            # writes would leave a child that finishes with nobody to tell.
             ref = orjson.dumps(start.parent.model_dump(), option=_SORT)
-            self.store.add_operations(workflow_id, [OperationRecord(
+            link.append(OperationRecord(
                 workflow_id, PARENT_OP_ID, -2, "parent", start.parent.workflow_id, ref,
                 _core.digest(ref), state=OperationState.COMPLETED, result=b"null",
-                created_in=0, resolved_in=0, created_at=now, resolved_at=now)], 0)
+                created_in=0, resolved_in=0, created_at=now, resolved_at=now))
+        inst, _ = self.store.create_instance(InstanceRecord(
+            workflow_id, wf.name, payload, _core.digest(payload), created_at=now,
+            updated_at=now), link)
         report.workflow_name = inst.workflow_name
         return self.store.load_history(workflow_id)
+
+    def _refuse_child(self, start: StartMessage, error_type: str, reason: str) -> None:
+        """A child that cannot be created fails the parent's ``child`` operation with the
+        reason, instead of leaving the parent waiting on a child that will never run."""
+        if start.parent is None:
+            return
+        parent = start.parent
+        body = call_result_body(parent.workflow_id, parent.call_id, False, orjson.dumps(
+            {"type": error_type, "message": f"child workflow not started: {reason}",
+             "details": {"workflow_id": start.workflow_id, "details": None}}))
+        self.transport.send_to_workflow(
+            parent.workflow_id,
+            _core.dedup_id(parent.workflow_id, "call_result", parent.call_id), body)
+
+    @staticmethod
+    def _parent_of(operations: Sequence[OperationRecord]) -> tuple[str, str] | None:
+        ref = next((op for op in operations if op.op_id == PARENT_OP_ID), None)
+        if ref is None:
+            return None
+        parent = orjson.loads(ref.request)
+        return parent["workflow_id"], parent["call_id"]
 
     @staticmethod
     def _same_input(wf: Workflow[Any, Any], msg: StartMessage, inst: InstanceRecord) -> bool:
@@ -286,22 +315,20 @@ class Engine:
                        error: bytes | None) -> None:
         """A child that ended sends its result (or error) to its parent as the reply of the
         parent's ``child`` operation. Repeated deliveries are harmless (same dedup id)."""
-        ref = next((op for op in history.operations if op.op_id == PARENT_OP_ID), None)
-        if ref is None or status is InstanceStatus.RUNNING:
+        parent = self._parent_of(history.operations)
+        if parent is None or status is InstanceStatus.RUNNING:
             return
-        parent = orjson.loads(ref.request)
+        parent_id, call_id = parent
         child_id = history.instance.workflow_id
         if status is InstanceStatus.COMPLETED:
-            body = call_result_body(parent["workflow_id"], parent["call_id"], True,
-                                    result or b"null")
+            body = call_result_body(parent_id, call_id, True, result or b"null")
         else:
             err = orjson.loads(error or b"{}")
-            body = call_result_body(parent["workflow_id"], parent["call_id"], False, orjson.dumps(
+            body = call_result_body(parent_id, call_id, False, orjson.dumps(
                 {"type": err.get("type", "Error"), "message": err.get("message", ""),
                  "details": {"workflow_id": child_id, "details": err.get("details")}}))
         self.transport.send_to_workflow(
-            parent["workflow_id"],
-            _core.dedup_id(parent["workflow_id"], "call_result", parent["call_id"]), body)
+            parent_id, _core.dedup_id(parent_id, "call_result", call_id), body)
 
     def _schedule(self, op: OperationRecord) -> None:
         if self.timers is None:
@@ -328,7 +355,15 @@ class Engine:
         cancel: CancelMessage | None = None
         for i, msg in enumerate(messages):
             if isinstance(msg, StartMessage):
-                if msg.workflow != inst.workflow_name:
+                if msg.parent is not None and self._parent_of(history.operations) != (
+                        msg.parent.workflow_id, msg.parent.call_id):
+                    # The id is taken by an instance this parent did not start.
+                    report.rejected[i] = (
+                        f"child workflow id {workflow_id!r} of {msg.parent.workflow_id!r} is "
+                        f"already used by an instance of {inst.workflow_name!r} that it did "
+                        "not start")
+                    self._refuse_child(msg, "WorkflowAlreadyStartedError", report.rejected[i])
+                elif msg.workflow != inst.workflow_name:
                     report.rejected[i] = (
                         f"instance {workflow_id!r} runs workflow {inst.workflow_name!r}; a start "
                         f"message for workflow {msg.workflow!r} cannot reuse its id")

@@ -22,7 +22,13 @@ from ..errors import (
     WorkflowFailedError,
     WorkflowNotFinishedError,
 )
-from ..models import InstanceRecord, InstanceStatus, OperationState, describe_validation_error
+from ..models import (
+    InstanceRecord,
+    InstanceStatus,
+    OperationState,
+    check_workflow_id,
+    describe_validation_error,
+)
 from ..service import type_name
 from ..workflow import Workflow
 from .engine import current_heartbeat, start_message_body
@@ -39,10 +45,14 @@ def start_instance(store: StateStore, transport: Transport, workflow: Workflow[A
     message. Returns the workflow id.
 
     Raises:
+        InvalidWorkflowIdError: ``workflow_id`` breaks the id rule (``docs/protocol.md``).
         InvalidRequestError: ``request`` is not a valid input of the workflow.
         PayloadTooLargeError: the encoded input exceeds ``payload_limit``.
         WorkflowAlreadyStartedError: the id is taken by another workflow or input.
     """
+    # The id first: nothing is written for an id a transport would refuse.
+    workflow_id = check_workflow_id(
+        workflow_id if workflow_id is not None else f"{workflow.name}-{uuid.uuid4().hex[:12]}")
     try:
         payload = _core.encode_value(
             workflow.request_adapter, workflow.request_adapter.validate_python(request))
@@ -50,7 +60,6 @@ def start_instance(store: StateStore, transport: Transport, workflow: Workflow[A
         raise InvalidRequestError(
             f"the input of workflow {workflow.name!r} is not a valid "
             f"{type_name(workflow.request_type)}: {describe_validation_error(exc)}") from None
-    workflow_id = workflow_id or f"{workflow.name}-{uuid.uuid4().hex[:12]}"
     if payload_limit is not None and len(payload) > payload_limit:
         raise PayloadTooLargeError(f"the input of workflow {workflow_id!r} ({workflow.name})",
                                    len(payload), payload_limit, payload_hint)
@@ -107,6 +116,7 @@ def callback_message(store: StateStore, tokens: CallbackTokens | None, token: st
     if history is None or op is None or op.kind != "callback":
         raise InvalidCallbackTokenError(
             f"callback token rejected: instance {workflow_id!r} has no callback {callback_id!r}")
+    tokens.check_recorded(token, op.request, workflow_id)  # not a token of an earlier run
     if op.state is not OperationState.PENDING:
         raise InvalidCallbackTokenError(
             f"callback token rejected: callback {op.name!r} of {workflow_id!r} has already "

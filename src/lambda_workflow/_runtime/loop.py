@@ -112,10 +112,16 @@ class ReplayLoop(asyncio.AbstractEventLoop):
                 handle, callback, args, context = ready.popleft()
                 if handle.cancelled():
                     continue
-                if context is None:
-                    callback(*args)
-                else:
-                    context.run(callback, *args)
+                try:
+                    if context is None:
+                        callback(*args)
+                    else:
+                        context.run(callback, *args)
+                except (SystemExit, KeyboardInterrupt):
+                    # Workflow code raised it (asyncio's task has already recorded it as the
+                    # task's exception, then re-raised it): it fails this workflow's instance
+                    # only, never the process running the other instances of the batch.
+                    continue
         finally:
             self._running = False
             events._set_running_loop(previous)

@@ -30,7 +30,13 @@ from ..errors import (
     ServiceError,
     WorkflowError,
 )
-from ..models import OperationRecord, OperationState, Outcome, describe_validation_error
+from ..models import (
+    OperationRecord,
+    OperationState,
+    Outcome,
+    check_workflow_id,
+    describe_validation_error,
+)
 from ..service import Service, type_name
 from ..steps import Semantics, Step, StepError, StepInfo
 from ..workflow import Workflow
@@ -184,7 +190,11 @@ class Replayer:
         self._payload_limit = payload_limit
         self._times: dict[int, float] | None = None
         self._rng: random.Random | None = None
-        self._checkpoint = checkpoint
+        self._checkpoint_to = checkpoint
+        # The store failed while the workflow ran (a checkpoint): the activation did not
+        # happen, and run() raises it so the messages are delivered again.
+        self._store_error: Exception | None = None
+        self._persisted = 0  # new_operations[:_persisted] are recorded already
         self._tokens = tokens
         # (stage, reason): cancel the workflow once that stage has been delivered
         self._cancel = cancel
@@ -343,7 +353,7 @@ class Replayer:
         self.new_operation(seq, "step", st.name, request, frame)
         op = self.new_operations[-1]
         if st.semantics is Semantics.AT_MOST_ONCE:
-            if self._checkpoint is None:
+            if self._checkpoint_to is None:
                 raise WorkflowError(f"step {st.name!r} is at-most-once, but this runtime "
                                     "cannot record an attempt before it runs")
             self._checkpoint([op])
@@ -442,10 +452,8 @@ class Replayer:
         when given); its reply is the child's result."""
         if not isinstance(workflow, Workflow):
             raise TypeError(f"ctx.child takes a @workflow object, got {workflow!r}")
-        if workflow_id is not None and (not isinstance(workflow_id, str)
-                                        or not 1 <= len(workflow_id) <= 128):
-            raise ValueError(f"a child workflow id must be 1 to 128 characters, got "
-                             f"{workflow_id!r}")
+        if workflow_id is not None:
+            check_workflow_id(workflow_id)
         adapter = _child_request_adapter(workflow)
         try:
             return self.durable("child", workflow.name, adapter, workflow.result_adapter,
@@ -554,7 +562,21 @@ class Replayer:
 
     # -- running -------------------------------------------------------------------------------
     def run(self) -> ReplayResult:
-        """Replay the workflow until it completes, fails or can make no progress."""
+        """Replay the workflow until it completes, fails or can make no progress.
+
+        Raises:
+            Exception: the store failed while the workflow ran (a checkpoint): nothing of
+                this activation may be recorded or sent; its messages come again.
+        """
+        result = self._run()
+        if self._store_error is not None:
+            if not self._loop.is_closed():
+                self._index.sealed = True
+                self._loop.abandon()
+            raise self._store_error
+        return result
+
+    def _run(self) -> ReplayResult:
         wf = self.workflow
         try:
             request = _core.decode_value(wf.request_adapter, self._request_payload)
@@ -660,6 +682,11 @@ class Replayer:
                             accepted=self.accepted, rejected=self.rejected,
                             step_outcomes=[] if isinstance(exc, NonDeterminismError)
                             else self.step_outcomes)
+
+
+class _StoreFailed(BaseException):
+    """Unwinds workflow code after a failed checkpoint (a BaseException, so ``except
+    Exception`` in workflow code cannot swallow it)."""
 
 
 def _count(n: int) -> str:

@@ -13,8 +13,9 @@ import orjson
 from .. import _core
 from .._runtime.engine import ActivationReport, Engine, call_result_body
 from .._runtime.services import run_service
-from ..errors import InvalidMessageError, PayloadTooLargeError
+from ..errors import InvalidMessageError, PayloadTooLargeError, WorkflowError
 from ..models import (
+    MESSAGE_KINDS,
     CallRequestMessage,
     CallResultMessage,
     InstanceStatus,
@@ -25,7 +26,13 @@ from ..models import (
 from ..service import Service
 from ..workflow import Workflow
 from .config import AwsConfig
-from .payloads import NO_BUCKET_HINT, SIZE_ATTRIBUTE, message_pointer
+from .payloads import (
+    NO_BUCKET_HINT,
+    POINTER_CLASS,
+    SIZE_ATTRIBUTE,
+    describe_payload,
+    message_pointer,
+)
 from .runtime import AwsDeployment
 from .sqs import dead_letter_attributes, resolve_body, send_message
 from .timers import parse_timer
@@ -33,7 +40,8 @@ from .timers import parse_timer
 if TYPE_CHECKING:
     import boto3
 
-__all__ = ["LambdaHandler", "service_handler", "timer_handler", "workflow_handler"]
+__all__ = ["CallInProgressError", "LambdaHandler", "service_handler", "timer_handler",
+           "workflow_handler"]
 
 log = logging.getLogger("lambda_workflow.aws")
 
@@ -43,10 +51,70 @@ LambdaHandler = Callable[[Any, Any], Any]
 # Stop starting activations when less than this is left of the invocation (milliseconds):
 # the rest of the batch is returned to the queue instead of being cut off mid-write.
 _TIME_RESERVE_MS = 5_000
+# A service's claim on a call outlives the invocation that made it by this margin (seconds);
+# without a Lambda context it lasts Lambda's longest timeout plus the margin.
+_LEASE_MARGIN = 30.0
+_DEFAULT_LEASE = 900.0 + _LEASE_MARGIN
+
+
+class CallInProgressError(WorkflowError):
+    """Another delivery of the same request holds the claim on its call: this delivery does
+    not run the service function (its message is retried later)."""
 
 
 def _log(event: str, **fields: Any) -> None:
     log.info(json.dumps({"event": event, **fields}, default=str))
+
+
+# Reasons and log lines name ids and describe payloads; they never repeat a payload's content
+# (a message may carry secrets, and the DLQ and the logs are read by others).
+_MAX_REASON = 2000
+_MIN_REDACTED = 6
+_ENVELOPE_FIELDS = frozenset({"v", "kind", "workflow_id", "call_id", "timer_id", "service",
+                              "workflow", "reply_to", "ok"})
+
+
+def _strings(value: Any, out: set[str]) -> None:
+    if isinstance(value, str):
+        out.add(value)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            out.add(str(k))
+            _strings(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _strings(v, out)
+
+
+def _redact(text: str, *bodies: str | bytes) -> str:
+    """``text`` without any content of ``bodies``: the start of a body (what a parser's
+    preview shows) and every string in a JSON body other than the envelope's ids, wherever
+    they appear, plain or escaped, are replaced by their length; bounded in size."""
+    secrets: set[str] = set()
+    for body in bodies:
+        raw = body.encode() if isinstance(body, str) else body
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            secrets.add(raw[:80].decode("utf-8", "replace"))  # what a parser's error shows
+            continue
+        if isinstance(data, list) and data[:1] == [POINTER_CLASS]:
+            continue  # an S3 pointer names a location, which reasons do name
+        if isinstance(data, Mapping):
+            for key, value in data.items():
+                envelope = key in _ENVELOPE_FIELDS and (
+                    key != "kind" or value in MESSAGE_KINDS) and isinstance(value, str)
+                if not envelope:
+                    _strings({key: value}, secrets)
+        else:
+            _strings(data, secrets)
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) < _MIN_REDACTED:
+            continue
+        for form in {secret, repr(secret)[1:-1], json.dumps(secret)[1:-1]}:
+            if form in text:
+                text = text.replace(form, f"<{len(secret)} characters withheld>")
+    return text if len(text) <= _MAX_REASON else text[:_MAX_REASON] + " [truncated]"
 
 
 def _records(event: Any, what: str) -> list[Mapping[str, Any]]:
@@ -90,10 +158,20 @@ class _WorkflowFunction:
             failures += self._activate(group, batch)
         return {"batchItemFailures": [{"itemIdentifier": m} for m in failures]}
 
-    def _parse(self, group: str, record: Mapping[str, Any]) -> WorkflowMessage:
-        body = resolve_body(record["body"], record.get("messageAttributes"),
-                            self.deployment.payloads)
-        msg = parse_workflow_message(body)
+    def _parse(self, group: str, record: Mapping[str, Any], body: bytes) -> WorkflowMessage:
+        """The message in ``body`` (already read from S3 if the record was a pointer).
+
+        Raises:
+            InvalidMessageError: it can never be applied; the reason names what is wrong
+                without repeating the body's content.
+        """
+        try:
+            msg = parse_workflow_message(body)
+        except InvalidMessageError as exc:
+            where = "" if body == record["body"].encode() else " (read from S3)"
+            raise InvalidMessageError(
+                f"{_redact(str(exc), body, record['body'])}{where}; the message: "
+                f"{describe_payload(body)}") from None
         if msg.workflow_id != group:
             raise InvalidMessageError(
                 f"message for workflow {msg.workflow_id!r} arrived in group {group!r}; the "
@@ -113,54 +191,97 @@ class _WorkflowFunction:
                                                "message": str(err), "details": None})
         return msg
 
+    def _fetch(self, record: Mapping[str, Any]) -> bytes:
+        """The record's body, read from the payload bucket when it is an S3 pointer.
+
+        Raises:
+            InvalidMessageError: a malformed pointer, or one outside the bucket and prefix
+                (never readable: dead-lettered at once).
+            Exception: the object is missing (:class:`PayloadMissingError`) or S3 failed;
+                the message may be readable on a later delivery.
+        """
+        return resolve_body(record["body"], record.get("messageAttributes"),
+                            self.deployment.payloads)
+
     def _activate(self, group: str, batch: list[Mapping[str, Any]]) -> list[str]:
         parsed: list[WorkflowMessage] = []
         kept: list[Mapping[str, Any]] = []
         failures: list[str] = []
-        for record in batch:
+        unreadable: list[tuple[Mapping[str, Any], str]] = []
+        for n, record in enumerate(batch):
             try:
-                parsed.append(self._parse(group, record))
+                body = self._fetch(record)
+                parsed.append(self._parse(group, record, body))
                 kept.append(record)
             except InvalidMessageError as exc:
-                failures += self._dead_letter(record, str(exc))
-        if not parsed:
-            return failures
+                failures += self._dead_letter(record, _redact(str(exc), record["body"]))
+            except Exception as exc:
+                # Its payload could not be read (a missing object, an S3 error): this message
+                # alone is retried. By the FIFO rule it goes back with the later messages of
+                # its group; the earlier ones are applied now, other groups go on.
+                reason = _redact(f"{type(exc).__name__}: {exc}", record["body"])
+                receives = _receives(record)
+                _log("payload_unreadable", workflow_id=group, message_id=record["messageId"],
+                     receives=receives, error=reason)
+                if receives < self.deployment.config.max_receives:
+                    failures += [r["messageId"] for r in batch[n:]]
+                    break
+                # Its last delivery: it goes to the DLQ with the reason, the instance is
+                # failed (it may be waiting for this message), the others are applied.
+                unreadable.append((record, f"payload unreadable after {receives} deliveries: "
+                                           f"{reason}"))
+        if parsed:
+            failures += self._apply(group, parsed, kept)
+        for record, reason in unreadable:
+            failures += self._poison(group, [record], reason, _receives(record))
+        return failures
+
+    def _apply(self, group: str, parsed: list[WorkflowMessage],
+               kept: list[Mapping[str, Any]]) -> list[str]:
+        failures: list[str] = []
         try:
             report = self.engine.activate(group, parsed)
         except Exception as exc:
-            return failures + self._failed(group, kept, exc)
+            return self._failed(group, kept, exc)
         for i, record in enumerate(kept):
             if i in report.rejected:
-                failures += self._dead_letter(record, report.rejected[i])
-        self._log_report(report)
+                failures += self._dead_letter(record, _redact(report.rejected[i],
+                                                              record["body"]))
+        self._log_report(report, kept)
         return failures
 
     def _failed(self, group: str, kept: list[Mapping[str, Any]], exc: Exception) -> list[str]:
         """The activation failed: return the group's messages to the queue, or, on their last
         allowed delivery, fail the instance and dead-letter them with the reason."""
-        reason = f"{type(exc).__name__}: {exc}"
-        receives = max(int(r.get("attributes", {}).get("ApproximateReceiveCount", "1"))
-                       for r in kept)
+        reason = _redact(f"{type(exc).__name__}: {exc}", *(r["body"] for r in kept))
+        receives = max(_receives(r) for r in kept)
         _log("activation_failed", workflow_id=group, receives=receives, error=reason)
-        ids = [r["messageId"] for r in kept]
         if receives < self.deployment.config.max_receives:
-            return ids
+            return [r["messageId"] for r in kept]
+        return self._poison(group, kept, reason, receives)
+
+    def _poison(self, group: str, records: list[Mapping[str, Any]], reason: str,
+                receives: int) -> list[str]:
+        """Mark the instance failed (``PoisonMessage``, with ``reason``) if it is still
+        running, then dead-letter ``records``; if the instance cannot be marked, they go
+        back to the queue (SQS's redrive policy moves them to the DLQ)."""
         try:
             store = self.deployment.store
             store.forget(group)  # a failed activation may have left a stale counter
             inst = store.get_instance(group)
             if inst is not None and inst.status is InstanceStatus.RUNNING:
-                kinds = sorted({_kind(r["body"]) for r in kept})
+                kinds = sorted({_kind(r["body"]) for r in records})
                 error = orjson.dumps({"type": "PoisonMessage", "details": None, "message": (
                     f"{'/'.join(kinds)} message(s) failed {receives} times and were moved to "
                     f"the dead-letter queue; last error: {reason}")})
                 store.finish(group, InstanceStatus.FAILED, None, error, inst.activations,
                              self.deployment.clock.now())
         except Exception as mark_exc:
-            _log("poison_mark_failed", workflow_id=group, error=repr(mark_exc))
-            return ids  # SQS's redrive policy moves them to the DLQ on the next receive
+            _log("poison_mark_failed", workflow_id=group,
+                 error=_redact(repr(mark_exc), *(r["body"] for r in records)))
+            return [r["messageId"] for r in records]
         out: list[str] = []
-        for record in kept:
+        for record in records:
             out += self._dead_letter(record, f"poison: {reason}")
         return out
 
@@ -188,11 +309,16 @@ class _WorkflowFunction:
         return []
 
     @staticmethod
-    def _log_report(report: ActivationReport) -> None:
+    def _log_report(report: ActivationReport, kept: list[Mapping[str, Any]]) -> None:
+        rejected = {i: _redact(why, kept[i]["body"]) for i, why in report.rejected.items()}
         _log("activation", workflow_id=report.workflow_id, workflow=report.workflow_name,
              activation=report.activation, status=report.status, applied=report.applied,
              duplicates=report.duplicates, sent=[op.op_id for op in report.sent],
-             pending=report.pending, rejected=report.rejected)
+             pending=report.pending, rejected=rejected)
+
+
+def _receives(record: Mapping[str, Any]) -> int:
+    return int(record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
 
 
 def _kind(body: str) -> str:
@@ -272,45 +398,59 @@ class _ServiceFunction:
             loop.close()
 
     def __call__(self, event: Any, context: Any = None) -> Any:
+        lease = _lease_seconds(context)
         if isinstance(event, Mapping) and "Records" in event:
             failures: list[str] = []
             for record in _records(event, f"service handler of {self.service.name!r}"):
+                body: bytes | None = None
                 try:
                     body = resolve_body(record["body"], record.get("messageAttributes"),
                                         self.deployment.payloads)
-                    self.handle(parse_call_request(body))
+                    self.handle(parse_call_request(body), lease=lease)
+                except CallInProgressError as exc:
+                    # Another delivery of this request is running it: this one backs off and
+                    # comes back after the visibility timeout (the reply is recorded by then,
+                    # and re-sent; or the claim has expired, and the call runs).
+                    _log("request_in_progress", service=self.service.name,
+                         message_id=record["messageId"], error=str(exc))
+                    failures.append(record["messageId"])
                 except Exception as exc:
                     # Nothing replied: the queue delivers the request again, and its redrive
                     # policy moves a request that keeps failing to the service's DLQ.
+                    bodies = [record["body"]] + ([body] if body is not None else [])
                     _log("request_failed", service=self.service.name,
-                         message_id=record["messageId"], error=f"{type(exc).__name__}: {exc}")
+                         message_id=record["messageId"],
+                         error=_redact(f"{type(exc).__name__}: {exc}", *bodies))
                     failures.append(record["messageId"])
             return {"batchItemFailures": [{"itemIdentifier": m} for m in failures]}
-        # An asynchronous invocation: the event is the request (or an S3 pointer to it).
+        # An asynchronous invocation: the event is the request (or an S3 pointer to it). A
+        # CallInProgressError raised here makes Lambda retry the invocation later.
         raw = orjson.dumps(event)
         body = resolve_body(raw.decode(), None, self.deployment.payloads) if (
             message_pointer(raw, None) is not None) else raw
-        self.handle(parse_call_request(body))
+        self.handle(parse_call_request(body), lease=lease)
         return None
 
     def _reply_key(self, request: CallRequestMessage) -> dict[str, Any]:
         return {"pk": {"S": f"svc#{self.service.name}#{request.workflow_id}"},
                 "sk": {"S": f"call#{request.call_id}"}}
 
-    def handle(self, request: CallRequestMessage) -> None:
-        """Serve one request: run the function once per call id and send the reply."""
+    def handle(self, request: CallRequestMessage, *, lease: float = _DEFAULT_LEASE) -> None:
+        """Serve one request: claim the call, run the function, record and send the reply.
+
+        With ``idempotent``, the call's record in the table is claimed first, for ``lease``
+        seconds (a conditional write): a delivery that finds the reply recorded re-sends it
+        without running the function; one that finds an unexpired claim raises
+        :class:`CallInProgressError` without running it.
+        """
         if request.service != self.service.name:
             raise InvalidMessageError(
                 f"request for service {request.service!r} reached the handler of "
                 f"{self.service.name!r}")
-        ddb = self.deployment.clients.dynamodb
-        table = self.deployment.config.table
         body: bytes | None = None
         if self.idempotent:
-            got = ddb.get_item(TableName=table, Key=self._reply_key(request),
-                               ConsistentRead=True).get("Item")
-            if got is not None:
-                body = self._stored_reply(got)
+            body = self._claim(request, lease)
+            if body is not None:
                 _log("reply_repeated", service=self.service.name,
                      workflow_id=request.workflow_id, call_id=request.call_id)
         if body is None:
@@ -325,7 +465,43 @@ class _ServiceFunction:
             what=f"the reply to call {request.call_id} of workflow {request.workflow_id!r}",
             payloads=self.deployment.payloads,
             threshold=self.deployment.config.payload_threshold,
-            owner=f"{request.workflow_id}/replies")
+            owner=f"replies/{self.service.name}/{request.workflow_id}")
+
+    def _claim(self, request: CallRequestMessage, lease: float) -> bytes | None:
+        """Claim the call until ``now + lease``: ``None`` when this delivery may run it, the
+        recorded reply when one exists.
+
+        Raises:
+            CallInProgressError: another delivery holds an unexpired claim.
+        """
+        config = self.deployment.config
+        ddb = self.deployment.clients.dynamodb
+        now = self.deployment.clock.now()
+        values: dict[str, Any] = {":now": {"N": repr(now)}, ":until": {"N": repr(now + lease)}}
+        update = "SET claimed_until = :until, created_at = if_not_exists(created_at, :now)"
+        if config.retention_days:
+            # An abandoned claim (its call never answered) is deleted like any other record.
+            update += ", expires_at = if_not_exists(expires_at, :expires)"
+            values[":expires"] = {"N": str(int(now + config.retention_days * 86400))}
+        try:
+            ddb.update_item(
+                TableName=config.table, Key=self._reply_key(request),
+                UpdateExpression=update, ExpressionAttributeValues=values,
+                ConditionExpression=("attribute_not_exists(reply) AND "
+                                     "attribute_not_exists(reply_s3) AND "
+                                     "(attribute_not_exists(claimed_until) OR "
+                                     "claimed_until < :now)"))
+        except ddb.exceptions.ConditionalCheckFailedException:
+            got = ddb.get_item(TableName=config.table, Key=self._reply_key(request),
+                               ConsistentRead=True).get("Item")
+            if got is not None and ("reply" in got or "reply_s3" in got):
+                return self._stored_reply(got)
+            until = float(got["claimed_until"]["N"]) if got and "claimed_until" in got else now
+            raise CallInProgressError(
+                f"call {request.call_id} of workflow {request.workflow_id!r} is being run by "
+                f"another delivery of its request (claimed for {max(0.0, until - now):.0f} s "
+                "more); this delivery backs off") from None
+        return None
 
     def _bounded_reply(self, request: CallRequestMessage, ok: bool, payload: bytes) -> bytes:
         limit = self.deployment.payload_limit
@@ -342,18 +518,19 @@ class _ServiceFunction:
             payloads = self.deployment.payloads
             if payloads is None:
                 raise InvalidMessageError("a stored reply is in S3 but no bucket is configured")
-            return payloads.get(item["reply_s3"]["S"])
+            return payloads.get(item["reply_s3"]["S"], what="a recorded reply")
         reply: bytes = item["reply"]["B"]
         return reply
 
     def _record_reply(self, request: CallRequestMessage, body: bytes) -> bytes:
-        """Record the reply for the call id; if another run recorded one first, that one
-        wins (and is the one sent)."""
+        """Record the reply for the call id (replacing the claim); if another run recorded
+        one first, that one wins (and is the one sent)."""
         config = self.deployment.config
         item: dict[str, Any] = self._reply_key(request)
         payloads = self.deployment.payloads
         if len(body) > config.payload_threshold and payloads is not None:
-            item["reply_s3"] = {"S": payloads.put(f"{request.workflow_id}/replies", body)}
+            item["reply_s3"] = {"S": payloads.put(
+                f"replies/{self.service.name}/{request.workflow_id}", body)}
         else:
             item["reply"] = {"B": body}
         now = self.deployment.clock.now()
@@ -363,12 +540,22 @@ class _ServiceFunction:
         ddb = self.deployment.clients.dynamodb
         try:
             ddb.put_item(TableName=config.table, Item=item,
-                         ConditionExpression="attribute_not_exists(pk)")
+                         ConditionExpression=("attribute_not_exists(reply) AND "
+                                              "attribute_not_exists(reply_s3)"))
         except ddb.exceptions.ConditionalCheckFailedException:
             got = ddb.get_item(TableName=config.table, Key=self._reply_key(request),
                                ConsistentRead=True)["Item"]
             return self._stored_reply(got)
         return body
+
+
+def _lease_seconds(context: Any) -> float:
+    """How long a claim on a call lasts: the time this invocation may still run, plus a
+    margin; Lambda's longest timeout when there is no Lambda context."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if remaining is None:
+        return _DEFAULT_LEASE
+    return max(0.0, float(remaining()) / 1000) + _LEASE_MARGIN
 
 
 def service_handler(service: Service[ReqT, RespT],
@@ -384,10 +571,16 @@ def service_handler(service: Service[ReqT, RespT],
     it, and the reply (ok, or the error: an invalid request, a :class:`ServiceError`, any
     other exception) goes to the request's ``reply_to`` queue.
 
-    With ``idempotent`` (the default) the reply is recorded in the table per call id
-    (``pk = svc#<service>#<workflow id>``) before it is sent: a request delivered again
-    re-sends the recorded reply and does not run ``fn`` a second time. ``fn`` runs more than
-    once for a call only if a crash comes between its end and that record.
+    With ``idempotent`` (the default) each call has a record in the table
+    (``pk = svc#<service>#<workflow id>``, ``sk = call#<call id>``). Before ``fn`` runs, the
+    delivery claims the call with a conditional write that holds until the invocation's
+    remaining time plus 30 s (``claimed_until``); the reply is recorded there before it is
+    sent. A delivery that finds the reply re-sends it without running ``fn``; one that finds
+    an unexpired claim (the same request delivered twice at once) does not run ``fn`` and is
+    retried later (an SQS record is reported in ``batchItemFailures``; an asynchronous
+    invocation raises :class:`CallInProgressError`, which Lambda retries). ``fn`` runs more
+    than once for a call only if an invocation dies (or times out) after ``fn`` started and
+    before the reply was recorded, and a later delivery comes after the claim expired.
     """
     state: dict[str, _ServiceFunction] = {}
 

@@ -18,8 +18,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from botocore.exceptions import ClientError
 
-from ..errors import InvalidMessageError, PayloadTooLargeError
+from ..errors import InvalidMessageError, PayloadTooLargeError, WorkflowError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -27,7 +28,9 @@ if TYPE_CHECKING:
 __all__ = [
     "POINTER_CLASS",
     "SIZE_ATTRIBUTE",
+    "PayloadMissingError",
     "S3PayloadStore",
+    "describe_payload",
     "dynamodb_item_size",
     "sqs_message_size",
 ]
@@ -38,9 +41,42 @@ NO_BUCKET_HINT = ("configure an S3 bucket for large payloads (LAMBDA_WORKFLOW_BU
                   "raise LAMBDA_WORKFLOW_PAYLOAD_THRESHOLD")
 
 
+# S3's error codes for an object that is not there (GetObject answers NoSuchKey; a HEAD or a
+# caller without s3:ListBucket gets 404 or AccessDenied, which are not taken for "missing").
+_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+class PayloadMissingError(WorkflowError, LookupError):
+    """An offloaded payload's object is not in the bucket: deleted, or expired by the
+    bucket's lifecycle rule. The message names the bucket and the key."""
+
+    def __init__(self, bucket: str, key: str, what: str | None = None) -> None:
+        self.bucket = bucket
+        self.key = key
+        self.what = what
+        subject = f"{what} (s3://{bucket}/{key})" if what else f"the payload s3://{bucket}/{key}"
+        super().__init__(f"{subject} is missing from S3: deleted, or expired by the bucket's "
+                         "lifecycle rule")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.bucket, self.key, self.what))
+
+
+def describe_payload(data: bytes | str) -> str:
+    """A payload described without its content: its size and the start of its SHA-256 (what
+    reasons and logs say instead of echoing a payload, which may hold secrets)."""
+    raw = data.encode() if isinstance(data, str) else data
+    return f"{len(raw)} bytes, sha256 {hashlib.sha256(raw).hexdigest()[:12]}"
+
+
 class S3PayloadStore:
     """Large payloads in one S3 bucket, under ``prefix``. Keys are content-addressed per
-    owner (a repeated write after a crash writes the same object)."""
+    owner (a repeated write after a crash writes the same object).
+
+    Reads are confined to that bucket and prefix: a pointer naming another bucket, or a key
+    outside the prefix, is refused (:class:`InvalidMessageError`) before any request, so a
+    message cannot make a function read an object it was not meant to.
+    """
 
     def __init__(self, s3: S3Client, bucket: str, prefix: str = "lambda-workflow/") -> None:
         self.s3 = s3
@@ -57,9 +93,34 @@ class S3PayloadStore:
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
         return key
 
-    def get(self, key: str, bucket: str | None = None) -> bytes:
-        """The bytes stored under ``key``."""
-        body: bytes = self.s3.get_object(Bucket=bucket or self.bucket, Key=key)["Body"].read()
+    def check(self, key: str, bucket: str | None = None) -> None:
+        """Refuse a location outside this store's bucket and prefix.
+
+        Raises:
+            InvalidMessageError: names the location asked for and the one allowed.
+        """
+        if (bucket is not None and bucket != self.bucket) or not key.startswith(self.prefix):
+            where = f"s3://{bucket or self.bucket}/{key}"
+            raise InvalidMessageError(
+                f"refused to read {where[:300]}: payloads are read only from "
+                f"s3://{self.bucket}/{self.prefix} (the configured LAMBDA_WORKFLOW_BUCKET and "
+                "its key prefix)")
+
+    def get(self, key: str, bucket: str | None = None, what: str | None = None) -> bytes:
+        """The bytes stored under ``key`` (in this store's bucket; ``bucket``, when given,
+        must be that bucket).
+
+        Raises:
+            InvalidMessageError: the location is outside the bucket and prefix.
+            PayloadMissingError: the object does not exist (``what`` names the payload).
+        """
+        self.check(key, bucket)
+        try:
+            body: bytes = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) in _MISSING_CODES:
+                raise PayloadMissingError(self.bucket, key, what) from None
+            raise
         return body
 
     # -- SQS messages ------------------------------------------------------------------------
@@ -87,9 +148,9 @@ def message_pointer(body: str | bytes,
     except (orjson.JSONDecodeError, ValueError, TypeError, KeyError):
         raise InvalidMessageError(
             f"message carries {SIZE_ATTRIBUTE} or names {POINTER_CLASS} but its body is not a "
-            f"valid S3 pointer: {body[:120]!r}") from None
+            f"valid S3 pointer ({describe_payload(body)})") from None
     if kind != POINTER_CLASS or not isinstance(bucket, str) or not isinstance(key, str):
-        raise InvalidMessageError(f"malformed S3 pointer message: {body[:120]!r}")
+        raise InvalidMessageError(f"malformed S3 pointer message ({describe_payload(body)})")
     return bucket, key
 
 

@@ -36,12 +36,15 @@ class MemoryStateStore:
         self._instances: dict[str, InstanceRecord] = {}
         self._ops: dict[str, dict[str, OperationRecord]] = {}
 
-    def create_instance(self, instance: InstanceRecord) -> tuple[InstanceRecord, bool]:
+    def create_instance(self, instance: InstanceRecord,
+                        operations: Sequence[OperationRecord] = ()
+                        ) -> tuple[InstanceRecord, bool]:
         existing = self._instances.get(instance.workflow_id)
         if existing is not None:
             return dataclasses.replace(existing), False
         self._instances[instance.workflow_id] = dataclasses.replace(instance)
-        self._ops[instance.workflow_id] = {}
+        self._ops[instance.workflow_id] = {op.op_id: dataclasses.replace(op)
+                                           for op in operations}
         return dataclasses.replace(instance), True
 
     def get_instance(self, workflow_id: str) -> InstanceRecord | None:

@@ -26,9 +26,12 @@ class StateStore(Protocol):
     changes nothing that is already recorded.
     """
 
-    def create_instance(self, instance: InstanceRecord) -> tuple[InstanceRecord, bool]:
-        """Store ``instance`` unless its id exists. Returns the stored record and whether it
-        was created by this call."""
+    def create_instance(self, instance: InstanceRecord,
+                        operations: Sequence[OperationRecord] = ()
+                        ) -> tuple[InstanceRecord, bool]:
+        """Store ``instance`` unless its id exists, with ``operations`` in the same atomic
+        write (a child's link to its parent: a crash cannot leave one without the other).
+        Returns the stored record and whether it was created by this call."""
         ...
 
     def get_instance(self, workflow_id: str) -> InstanceRecord | None:

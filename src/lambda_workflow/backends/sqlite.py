@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..errors import StateFileInUseError
 from ..models import (
     History,
     InstanceRecord,
@@ -17,7 +20,7 @@ from ..models import (
     Outcome,
 )
 
-__all__ = ["SQLiteStateStore"]
+__all__ = ["SQLiteStateStore", "StateFileLock"]
 
 SCHEMA_VERSION = 1
 
@@ -76,6 +79,42 @@ def _operation(row: Any) -> OperationRecord:
         created_at, resolved_at)
 
 
+class StateFileLock:
+    """The one runtime allowed to run workflows on a state file.
+
+    Two runtimes on one file would both run the pending calls and record replies computed
+    from requests the other made. The lock is an exclusive ``flock`` on ``<file>.lock``
+    beside the database, held while the runtime is open; the kernel drops it when the
+    process exits, however it exits (kill -9 included), so a crash never leaves the file
+    locked. Readers (``status``, ``history``) do not take it.
+
+    Raises:
+        StateFileInUseError: another runtime holds the lock (its pid is in the message).
+    """
+
+    def __init__(self, database: str | Path) -> None:
+        self.path = f"{database}.lock"
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StateFileInUseError(
+                f"state file {str(database)!r} is in use by another runtime (pid {holder}): "
+                "two runtimes on one file would run pending calls twice; stop the other one, "
+                "or use another file") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Let another runtime open the file (also done by the process's exit)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class SQLiteStateStore:
     """A :class:`~lambda_workflow.backends.StateStore` in one SQLite database.
 
@@ -115,7 +154,9 @@ class SQLiteStateStore:
             raise
         self._db.execute("COMMIT")
 
-    def create_instance(self, instance: InstanceRecord) -> tuple[InstanceRecord, bool]:
+    def create_instance(self, instance: InstanceRecord,
+                        operations: Sequence[OperationRecord] = ()
+                        ) -> tuple[InstanceRecord, bool]:
         i = instance
         with self._transaction() as db:
             cur = db.execute(
@@ -123,6 +164,8 @@ class SQLiteStateStore:
                 (i.workflow_id, i.workflow_name, i.input, i.input_digest, i.status.value,
                  i.result, i.error, i.created_at, i.updated_at, i.activations))
             created = cur.rowcount == 1
+            if created and operations:
+                self._insert_operations(db, i.workflow_id, operations)
             row = db.execute(f"SELECT {_INSTANCE_COLS} FROM instances WHERE workflow_id=?",
                              (i.workflow_id,)).fetchone()
         return _instance(row), created
