@@ -282,7 +282,10 @@ class Engine:
         body = orjson.dumps({"v": 1, "kind": "start", "workflow_id": child_id,
                              "workflow": op.name, "input": request["input"],
                              "parent": {"workflow_id": op.workflow_id, "call_id": op.op_id}})
-        self.transport.send_to_workflow(child_id, _core.dedup_id(child_id, "start", ""), body)
+        # Deduplicated per parent operation, not per child id: a user's start of the same id
+        # must not swallow this one (the parent would never hear that the id is taken).
+        self.transport.send_to_workflow(
+            child_id, _core.dedup_id(child_id, "start", f"{op.workflow_id}\0{op.op_id}"), body)
 
     def _withdraw_timers(self, operations: Sequence[OperationRecord],
                          staged: Mapping[str, StagedResult]) -> None:
