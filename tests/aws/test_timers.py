@@ -198,3 +198,26 @@ def test_a_schedule_left_pending_is_deleted_when_the_workflow_ends(
     drain([workflows, timers])
     assert handle.result() == "short"
     assert scheduler.list_schedules()["Schedules"] == []
+
+
+def test_hops_stop_when_the_instance_has_ended(aws: Aws, clock: ShiftedClock) -> None:
+    """A two-hour sleep's instance is cancelled after its first hop left: when that hop
+    arrives, the timer function reads the instance's status and sends nothing more (no next
+    hop, no timer_fired); a hop for an instance that does not exist stops the same way."""
+    deployment, workflows, timers = _deploy(aws, clock)
+    client = WorkflowClient(deployment.config, session=aws.session, clock=clock)
+    handle = client.start(overnight, 7200.0, workflow_id="night-3")
+    drain([workflows, timers])
+    assert handle.cancel("no longer needed") is True
+    drain([workflows])
+    assert handle.status() is InstanceStatus.CANCELLED
+    clock.offset += 900
+    before = aws.requests["sqs.SendMessage"]
+    assert timers.poll_once() == 1  # the hop arrives ...
+    assert aws.requests["sqs.SendMessage"] == before  # ... and goes no further
+    drain([workflows, timers])
+    assert aws.requests["sqs.SendMessage"] == before
+    orphan = {"v": 1, "kind": "timer", "workflow_id": "never-started", "timer_id": "1",
+              "fire_at": clock.now() + 3600}
+    assert deployment.timers.handle(orphan) is None
+    assert aws.requests["sqs.SendMessage"] == before

@@ -602,7 +602,8 @@ def timer_handler(*, config: AwsConfig | None = None, session: boto3.Session | N
                   ) -> Callable[[Any, Any], dict[str, Any]]:
     """The handler of the timer function (event source: the timer queue, with
     ``ReportBatchItemFailures``): forwards due timers to the workflow queue as
-    ``timer_fired`` and sends the others on for their next hop."""
+    ``timer_fired`` and sends the others on for their next hop, unless their instance has
+    ended (then the timer is dropped)."""
     state: dict[str, AwsDeployment] = {}
 
     def handler(event: Any, context: Any = None) -> dict[str, Any]:
@@ -613,8 +614,11 @@ def timer_handler(*, config: AwsConfig | None = None, session: boto3.Session | N
         failures: list[dict[str, str]] = []
         for record in event.get("Records", []) if isinstance(event, Mapping) else []:
             try:
-                fired = timers.handle(parse_timer(record["body"]))
-                _log("timer_fired" if fired else "timer_hop", message_id=record["messageId"])
+                timer = parse_timer(record["body"])
+                fired = timers.handle(timer)
+                _log("timer_fired" if fired else "timer_hop" if fired is False
+                     else "timer_stopped", message_id=record["messageId"],
+                     workflow_id=timer["workflow_id"], timer_id=timer["timer_id"])
             except Exception as exc:
                 # Returned to the queue; the timer queue's redrive policy moves a message
                 # that keeps failing (a malformed one, say) to its DLQ.

@@ -13,7 +13,9 @@ timer queue with the same timer message: one scheduler invocation however long t
 
 The deadline is in the message, so a hop that arrives late or twice does no harm: the
 ``timer_fired`` message carries the timer's deduplication id, and the engine ignores a timer
-that already fired.
+that already fired. Before sending a hop on, the timer function reads its instance's status:
+the chain stops once the instance has ended (a cancelled or finished instance's timers cost
+nothing more).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ if TYPE_CHECKING:
 __all__ = ["MAX_DELAY_SECONDS", "SqsDelayTimers", "parse_timer"]
 
 MAX_DELAY_SECONDS = 900
+# The instance item's key in the table (docs/aws-dynamodb.md): pk = wf#<id>, sk = #instance.
+_WORKFLOW_PK_PREFIX = "wf#"
+_INSTANCE_SK = "#instance"
 # A hop that arrives this early (clock skew, rounding) still fires: SQS delays are whole
 # seconds and "at least" the delay.
 _EARLY_TOLERANCE = 1.0
@@ -122,10 +127,25 @@ class SqsDelayTimers:
                                       DelaySeconds=delay)
         return delay
 
-    def handle(self, timer: Mapping[str, Any]) -> bool:
-        """One received timer message: fire it if due (returns ``True``), else hop again."""
+    def running(self, workflow_id: str) -> bool:
+        """Whether the instance exists and has not ended: one eventually consistent read of
+        the instance item's ``status`` alone (an ended status never changes back)."""
+        got = self.clients.dynamodb.get_item(
+            TableName=self.config.table,
+            Key={"pk": {"S": f"{_WORKFLOW_PK_PREFIX}{workflow_id}"},
+                 "sk": {"S": _INSTANCE_SK}},
+            ProjectionExpression="#status", ExpressionAttributeNames={"#status": "status"})
+        item = got.get("Item")
+        return item is not None and item.get("status", {}).get("S") == "running"
+
+    def handle(self, timer: Mapping[str, Any]) -> bool | None:
+        """One received timer message: fire it if due (returns ``True``), else hop again
+        (``False``), unless its instance has ended or does not exist: then the hop chain
+        stops there (``None``)."""
         workflow_id, timer_id = timer["workflow_id"], timer["timer_id"]
         if float(timer["fire_at"]) - self.clock.now() > _EARLY_TOLERANCE:
+            if not self.running(workflow_id):
+                return None
             self.hop(timer)
             return False
         self.clients.sqs.send_message(
