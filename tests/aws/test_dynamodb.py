@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from backends.contract import StateStoreContract, StoreFactory
 
-from lambda_workflow.aws import dynamodb
 from lambda_workflow.aws._clients import AwsClients
 from lambda_workflow.aws.dynamodb import (
     ConcurrentWriteError,
     DynamoDBStateStore,
     table_definition,
 )
+from lambda_workflow.aws.dynamodb import store as store_module
 from lambda_workflow.aws.payloads import S3PayloadStore, dynamodb_item_size
 from lambda_workflow.backends.protocols import StateStore
 from lambda_workflow.errors import PayloadTooLargeError, WorkflowError
@@ -690,7 +690,7 @@ def test_past_the_set_limit_each_operation_gets_its_own_flag(
     """The instance's set holds at most MAX_SENT_IDS ids. Past that, mark_sent sets the
     sent flag on each operation item (a plain UpdateItem each): decided from the store's
     memory when it loaded the history, from the refused conditional ADD when it did not."""
-    monkeypatch.setattr(dynamodb, "MAX_SENT_IDS", 3)
+    monkeypatch.setattr(store_module, "MAX_SENT_IDS", 3)
     store = make()
     store.create_instance(_instance())
     store.add_operations(WID, [_op(str(i), i) for i in range(1, 9)], 1)
@@ -724,7 +724,7 @@ def test_mark_sent_on_an_instance_item_without_room_flags_each_operation(
     store.add_operations(WID, [_op("1", 0), _op("2", 1)], 1)
     store.load_history(WID)
     size = dynamodb_item_size(_raw(store)[("wf#tx-1", "#instance")])
-    monkeypatch.setattr(dynamodb, "DYNAMODB_MAX_ITEM_BYTES", size + 20)
+    monkeypatch.setattr(store_module, "DYNAMODB_MAX_ITEM_BYTES", size + 20)
     aws.requests.clear()
     store.mark_sent(WID, ["1"])
     assert _writes(aws) == {"dynamodb.UpdateItem": 1}

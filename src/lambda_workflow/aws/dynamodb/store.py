@@ -1,0 +1,407 @@
+"""The AWS state store: every workflow instance and its operations in one DynamoDB table
+(the items are described in :mod:`.items`, the layout in ``docs/aws-dynamodb.md``).
+
+An activation reads its whole history with one paginated ``Query`` of its partition and writes
+an activation's replies and new operations with one ``TransactWriteItems``; ``mark_sent`` adds
+op ids to a string set on the instance item (one ``UpdateItem``), and ``finish`` updates the
+instance, then sets each operation's TTL with plain ``UpdateItem``s. Every write is
+conditional, so a repeated write changes nothing already recorded. Payloads over the threshold
+go to S3 (``<field>_s3`` holds the key) and come back transparently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from botocore.exceptions import ClientError
+
+from ...models import (
+    History,
+    InstanceRecord,
+    InstanceStatus,
+    OperationRecord,
+    Outcome,
+)
+from ..config import (
+    DEFAULT_PAYLOAD_THRESHOLD,
+    DYNAMODB_MAX_ITEM_BYTES,
+    AwsConfig,
+    ConfigurationError,
+)
+from ..payloads import S3PayloadStore, dynamodb_item_size
+from .items import (
+    _SENT_OVERHEAD,
+    INSTANCE_SK,
+    MAX_SENT_IDS,
+    OP_PREFIX,
+    SENT_SET_ATTRIBUTE,
+    TTL_ATTRIBUTE,
+    WORKFLOW_PREFIX,
+    Item,
+    _float,
+    _instance_key,
+    _int,
+    _is_size_error,
+    _Items,
+    _Known,
+    _names,
+    _op_key,
+    _OpInfo,
+    _Payload,
+    _pk,
+    _s,
+)
+from .parts import _Parts
+from .writes import _InstanceMissing, _NotRunning, _Write, execute, run, split, update_each
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+    from .._clients import AwsClients
+
+_DAY = 86_400
+_REMEMBERED_WORKFLOWS = 256
+_log = logging.getLogger(__name__)
+
+
+class DynamoDBStateStore:
+    """A :class:`~lambda_workflow.backends.StateStore` on one DynamoDB table.
+
+    Args:
+        client: A boto3 DynamoDB client.
+        table: The table's name; create it with :func:`table_definition` and TTL on
+            ``expires_at``.
+        payloads: Where payloads over ``payload_threshold`` bytes go. Without it, such a
+            payload raises :class:`~lambda_workflow.errors.PayloadTooLargeError`.
+        payload_threshold: Bytes above which an input, request or result leaves the item.
+        retention_days: Days a finished workflow's items live before TTL deletes them; ``0``
+            keeps them for ever.
+        clock: The time source for ``sent_at`` (when :meth:`mark_sent` last recorded sent
+            requests).
+
+    One store object may serve many workflows (a Lambda container keeps it across
+    invocations). It remembers, for the workflows it read recently, the ``activations``
+    counter it last read or wrote; a later write to such a workflow is conditioned on the
+    counter being unchanged and raises :class:`ConcurrentWriteError` otherwise.
+    """
+
+    def __init__(self, client: DynamoDBClient, table: str, *,
+                 payloads: S3PayloadStore | None = None,
+                 payload_threshold: int = DEFAULT_PAYLOAD_THRESHOLD, retention_days: int = 30,
+                 clock: Callable[[], float] = time.time) -> None:
+        if payload_threshold < 1:
+            raise ConfigurationError(f"payload_threshold={payload_threshold} must be >= 1")
+        if retention_days < 0:
+            raise ConfigurationError(f"retention_days={retention_days} must be >= 0")
+        self.client = client
+        self.table = table
+        self.payloads = payloads
+        self.payload_threshold = payload_threshold
+        self.retention_days = retention_days
+        self.clock = clock
+        self._known: OrderedDict[str, _Known] = OrderedDict()
+        self._lock = threading.Lock()
+        self._items = _Items(payloads, payload_threshold)
+        self._parts = _Parts(table, self._items)
+
+    @classmethod
+    def from_config(cls, config: AwsConfig, clients: AwsClients) -> DynamoDBStateStore:
+        """The store of a deployment: its table, its bucket (if any), threshold and
+        retention."""
+        payloads = (S3PayloadStore(clients.s3, config.bucket)
+                    if config.bucket is not None else None)
+        return cls(clients.dynamodb, config.table, payloads=payloads,
+                   payload_threshold=config.payload_threshold,
+                   retention_days=config.retention_days)
+
+    def _memory(self, workflow_id: str) -> _Known | None:
+        with self._lock:
+            known = self._known.get(workflow_id)
+            if known is not None:
+                self._known.move_to_end(workflow_id)
+            return known
+
+    def _remember(self, workflow_id: str, known: _Known) -> None:
+        with self._lock:
+            self._known[workflow_id] = known
+            self._known.move_to_end(workflow_id)
+            while len(self._known) > _REMEMBERED_WORKFLOWS:
+                self._known.popitem(last=False)
+
+    def forget(self, workflow_id: str | None = None) -> None:
+        """Drop what the store remembers of one workflow (or of all): its next writes are
+        not checked for a second writer until it is read again."""
+        with self._lock:
+            if workflow_id is None:
+                self._known.clear()
+            else:
+                self._known.pop(workflow_id, None)
+
+    def create_instance(self, instance: InstanceRecord) -> tuple[InstanceRecord, bool]:
+        item, uploads, _ = self._items.instance_item(instance)
+        self._items.upload(uploads)
+        try:
+            self.client.put_item(TableName=self.table, Item=item,
+                                 ConditionExpression="attribute_not_exists(pk)",
+                                 ReturnValuesOnConditionCheckFailure="ALL_OLD")
+        except ClientError as exc:
+            response = cast(Mapping[str, Any], exc.response)
+            if response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            old = response.get("Item")
+            if old is None:  # pragma: no cover - DynamoDB returns the item it kept
+                stored = self.get_instance(instance.workflow_id)
+                if stored is None:
+                    raise
+                return stored, False
+            return self._items.instance(old), False
+        return dataclasses.replace(instance), True
+
+    def get_instance(self, workflow_id: str) -> InstanceRecord | None:
+        got = self.client.get_item(TableName=self.table, Key=_instance_key(workflow_id),
+                                   ConsistentRead=True)
+        item = got.get("Item")
+        return None if item is None else self._items.instance(item)
+
+    def _query(self, workflow_id: str, **extra: Any) -> list[Item]:
+        kwargs: dict[str, Any] = {
+            "TableName": self.table, "ConsistentRead": True,
+            "KeyConditionExpression": "#pk = :pk", "ExpressionAttributeNames": {"#pk": "pk"},
+            "ExpressionAttributeValues": {":pk": _s(_pk(workflow_id))}, **extra}
+        items: list[Item] = []
+        while True:
+            page = self.client.query(**kwargs)
+            items += page["Items"]
+            last = page.get("LastEvaluatedKey")
+            if not last:
+                return items
+            kwargs["ExclusiveStartKey"] = last
+
+    def load_history(self, workflow_id: str) -> History | None:
+        instance: Item | None = None
+        ops: list[Item] = []
+        for item in self._query(workflow_id):
+            sk = item["sk"]["S"]
+            if sk == INSTANCE_SK:
+                instance = item
+            elif sk.startswith(OP_PREFIX):
+                ops.append(item)
+        if instance is None:
+            self.forget(workflow_id)
+            return None
+        sent = frozenset(instance.get(SENT_SET_ATTRIBUTE, {}).get("SS", ()))
+        history = History(self._items.instance(instance), sorted(
+            (self._items.operation(op, sent) for op in ops), key=lambda op: op.seq))
+        if history.instance.status is not InstanceStatus.RUNNING:
+            self._heal_expiry(workflow_id, instance, ops)
+        self._remember(workflow_id, _Known(
+            history.instance.activations, dynamodb_item_size(instance),
+            {op["op_id"]["S"]: _OpInfo(op["kind"]["S"], op["name"]["S"], dynamodb_item_size(op))
+             for op in ops}, len(sent)))
+        return history
+
+    def _heal_expiry(self, workflow_id: str, instance: Item, ops: Sequence[Item]) -> None:
+        """A finished instance carries ``expires_at`` but some of its operation items do not:
+        a ``finish`` stopped (crashed, timed out, throttled) between the instance's update
+        and the operations' TTL updates. Give them the instance's expiry now. Best effort: a
+        failure is logged and the load goes on (the next load tries again)."""
+        expires = instance.get(TTL_ATTRIBUTE)
+        if expires is None:
+            return
+        missing = [op["op_id"]["S"] for op in ops if TTL_ATTRIBUTE not in op]
+        if not missing:
+            return
+        try:
+            self._set_expiry(workflow_id, missing, int(expires["N"]))
+        except ClientError as exc:
+            _log.warning("could not set expires_at on %d operation item(s) of finished "
+                         "workflow %r: %s", len(missing), workflow_id, exc)
+
+    def _commit(self, workflow_id: str, outcomes: Sequence[Outcome],
+                operations: Sequence[OperationRecord], activation: int,
+                at: float | None) -> list[str]:
+        known = self._memory(workflow_id)
+        uploads: list[_Payload] = []
+        puts: dict[str, _Write] = {}
+        for op in operations:
+            if op.op_id not in puts:
+                puts[op.op_id] = self._parts.op_put(workflow_id, op, uploads)
+        updates: dict[str, _Write] = {}
+        for outcome in outcomes:
+            if outcome.op_id not in updates:
+                updates[outcome.op_id] = self._parts.outcome_update(
+                    workflow_id, outcome, activation, at if at is not None else 0.0, known,
+                    uploads, puts.pop(outcome.op_id, None))
+        touch, remember = self._parts.touch(workflow_id, activation, at, known)
+        self._items.upload(uploads)
+        transactions = split(
+            list(puts.values()), [*updates.values(), touch], self._parts.guard(workflow_id, known))
+        try:
+            written = run(self.client, workflow_id, transactions)
+        except _InstanceMissing:
+            if operations:
+                raise KeyError(f"no workflow instance {workflow_id!r}") from None
+            return []
+        if known is not None:
+            if touch in written and remember is not None:
+                known.activations = remember
+            by_id = {op.op_id: op for op in operations}
+            for write in written:
+                if write.op_id is None:
+                    continue
+                if "Put" in write.action:
+                    op = by_id[write.op_id]
+                    known.ops[write.op_id] = _OpInfo(op.kind, op.name, write.size)
+                elif write.op_id in known.ops:
+                    known.ops[write.op_id].size = write.size
+        recorded = {w.op_id for w in written if "Update" in w.action and w.op_id is not None}
+        return [o for o in dict.fromkeys(o.op_id for o in outcomes) if o in recorded]
+
+    def add_operations(self, workflow_id: str, operations: Sequence[OperationRecord],
+                       activation: int) -> None:
+        self._commit(workflow_id, (), operations, activation, None)
+
+    def record_outcomes(self, workflow_id: str, outcomes: Sequence[Outcome], activation: int,
+                        at: float) -> list[str]:
+        return self._commit(workflow_id, outcomes, (), activation, at)
+
+    def commit_activation(self, workflow_id: str, outcomes: Sequence[Outcome],
+                          operations: Sequence[OperationRecord], activation: int,
+                          at: float) -> list[str]:
+        return self._commit(workflow_id, outcomes, operations, activation, at)
+
+    def mark_sent(self, workflow_id: str, op_ids: Sequence[str]) -> None:
+        """Record that the requests of ``op_ids`` left: one ``UpdateItem`` of the instance
+        item, ``ADD sent_ops :ids`` (a string set) and ``SET sent_at``. Only ids of operations
+        that exist are added (from the store's memory, or a keys-only ``Query`` without it),
+        so an operation created later under an unknown id never looks sent. The update leaves
+        ``activations`` alone: it neither needs nor disturbs the second-writer check. Past
+        ``MAX_SENT_IDS`` ids, or when the instance item would outgrow 400 KB, each operation
+        item gets its own ``sent`` flag instead (one plain ``UpdateItem`` each)."""
+        known = self._memory(workflow_id)
+        exists = set(self._op_ids(workflow_id, known))
+        ids = [op_id for op_id in dict.fromkeys(op_ids) if op_id in exists]
+        if not ids:
+            return
+        now = _float(self.clock())
+        added = sum(len(op_id.encode()) for op_id in ids) + _SENT_OVERHEAD
+        if len(ids) > MAX_SENT_IDS or (known is not None and (
+                known.sent_ids + len(ids) > MAX_SENT_IDS
+                or known.instance_size + added > DYNAMODB_MAX_ITEM_BYTES)):
+            self._flag_each(workflow_id, ids, now)
+            return
+        try:
+            self.client.update_item(
+                TableName=self.table, Key=_instance_key(workflow_id),
+                UpdateExpression="ADD #sent_ops :ids SET #sent_at = :now",
+                ConditionExpression="attribute_exists(pk) AND (attribute_not_exists(#sent_ops) "
+                                    "OR size(#sent_ops) <= :room)",
+                ExpressionAttributeNames=_names(SENT_SET_ATTRIBUTE, "sent_at"),
+                ExpressionAttributeValues={":ids": {"SS": ids}, ":now": now,
+                                           ":room": _int(MAX_SENT_IDS - len(ids))},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD")
+        except ClientError as exc:
+            response = cast(Mapping[str, Any], exc.response)
+            error = response.get("Error", {})
+            code, message = error.get("Code", ""), error.get("Message", "")
+            if code == "ConditionalCheckFailedException":
+                if response.get("Item") is None:
+                    return  # no such instance: nothing to mark
+            elif not (code == "ValidationException" and _is_size_error(message)):
+                raise
+            # The set is full, or the instance item has no room left for it.
+            if known is not None:
+                known.sent_ids = MAX_SENT_IDS
+            self._flag_each(workflow_id, ids, now)
+            return
+        if known is not None:
+            known.sent_ids += len(ids)
+            known.instance_size += added
+
+    def _flag_each(self, workflow_id: str, op_ids: Sequence[str], now: Item) -> None:
+        """``sent = true, sent_at`` on each operation item (the per-item fallback)."""
+        update_each(self.client, [{
+            "TableName": self.table, "Key": _op_key(workflow_id, op_id),
+            "UpdateExpression": "SET #sent = :true, #sent_at = :now",
+            "ConditionExpression": "attribute_exists(pk)",
+            "ExpressionAttributeNames": _names("sent", "sent_at"),
+            "ExpressionAttributeValues": {":true": {"BOOL": True}, ":now": now}}
+            for op_id in op_ids])
+
+    def _set_expiry(self, workflow_id: str, op_ids: Sequence[str], expires: int) -> None:
+        """``expires_at`` on each operation item: plain, idempotent ``UpdateItem``s."""
+        update_each(self.client, [{
+            "TableName": self.table, "Key": _op_key(workflow_id, op_id),
+            "UpdateExpression": "SET #ttl = :ttl",
+            "ConditionExpression": "attribute_exists(pk)",
+            "ExpressionAttributeNames": {"#ttl": TTL_ATTRIBUTE},
+            "ExpressionAttributeValues": {":ttl": _int(expires)}} for op_id in op_ids])
+
+    def _op_ids(self, workflow_id: str, known: _Known | None) -> list[str]:
+        if known is not None:
+            return list(known.ops)
+        items = self._query(workflow_id, ProjectionExpression="#pk, #sk",
+                            ExpressionAttributeNames={"#pk": "pk", "#sk": "sk"})
+        return [item["sk"]["S"][len(OP_PREFIX):] for item in items
+                if item["sk"]["S"].startswith(OP_PREFIX)]
+
+    def finish(self, workflow_id: str, status: InstanceStatus, result: bytes | None,
+               error: bytes | None, activation: int, at: float) -> bool:
+        """One conditional ``UpdateItem`` of the instance (``status = running``, and the
+        remembered counter); once it succeeded, with retention on, a plain ``UpdateItem``
+        per operation item setting ``expires_at``. A finish that loses (not running, or a
+        second writer) has touched no operation."""
+        known = self._memory(workflow_id)
+        values: Item = {"status": _s(status.value), "updated_at": _float(at)}
+        expires = int(at) + self.retention_days * _DAY if self.retention_days else None
+        if expires is not None:
+            values[TTL_ATTRIBUTE] = _int(expires)
+        payloads = []
+        if result is not None:
+            payloads.append(_Payload("result", result, f"{workflow_id}/result",
+                                      f"the result of workflow {workflow_id!r}"))
+        if error is not None:
+            payloads.append(_Payload("error", error, f"{workflow_id}/error",
+                                     f"the error of workflow {workflow_id!r}"))
+        values, uploads, size = self._items.place(
+            values, payloads, f"workflow {workflow_id!r}",
+            base=known.instance_size if known is not None else 0)
+        write = self._parts.finish_write(workflow_id, values, activation, known,
+                                         max(size, known.instance_size if known else 0))
+        self._items.upload(uploads)
+        try:
+            execute(self.client, workflow_id, [write])
+        except _NotRunning:
+            return False
+        op_ids = self._op_ids(workflow_id, known) if expires is not None else []
+        self.forget(workflow_id)
+        if expires is not None:
+            # Not atomic with the instance's update: a crash in between leaves operation
+            # items without expires_at until the next load_history of the workflow (a
+            # redelivered activation) sets it (_heal_expiry).
+            self._set_expiry(workflow_id, op_ids, expires)
+        return True
+
+    def list_instances(self) -> list[InstanceRecord]:
+        """Every instance, oldest first. A ``Scan`` of the whole table (for tools, never on
+        an activation's path): it reads every item, operations included."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table, "ConsistentRead": True,
+            "FilterExpression": "#sk = :instance", "ExpressionAttributeNames": {"#sk": "sk"},
+            "ExpressionAttributeValues": {":instance": _s(INSTANCE_SK)}}
+        records: list[InstanceRecord] = []
+        while True:
+            page = self.client.scan(**kwargs)
+            records += [self._items.instance(item) for item in page["Items"]
+                        if item["pk"]["S"].startswith(WORKFLOW_PREFIX)]
+            last = page.get("LastEvaluatedKey")
+            if not last:
+                break
+            kwargs["ExclusiveStartKey"] = last
+        return sorted(records, key=lambda r: (r.created_at, r.workflow_id))
