@@ -32,6 +32,7 @@ __all__ = [
     "OperationRecord",
     "OperationState",
     "Outcome",
+    "ResumeMessage",
     "StartMessage",
     "TimerFiredMessage",
     "WorkflowMessage",
@@ -184,14 +185,22 @@ class CallbackHeartbeatMessage(_Message):
     token: Annotated[str, Field(min_length=1)]
 
 
+class ResumeMessage(_Message):
+    """Re-activates an instance after a repair (``resume`` or ``reset``) reopened it;
+    ``repair`` is the repair's number in the instance's history (its deduplication key)."""
+
+    kind: Literal["resume"] = "resume"
+    repair: Annotated[int, Field(ge=1)]
+
+
 WorkflowMessage = Annotated[
     StartMessage | CallResultMessage | TimerFiredMessage | CallbackCompletedMessage
-    | CallbackHeartbeatMessage | CancelMessage,
+    | CallbackHeartbeatMessage | CancelMessage | ResumeMessage,
     Field(discriminator="kind"),
 ]
 _WORKFLOW_MESSAGE: pydantic.TypeAdapter[WorkflowMessage] = pydantic.TypeAdapter(WorkflowMessage)
 MESSAGE_KINDS = ("start", "call_result", "timer_fired", "callback_completed",
-                 "callback_heartbeat", "cancel")
+                 "callback_heartbeat", "cancel", "resume")
 
 
 class CallRequestMessage(_Message):

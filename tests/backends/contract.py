@@ -353,6 +353,54 @@ class StateStoreContract:
             assert type(value) is bytes
             assert value == payload
 
+    def test_repair_reopens_drops_and_replaces_in_one_write(self, store: StateStore) -> None:
+        """repair (resume, reset): named operations are deleted, the given records inserted
+        or replaced whole (sent flag included), and the instance is running again with its
+        result and error cleared and its counter one higher."""
+        store.create_instance(_instance())
+        store.add_operations("wf-1", [_op("1", 0), _op("2", 1), _op("3", 2)], activation=1)
+        store.mark_sent("wf-1", ["1", "2", "3"])
+        store.record_outcomes("wf-1", [Outcome("2", OperationState.COMPLETED, b"7")], 2, 120.0)
+        store.finish("wf-1", InstanceStatus.FAILED, None, b'{"type":"X"}', 2, 130.0)
+        unsent = dataclasses.replace(_op("1", 0), sent=False)
+        record = OperationRecord("wf-1", "repair:1", -101, "repair", "reset", b'{"repair":1}',
+                                 "d-r", state=OperationState.COMPLETED, result=b"null",
+                                 created_in=3, resolved_in=3, created_at=140.0,
+                                 resolved_at=140.0)
+        assert store.repair("wf-1", 2, ["3"], [unsent, record], 140.0) is True
+        history = store.load_history("wf-1")
+        assert history is not None
+        inst = history.instance
+        assert (inst.status, inst.result, inst.error, inst.activations, inst.updated_at) == (
+            InstanceStatus.RUNNING, None, None, 3, 140.0)
+        assert [op.op_id for op in history.operations] == ["repair:1", "1", "2"]
+        assert history.operations[0] == record
+        assert history.operations[1].sent is False
+        assert history.operations[2].sent is True
+        assert history.operations[2].result == b"7"
+        # The running instance takes new operations and ends again as usual.
+        store.add_operations("wf-1", [_op("r1.3", 2)], activation=4)
+        store.mark_sent("wf-1", ["repair:1"])
+        assert store.finish("wf-1", InstanceStatus.COMPLETED, b"1", None, 4, 150.0)
+        history = store.load_history("wf-1")
+        assert history is not None
+        assert [(op.op_id, op.sent) for op in history.operations] == [
+            ("repair:1", True), ("1", False), ("2", True), ("r1.3", False)]
+
+    def test_repair_is_refused_when_the_counter_moved(self, store: StateStore) -> None:
+        """A repair computed from a history that an activation has changed since (or of an
+        instance that does not exist) changes nothing."""
+        store.create_instance(_instance())
+        store.add_operations("wf-1", [_op("1", 0), _op("2", 1)], activation=1)
+        store.finish("wf-1", InstanceStatus.FAILED, None, b'{"type":"X"}', 1, 130.0)
+        assert store.repair("wf-1", 0, ["2"], [], 140.0) is False
+        assert store.repair("nobody", 0, [], [], 140.0) is False
+        history = store.load_history("wf-1")
+        assert history is not None
+        assert history.instance.status is InstanceStatus.FAILED
+        assert history.instance.activations == 1
+        assert [op.op_id for op in history.operations] == ["1", "2"]
+
 
 def _body(queued: Sequence[QueueMessage]) -> list[bytes]:
     return [m.body for m in queued]

@@ -156,10 +156,10 @@ def test_an_unknown_message_kind_is_dead_lettered(
     runtime: LocalRuntime, post_message: PostMessage
 ) -> None:
     """A message of an unknown kind is dead-lettered, naming the kind."""
-    post_message({"kind": "resume", "workflow_id": "w"})
+    post_message({"kind": "pause", "workflow_id": "w"})
     runtime.run_until_idle()
     assert len(reasons(runtime)) == 1
-    assert "unknown message kind 'resume'" in reasons(runtime)[0]
+    assert "unknown message kind 'pause'" in reasons(runtime)[0]
 
 
 def test_a_message_in_another_group_is_dead_lettered(runtime: LocalRuntime) -> None:

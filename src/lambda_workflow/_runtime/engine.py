@@ -33,6 +33,7 @@ from ..models import (
     OperationRecord,
     OperationState,
     Outcome,
+    ResumeMessage,
     StartMessage,
     TimerFiredMessage,
     WorkflowMessage,
@@ -40,6 +41,7 @@ from ..models import (
 )
 from ..service import type_name
 from ..workflow import Workflow
+from .repair import repair_view
 from .replay import Replayer, StagedResult
 
 __all__ = ["ActivationReport", "Engine", "call_request_body", "call_result_body",
@@ -50,7 +52,7 @@ _SORT = orjson.OPT_SORT_KEYS
 # the activation; patch markers are only recorded.
 _SENT_KINDS = frozenset({"call", "timer", "child"})
 # Recorded outside the workflow's own order: not replayed as its operations.
-_OUTSIDE_KINDS = frozenset({"cancel", "parent"})
+_OUTSIDE_KINDS = frozenset({"cancel", "parent", "repair"})
 PARENT_OP_ID = "parent"
 CANCEL_OP_ID = "cancel"
 
@@ -255,9 +257,10 @@ class Engine:
 
     def _callback_target(self, token: str, workflow_id: str,
                          ops: Mapping[str, OperationRecord], report: ActivationReport,
-                         index: int) -> OperationRecord | None:
+                         index: int, fenced: frozenset[str] = frozenset()
+                         ) -> OperationRecord | None:
         """The callback operation a token names, or ``None`` (the message is rejected with
-        the reason)."""
+        the reason, or is a duplicate: its callback was dropped by a reset)."""
         if self.tokens is None:
             report.rejected[index] = (f"callback message for workflow instance {workflow_id!r}"
                                       ", but this runtime has no callback key to verify it")
@@ -268,6 +271,9 @@ class Engine:
             report.rejected[index] = f"{exc} (workflow instance {workflow_id!r})"
             return None
         op = ops.get(callback_id)
+        if token_workflow == workflow_id and op is None and callback_id in fenced:
+            report.duplicates.append(callback_id)
+            return None
         if token_workflow != workflow_id or op is None or op.kind != "callback":
             report.rejected[index] = (f"callback token names callback {callback_id!r} of "
                                       f"{token_workflow!r}, which instance {workflow_id!r} "
@@ -354,6 +360,8 @@ class Engine:
         now = self.clock.now()
 
         ops = {op.op_id: op for op in history.operations}
+        # Ids of operations a reset dropped: their late messages are duplicates (repair.py).
+        repairs = repair_view(history.operations)
         staged: dict[str, StagedResult] = {}
         cancel: CancelMessage | None = None
         for i, msg in enumerate(messages):
@@ -372,7 +380,9 @@ class Engine:
                         f"message for workflow {msg.workflow!r} cannot reuse its id")
             elif isinstance(msg, CallResultMessage):
                 op = ops.get(msg.call_id)
-                if op is None or op.kind not in ("call", "child"):
+                if op is None and msg.call_id in repairs.fenced:
+                    report.duplicates.append(msg.call_id)
+                elif op is None or op.kind not in ("call", "child"):
                     report.rejected[i] = (
                         f"reply for unknown call id {msg.call_id!r} of workflow instance "
                         f"{workflow_id!r} ({inst.workflow_name}); it has "
@@ -384,7 +394,9 @@ class Engine:
                     staged[msg.call_id] = StagedResult(state, payload, i)
             elif isinstance(msg, TimerFiredMessage):
                 op = ops.get(msg.timer_id)
-                if op is None or op.kind != "timer":
+                if op is None and msg.timer_id in repairs.fenced:
+                    report.duplicates.append(msg.timer_id)
+                elif op is None or op.kind != "timer":
                     report.rejected[i] = (f"unknown timer id {msg.timer_id!r} for workflow "
                                           f"instance {workflow_id!r}")
                 elif op.state is not OperationState.PENDING or msg.timer_id in staged:
@@ -392,7 +404,8 @@ class Engine:
                 else:
                     staged[msg.timer_id] = StagedResult(OperationState.COMPLETED, b"null", i)
             elif isinstance(msg, CallbackCompletedMessage | CallbackHeartbeatMessage):
-                target = self._callback_target(msg.token, workflow_id, ops, report, i)
+                target = self._callback_target(msg.token, workflow_id, ops, report, i,
+                                               repairs.fenced)
                 if target is None:
                     continue
                 if isinstance(msg, CallbackHeartbeatMessage):
@@ -406,6 +419,8 @@ class Engine:
                 else:
                     state, payload = _outcome_of(msg)
                     staged[target.op_id] = StagedResult(state, payload, i)
+            elif isinstance(msg, ResumeMessage):
+                continue  # a wake-up after a repair: the activation itself is the point
             elif cancel is not None:
                 report.duplicates.append(CANCEL_OP_ID)  # the first cancel's reason stands
             else:
@@ -452,7 +467,8 @@ class Engine:
                           payload_hint=self.payload_hint,
                           checkpoint=lambda new: self.store.add_operations(
                               workflow_id, new, activation),
-                          tokens=self.tokens, cancel=cancel_at).run()
+                          tokens=self.tokens, cancel=cancel_at, scope=repairs.scope,
+                          relaxed=repairs.relaxed_at == len(replayed)).run()
         if new_cancel is not None:
             result.new_operations.append(new_cancel)
         report.rejected.update(result.rejected)

@@ -113,6 +113,20 @@ class MemoryStateStore:
         return [dataclasses.replace(i) for i in
                 sorted(self._instances.values(), key=lambda i: i.created_at)]
 
+    def repair(self, workflow_id: str, expected_activations: int, drop: Sequence[str],
+               put: Sequence[OperationRecord], at: float) -> bool:
+        inst = self._instances.get(workflow_id)
+        if inst is None or inst.activations != expected_activations:
+            return False
+        ops = self._ops[workflow_id]
+        for op_id in drop:
+            ops.pop(op_id, None)
+        for op in put:
+            ops[op.op_id] = dataclasses.replace(op)
+        inst.status, inst.result, inst.error = InstanceStatus.RUNNING, None, None
+        inst.updated_at, inst.activations = at, expected_activations + 1
+        return True
+
 
 @dataclass(slots=True)
 class _Entry:

@@ -79,6 +79,17 @@ class StateStore(Protocol):
         """Every instance, oldest first."""
         ...
 
+    def repair(self, workflow_id: str, expected_activations: int, drop: Sequence[str],
+               put: Sequence[OperationRecord], at: float) -> bool:
+        """Reopen an instance for a repair (``resume``, ``reset``), in one atomic write and
+        only if its activation counter is still ``expected_activations`` (nothing ran since
+        the caller read it): delete the operations ``drop``, store each of ``put`` (inserted,
+        or replacing the operation of the same id), and make the instance running again
+        (result and error cleared, ``updated_at`` = ``at``) with its counter one higher, so
+        an activation that read the history before loses its commit. Returns ``False`` and
+        changes nothing when the counter moved or the instance does not exist."""
+        ...
+
 
 class Transport(Protocol):
     """Where messages go: the workflow's FIFO queue, and services."""

@@ -258,3 +258,20 @@ class SQLiteStateStore:
         rows = self._db.execute(
             f"SELECT {_INSTANCE_COLS} FROM instances ORDER BY created_at, workflow_id").fetchall()
         return [_instance(r) for r in rows]
+
+    def repair(self, workflow_id: str, expected_activations: int, drop: Sequence[str],
+               put: Sequence[OperationRecord], at: float) -> bool:
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE instances SET status=?, result=NULL, error=NULL, updated_at=?, "
+                "activations=? WHERE workflow_id=? AND activations=?",
+                (InstanceStatus.RUNNING.value, at, expected_activations + 1, workflow_id,
+                 expected_activations))
+            if cur.rowcount != 1:
+                return False
+            db.executemany("DELETE FROM operations WHERE workflow_id=? AND op_id=?",
+                           [(workflow_id, op_id) for op_id in drop])
+            db.executemany("DELETE FROM operations WHERE workflow_id=? AND op_id=?",
+                           [(workflow_id, op.op_id) for op in put])
+            self._insert_operations(db, workflow_id, put)
+        return True
