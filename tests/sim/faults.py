@@ -7,7 +7,6 @@ activations of one instance interleaved, one boundary at a time, in an order the
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import random
 import threading
 from collections import Counter
@@ -21,13 +20,9 @@ from lambda_workflow.backends.protocols import StateStore, TimerService, Transpo
 from lambda_workflow.models import History, InstanceRecord, InstanceStatus, OperationRecord
 from lambda_workflow.models import Outcome as RecordedOutcome
 
-from .workflows import ACTIVATION
+from .workflows import ACTIVATION, LOADED_AT
 
 T = TypeVar("T")
-
-# A logical clock of boundary calls, and the tick at which the running activation read its
-# history (per thread: two interleaved activations each have their own).
-LOADED_AT: contextvars.ContextVar[int] = contextvars.ContextVar("sim_loaded_at", default=0)
 
 
 class InjectedCrash(Exception):
@@ -69,6 +64,12 @@ class Observed:
     sends: Counter[tuple[str, str]] = field(default_factory=Counter)
     resent_after_marked: list[str] = field(default_factory=list)
     scheduled: set[tuple[str, str]] = field(default_factory=set)  # timers that reached the heap
+    # (workflow id, op id) -> tick at which a write first recorded the operation's outcome
+    resolved_at: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def resolved(self, workflow_id: str, op_ids: Sequence[str]) -> None:
+        for op_id in op_ids:
+            self.resolved_at.setdefault((workflow_id, op_id), self.tick)
 
     def next_tick(self) -> int:
         self.tick += 1
@@ -169,18 +170,24 @@ class FaultyStore:
 
     def record_outcomes(self, workflow_id: str, outcomes: Sequence[RecordedOutcome],
                         activation: int, at: float) -> list[str]:
-        return self._faults.boundary(
-            f"record_outcomes {workflow_id}",
-            lambda: self._inner.record_outcomes(workflow_id, outcomes, activation, at),
-            write=True)
+        def record() -> list[str]:
+            recorded = self._inner.record_outcomes(workflow_id, outcomes, activation, at)
+            self._faults.observed.resolved(workflow_id, recorded)
+            return recorded
+
+        return self._faults.boundary(f"record_outcomes {workflow_id}", record, write=True)
 
     def commit_activation(self, workflow_id: str, outcomes: Sequence[RecordedOutcome],
                           operations: Sequence[OperationRecord], activation: int,
                           at: float) -> list[str]:
-        return self._faults.boundary(
-            f"commit_activation {workflow_id}",
-            lambda: self._inner.commit_activation(workflow_id, outcomes, operations,
-                                                  activation, at), write=True)
+        def commit() -> list[str]:
+            recorded = self._inner.commit_activation(workflow_id, outcomes, operations,
+                                                     activation, at)
+            self._faults.observed.resolved(workflow_id, [
+                *recorded, *(op.op_id for op in operations if op.state.value != "pending")])
+            return recorded
+
+        return self._faults.boundary(f"commit_activation {workflow_id}", commit, write=True)
 
     def mark_sent(self, workflow_id: str, op_ids: Sequence[str]) -> None:
         def mark() -> None:

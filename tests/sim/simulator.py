@@ -571,24 +571,26 @@ def check(world: World, expected: dict[str, tuple[InstanceStatus, bytes | None, 
     out += world.faults.observed.resent_after_marked
     # Steps: at least once, never again once their outcome is recorded; at-most-once steps
     # at most once per attempt.
-    for (wid, name, attempt, args), activations in sorted(world.ledger.steps.items()):
+    resolved_at = world.faults.observed.resolved_at
+    for (wid, name, attempt, args), executions in sorted(world.ledger.steps.items()):
         history = histories.get(wid)
         if history is None:
             continue
-        if name == "once" and len(activations) > 1:
+        if name == "once" and len(executions) > 1:
             out.append(f"at-most-once step {name!r} attempt {attempt} of {wid} ran "
-                       f"{len(activations)} times (activations {activations})")
+                       f"{len(executions)} times (activations {[a for a, _ in executions]})")
         for op in history.operations:
             if op.kind != "step" or op.name != name or op.state is OperationState.PENDING:
                 continue
             request = orjson.loads(op.request)
             if request.get("attempt") != attempt or orjson.dumps(request.get("args")) != args:
                 continue
-            late = [a for a in activations if op.resolved_in is not None and a > op.resolved_in]
+            recorded = resolved_at.get((wid, op.op_id))
+            late = [a for a, loaded in executions if recorded is not None and loaded > recorded]
             if late:
                 out.append(f"step {name!r} attempt {attempt} of {wid} ran again in "
-                           f"activation(s) {late} after its outcome was recorded in "
-                           f"{op.resolved_in}")
+                           f"activation(s) {late}, which read the history after the step's "
+                           f"outcome was recorded (activation {op.resolved_in})")
     return out
 
 

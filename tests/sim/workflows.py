@@ -33,8 +33,10 @@ double = Service("double", int, int)
 picky = Service("picky", int, int)  # refuses odd numbers with a ServiceError
 
 # The activation a step body runs in (set by the simulator's store proxy when the engine
-# reads the history: the engine then runs activation ``activations + 1``).
+# reads the history: the engine then runs activation ``activations + 1``), and the tick of
+# the simulator's logical clock at which it read that history.
 ACTIVATION: contextvars.ContextVar[int] = contextvars.ContextVar("sim_activation", default=0)
+LOADED_AT: contextvars.ContextVar[int] = contextvars.ContextVar("sim_loaded_at", default=0)
 
 
 @dataclass
@@ -44,8 +46,10 @@ class Ledger:
     # (workflow id, call id) -> executions, and the request bytes each saw
     services: Counter[tuple[str, str]] = field(default_factory=Counter)
     requests: dict[tuple[str, str], set[bytes]] = field(default_factory=dict)
-    # (workflow id, step name, attempt, arguments as JSON) -> activation numbers it ran in
-    steps: dict[tuple[str, str, int, bytes], list[int]] = field(default_factory=dict)
+    # (workflow id, step name, attempt, arguments as JSON) -> (activation, tick at which that
+    # activation read its history) of each execution
+    steps: dict[tuple[str, str, int, bytes], list[tuple[int, int]]] = field(
+        default_factory=dict)
     # workflow id -> callback tokens handed out by submitters (in order)
     tokens: dict[str, list[str]] = field(default_factory=dict)
 
@@ -72,7 +76,7 @@ def serve_picky(n: int) -> int:
 def _count_step(*args: object) -> None:
     info = current_step()
     key = (info.workflow_id, info.name, info.attempt, orjson.dumps(list(args)))
-    LEDGER.steps.setdefault(key, []).append(ACTIVATION.get())
+    LEDGER.steps.setdefault(key, []).append((ACTIVATION.get(), LOADED_AT.get()))
 
 
 @step(name="tally")
