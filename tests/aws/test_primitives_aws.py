@@ -81,7 +81,7 @@ def test_every_primitive_on_aws(aws: Aws, clock: ShiftedClock) -> None:  # noqa:
         drain(pollers)
     assert handle.result() == {"values": [3, 6, 9, 12], "child": 300, "signed": "ok by ana"}
     assert STEP_RUNS == [4]
-    assert client.result("all-aws/6", tripled) == 300
+    assert client.result("all-aws~6", tripled) == 300
     kinds = [op.kind for op in handle.history().operations]
     assert kinds == ["step", "call", "call", "call", "call", "child", "callback", "timer",
                      "timer"]

@@ -143,9 +143,26 @@ class DynamoDBStateStore:
             else:
                 self._known.pop(workflow_id, None)
 
-    def create_instance(self, instance: InstanceRecord) -> tuple[InstanceRecord, bool]:
+    def create_instance(self, instance: InstanceRecord,
+                        operations: Sequence[OperationRecord] = ()
+                        ) -> tuple[InstanceRecord, bool]:
         item, uploads, _ = self._items.instance_item(instance)
+        puts = [self._parts.op_put(instance.workflow_id, op, uploads) for op in operations]
         self._items.upload(uploads)
+        if puts:
+            # The instance and its first records (a child's parent link) in one transaction.
+            try:
+                self.client.transact_write_items(TransactItems=[
+                    {"Put": {"TableName": self.table, "Item": item,
+                             "ConditionExpression": "attribute_not_exists(pk)"}},
+                    *(w.action for w in puts)])
+            except ClientError as exc:
+                code = cast(Mapping[str, Any], exc.response).get("Error", {}).get("Code")
+                stored = self.get_instance(instance.workflow_id)
+                if code != "TransactionCanceledException" or stored is None:
+                    raise
+                return stored, False
+            return dataclasses.replace(instance), True
         try:
             self.client.put_item(TableName=self.table, Item=item,
                                  ConditionExpression="attribute_not_exists(pk)",
