@@ -33,6 +33,14 @@ from lambda_workflow import Service
 from lambda_workflow._package import DEFAULT_PYTHON
 from lambda_workflow.aws.config import AwsConfig
 from lambda_workflow.aws.dynamodb import table_definition
+from lambda_workflow.aws.payloads import (
+    DEFAULT_PREFIX,
+    EXPIRY_MARGIN_DAYS,
+    minimum_expiry_days,
+    reply_owner,
+    request_owner,
+)
+from lambda_workflow.context import MAX_SLEEP
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "deploy" / "template.yaml"
@@ -321,6 +329,20 @@ def test_bucket_is_private_encrypted_and_expires_after_retention(cfn: Template) 
             assert expiry[str(days)]["Days"] > days + 7, days
 
 
+def test_payloads_outlive_the_longest_sleep(cfn: Template) -> None:
+    """For every allowed retention, the lifecycle rule keeps payloads at least the longest
+    sleep (or callback timeout) the SDK allows, plus the retention, plus the margin
+    (minimum_expiry_days): an instance that writes a payload and then sleeps as long as it
+    may still reads it when it wakes, and its history stays readable until its items
+    expire. Raising MAX_SLEEP without the template fails here."""
+    expiry = cfn["Mappings"]["PayloadExpiry"]
+    for days in cfn["Parameters"]["RetentionDays"]["AllowedValues"]:
+        if days:
+            assert expiry[str(days)]["Days"] >= minimum_expiry_days(days), days
+            assert expiry[str(days)]["Days"] >= MAX_SLEEP.days + days, days
+    assert minimum_expiry_days(30) == MAX_SLEEP.days + 30 + EXPIRY_MARGIN_DAYS
+
+
 # ---------------------------------------------------------------- configuration
 
 
@@ -506,7 +528,7 @@ def test_iam_statements_have_no_wildcard_action_or_resource(cfn: Template) -> No
     resource (nor NotResource); a `*` appears only inside an ARN pattern (bucket ARN/*, the
     schedules of the stack's schedule group)."""
     documents = list(_policy_documents(cfn))
-    assert len(documents) == 7
+    assert len(documents) == 8
     for where, document in documents:
         for statement in _statements(document):
             assert statement["Effect"] == "Allow", where
@@ -517,7 +539,8 @@ def test_iam_statements_have_no_wildcard_action_or_resource(cfn: Template) -> No
                 text = json.dumps(resource)
                 assert text != '"*"', where
                 if "*" in text and text != json.dumps({"Fn::Sub": TIMER_SCHEDULES}):
-                    assert re.fullmatch(r'\{"Fn::Sub": "\$\{\w+\.Arn\}/\*"\}', text), (where, text)
+                    assert re.fullmatch(r'\{"Fn::Sub": "\$\{\w+\.Arn\}/([\w-]+/)*\*"\}',
+                                        text), (where, text)
 
 
 def test_roles_use_no_aws_managed_policy(cfn: Template) -> None:
@@ -527,7 +550,10 @@ def test_roles_use_no_aws_managed_policy(cfn: Template) -> None:
     roles = resources(cfn, "AWS::IAM::Role")
     functions = resources(cfn, "AWS::Lambda::Function")
     function_roles = sorted(ref_target(f["Role"]) for f in functions.values())
-    assert sorted([*function_roles, "SchedulerRole"]) == sorted(roles)
+    assert sorted([*function_roles, "SchedulerRole", "ClientRole"]) == sorted(roles)
+    (client_trust,) = _statements(roles["ClientRole"]["AssumeRolePolicyDocument"])
+    assert client_trust["Principal"] == {
+        "AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}}
     own = set(resources(cfn, "AWS::IAM::ManagedPolicy"))
     for name, role in roles.items():
         for arn in role.get("ManagedPolicyArns", []):
@@ -579,9 +605,21 @@ def _role_permissions(cfn: Template, name: str) -> set[tuple[str, str]]:
 
 LOGS = ("logs:CreateLogStream", "logs:PutLogEvents")
 CONSUME = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes")
-REPLY = {("sqs:SendMessage", "WorkflowQueue"), ("dynamodb:GetItem", "WorkflowTable"),
-         ("dynamodb:PutItem", "WorkflowTable"), ("s3:GetObject", "PayloadBucket/*"),
-         ("s3:PutObject", "PayloadBucket/*")}
+OWN = f"PayloadBucket/{DEFAULT_PREFIX}"
+
+
+def _reply(service: str, *, claims: bool = True) -> set[tuple[str, str]]:
+    """What a service replying to workflows needs: send on the workflow queue, its own call
+    records (GetItem, PutItem, and UpdateItem for the claim), its own payloads (none for the
+    plain-boto3 service, which reads no S3 pointer)."""
+    pairs = {("sqs:SendMessage", "WorkflowQueue"), ("dynamodb:GetItem", "WorkflowTable"),
+             ("dynamodb:PutItem", "WorkflowTable")}
+    if claims:
+        pairs |= {("dynamodb:UpdateItem", "WorkflowTable"),
+                  ("s3:GetObject", f"{OWN}{request_owner(service)}/*"),
+                  ("s3:GetObject", f"{OWN}{reply_owner(service, '')}*"),
+                  ("s3:PutObject", f"{OWN}{reply_owner(service, '')}*")}
+    return pairs
 
 
 def test_each_function_has_exactly_the_permissions_its_code_needs(cfn: Template) -> None:
@@ -601,7 +639,7 @@ def test_each_function_has_exactly_the_permissions_its_code_needs(cfn: Template)
     workflow |= {("lambda:InvokeFunction", "FraudFunction")}
     workflow |= {(f"dynamodb:{a}", "WorkflowTable")
                  for a in ("GetItem", "PutItem", "UpdateItem", "ConditionCheckItem", "Query")}
-    workflow |= {("s3:GetObject", "PayloadBucket/*"), ("s3:PutObject", "PayloadBucket/*")}
+    workflow |= {("s3:GetObject", f"{OWN}*"), ("s3:PutObject", f"{OWN}*")}
     workflow |= {("sqs:GetQueueAttributes", "TimerQueue"),
                  ("scheduler:CreateSchedule", TIMER_SCHEDULES),
                  ("scheduler:DeleteSchedule", TIMER_SCHEDULES),
@@ -613,17 +651,107 @@ def test_each_function_has_exactly_the_permissions_its_code_needs(cfn: Template)
     assert pass_role["Condition"] == {
         "StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}}
     conditional = [s for _, d in _policy_documents(cfn) for s in _statements(d)
-                   if "Condition" in s]
-    assert conditional == [pass_role]  # no other statement relies on a condition
-    assert _permissions(cfn, "bank_lambda.handle_balance") == REPLY | {
+                   if "Condition" in s and s is not pass_role]
+    # every other condition narrows table access to leading keys (and attributes)
+    assert all("dynamodb:LeadingKeys" in s["Condition"]["ForAllValues:StringLike"]
+               for s in conditional)
+    assert _permissions(cfn, "bank_lambda.handle_balance") == _reply("balance") | {
         (a, "BalanceLogGroup") for a in LOGS} | {(a, "BalanceQueue") for a in CONSUME}
-    assert _permissions(cfn, "plain_transaction_service.handler") == REPLY | {
-        (a, "TransactionLogGroup") for a in LOGS} | {(a, "TransactionQueue") for a in CONSUME}
-    assert _permissions(cfn, "bank_lambda.handle_fraud") == REPLY | {
+    assert _permissions(cfn, "plain_transaction_service.handler") == _reply(
+        "transaction", claims=False) | {(a, "TransactionLogGroup") for a in LOGS} | {
+        (a, "TransactionQueue") for a in CONSUME}
+    assert _permissions(cfn, "bank_lambda.handle_fraud") == _reply("fraud") | {
         (a, "FraudLogGroup") for a in LOGS} | {("sqs:SendMessage", "FraudFailureQueue")}
     assert _permissions(cfn, "bank_lambda.handle_timers") == {
         (a, "TimerLogGroup") for a in LOGS} | {(a, "TimerQueue") for a in CONSUME} | {
-        ("sqs:SendMessage", "WorkflowQueue"), ("sqs:SendMessage", "TimerQueue")}
+        ("sqs:SendMessage", "WorkflowQueue"), ("sqs:SendMessage", "TimerQueue"),
+        ("dynamodb:GetItem", "WorkflowTable")}
+
+
+def _table_conditions(cfn: Template, role: str) -> list[dict[str, Any]]:
+    """The conditions of the role's statements on the table, one per statement."""
+    props = cfn["Resources"][role]["Properties"]
+    documents = [p["PolicyDocument"] for p in props.get("Policies", [])]
+    documents += [cfn["Resources"][ref_target(a)]["Properties"]["PolicyDocument"]
+                  for a in props.get("ManagedPolicyArns", [])]
+    return [s.get("Condition", {}) for d in documents for s in _statements(d)
+            if _as_list(s["Resource"]) == [{"Fn::GetAtt": ["WorkflowTable", "Arn"]}]]
+
+
+def test_services_touch_only_their_own_records_and_payloads(cfn: Template) -> None:
+    """Each service's role reaches the table only for items whose key starts with
+    svc#<service># (dynamodb:LeadingKeys; service_handler keys its call records so), and the
+    bucket only under its own request and reply prefixes (the owners the runtime writes
+    them under): one service cannot read or forge another's records or a workflow's."""
+    for role, service in [("BalanceRole", "balance"), ("FraudRole", "fraud"),
+                          ("TransactionRole", "transaction")]:
+        conditions = _table_conditions(cfn, role)
+        assert conditions == [{"ForAllValues:StringLike": {
+            "dynamodb:LeadingKeys": [f"svc#{service}#*"]}}], role
+        buckets = {r for a, r in _role_permissions(cfn, role) if a.startswith("s3:")}
+        assert all(r.startswith((f"{OWN}{request_owner(service)}/",
+                                 f"{OWN}{reply_owner(service, '')}")) for r in buckets), role
+
+
+def test_the_timer_function_reads_only_instance_status(cfn: Template) -> None:
+    """The timer function may read the status attribute of workflow items (pk = wf#...) to
+    stop the hops of an ended instance, nothing else of the table."""
+    (condition,) = _table_conditions(cfn, "TimerRole")
+    assert condition == {
+        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["wf#*"]},
+        "ForAllValues:StringEquals": {"dynamodb:Attributes": ["pk", "sk", "status"]},
+        "StringEqualsIfExists": {"dynamodb:Select": "SPECIFIC_ATTRIBUTES"}}
+    assert ("dynamodb:GetItem", "WorkflowTable") in _role_permissions(cfn, "TimerRole")
+
+
+def _queue_policies(cfn: Template) -> dict[str, list[dict[str, Any]]]:
+    """Each queue's policy statements, by queue logical id."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for props in resources(cfn, "AWS::SQS::QueuePolicy").values():
+        for queue in props["Queues"]:
+            out.setdefault(ref_target(queue), []).extend(_statements(props["PolicyDocument"]))
+    return out
+
+
+def test_queues_and_the_bucket_refuse_requests_without_tls(cfn: Template) -> None:
+    """Every queue's policy and the bucket's policy deny every action to every principal
+    when the request does not use TLS (aws:SecureTransport false)."""
+    deny_plain = {"Bool": {"aws:SecureTransport": "false"}}
+    policies = _queue_policies(cfn)
+    assert set(policies) == set(resources(cfn, "AWS::SQS::Queue"))
+    for queue, statements in policies.items():
+        assert {"Sid": "TlsOnly", "Effect": "Deny", "Principal": "*", "Action": "sqs:*",
+                "Resource": {"Fn::GetAtt": [queue, "Arn"]},
+                "Condition": deny_plain} in statements, queue
+    (bucket_policy,) = resources(cfn, "AWS::S3::BucketPolicy").values()
+    assert ref_target(bucket_policy["Bucket"]) == "PayloadBucket"
+    (statement,) = _statements(bucket_policy["PolicyDocument"])
+    assert (statement["Effect"], statement["Principal"], statement["Action"]) == (
+        "Deny", "*", "s3:*")
+    assert statement["Resource"] == [{"Fn::GetAtt": ["PayloadBucket", "Arn"]},
+                                     {"Fn::Sub": "${PayloadBucket.Arn}/*"}]
+    assert statement["Condition"] == deny_plain
+
+
+def test_only_the_stacks_roles_may_send_to_the_queues_that_act(cfn: Template) -> None:
+    """A message on the workflow queue starts, cancels or answers instances, one on a
+    service queue runs a service, one on the timer queue fires a timer: each queue's policy
+    denies SendMessage to every principal but the roles this stack gives that permission
+    (the workflow queue: the functions and ClientRole), so anyone else in the account who
+    can send to SQS cannot forge a reply or a cancel."""
+    policies = _queue_policies(cfn)
+    roles = list(resources(cfn, "AWS::IAM::Role"))
+    for queue in ("WorkflowQueue", "BalanceQueue", "TransactionQueue", "TimerQueue"):
+        (deny,) = [s for s in policies[queue] if s["Action"] == "sqs:SendMessage"]
+        assert (deny["Effect"], deny["Principal"]) == ("Deny", "*")
+        assert deny["Resource"] == {"Fn::GetAtt": [queue, "Arn"]}
+        allowed = {ref_target(a) for a in deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]}
+        senders = {r for r in roles if ("sqs:SendMessage", queue) in _role_permissions(cfn, r)}
+        assert allowed == senders, queue
+    (deny,) = [s for s in policies["WorkflowQueue"] if s["Action"] == "sqs:SendMessage"]
+    assert {ref_target(a) for a in deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]} == {
+        "WorkflowRole", "BalanceRole", "FraudRole", "TransactionRole", "TimerRole",
+        "ClientRole"}
 
 
 def test_functions_log_to_the_group_their_role_may_write(cfn: Template) -> None:

@@ -32,6 +32,7 @@ from .payloads import (
     SIZE_ATTRIBUTE,
     describe_payload,
     message_pointer,
+    reply_owner,
 )
 from .runtime import AwsDeployment
 from .sqs import dead_letter_attributes, resolve_body, send_message
@@ -465,7 +466,7 @@ class _ServiceFunction:
             what=f"the reply to call {request.call_id} of workflow {request.workflow_id!r}",
             payloads=self.deployment.payloads,
             threshold=self.deployment.config.payload_threshold,
-            owner=f"replies/{self.service.name}/{request.workflow_id}")
+            owner=reply_owner(self.service.name, request.workflow_id))
 
     def _claim(self, request: CallRequestMessage, lease: float) -> bytes | None:
         """Claim the call until ``now + lease``: ``None`` when this delivery may run it, the
@@ -530,7 +531,7 @@ class _ServiceFunction:
         payloads = self.deployment.payloads
         if len(body) > config.payload_threshold and payloads is not None:
             item["reply_s3"] = {"S": payloads.put(
-                f"replies/{self.service.name}/{request.workflow_id}", body)}
+                reply_owner(self.service.name, request.workflow_id), body)}
         else:
             item["reply"] = {"B": body}
         now = self.deployment.clock.now()

@@ -26,12 +26,18 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 __all__ = [
+    "DEFAULT_PREFIX",
+    "EXPIRY_MARGIN_DAYS",
     "POINTER_CLASS",
     "SIZE_ATTRIBUTE",
     "PayloadMissingError",
     "S3PayloadStore",
     "describe_payload",
     "dynamodb_item_size",
+    "message_pointer",
+    "minimum_expiry_days",
+    "reply_owner",
+    "request_owner",
     "sqs_message_size",
 ]
 
@@ -39,6 +45,35 @@ POINTER_CLASS = "software.amazon.payloadoffloading.PayloadS3Pointer"
 SIZE_ATTRIBUTE = "ExtendedPayloadSize"
 NO_BUCKET_HINT = ("configure an S3 bucket for large payloads (LAMBDA_WORKFLOW_BUCKET) or "
                   "raise LAMBDA_WORKFLOW_PAYLOAD_THRESHOLD")
+#: The key prefix of every object the runtime writes and the only one it reads.
+DEFAULT_PREFIX = "lambda-workflow/"
+# Below the prefix, a service's objects are under these owners, so that a service's role can
+# be limited to its own (deploy/template.yaml): requests/<service>/ and replies/<service>/.
+_REQUESTS = "requests"
+_REPLIES = "replies"
+#: How long S3 must keep payloads beyond the longest sleep and the retention (days): an
+#: instance's activity outside its longest sleep, and DynamoDB TTL's deletion lag.
+EXPIRY_MARGIN_DAYS = 90
+
+
+def request_owner(service: str) -> str:
+    """The owner (key path below the prefix) of offloaded requests to ``service``."""
+    return f"{_REQUESTS}/{service}"
+
+
+def reply_owner(service: str, workflow_id: str) -> str:
+    """The owner of ``service``'s offloaded replies to ``workflow_id``."""
+    return f"{_REPLIES}/{service}/{workflow_id}"
+
+
+def minimum_expiry_days(retention_days: int) -> int:
+    """The fewest days a lifecycle rule may keep payloads: the longest sleep (or callback
+    timeout) the SDK allows, plus the retention of a finished instance, plus
+    :data:`EXPIRY_MARGIN_DAYS`. An instance that writes a payload and then sleeps as long as
+    it may still finds it, and so does anyone reading its history until its items expire."""
+    from ..context import MAX_SLEEP
+
+    return MAX_SLEEP.days + retention_days + EXPIRY_MARGIN_DAYS
 
 
 # S3's error codes for an object that is not there (GetObject answers NoSuchKey; a HEAD or a
@@ -78,7 +113,7 @@ class S3PayloadStore:
     message cannot make a function read an object it was not meant to.
     """
 
-    def __init__(self, s3: S3Client, bucket: str, prefix: str = "lambda-workflow/") -> None:
+    def __init__(self, s3: S3Client, bucket: str, prefix: str = DEFAULT_PREFIX) -> None:
         self.s3 = s3
         self.bucket = bucket
         self.prefix = prefix

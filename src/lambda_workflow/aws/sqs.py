@@ -20,6 +20,7 @@ from .payloads import (
     NO_BUCKET_HINT,
     S3PayloadStore,
     message_pointer,
+    request_owner,
     sqs_message_size,
 )
 
@@ -117,7 +118,7 @@ class SqsFifoTransport:
     def send_request(self, target: ServiceTarget, service: str, dedup_id: str,
                      body: bytes) -> None:
         """Send one request body to ``target``."""
-        owner = f"requests/{service}"
+        owner = request_owner(service)
         what = f"a request to service {service!r}"
         if target.kind == "sqs":
             fifo = target.fifo
