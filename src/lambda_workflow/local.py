@@ -36,7 +36,7 @@ from ._runtime.services import run_service
 from .backends.memory import DeadLetter, InMemoryFifoQueue
 from .backends.protocols import QueueMessage, StateStore, Transport
 from .backends.sqlite import SQLiteStateStore
-from .callbacks import CallbackTokens
+from .callbacks import CallbackKeys, CallbackTokens
 from .errors import (
     InvalidMessageError,
     UnknownWorkflowError,
@@ -194,8 +194,9 @@ class LocalRuntime(CallbackCompletion):
         clock: The virtual clock (default: starts at the wall clock's time and moves only with
             :meth:`advance_time`).
         max_receives: Deliveries of a message before it is dead-lettered as poison.
-        callback_key: The key that signs callback tokens (at least 16 bytes); the default is
-            a public development key.
+        callback_key: The key that signs callback tokens (at least 16 bytes), or a
+            :class:`~lambda_workflow.callbacks.CallbackKeyRing` (its current key signs, all
+            its keys verify); the default is a public development key.
         on_event: Called with every :class:`ActivationReport`, :class:`ServiceInvocation` and
             :class:`DeadLetter`, in order (the CLI prints them).
     """
@@ -207,7 +208,7 @@ class LocalRuntime(CallbackCompletion):
         store: StateStore | None = None,
         clock: VirtualClock | None = None,
         max_receives: int = 5,
-        callback_key: bytes | str = LOCAL_CALLBACK_KEY,
+        callback_key: CallbackKeys = LOCAL_CALLBACK_KEY,
         on_event: Callable[[ActivationReport | ServiceInvocation | DeadLetter], None]
         | None = None,
     ) -> None:

@@ -4,6 +4,9 @@ several outstanding callbacks, wait_for_callback, and every way a bad token is r
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 from typing import Any
 
 import orjson
@@ -187,18 +190,18 @@ def test_wait_for_callback_submits_the_token_as_a_retryable_step() -> None:
 
 
 def _altered(token: str) -> str:
-    payload, signature = token.split(".")
-    data = orjson.loads(__import__("base64").urlsafe_b64decode(payload + "=="))
+    kid, payload, signature = token.split(".")
+    data = orjson.loads(base64.urlsafe_b64decode(payload + "=="))
     data["c"] = "2"
-    forged = __import__("base64").urlsafe_b64encode(orjson.dumps(data)).rstrip(b"=").decode()
-    return f"{forged}.{signature}"
+    forged = base64.urlsafe_b64encode(orjson.dumps(data)).rstrip(b"=").decode()
+    return f"{kid}.{forged}.{signature}"
 
 
 @pytest.mark.parametrize("make_token", [
     lambda token: "not-a-token",
     lambda token: token[:-2] + ("AA" if not token.endswith("AA") else "BB"),
     _altered,
-    lambda token: CallbackTokens(b"another deployment's key").sign(
+    lambda token: CallbackTokens(b"another deployment's key").issue(
         *CallbackTokens(b"lambda-workflow local development key").verify(token)),
 ], ids=["garbage", "bad-signature", "altered-payload", "other-key"])
 def test_forged_or_altered_tokens_are_refused_and_change_nothing(make_token: Any) -> None:
@@ -266,3 +269,112 @@ def test_short_keys_are_refused() -> None:
     """A callback key shorter than 16 bytes is refused."""
     with pytest.raises(ValueError, match="16 bytes"):
         CallbackTokens(b"short")
+
+
+# -- hostile tokens: every entry point refuses them with InvalidCallbackTokenError (or
+# dead-letters the message) and changes nothing ------------------------------------------
+DEV_KEY = b"lambda-workflow local development key"
+
+
+def _b64u(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _signed(part: str, key: bytes = DEV_KEY) -> str:
+    """A token whose signature is genuine (the key's id and an HMAC under the key, as
+    docs/primitives.md describes them) over the payload part ``part``, whatever it holds."""
+    kid = _b64u(hmac.new(key, b"lambda-workflow callback key id", hashlib.sha256).digest()[:6])
+    signature = hmac.new(key, f"{kid}.{part}".encode(), hashlib.sha256).digest()
+    return f"{kid}.{part}.{_b64u(signature)}"
+
+
+HOSTILE_TOKENS: dict[str, Any] = {
+    "non-ascii": "ключ.подпись",
+    "non-ascii-signature": _b64u(b'{"w":"h","c":"1"}') + "." + "é" * 43,
+    "non-ascii-in-genuine": "GENUINE-WITH-É",  # replaced by the genuine token with an É
+    "huge": "A" * 1_000_000,
+    "huge-dotted": "A" * 300_000 + "." + "B" * 300_000,
+    "empty": "",
+    "dots": "..",
+    "four-parts": "a.b.c.d",
+    "bad-base64": "ab$c.d%f",
+    "signed-bad-base64": _signed("A"),
+    "signed-not-json": _signed(_b64u(b"\xff\xfe not json")),
+    "signed-list": _signed(_b64u(b"[1,2]")),
+    "signed-null": _signed(_b64u(b"null")),
+    "signed-int-id": _signed(_b64u(b'{"w":1,"c":"1"}')),
+    "signed-missing-callback": _signed(_b64u(b'{"w":"h"}')),
+    "int": 12345,
+    "none": None,
+    "bytes": b"abc.def",
+    "list": ["a", "b"],
+}
+
+
+def _hostile(name: str, genuine: str) -> Any:
+    token = HOSTILE_TOKENS[name]
+    return genuine[:5] + "É" + genuine[6:] if token == "GENUINE-WITH-É" else token
+
+
+@pytest.mark.parametrize("name", HOSTILE_TOKENS)
+def test_hostile_tokens_are_refused_by_the_runtime_and_change_nothing(name: str) -> None:
+    """complete, fail and heartbeat_callback refuse every hostile token (non-ASCII, huge,
+    empty, bad base64, not a string, a genuine signature over a payload of the wrong shape)
+    with InvalidCallbackTokenError: nothing is queued, the history is unchanged, and the
+    genuine token still completes the callback afterwards."""
+    with _runtime(approve) as rt:
+        handle = rt.start(approve, "h1")
+        rt.run_until_idle(skip_time=False)
+        before = handle.history().operations
+        bad = _hostile(name, TOKENS["h1"])
+        with pytest.raises(InvalidCallbackTokenError, match="callback token rejected"):
+            rt.complete_callback(bad, {"approved": True, "by": "x"})
+        with pytest.raises(InvalidCallbackTokenError, match="callback token rejected"):
+            rt.fail_callback(bad, "X", "y")
+        with pytest.raises(InvalidCallbackTokenError, match="callback token rejected"):
+            rt.heartbeat_callback(bad)
+        assert len(rt.queue) == 0
+        assert handle.history().operations == before
+        rt.complete_callback(TOKENS["h1"], {"approved": True, "by": "ana"})
+        rt.run_until_idle(skip_time=False)
+        assert handle.result() == "True by ana"
+
+
+@pytest.mark.parametrize("name", [n for n, t in HOSTILE_TOKENS.items() if isinstance(t, str)])
+def test_hostile_tokens_on_the_queue_are_dead_lettered_and_the_batch_goes_on(name: str) -> None:
+    """A callback_completed and a callback_heartbeat message carrying a hostile token, queued
+    ahead of the genuine completion, are dead-lettered with the reason; the genuine one in
+    the same batch completes the instance."""
+    with _runtime(approve) as rt:
+        handle = rt.start(approve, "h2")
+        rt.run_until_idle(skip_time=False)
+        wid = handle.workflow_id
+        bad = _hostile(name, TOKENS["h2"])
+        for kind, extra in (("callback_completed", {"ok": True, "value": {
+                "approved": True, "by": "mallory"}}), ("callback_heartbeat", {})):
+            rt.transport.send_to_workflow(wid, f"bad-{kind}", orjson.dumps(
+                {"v": 1, "kind": kind, "workflow_id": wid, "token": bad, **extra}))
+        rt.complete_callback(TOKENS["h2"], {"approved": False, "by": "ana"})
+        rt.run_until_idle(skip_time=False)
+        assert handle.result() == "False by ana"
+        letters = rt.dead_letters()
+        assert len(letters) == 2
+        assert all("token" in letter.reason for letter in letters), letters
+
+
+@pytest.mark.parametrize("token", [12345, None, ["a"], {"w": "x"}])
+def test_a_token_that_is_not_a_string_on_the_queue_is_dead_lettered(token: object) -> None:
+    """A callback message whose token is not a string is dead-lettered as invalid; the
+    instance keeps waiting."""
+    with _runtime(approve) as rt:
+        handle = rt.start(approve, "h3")
+        rt.run_until_idle(skip_time=False)
+        wid = handle.workflow_id
+        rt.transport.send_to_workflow(wid, "bad", orjson.dumps(
+            {"v": 1, "kind": "callback_completed", "workflow_id": wid, "token": token,
+             "ok": True, "value": {"approved": True, "by": "mallory"}}))
+        rt.run_until_idle(skip_time=False)
+        (letter,) = rt.dead_letters()
+        assert "token" in letter.reason
+        assert handle.status().value == "running"
+        assert handle.history().operations[0].state is OperationState.PENDING

@@ -279,6 +279,11 @@ class Engine:
                                       f"{token_workflow!r}, which instance {workflow_id!r} "
                                       "does not have")
             return None
+        try:  # only the token recorded for this callback: not one of an earlier run
+            self.tokens.check_recorded(token, op.request, workflow_id)
+        except InvalidCallbackTokenError as exc:
+            report.rejected[index] = str(exc)
+            return None
         return op
 
     def start_child(self, op: OperationRecord) -> None:

@@ -18,7 +18,7 @@ import pydantic
 import pydantic_core
 
 from .. import _core
-from ..callbacks import Callback, CallbackTokens
+from ..callbacks import Callback, CallbackTokens, recorded_token
 from ..context import WorkflowContext
 from ..errors import (
     CallbackFailedError,
@@ -105,7 +105,9 @@ def site_of(frame: FrameType | None) -> str:
 _SORT = orjson.OPT_SORT_KEYS
 _TIMER_REQUEST: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(dict[str, float])
 _NONE: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(None)
-_CALLBACK_REQUEST: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(dict[str, float | None])
+# {"timeout": s, "heartbeat_timeout": s, "token": "..."}: the token is recorded with its callback
+_CALLBACK_REQUEST: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(
+    dict[str, float | str | None])
 _HEARTBEAT_REQUEST: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(dict[str, str])
 
 
@@ -383,37 +385,67 @@ class Replayer:
             op.resolved_in, op.resolved_at = self._activation, self._now
         return ok, payload
 
+    def _checkpoint(self, ops: Sequence[OperationRecord]) -> None:
+        """Record operations now. A store failure here is not the workflow's: it must not
+        reach workflow code as an exception it could catch or fail with."""
+        assert self._checkpoint_to is not None
+        try:
+            self._checkpoint_to(ops)
+        except Exception as exc:
+            self._store_error = exc
+            raise _StoreFailed from exc
+
     def persist_new_operations(self) -> None:
         """Record the operations created so far in this activation now, before code that
-        lets the outside world act on them (a callback's submitter): the activation's
-        commit records them again, conditionally, and sends what they need."""
-        pending = [op for op in self.new_operations if op.state is OperationState.PENDING]
-        if self._checkpoint is not None and pending and not self._index.sealed:
-            self._checkpoint(pending)
+        lets the outside world act on them (a callback's submitter, a token read): the
+        activation's commit records them again, conditionally, and sends what they need.
+        Every operation created so far is recorded (finished steps too): recording only some
+        would leave a gap in the history's order, which no replay could match."""
+        new = self.new_operations[self._persisted:]
+        if self._checkpoint_to is not None and new and not self._index.sealed:
+            self._checkpoint(new)
+            self._persisted = len(self.new_operations)
 
     def create_callback(self, name: str, result_adapter: pydantic.TypeAdapter[Any],
                         timeout: float | None, heartbeat_timeout: float | None,
                         frame: FrameType | None) -> Callback[Any]:
         """``ctx.create_callback``: record the callback (and its timers) now, in program
-        order, and return its token with the awaitable of its outcome."""
-        if self._tokens is None:
+        order, and return its token with the awaitable of its outcome.
+
+        A new callback gets a new token (a fresh nonce, the current key), recorded in its
+        request; a replayed one returns the recorded token, so replay never depends on the
+        key. A callback recorded before tokens were recorded keeps its derived token."""
+        seq = self._index.seq
+        callback_id = (self._history[seq].op_id if seq < len(self._history)
+                       else _core.operation_id(self._scope, seq))
+        rec = self._history[seq] if seq < len(self._history) else None
+        token = recorded_token(rec.request) if rec is not None and rec.kind == "callback" else None
+        request: dict[str, object] = {"timeout": timeout, "heartbeat_timeout": heartbeat_timeout}
+        if token is not None:
+            request["token"] = token
+        elif self._tokens is not None and rec is not None and rec.kind == "callback":
+            # recorded before tokens were recorded: the token derived as it was then
+            token = self._tokens.legacy_token(self.workflow_id, callback_id)
+        elif self._tokens is not None:
+            token = self._tokens.issue(self.workflow_id, callback_id)
+            request["token"] = token
+        elif (rec is None or rec.kind == "callback") and not self._index.sealed:
             raise WorkflowError(
                 f"workflow {self.workflow.name!r} created callback {name!r}, but this runtime "
                 "has no callback key to sign tokens (LocalRuntime(callback_key=...), or "
-                "LAMBDA_WORKFLOW_CALLBACK_KEY on AWS)")
-        seq = self._index.seq
+                "LAMBDA_WORKFLOW_CALLBACK_KEY_SECRET or _PARAMETER on AWS)")
         future = self.durable("callback", name, _CALLBACK_REQUEST, result_adapter,
-                              {"timeout": timeout, "heartbeat_timeout": heartbeat_timeout},
-                              frame)
-        callback_id = (self._history[seq].op_id if seq < len(self._history)
-                       else _core.operation_id(self._scope, seq))
-        token = self._tokens.sign(self.workflow_id, callback_id)
+                              request, frame)
         deadline = (self.durable("timer", f"timeout:{name}", _TIMER_REQUEST, _NONE,
                                  {"seconds": timeout}, frame) if timeout else None)
         beat = (self._heartbeat_period(name, callback_id, heartbeat_timeout, frame)
                 if heartbeat_timeout else None)
-        return Callback(name, token, lambda: self._await_callback(
-            name, callback_id, future, deadline, timeout, heartbeat_timeout, beat, frame))
+        # A new callback is recorded before its token can leave the workflow (on the first
+        # read of the token), so the token that leaves is the one a replay hands out again.
+        reveal = self.persist_new_operations if rec is None else None
+        return Callback(name, token or "", lambda: self._await_callback(
+            name, callback_id, future, deadline, timeout, heartbeat_timeout, beat, frame),
+            reveal)
 
     def _heartbeat_period(self, name: str, callback_id: str, seconds: float,
                           frame: FrameType | None
