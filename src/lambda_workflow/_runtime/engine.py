@@ -364,9 +364,13 @@ class Engine:
         activation = report.activation = inst.activations + 1
         now = self.clock.now()
 
-        ops = {op.op_id: op for op in history.operations}
-        # Ids of operations a reset dropped: their late messages are duplicates (repair.py).
+        # Ids of operations a reset dropped: their late messages are duplicates, and records a
+        # store had not deleted yet are not part of the history (repair.py).
         repairs = repair_view(history.operations)
+        if repairs.fenced:
+            history.operations = [op for op in history.operations
+                                  if op.op_id not in repairs.fenced]
+        ops = {op.op_id: op for op in history.operations}
         staged: dict[str, StagedResult] = {}
         cancel: CancelMessage | None = None
         for i, msg in enumerate(messages):

@@ -42,6 +42,7 @@ _SENT_KINDS = frozenset({"call", "timer", "child"})
 _SEQ_BASE = -100
 # ``reset(to=START)`` drops every operation: the workflow runs again from its first line.
 START = "0"
+CANCEL_ID = "cancel"
 
 
 class RepairError(WorkflowError):
@@ -104,8 +105,9 @@ def _result_of(workflow_id: str, record: OperationRecord) -> RepairResult:
     req = orjson.loads(record.request)
     return RepairResult(workflow_id, int(req["repair"]), record.name,
                         InstanceStatus(req["before"]["status"]), req.get("to"),
-                        list(req.get("dropped", ())), list(req.get("resent", ())),
-                        list(req.get("cancel_children", ())))
+                        [*req.get("dropped", ()), *([CANCEL_ID] if req.get("dropped_cancel")
+                                                    else [])],
+                        list(req.get("resent", ())), list(req.get("cancel_children", ())))
 
 
 class Repairs:
@@ -171,7 +173,9 @@ class Repairs:
         done = self._finish_interrupted(history, "reset", to, request_id)
         if done is not None:
             return done
-        own = [op for op in history.operations if op.kind not in _OUTSIDE]
+        fenced = repair_view(history.operations).fenced
+        own = [op for op in history.operations
+               if op.kind not in _OUTSIDE and op.op_id not in fenced]
         target = next((op for op in own if op.op_id == to), None)
         if target is None and to != START:
             ids = [op.op_id for op in own]
@@ -181,13 +185,16 @@ class Repairs:
                 f"operations are {shown} ({len(ids)}; see its history), or {START!r} for "
                 "the start")
         keep = -1 if target is None else target.seq
-        dropped = [op for op in own if op.seq > keep]
-        dropped += [op for op in history.operations if op.kind == "cancel"]
+        # The recorded cancellation first: a store that cannot delete everything in one
+        # write deletes it with the instance's reopening (StateStore.repair).
+        dropped = [op for op in history.operations if op.kind == "cancel"]
+        dropped += [op for op in own if op.seq > keep]
         children = [self._child_id(workflow_id, op.op_id,
                                    orjson.loads(op.request).get("workflow_id"))
                     for op in dropped if op.kind == "child"
                     and op.state is OperationState.PENDING]
-        return self._apply(history, "reset", (to, keep), dropped, children, request_id)
+        kept = sum(1 for op in own if op.seq <= keep)
+        return self._apply(history, "reset", (to, kept), dropped, children, request_id)
 
     # -- shared steps --------------------------------------------------------------------------
     def _history(self, workflow_id: str) -> History:
@@ -228,14 +235,15 @@ class Repairs:
         n = len(records) + 1
         now = self._now()
         activation = inst.activations + 1
-        gone = {op.op_id for op in dropped}
+        gone = [op.op_id for op in dropped]
+        fenced = repair_view(history.operations).fenced
         # An instance that had ended withdrew its timers and may have lost a reply to a
         # poison message: its pending requests go out again (same ids; services are
         # idempotent per call id). A running one's requests are still on their way.
         resend = [] if inst.status is InstanceStatus.RUNNING else [
             replace(op, sent=False) for op in history.operations
             if op.kind in _SENT_KINDS and op.state is OperationState.PENDING
-            and op.op_id not in gone]
+            and op.op_id not in gone and op.op_id not in fenced]
         before: dict[str, Any] = {"status": inst.status.value}
         if inst.error is not None:
             before["error"] = orjson.Fragment(inst.error)
@@ -245,16 +253,15 @@ class Repairs:
             "repair": n, "before": before, "request_id": request_id,
             "resent": [op.op_id for op in resend]}
         if target is not None:
-            kept = sum(1 for op in history.operations
-                       if op.kind not in _OUTSIDE and op.seq <= target[1])
-            request.update(to=target[0], kept=kept, dropped=sorted(gone),
-                           cancel_children=children)
+            request.update(to=target[0], kept=target[1],
+                           dropped=[i for i in gone if i != CANCEL_ID],
+                           dropped_cancel=CANCEL_ID in gone, cancel_children=children)
         payload = orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
         record = OperationRecord(
             wid, f"repair:{n}", _SEQ_BASE - n, REPAIR_KIND, command, payload,
             _core.digest(payload), state=OperationState.COMPLETED, result=b"null",
             created_in=activation, resolved_in=activation, created_at=now, resolved_at=now)
-        if not self._store.repair(wid, inst.activations, sorted(gone), [*resend, record], now):
+        if not self._store.repair(wid, inst.activations, gone, [record, *resend], now):
             raise RepairError(f"instance {wid!r} changed while it was being repaired (an "
                               "activation ran meanwhile); run the command again")
         self._send_repair(wid, record)

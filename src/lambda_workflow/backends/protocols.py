@@ -87,7 +87,12 @@ class StateStore(Protocol):
         or replacing the operation of the same id), and make the instance running again
         (result and error cleared, ``updated_at`` = ``at``) with its counter one higher, so
         an activation that read the history before loses its commit. Returns ``False`` and
-        changes nothing when the counter moved or the instance does not exist."""
+        changes nothing when the counter moved or the instance does not exist.
+
+        A store that cannot delete every operation of ``drop`` in that one write (DynamoDB:
+        more than one transaction holds) deletes the first ones with it and the rest after
+        it: the ids a reset drops are fenced in its record, and the engine ignores records
+        with a fenced id."""
         ...
 
 

@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from .._clients import AwsClients
 
 _DAY = 86_400
+_MAX_TRANSACTION = 100  # parts of one TransactWriteItems
 _REMEMBERED_WORKFLOWS = 256
 _log = logging.getLogger(__name__)
 
@@ -422,3 +423,82 @@ class DynamoDBStateStore:
                 break
             kwargs["ExclusiveStartKey"] = last
         return sorted(records, key=lambda r: (r.created_at, r.workflow_id))
+
+    def repair(self, workflow_id: str, expected_activations: int, drop: Sequence[str],
+               put: Sequence[OperationRecord], at: float) -> bool:
+        """Reopen an instance (``resume``, ``reset``). The commit point is one
+        ``TransactWriteItems``: the instance's ``UpdateItem`` (conditional on its counter:
+        ``running``, counter + 1, result, error and ``expires_at`` removed, the ids of ``put``
+        records taken out of ``sent_ops``), a ``Put`` of each record of ``put`` and a
+        ``Delete`` of each operation of ``drop``, as many as fit one transaction (100 parts);
+        the other deletes follow it (the engine ignores operations a reset fenced, so a crash
+        between leaves only items to clean up). Before it, idempotent preparations that
+        change nothing while the instance is finished: ``expires_at`` is removed from the
+        operation items that stay (a finished instance that was not reopened gets it back on
+        its next load)."""
+        keep_ids = {op.op_id for op in put}
+        gone = list(dict.fromkeys(drop))
+        items = self._query(workflow_id, ProjectionExpression="#pk, #sk, #ttl",
+                            ExpressionAttributeNames={"#pk": "pk", "#sk": "sk",
+                                                      "#ttl": TTL_ATTRIBUTE})
+        if not any(item["sk"]["S"] == INSTANCE_SK for item in items):
+            return False
+        stale = [item["sk"]["S"][len(OP_PREFIX):] for item in items
+                 if item["sk"]["S"].startswith(OP_PREFIX) and TTL_ATTRIBUTE in item]
+        update_each(self.client, [{
+            "TableName": self.table, "Key": _op_key(workflow_id, op_id),
+            "UpdateExpression": "REMOVE #ttl", "ConditionExpression": "attribute_exists(pk)",
+            "ExpressionAttributeNames": {"#ttl": TTL_ATTRIBUTE}}
+            for op_id in stale if op_id not in gone and op_id not in keep_ids])
+        uploads: list[_Payload] = []
+        puts: list[Any] = []
+        for op in put:
+            action: Any = self._parts.op_put(workflow_id, op, uploads).action
+            del action["Put"]["ConditionExpression"]  # a record of ``put`` replaces its op
+            puts.append(action)
+        self._items.upload(uploads)
+        unsent = [op.op_id for op in put if not op.sent]
+        update = ("SET #status = :running, #updated_at = :at, #activations = :next "
+                  f"REMOVE #result, #result_s3, #error, #error_s3, #{TTL_ATTRIBUTE}")
+        values: Item = {":running": _s(InstanceStatus.RUNNING.value), ":at": _float(at),
+                        ":next": _int(expected_activations + 1),
+                        ":expected": _int(expected_activations)}
+        if unsent:
+            update += f" DELETE #{SENT_SET_ATTRIBUTE} :unsent"
+            values[":unsent"] = {"SS": unsent}
+        instance: Any = {"Update": {
+            "TableName": self.table, "Key": _instance_key(workflow_id),
+            "UpdateExpression": update,
+            "ConditionExpression": "attribute_exists(pk) AND #activations = :expected",
+            "ExpressionAttributeNames": _names(
+                "status", "updated_at", "activations", "result", "result_s3", "error",
+                "error_s3", TTL_ATTRIBUTE, *([SENT_SET_ATTRIBUTE] if unsent else [])),
+            "ExpressionAttributeValues": values}}
+        room = max(0, _MAX_TRANSACTION - 1 - len(puts))
+        deletes: list[Any] = [{"Delete": {"TableName": self.table,
+                                          "Key": _op_key(workflow_id, op_id)}}
+                              for op_id in gone]
+        try:
+            self.client.transact_write_items(
+                TransactItems=[instance, *puts, *deletes[:room]])
+        except ClientError as exc:
+            reasons = cast(Mapping[str, Any], exc.response).get("CancellationReasons") or []
+            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+                return False
+            raise
+        finally:
+            self.forget(workflow_id)
+        for start in range(room, len(deletes), 25):
+            pending: Any = {self.table: [{"DeleteRequest": {"Key": d["Delete"]["Key"]}}
+                                         for d in deletes[start:start + 25]]}
+            for attempt in range(8):
+                pending = self.client.batch_write_item(RequestItems=pending).get(
+                    "UnprocessedItems")
+                if not pending:
+                    break
+                time.sleep(0.05 * 2 ** attempt)
+            else:  # throttled throughout: the records stay, fenced and ignored
+                _log.warning("could not delete the operations a reset of %r dropped; they "
+                             "stay in the table and are ignored", workflow_id)
+                break
+        return True
