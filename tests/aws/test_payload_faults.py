@@ -12,8 +12,9 @@ import orjson
 import pytest
 from botocore.exceptions import ClientError
 
+from lambda_workflow import WorkflowContext, workflow
 from lambda_workflow.aws import AwsDeployment
-from lambda_workflow.aws.payloads import POINTER_CLASS, SIZE_ATTRIBUTE
+from lambda_workflow.aws.payloads import POINTER_CLASS, SIZE_ATTRIBUTE, PayloadMissingError
 from lambda_workflow.aws.sqs import SqsFifoQueue
 from lambda_workflow.errors import WorkflowFailedError
 from lambda_workflow.models import InstanceStatus
@@ -190,3 +191,41 @@ def test_reasons_and_logs_never_repeat_a_payloads_content(
     assert any("unknown message kind" in r for r in reasons), reasons
     assert any("ok: Input should be a valid boolean" in r for r in reasons), reasons
     assert any("not valid JSON" in r and "(read from S3)" not in r for r in reasons), reasons
+
+
+@workflow
+async def long_input(ctx: WorkflowContext[str]) -> int:
+    """Asks for alice's balance, then returns the length of its (large) input."""
+    await ctx.call(bank.balance_service, bank.BankTransaction(account_id="alice", amount=1))
+    return len(ctx.request)
+
+
+def test_an_expired_input_payload_is_a_clear_failed_state(
+        aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The S3 object of a running instance's input is removed (as the bucket's lifecycle
+    rule would) while it waits for a reply. describe and status still work; the reply's
+    activation cannot replay, and since a missing object never comes back the instance is
+    failed at once with a reason naming the key; the reply goes to the DLQ with it."""
+    bucket = aws.create_bucket()
+    deployed = deploy_bank(aws, monkeypatch, bucket=bucket, payload_threshold=1024,
+                           workflows=(long_input,))
+    handle = deployed.client.start(long_input, "x" * 5000, workflow_id="lost-1")
+    deployed.workflow_esm.poll_once()
+    s3 = aws.client("s3")
+    (key,) = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]
+              if "/input/" in o["Key"]]
+    s3.delete_object(Bucket=bucket, Key=key)
+    assert handle.status() is InstanceStatus.RUNNING
+    assert deployed.client.describe("lost-1").input == b""
+    drain(deployed.pollers)
+    assert handle.status() is InstanceStatus.FAILED
+    with pytest.raises(WorkflowFailedError) as failed:
+        handle.result()
+    assert failed.value.error_type == "PoisonMessage"
+    assert f"the input of workflow 'lost-1' (s3://{bucket}/{key}) is missing" in \
+        failed.value.message
+    assert deployed.workflow_esm.failures_reported == 0  # failed at once, not retried
+    (letter,) = _dead_letters(aws, deployed)
+    assert orjson.loads(letter.body)["kind"] == "call_result" and key in letter.reason
+    with pytest.raises(PayloadMissingError, match=key):
+        deployed.client.history("lost-1")

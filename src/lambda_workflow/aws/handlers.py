@@ -30,6 +30,7 @@ from .payloads import (
     NO_BUCKET_HINT,
     POINTER_CLASS,
     SIZE_ATTRIBUTE,
+    PayloadMissingError,
     describe_payload,
     message_pointer,
     reply_owner,
@@ -257,7 +258,10 @@ class _WorkflowFunction:
         reason = _redact(f"{type(exc).__name__}: {exc}", *(r["body"] for r in kept))
         receives = max(_receives(r) for r in kept)
         _log("activation_failed", workflow_id=group, receives=receives, error=reason)
-        if receives < self.deployment.config.max_receives:
+        # A payload of the recorded history that is gone from S3 (deleted, expired) never
+        # comes back: no delivery can replay the instance, so it fails now.
+        final = isinstance(exc, PayloadMissingError)
+        if receives < self.deployment.config.max_receives and not final:
             return [r["messageId"] for r in kept]
         return self._poison(group, kept, reason, receives)
 

@@ -13,6 +13,7 @@ transparently.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,12 +26,13 @@ from ...models import (
     OperationState,
 )
 from ..config import DYNAMODB_MAX_ITEM_BYTES, ConfigurationError
-from ..payloads import S3PayloadStore, dynamodb_item_size, require_room
+from ..payloads import PayloadMissingError, S3PayloadStore, dynamodb_item_size, require_room
 
 INSTANCE_SK = "#instance"
 OP_PREFIX = "op#"
 WORKFLOW_PREFIX = "wf#"
 TTL_ATTRIBUTE = "expires_at"
+_log = logging.getLogger(__name__)
 # The instance item's string set of the op ids ``mark_sent`` recorded (``ADD``), at most
 # ``MAX_SENT_IDS`` of them; past that, each operation item carries its own ``sent`` flag.
 # Every write of the instance item is billed on its whole size, so the set stays small:
@@ -207,19 +209,33 @@ class _Items:
             raise ConfigurationError(
                 f"{what} is stored in S3 (key {pointer['S']!r}) but this store has no bucket "
                 "configured (LAMBDA_WORKFLOW_BUCKET)")
-        return self.payloads.get(pointer["S"])
+        return self.payloads.get(pointer["S"], what=what)
 
-    def instance(self, item: Item) -> InstanceRecord:
+    def instance(self, item: Item, *, missing_ok: bool = False) -> InstanceRecord:
+        """An instance item as a record. With ``missing_ok`` (describing, listing, marking
+        failed) a payload whose S3 object is gone reads as empty (``b""`` for the input,
+        ``None`` for the result and the error) with a warning naming the key, instead of
+        raising :class:`PayloadMissingError` (which replaying needs)."""
         wid = item["workflow_id"]["S"]
-        data = self.payload(item, "input", f"the input of workflow {wid!r}")
+
+        def read(name: str, what: str) -> bytes | None:
+            try:
+                return self.payload(item, name, what)
+            except PayloadMissingError as exc:
+                if not missing_ok:
+                    raise
+                _log.warning("%s", exc)
+                return None
+
+        data = read("input", f"the input of workflow {wid!r}")
         return InstanceRecord(
             workflow_id=wid,
             workflow_name=item["workflow_name"]["S"],
             input=data if data is not None else b"",
             input_digest=item["input_digest"]["S"],
             status=InstanceStatus(item["status"]["S"]),
-            result=self.payload(item, "result", f"the result of workflow {wid!r}"),
-            error=self.payload(item, "error", f"the error of workflow {wid!r}"),
+            result=read("result", f"the result of workflow {wid!r}"),
+            error=read("error", f"the error of workflow {wid!r}"),
             created_at=float(item["created_at"]["N"]),
             updated_at=float(item["updated_at"]["N"]),
             activations=int(item["activations"]["N"]),

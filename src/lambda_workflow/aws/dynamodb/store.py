@@ -185,7 +185,7 @@ class DynamoDBStateStore:
         got = self.client.get_item(TableName=self.table, Key=_instance_key(workflow_id),
                                    ConsistentRead=True)
         item = got.get("Item")
-        return None if item is None else self._items.instance(item)
+        return None if item is None else self._items.instance(item, missing_ok=True)
 
     def _query(self, workflow_id: str, **extra: Any) -> list[Item]:
         kwargs: dict[str, Any] = {
@@ -416,7 +416,7 @@ class DynamoDBStateStore:
         records: list[InstanceRecord] = []
         while True:
             page = self.client.scan(**kwargs)
-            records += [self._items.instance(item) for item in page["Items"]
+            records += [self._items.instance(item, missing_ok=True) for item in page["Items"]
                         if item["pk"]["S"].startswith(WORKFLOW_PREFIX)]
             last = page.get("LastEvaluatedKey")
             if not last:
