@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             seed_dir.mkdir()
             backend = make(seed_dir)
             try:
-                report = simulate(backend, seed, args.workflows, plan)
+                report = simulate(backend, seed, args.workflows, plan, replay=(
+                    f".venv/bin/python scripts/soak_faults.py --first-seed {seed} --seeds 1 "
+                    f"--workflows {args.workflows} --store {args.store}"
+                    + (" --s3-missing" if args.s3_missing else "")))
             finally:
                 backend.close()
             faults.update(report.faults)

@@ -65,11 +65,13 @@ from .faults import (
 START_TIME = 1_700_000_000.0
 CALLBACK_KEY = b"fault simulator callback key 0123"
 SEED_VARIABLE = "LAMBDA_WORKFLOW_SIM_SEED"
+WORKFLOWS_VARIABLE = "LAMBDA_WORKFLOW_SIM_WORKFLOWS"
 # A message is never dead-lettered for being received often (crashes are many); a group whose
 # activation fails this many times in a row for a reason that is not an injected fault is
 # poison, and its instance fails as the AWS handler fails it.
 POISON_AFTER = 8
 MAX_ROUNDS = 20_000
+Final = dict[str, tuple[InstanceStatus, bytes | None, bytes | None]]
 
 
 @dataclass
@@ -116,26 +118,23 @@ class SimReport:
     seed: int
     store: str
     workflows: int
-    instances: dict[str, tuple[InstanceStatus, bytes | None, bytes | None]]
+    instances: Final
     faults: Counter[str]
     violations: list[str]
     trail: list[str] = field(default_factory=list)
     rounds: int = 0
+    replay: str = ""  # the command that replays this seed
 
     @property
     def injected(self) -> int:
         return sum(self.faults.values())
-
-    def replay_command(self) -> str:
-        return (f"{SEED_VARIABLE}={self.seed} LAMBDA_WORKFLOW_SIM_WORKFLOWS={self.workflows} "
-                f".venv/bin/pytest -p no:cacheprovider -q tests/sim -k {self.store}")
 
     def describe(self) -> str:
         lines = [f"seed {self.seed} on {self.store}: {len(self.violations)} violation(s), "
                  f"{self.injected} faults injected ({dict(self.faults)})",
                  *(f"  - {v}" for v in self.violations),
                  "  last faults: " + "; ".join(self.trail[-12:]),
-                 f"  replay: {self.replay_command()}"]
+                 f"  replay: {self.replay}"]
         return "\n".join(lines)
 
 
@@ -194,6 +193,8 @@ class World:
         self.approved: set[str] = set()
         self.rounds = 0
         self.removed_payloads: dict[str, str] = {}
+        self.poisoned: dict[str, str] = {}
+        self.final: Final = {}
         self.engines = [self._engine(backend.open(self.faults))]
         network = _Network(self.transport, self)
         self.network = network
@@ -339,8 +340,8 @@ class World:
             for message in kept:
                 self.queue.release(message)
             return
-        self.violations.append(f"activations of {group} failed {POISON_AFTER} times: "
-                               f"{self.last_error[group]}")
+        self.poisoned[group] = (f"activations of {group} failed {POISON_AFTER} times: "
+                                f"{self.last_error[group]}")
         try:
             inst = self.backend.observer.get_instance(group)
             if inst is not None and inst.status is InstanceStatus.RUNNING:
@@ -486,7 +487,8 @@ def plan_instances(seed: int, count: int) -> list[tuple[str, Any, int]]:
     return out
 
 
-def finals(store: StateStore) -> dict[str, tuple[InstanceStatus, bytes | None, bytes | None]]:
+def finals(store: StateStore) -> Final:
+    """How every instance of a store ended (status, result, error)."""
     return {i.workflow_id: (i.status, i.result, i.error) for i in store.list_instances()}
 
 
@@ -500,12 +502,12 @@ def run_world(backend: Backend, plan: FaultPlan, seed: int, count: int) -> World
     return world
 
 
-_REFERENCE: dict[tuple[int, int], dict[str, tuple[InstanceStatus, bytes | None, bytes | None]]]
+_REFERENCE: dict[tuple[int, int], Final]
 _REFERENCE = {}
 
 
 def reference(seed: int, count: int
-              ) -> dict[str, tuple[InstanceStatus, bytes | None, bytes | None]]:
+              ) -> Final:
     """How the instances of a seed end in an uninterrupted run (SQLite in memory)."""
     key = (seed, count)
     if key not in _REFERENCE:
@@ -521,23 +523,45 @@ def reference(seed: int, count: int
     return _REFERENCE[key]
 
 
-def check(world: World, expected: dict[str, tuple[InstanceStatus, bytes | None, bytes | None]]
+def check(world: World, expected: Final
           ) -> list[str]:
     """The invariants, as a list of violations (empty: all hold)."""
     store = world.backend.observer
     out = list(world.escaped) + list(world.violations)
-    got = finals(store)
+    # An instance whose payload was removed, and its parent and children, may end otherwise
+    # than the uninterrupted run (failed, and the failure travels to the parent).
+    exempt = {wid for wid in set(expected) | set(world.removed_payloads)
+              if any(wid.split("~")[0] == gone.split("~")[0]
+                     for gone in world.removed_payloads)}
+    out += [reason for group, reason in world.poisoned.items() if group not in exempt]
+    got: Final = {}
     histories: dict[str, History] = {}
-    for wid in got:
-        history = store.load_history(wid)
-        assert history is not None
-        histories[wid] = history
+    for wid in sorted(set(expected) | set(world.removed_payloads)):
+        try:
+            inst = store.get_instance(wid)
+        except Exception as exc:
+            out.append(f"{wid}: its instance record cannot be read: {type(exc).__name__}: {exc}")
+            continue
+        if inst is not None:
+            got[wid] = (inst.status, inst.result, inst.error)
+        try:
+            history = store.load_history(wid)
+        except Exception as exc:
+            if wid not in world.removed_payloads or "missing" not in str(exc):
+                out.append(f"{wid}: its history cannot be read: {type(exc).__name__}: {exc}")
+            continue
+        if history is not None:
+            histories[wid] = history
+    world.final = got
     for wid in sorted(set(expected) | set(got)):
-        if wid in world.removed_payloads:
-            status = got.get(wid, (None,))[0]
-            if status is InstanceStatus.RUNNING:
-                out.append(f"{wid}: left running after its payload {world.removed_payloads[wid]} "
-                           "was removed (it must end failed with a clear reason)")
+        if wid in exempt:
+            status, _, error = got.get(wid, (None, None, None))
+            if wid in world.removed_payloads and (
+                    status is InstanceStatus.RUNNING or (status is InstanceStatus.FAILED and (
+                        b"missing" not in (error or b"")))):
+                out.append(f"{wid}: ended {status} ({(error or b'')[:300]!r}) after its payload "
+                           f"{world.removed_payloads[wid]} was removed: it must end failed "
+                           "with a reason naming the missing payload")
             continue
         if wid not in got:
             out.append(f"{wid}: missing (the uninterrupted run has it, "
@@ -551,12 +575,14 @@ def check(world: World, expected: dict[str, tuple[InstanceStatus, bytes | None, 
             out.append(f"{wid}: ended {status.value} {(result or error or b'')[:200]!r}; "
                        f"the uninterrupted run ended {expected[wid][0].value} "
                        f"{(expected[wid][1] or expected[wid][2] or b'')[:200]!r}")
-        if got[wid][0] is InstanceStatus.RUNNING:
+        if got[wid][0] is InstanceStatus.RUNNING and wid in histories:
             out += _waiting_on_delivered(world, histories[wid], got)
     # Services: every execution was of a recorded call with its recorded request, and no call
     # ran more often than its request was sent or redelivered.
     for (wid, call_id), runs in sorted(world.ledger.services.items()):
         history = histories.get(wid)
+        if wid in exempt:
+            continue
         op = next((o for o in history.operations if o.op_id == call_id), None) if history else None
         if op is None or op.kind != "call":
             out.append(f"service ran call {call_id} of {wid}, which its history does not have")
@@ -574,7 +600,7 @@ def check(world: World, expected: dict[str, tuple[InstanceStatus, bytes | None, 
     resolved_at = world.faults.observed.resolved_at
     for (wid, name, attempt, args), executions in sorted(world.ledger.steps.items()):
         history = histories.get(wid)
-        if history is None:
+        if history is None or wid in exempt:
             continue
         if name == "once" and len(executions) > 1:
             out.append(f"at-most-once step {name!r} attempt {attempt} of {wid} ran "
@@ -594,9 +620,7 @@ def check(world: World, expected: dict[str, tuple[InstanceStatus, bytes | None, 
     return out
 
 
-def _waiting_on_delivered(world: World, history: History,
-                          got: dict[str, tuple[InstanceStatus, bytes | None, bytes | None]]
-                          ) -> list[str]:
+def _waiting_on_delivered(world: World, history: History, got: Final) -> list[str]:
     wid = history.instance.workflow_id
     out = []
     for op in history.operations:
@@ -621,11 +645,18 @@ def _waiting_on_delivered(world: World, history: History,
     return out
 
 
-def simulate(backend: Backend, seed: int, count: int, plan: FaultPlan) -> SimReport:
+def pytest_replay(seed: int, count: int, test: str) -> str:
+    """The command that replays one seed of a CI test."""
+    return (f"{SEED_VARIABLE}={seed} {WORKFLOWS_VARIABLE}={count} .venv/bin/pytest "
+            f"-p no:cacheprovider -q tests/sim -k {test}")
+
+
+def simulate(backend: Backend, seed: int, count: int, plan: FaultPlan, *,
+             replay: str = "") -> SimReport:
     """Run ``count`` instances of seed ``seed`` on ``backend`` under ``plan``, and check
-    them against an uninterrupted run."""
+    them against an uninterrupted run. ``replay`` is the command that runs this again."""
     expected = reference(seed, count)
     world = run_world(backend, plan, seed, count)
     violations = check(world, expected)
-    return SimReport(seed, backend.name, count, finals(backend.observer), world.faults.counts,
-                     violations, world.faults.trail, world.rounds)
+    return SimReport(seed, backend.name, count, world.final, world.faults.counts,
+                     violations, world.faults.trail, world.rounds, replay)

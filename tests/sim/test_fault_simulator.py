@@ -17,7 +17,15 @@ from lambda_workflow.backends.sqlite import SQLiteStateStore
 from lambda_workflow.models import OperationRecord
 from sim.aws_backend import dynamodb_backend
 from sim.faults import FaultPlan
-from sim.simulator import SEED_VARIABLE, Backend, SimReport, simulate, sqlite_backend
+from sim.simulator import (
+    SEED_VARIABLE,
+    WORKFLOWS_VARIABLE,
+    Backend,
+    SimReport,
+    pytest_replay,
+    simulate,
+    sqlite_backend,
+)
 
 
 def _seeds(count: int, offset: int) -> list[int]:
@@ -26,7 +34,7 @@ def _seeds(count: int, offset: int) -> list[int]:
 
 
 def _workflows(default: int) -> int:
-    return int(os.environ.get("LAMBDA_WORKFLOW_SIM_WORKFLOWS", default))
+    return int(os.environ.get(WORKFLOWS_VARIABLE, default))
 
 
 def _judge(report: SimReport) -> None:
@@ -43,19 +51,22 @@ def test_sqlite_file_under_faults(seed: int, tmp_path: Path) -> None:
     is left waiting on an input that was delivered."""
     backend = sqlite_backend(str(tmp_path / "state.sqlite3"))
     try:
-        _judge(simulate(backend, seed, _workflows(8),
-                        FaultPlan.hostile(concurrent=False, dynamodb=False)))
+        count = _workflows(8)
+        _judge(simulate(backend, seed, count, FaultPlan.hostile(concurrent=False, dynamodb=False),
+                        replay=pytest_replay(seed, count, "test_sqlite_file_under_faults")))
     finally:
         backend.close()
 
 
-@pytest.mark.parametrize("seed", _seeds(5, 1000))
+@pytest.mark.parametrize("seed", _seeds(4, 1000))
 def test_dynamodb_under_faults(seed: int, aws: Aws) -> None:
     """The same on DynamoDB with payloads in S3, plus two activations of one instance
     interleaved (a visibility timeout), writes applied twice (a lost response retried) and
     transient S3 errors."""
-    _judge(simulate(dynamodb_backend(aws.endpoint, session=aws.session), seed, _workflows(4),
-                    FaultPlan.hostile(concurrent=True, dynamodb=True)))
+    count = _workflows(4)
+    _judge(simulate(dynamodb_backend(aws.endpoint, session=aws.session), seed, count,
+                    FaultPlan.hostile(concurrent=True, dynamodb=True),
+                    replay=pytest_replay(seed, count, "test_dynamodb_under_faults")))
 
 
 @pytest.mark.parametrize("seed", _seeds(2, 2000))
@@ -63,8 +74,10 @@ def test_dynamodb_with_payloads_removed(seed: int, aws: Aws) -> None:
     """Offloaded payloads of running instances disappear from S3 (a lifecycle rule): those
     instances end failed with a reason, never left running or unreadable; the others end as
     their uninterrupted runs."""
-    _judge(simulate(dynamodb_backend(aws.endpoint, session=aws.session), seed, _workflows(4),
-                    FaultPlan.hostile(concurrent=True, dynamodb=True, s3_missing=True)))
+    count = _workflows(4)
+    _judge(simulate(dynamodb_backend(aws.endpoint, session=aws.session), seed, count,
+                    FaultPlan.hostile(concurrent=True, dynamodb=True, s3_missing=True),
+                    replay=pytest_replay(seed, count, "test_dynamodb_with_payloads_removed")))
 
 
 def test_a_seed_replays_exactly(tmp_path: Path) -> None:
