@@ -99,3 +99,70 @@ def test_readme_main_command_runs_the_workflow_end_to_end() -> None:
     assert re.search(r'tx-ok\s+completed\s+"success"', proc.stdout)
     assert re.search(r'tx-low-balance\s+completed\s+"failure"', proc.stdout)
     assert re.search(r'tx-fraud\s+completed\s+"failure"', proc.stdout)
+
+
+ORDER = '''
+from lambda_workflow import Service, WorkflowContext, workflow
+
+reserve = Service("reserve", str, int)
+ship = Service("ship", str, str)
+
+
+@workflow(name="order")
+async def order(ctx: WorkflowContext[str]) -> str:
+{body}
+
+
+def setup(runtime):
+    runtime.register(order)
+    if {services}:
+        runtime.implement(reserve, len)
+        runtime.implement(ship, lambda item: f"shipped {{item}}")
+'''
+V1 = """    units = await ctx.call(reserve, ctx.request)
+    label = await ctx.call(ship, f"{ctx.request} x{units}")
+    return f"{label} ({units} units)\""""
+V2 = """    label = await ctx.call(ship, ctx.request)
+    units = await ctx.call(reserve, ctx.request)
+    return f"{label} ({units} units)\""""
+
+
+def test_resume_after_a_rollback_and_reset_from_the_command_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The user story through the CLI: v1 records a call (no services yet), the bad deploy v2
+    fails the instance, `resume --run v1` revives it to v1's result; `reset --to 1` re-runs
+    it from the first call; commands that do not apply exit 1 with the reason."""
+    db = str(tmp_path / "state.sqlite3")
+    for name, body, services in (("first", V1, False), ("v1", V1, True), ("v2", V2, True)):
+        (tmp_path / f"{name}.py").write_text(ORDER.format(body=body, services=services))
+    start = ("--db", db, "--id", "o1", "--quiet", "--input", '"lamp"')
+    code, out = run_cli("run", str(tmp_path / "first.py"), *start)
+    assert code == 1 and re.search(r"o1\s+running\s+waiting on call 1 reserve", out)
+    code, out = run_cli("run", str(tmp_path / "v2.py"), *start)
+    assert code == 1 and "NonDeterminismError" in out
+    code, out = run_cli("resume", "o1", "--db", db)  # recorded; runs when a runtime opens it
+    assert code == 0
+    assert "resume o1: repair 1, was failed" in out and "it is running again" in out
+    code, out = run_cli("status", "--db", db, "o1")
+    assert re.search(r"^o1\s+order\s+running", out, re.M)
+    code, out = run_cli("run", str(tmp_path / "v1.py"), *start)  # the rolled-back code
+    assert code == 0 and re.search(r'o1\s+completed\s+"shipped lamp x4 \(4 units\)"', out)
+    # reset re-runs the second call; under v2 again it fails, and resume --run v1 revives it
+    code, out = run_cli("reset", "o1", "--to", "1", "--db", db, "--quiet",
+                        "--run", str(tmp_path / "v2.py"))
+    assert code == 1
+    assert "reset o1: repair 2, was completed; reset to operation 1, dropped 2" in out
+    assert re.search(r"o1\s+failed\s+.*NonDeterminismError", out)
+    code, out = run_cli("resume", "o1", "--db", db, "--run", str(tmp_path / "v1.py"))
+    assert code == 0
+    assert "activation" in out  # the activations are printed without --quiet
+    assert re.search(r'o1\s+completed\s+"shipped lamp x4 \(4 units\)"', out)
+    code, out = run_cli("history", "--db", db, "o1")
+    assert re.search(r"#r1\.2\s+call ship\s+completed", out)
+    capsys.readouterr()
+    code, _ = run_cli("resume", "o1", "--db", db)
+    assert code == 1
+    assert "RepairError: instance 'o1' is completed" in capsys.readouterr().err
+    code, _ = run_cli("reset", "o1", "--to", "7", "--db", db)
+    assert code == 1
+    assert "has no operation '7'" in capsys.readouterr().err

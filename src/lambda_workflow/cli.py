@@ -357,6 +357,66 @@ def _cmd_package(args: argparse.Namespace, out: TextIO) -> int:
     return 1 if result.unzipped_size > _package.UNZIPPED_LIMIT else 0
 
 
+def _cmd_repair(args: argparse.Namespace, out: TextIO) -> int:
+    """``resume`` / ``reset`` of an instance in a SQLite state file; with ``--run``, the
+    workflow module's runtime then runs it until idle."""
+    module = _load_module(args.run) if args.run else None
+    runtime = LocalRuntime(args.db, on_event=_Printer(out) if module and not args.quiet
+                           else None)
+    try:
+        if module is not None:
+            setup = getattr(module, "setup", None)
+            if callable(setup):
+                setup(runtime)
+            else:
+                runtime.register(*_workflows_of(module))
+        if args.command == "resume":
+            done = runtime.resume(args.workflow_id, request_id=args.request_id)
+        else:
+            done = runtime.reset(args.workflow_id, args.to, request_id=args.request_id)
+        parts = [f"{done.command} {done.workflow_id}: repair {done.repair}, was "
+                 f"{done.status_before.value}"]
+        if done.command == "reset":
+            parts.append(f"reset to operation {done.to}, dropped "
+                         f"{', '.join(done.dropped) or 'nothing'}")
+        if done.resent:
+            parts.append(f"re-sending {', '.join(done.resent)}")
+        if done.cancelled_children:
+            parts.append(f"cancelling children {', '.join(done.cancelled_children)}")
+        print("; ".join(parts), file=out)
+        if module is None:
+            print(f"  it is running again: it continues when a runtime next opens {args.db} "
+                  "with its workflow registered (give the module with --run to run it now)",
+                  file=out)
+            return 0
+        runtime.run_until_idle()
+        inst = runtime.store.get_instance(args.workflow_id)
+        assert inst is not None
+        shown = (_short(inst.result) if inst.status is InstanceStatus.COMPLETED
+                 else _short(inst.error, 200) if inst.status is not InstanceStatus.RUNNING
+                 else "waiting")
+        print(f"  {inst.workflow_id:<20} {inst.status.value:<10} {shown}", file=out)
+        return 0 if inst.status in (InstanceStatus.COMPLETED, InstanceStatus.RUNNING) else 1
+    finally:
+        runtime.close()
+
+
+def _repair_parser(sub: Any, command: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(command, help=help_text)
+    parser.add_argument("workflow_id")
+    if command == "reset":
+        parser.add_argument("--to", required=True, metavar="OP_ID",
+                            help="the last operation to keep (its id as `history` shows it; "
+                                 "0 for none: the workflow runs from the start)")
+    parser.add_argument("--db", required=True, help="the SQLite state file")
+    parser.add_argument("--run", metavar="FILE.py",
+                        help="the module defining the workflow (and optionally setup(runtime)): "
+                             "run the instance until idle after the repair")
+    parser.add_argument("--request-id", help="an id that makes a retried command apply once")
+    parser.add_argument("--quiet", action="store_true", help="print only the outcome")
+    return parser
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lambda-workflow",
                                      description="Durable typed workflows for AWS Lambda.")
@@ -394,6 +454,10 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--workflow", required=True, metavar="FILE.py[:NAME]",
                         help="the module defining the workflow; NAME picks a workflow other "
                              "than the one the history names")
+    _repair_parser(sub, "resume", "re-activate an instance that failed by non-determinism or "
+                                  "a poison message, its history kept (after a rollback)")
+    _repair_parser(sub, "reset", "drop an instance's records after an operation and run it on "
+                                 "from there")
     pack = sub.add_parser("package", help="build a Lambda deployment zip of handler modules, "
                                           "lambda-workflow and their dependencies")
     pack.add_argument("handler", nargs="+",
@@ -429,6 +493,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return _cmd_package(args, stream)
         if args.command == "replay":
             return _cmd_replay(args, stream)
+        if args.command in ("resume", "reset"):
+            return _cmd_repair(args, stream)
         return _cmd_history(args, stream)
     except WorkflowError as exc:
         print(f"lambda-workflow: {type(exc).__name__}: {exc}", file=sys.stderr)
