@@ -14,9 +14,9 @@ import pytest
 from aws.conftest import Aws
 
 from lambda_workflow.backends.sqlite import SQLiteStateStore
-from lambda_workflow.models import OperationRecord
+from lambda_workflow.models import InstanceRecord, OperationRecord
 from sim.aws_backend import dynamodb_backend
-from sim.faults import FaultPlan
+from sim.faults import FaultPlan, InjectedCrash
 from sim.simulator import (
     SEED_VARIABLE,
     WORKFLOWS_VARIABLE,
@@ -25,6 +25,7 @@ from sim.simulator import (
     pytest_replay,
     simulate,
     sqlite_backend,
+    sqlite_throttle,
 )
 
 
@@ -126,3 +127,32 @@ def test_the_simulator_catches_a_broken_store(tmp_path: Path) -> None:
     print(report.describe())
     assert report.violations, report.describe()
     assert any("left" in v or "ended" in v for v in report.violations), report.describe()
+
+
+class _SplitsChildLinks(SQLiteStateStore):
+    """A broken store, as the runtime was before issue 10's finding 1 was fixed: it creates a
+    child instance and its link to the parent in two writes, and the process dies between
+    them the first time."""
+
+    def create_instance(self, instance: InstanceRecord,
+                        operations: Sequence[OperationRecord] = ()
+                        ) -> tuple[InstanceRecord, bool]:
+        stored, created = super().create_instance(instance)
+        if created and operations:
+            raise InjectedCrash(f"crash between creating {instance.workflow_id} and its link")
+        return stored, created
+
+
+def test_the_simulator_catches_a_lost_child_link(tmp_path: Path) -> None:
+    """The simulator reports finding 1 of issue 10: a child whose link to its parent was lost
+    in a crash leaves the parent ending otherwise than its uninterrupted run (waiting for
+    ever on a child that ended, or failing because the child's id is taken)."""
+    store = _SplitsChildLinks(str(tmp_path / "split.sqlite3"))
+    backend = Backend("split-sqlite", lambda faults: store, store, sqlite_throttle,
+                      concurrent=False, close=store.close)
+    try:
+        report = simulate(backend, 0, 4, FaultPlan(copies=0.01))
+    finally:
+        backend.close()
+    parents = [v for v in report.violations if "~" not in v.split(":")[0]]
+    assert parents, report.describe()
