@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
+from lambda_workflow import ServiceError
 from lambda_workflow.aws.payloads import (
     POINTER_CLASS,
     S3PayloadStore,
@@ -71,3 +72,46 @@ def test_offloaded_messages_round_trip_through_s3(aws: Aws) -> None:
     found = message_pointer(pointer, attrs)
     assert found is not None and found[0] == bucket
     assert store.get(found[1], bucket=found[0]) == body
+
+
+def test_services_write_and_read_only_under_their_own_prefixes(aws: Aws) -> None:
+    """A large request to a service is stored under requests/<service>/ and the service's
+    large reply under replies/<service>/<workflow id>/, the prefixes the template's service
+    roles are limited to; the reply comes back through them."""
+    import bank_transaction as bank
+
+    from lambda_workflow.aws import AwsDeployment, service_handler
+    from lambda_workflow.aws.config import ServiceTarget
+    from lambda_workflow.aws.sqs import SqsFifoTransport
+
+    bucket = aws.create_bucket()
+    queue = aws.create_queue(aws.name("balance"))
+    config = aws.config(bucket=bucket, services={"balance": f"sqs:{queue}"},
+                        payload_threshold=1024)
+    deployment = AwsDeployment(config, session=aws.session)
+    request = {"v": 1, "kind": "call", "workflow_id": "wf-p", "call_id": "1",
+               "service": "balance", "reply_to": config.queue_url,
+               "request": {"account_id": "a" * 3000, "amount": 1}}
+    SqsFifoTransport(config, deployment.clients, deployment.payloads).send_request(
+        ServiceTarget.parse("balance", f"sqs:{queue}"), "balance", "d-1", orjson.dumps(request))
+
+    def balance(tx: bank.BankTransaction) -> bank.Balance:
+        raise ServiceError("Big", "x" * 3000)
+
+    handler = service_handler(bank.balance_service, balance, config=config, session=aws.session)
+    sqs = aws.client("sqs")
+    got = sqs.receive_message(QueueUrl=queue, MessageAttributeNames=["All"])["Messages"]
+    event = {"Records": [{"messageId": m["MessageId"], "body": m["Body"],
+                          "attributes": {"ApproximateReceiveCount": "1"},
+                          "messageAttributes": {k: {"stringValue": v["StringValue"],
+                                                    "dataType": v["DataType"]}
+                                                for k, v in m["MessageAttributes"].items()},
+                          "eventSource": "aws:sqs"} for m in got]}
+    assert handler(event, None) == {"batchItemFailures": []}
+    keys = sorted(o["Key"] for o in aws.client("s3").list_objects_v2(Bucket=bucket)["Contents"])
+    assert [k.rsplit("/", 1)[0] for k in keys] == [
+        "lambda-workflow/replies/balance/wf-p", "lambda-workflow/requests/balance"]
+    (reply,) = sqs.receive_message(QueueUrl=config.queue_url,
+                                   MessageAttributeNames=["All"])["Messages"]
+    found = message_pointer(reply["Body"], reply.get("MessageAttributes"))
+    assert found is not None and found[1].startswith("lambda-workflow/replies/balance/wf-p/")
