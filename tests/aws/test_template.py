@@ -52,8 +52,8 @@ ACCOUNT = "123456789012"
 #: What `sam deploy` puts in place of the local CodeUri after uploading the zip.
 UPLOADED_CODE = "s3://lambda-workflow-artifacts/bank.zip"
 #: Values for the parameters without a default, as `sam deploy --parameter-overrides` gives
-#: them (deploy/README.md): the callback key is a deployment's own secret.
-PARAMETER_VALUES = {"CallbackKey": "3f9c2a7e51d04b6c8e1f0a2b3c4d5e6f"}
+#: them (deploy/README.md): none (the callback keys are a secret the stack creates).
+PARAMETER_VALUES: dict[str, str] = {}
 #: The ARN pattern of the timer schedules in the template's schedule group, the only resource
 #: on which the workflow function may create schedules.
 TIMER_SCHEDULES = ("arn:${AWS::Partition}:scheduler:${AWS::Region}:${AWS::AccountId}:"
@@ -458,9 +458,11 @@ def test_each_functions_environment_is_a_valid_configuration(cfn: Template) -> N
             assert config.scheduler_role_arn == \
                 f"arn:aws:iam::{ACCOUNT}:role/stack-SchedulerRole-X1"
             assert config.scheduler_group == "stack-timerschedulegroup-x1"
-            assert config.callback_key == PARAMETER_VALUES["CallbackKey"]
+            assert config.callback_key_secret == "stack-callbackkeysecret-x1"
+            assert config.callback_key is None
         else:
-            assert config.scheduler_role_arn is None and config.callback_key is None, handler
+            assert config.scheduler_role_arn is None, handler
+            assert config.callback_key is config.callback_key_secret is None, handler
             assert config.scheduler_group == "default", handler
 
 
@@ -478,28 +480,38 @@ def test_workflow_function_schedules_long_timers_in_the_stacks_group(cfn: Templa
         cfn, "bank_lambda.handle_workflow")
 
 
-def test_callback_key_is_a_required_secret_parameter(cfn: Template) -> None:
-    """LAMBDA_WORKFLOW_CALLBACK_KEY comes from the CallbackKey parameter: hidden (NoEcho), at
-    least 16 characters (AwsConfig refuses fewer than 16 bytes), no default (each deployment
-    passes its own, as the README's `sam deploy` command does), set on the workflow function
-    only."""
-    parameter = cfn["Parameters"]["CallbackKey"]
-    assert parameter["Type"] == "String"
-    assert parameter["NoEcho"] is True
-    assert parameter["MinLength"] == 16
-    assert "Default" not in parameter
-    users = {h: v["LAMBDA_WORKFLOW_CALLBACK_KEY"] for h, v in _environments(cfn).items()
-             if "LAMBDA_WORKFLOW_CALLBACK_KEY" in v}
-    assert users == {"bank_lambda.handle_workflow": {"Ref": "CallbackKey"}}
+def test_callback_keys_are_a_secret_only_the_workflow_function_and_clients_read(
+        cfn: Template) -> None:
+    """The callback keys live in a Secrets Manager secret the stack creates with a random
+    64-character key (no parameter to pass, nothing in plain environment variables): the
+    workflow function reads it through LAMBDA_WORKFLOW_CALLBACK_KEY_SECRET, and only its role
+    and ClientRole may GetSecretValue, on that secret alone. The stack has no required
+    parameter, so the README's `sam deploy` command passes none."""
+    secret = cfn["Resources"]["CallbackKeySecret"]
+    assert secret["Type"] == "AWS::SecretsManager::Secret"
+    generate = secret["Properties"]["GenerateSecretString"]
+    assert generate["PasswordLength"] >= 32 and generate["ExcludePunctuation"] is True
+    assert "SecretString" not in secret["Properties"]
+    users = {h: v["LAMBDA_WORKFLOW_CALLBACK_KEY_SECRET"] for h, v in _environments(cfn).items()
+             if "LAMBDA_WORKFLOW_CALLBACK_KEY_SECRET" in v}
+    assert users == {"bank_lambda.handle_workflow": {"Ref": "CallbackKeySecret"}}
+    assert not any("LAMBDA_WORKFLOW_CALLBACK_KEY" in v for v in _environments(cfn).values())
+    readers = {name for name in resources(cfn, "AWS::IAM::Role")
+               if any(a.startswith("secretsmanager:")
+                      for a, _ in _role_permissions(cfn, name))}
+    assert readers == {ref_target(function_by_handler(cfn, "bank_lambda.handle_workflow")[1][
+        "Role"]), "ClientRole"}
+    for name in readers:
+        assert {(a, r) for a, r in _role_permissions(cfn, name)
+                if a.startswith("secretsmanager:")} == {
+            ("secretsmanager:GetSecretValue", "CallbackKeySecret")}
+    required = {n for n, p in cfn["Parameters"].items() if "Default" not in p
+                and not n.startswith("AWS::")}
+    assert required == set()
     command = re.search(r"sam deploy ([^`]*?)\n```",
                         README.read_text(encoding="utf-8").replace("\\\n", " "))
     assert command, "deploy/README.md has no `sam deploy` command"
-    argv = shlex.split(command.group(1))
-    overrides = argv[argv.index("--parameter-overrides") + 1:]
-    required = {n for n, p in cfn["Parameters"].items() if "Default" not in p
-                and not n.startswith("AWS::")}
-    assert required == {"CallbackKey"}
-    assert {o.split("=")[0] for o in overrides if "=" in o} >= required
+    assert "CallbackKey" not in command.group(1)
 
 
 # ---------------------------------------------------------------- permissions
@@ -628,10 +640,10 @@ def test_each_function_has_exactly_the_permissions_its_code_needs(cfn: Template)
     the table (TransactWriteItems is authorised by PutItem/UpdateItem/ConditionCheckItem) and
     the payload objects, and schedules timers on the timer queue, a long one as a schedule in
     the stack's group (CreateSchedule on its schedules, PassRole on the scheduler's role only
-    to the scheduler, and the timer queue's attributes for its ARN, the schedule's target);
-    each service consumes its source (if any) and replies; the timer function consumes the
-    timer queue and sends to the workflow queue (timer_fired) and to the timer queue (the next
-    hop), nothing else."""
+    to the scheduler, and the timer queue's attributes for its ARN, the schedule's target),
+    and reads the callback keys' secret; each service consumes its source (if any) and
+    replies; the timer function consumes the timer queue and sends to the workflow queue
+    (timer_fired) and to the timer queue (the next hop), nothing else."""
     workflow = {(a, "WorkflowLogGroup") for a in LOGS} | {(a, "WorkflowQueue") for a in CONSUME}
     workflow |= {("sqs:SendMessage", q) for q in ("WorkflowQueue", "WorkflowDeadLetterQueue",
                                                   "BalanceQueue", "TransactionQueue",
@@ -643,7 +655,8 @@ def test_each_function_has_exactly_the_permissions_its_code_needs(cfn: Template)
     workflow |= {("sqs:GetQueueAttributes", "TimerQueue"),
                  ("scheduler:CreateSchedule", TIMER_SCHEDULES),
                  ("scheduler:DeleteSchedule", TIMER_SCHEDULES),
-                 ("iam:PassRole", "SchedulerRole")}
+                 ("iam:PassRole", "SchedulerRole"),
+                 ("secretsmanager:GetSecretValue", "CallbackKeySecret")}
     assert _permissions(cfn, "bank_lambda.handle_workflow") == workflow
     (pass_role,) = [s for _, d in _policy_documents(cfn) for s in _statements(d)
                     if "iam:PassRole" in _as_list(s["Action"])]

@@ -56,6 +56,16 @@ class AwsClients:
         return self._client("scheduler")
 
     @cached_property
+    def secretsmanager(self) -> Any:
+        """Secrets Manager (the callback keys, when kept there)."""
+        return self._client("secretsmanager")
+
+    @cached_property
+    def ssm(self) -> Any:
+        """SSM Parameter Store (the callback keys, when kept there)."""
+        return self._client("ssm")
+
+    @cached_property
     def lambda_(self) -> LambdaClient:
         client: LambdaClient = self._client("lambda")
         return client

@@ -170,8 +170,8 @@ class WorkflowClient(CallbackCompletion):
         and for bug reports)."""
         return history_to_json(self.history(workflow_id))
 
-    # -- callbacks (complete/fail/heartbeat_callback come from CallbackCompletion; the key
-    # is LAMBDA_WORKFLOW_CALLBACK_KEY) -----------------------------------------------------
+    # -- callbacks (complete/fail/heartbeat_callback come from CallbackCompletion; the keys
+    # come from LAMBDA_WORKFLOW_CALLBACK_KEY_SECRET or _PARAMETER, see callback_keys.py) -----
     def _callback_parts(self) -> tuple[StateStore, CallbackTokens | None, Transport]:
         d = self.deployment
         return d.store, d.tokens, d.transport

@@ -17,9 +17,18 @@ Every Lambda function of a deployment reads the same variables (the SAM template
                                     one one-time schedule each instead of SQS hops (optional)
 ``LAMBDA_WORKFLOW_SCHEDULER_GROUP`` the schedule group for those schedules (default
                                     ``default``)
-``LAMBDA_WORKFLOW_CALLBACK_KEY``    the secret (16 bytes or more) that signs callback tokens;
+``LAMBDA_WORKFLOW_CALLBACK_KEY_SECRET`` the Secrets Manager secret (name or ARN) holding the
+                                    callback keys: one key (16 bytes or more), or the ring
+                                    ``{"current": "<key>", "verify": ["<key>", ...]}``;
                                     required by workflows that create callbacks, and by
-                                    clients that complete them
+                                    clients that complete them (or the next variable)
+``LAMBDA_WORKFLOW_CALLBACK_KEY_PARAMETER`` instead: an SSM Parameter Store SecureString
+                                    parameter holding the same
+``LAMBDA_WORKFLOW_CALLBACK_KEY_TTL`` seconds the keys are cached before they are read again
+                                    (default 300): a rotation reaches every function within it
+``LAMBDA_WORKFLOW_CALLBACK_KEY``    the keys themselves, in plain text: for local and
+                                    development use only (an environment variable is readable
+                                    by anyone who can read the function's configuration)
 ``LAMBDA_WORKFLOW_PAYLOAD_THRESHOLD`` bytes above which a payload goes to S3 (default 65536)
 ``LAMBDA_WORKFLOW_RETENTION_DAYS``  days a finished workflow's items live before TTL deletes
                                     them (default 30; 0 keeps them for ever)
@@ -41,6 +50,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..callbacks import CallbackKeyRing
 from ..errors import WorkflowError
 
 __all__ = ["DEFAULT_PAYLOAD_THRESHOLD", "AwsConfig", "ConfigurationError", "ServiceTarget"]
@@ -106,6 +116,9 @@ class AwsConfig:
     scheduler_role_arn: str | None = None
     scheduler_group: str = "default"
     callback_key: str | None = field(default=None, repr=False)
+    callback_key_secret: str | None = None
+    callback_key_parameter: str | None = None
+    callback_key_ttl: int = 300
     payload_threshold: int = DEFAULT_PAYLOAD_THRESHOLD
     retention_days: int = 30
     max_receives: int = 5
@@ -132,9 +145,19 @@ class AwsConfig:
             raise ConfigurationError(
                 "the timer queue must be a standard SQS queue (FIFO queues refuse per-message "
                 f"delays), got {self.timer_queue_url!r} (LAMBDA_WORKFLOW_TIMER_QUEUE_URL)")
-        if self.callback_key is not None and len(self.callback_key.encode()) < 16:
+        sources = [name for name, value in (
+            ("CALLBACK_KEY", self.callback_key), ("CALLBACK_KEY_SECRET", self.callback_key_secret),
+            ("CALLBACK_KEY_PARAMETER", self.callback_key_parameter)) if value is not None]
+        if len(sources) > 1:
             raise ConfigurationError(
-                "LAMBDA_WORKFLOW_CALLBACK_KEY must be at least 16 bytes (a random secret)")
+                "callback keys come from one place; got " + " and ".join(_ENV + s for s in sources))
+        if self.callback_key is not None:
+            try:
+                CallbackKeyRing.parse(self.callback_key, _ENV + "CALLBACK_KEY")
+            except ValueError as exc:
+                raise ConfigurationError(f"{exc} (a random secret)") from None
+        if self.callback_key_ttl < 0:
+            raise ConfigurationError(f"callback_key_ttl={self.callback_key_ttl} must be >= 0")
         if self.retention_days < 0:
             raise ConfigurationError(f"retention_days={self.retention_days} must be >= 0")
         if self.max_receives < 1:
@@ -178,6 +201,9 @@ class AwsConfig:
             "scheduler_role_arn": env.get(_ENV + "SCHEDULER_ROLE_ARN") or None,
             "scheduler_group": env.get(_ENV + "SCHEDULER_GROUP") or "default",
             "callback_key": env.get(_ENV + "CALLBACK_KEY") or None,
+            "callback_key_secret": env.get(_ENV + "CALLBACK_KEY_SECRET") or None,
+            "callback_key_parameter": env.get(_ENV + "CALLBACK_KEY_PARAMETER") or None,
+            "callback_key_ttl": _int(env, "CALLBACK_KEY_TTL", 300, 0),
             "payload_threshold": _int(env, "PAYLOAD_THRESHOLD", DEFAULT_PAYLOAD_THRESHOLD, 1),
             "retention_days": _int(env, "RETENTION_DAYS", 30, 0),
             "max_receives": _int(env, "MAX_RECEIVES", 5, 1),

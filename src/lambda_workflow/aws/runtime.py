@@ -12,6 +12,7 @@ from ..backends.protocols import Clock
 from ..callbacks import CallbackTokens
 from ..workflow import Workflow
 from ._clients import AwsClients
+from .callback_keys import callback_tokens
 from .config import AwsConfig
 from .dynamodb import DynamoDBStateStore
 from .payloads import NO_BUCKET_HINT, S3PayloadStore
@@ -61,9 +62,9 @@ class AwsDeployment:
 
     @cached_property
     def tokens(self) -> CallbackTokens | None:
-        """Signs and verifies callback tokens, or ``None`` without a callback key."""
-        key = self.config.callback_key
-        return CallbackTokens(key) if key else None
+        """Signs and verifies callback tokens, or ``None`` without callback keys (read from
+        Secrets Manager or SSM on first use, cached for ``callback_key_ttl`` seconds)."""
+        return callback_tokens(self.config, self.clients, self.clock.now)
 
     @property
     def payload_limit(self) -> int | None:
