@@ -364,8 +364,10 @@ class Replayer:
             if self._checkpoint_to is None:
                 raise WorkflowError(f"step {st.name!r} is at-most-once, but this runtime "
                                     "cannot record an attempt before it runs")
-            self._checkpoint([op])
-            self.new_operations.pop()
+            # Every operation created so far, this attempt last: recording the attempt
+            # alone left a gap (calls a parallel branch created just before it) that no
+            # replay could match after a crash (found by the fault simulator).
+            self.persist_new_operations()
         ok, payload = True, b"null"
         info = StepInfo(st.name, attempt, self.workflow_id)
         try:
