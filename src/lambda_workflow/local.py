@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +36,11 @@ from ._runtime.repair import RepairResult, Repairs
 from ._runtime.services import run_service
 from .backends.memory import DeadLetter, InMemoryFifoQueue
 from .backends.protocols import QueueMessage, StateStore, Transport
-from .backends.sqlite import SQLiteStateStore
+from .backends.sqlite import SQLiteStateStore, StateFileLock
 from .callbacks import CallbackKeys, CallbackTokens
 from .errors import (
     InvalidMessageError,
+    InvalidWorkflowIdError,
     UnknownWorkflowError,
     WorkflowError,
     WorkflowNotFoundError,
@@ -52,6 +54,7 @@ from .models import (
     WorkflowMessage,
     parse_call_request,
     parse_workflow_message,
+    workflow_id_problem,
 )
 from .service import Service
 from .workflow import Workflow
@@ -64,6 +67,7 @@ ResT = TypeVar("ResT")
 
 ServiceFunction = Callable[[ReqT], Awaitable[RespT]] | Callable[[ReqT], RespT]
 LOCAL_REPLY_ADDRESS = "local:workflows"
+_log = logging.getLogger("lambda_workflow.local")
 # Signs callback tokens on the embedded runtime unless a key is given. It is public: tokens
 # of a local runtime prove nothing outside tests and development.
 LOCAL_CALLBACK_KEY = b"lambda-workflow local development key"
@@ -213,7 +217,13 @@ class LocalRuntime(CallbackCompletion):
         | None = None,
     ) -> None:
         self.clock = clock or VirtualClock()
+        # One runtime per state file (StateFileLock): taken before anything is read or sent.
+        self.store_path = str(getattr(store, "path", ":memory:") if store is not None
+                              else database)
+        self._lock = (StateFileLock(self.store_path) if self.store_path != ":memory:"
+                      else None)
         self.store: StateStore = store if store is not None else SQLiteStateStore(database)
+        self.unrecovered: dict[str, str] = {}
         self._on_event = on_event
         self.queue = InMemoryFifoQueue(clock=self.clock, max_receives=max_receives)
         self._service_queues: dict[str, InMemoryFifoQueue] = {}
@@ -229,7 +239,11 @@ class LocalRuntime(CallbackCompletion):
         self._last_errors: dict[str, str] = {}
         self._aio: asyncio.AbstractEventLoop | None = None
         if store is None and str(database) != ":memory:":
-            self.recover()
+            try:
+                self.recover()
+            except BaseException:
+                self.close()
+                raise
 
     # -- setup -----------------------------------------------------------------------------
     @property
@@ -275,27 +289,42 @@ class LocalRuntime(CallbackCompletion):
         call, with the same call ids and deduplication ids as before; services must be
         idempotent per call id, as the protocol requires of them anyway. Called automatically
         when the runtime opens an existing SQLite file. Returns the number of messages sent.
+
+        An instance that cannot be recovered (an id no queue accepts, a damaged row) does not
+        stop the others: it is logged and kept in :attr:`unrecovered` with the reason.
         """
         sent = 0
         for inst in self.store.list_instances():
             if inst.status is not InstanceStatus.RUNNING:
                 continue
-            wid = inst.workflow_id
-            self.transport.send_to_workflow(wid, _core.dedup_id(wid, "start", ""),
-                                            start_message_body(wid, inst.workflow_name,
-                                                               inst.input))
-            history = self.store.load_history(wid)
-            for op in history.operations if history else ():
-                if op.state is OperationState.PENDING and op.kind == "timer":
-                    self.timers.schedule(wid, op.op_id, timer_fire_at(op))
-                elif op.state is OperationState.PENDING and op.kind == "child":
-                    self.engine.start_child(op)
-                elif op.state is OperationState.PENDING and op.kind == "call":
-                    self.transport.send_to_service(
-                        op.name, _core.dedup_id(wid, "call", op.op_id),
-                        call_request_body(op, self.transport.reply_address))
-                    sent += 1
-            sent += 1
+            try:
+                sent += self._recover_instance(inst)
+            except Exception as exc:  # one bad row never keeps the file from opening
+                reason = f"{type(exc).__name__}: {exc}"
+                self.unrecovered[inst.workflow_id] = reason
+                _log.error("could not recover workflow instance %r from %s: %s",
+                           inst.workflow_id[:200], self.store_path, reason)
+        return sent
+
+    def _recover_instance(self, inst: InstanceRecord) -> int:
+        wid = inst.workflow_id
+        problem = workflow_id_problem(wid)
+        if problem is not None:
+            raise InvalidWorkflowIdError(problem)
+        self.transport.send_to_workflow(wid, _core.dedup_id(wid, "start", ""),
+                                        start_message_body(wid, inst.workflow_name, inst.input))
+        sent = 1
+        history = self.store.load_history(wid)
+        for op in history.operations if history else ():
+            if op.state is OperationState.PENDING and op.kind == "timer":
+                self.timers.schedule(wid, op.op_id, timer_fire_at(op))
+            elif op.state is OperationState.PENDING and op.kind == "child":
+                self.engine.start_child(op)
+            elif op.state is OperationState.PENDING and op.kind == "call":
+                self.transport.send_to_service(
+                    op.name, _core.dedup_id(wid, "call", op.op_id),
+                    call_request_body(op, self.transport.reply_address))
+                sent += 1
         return sent
 
     # -- starting and reading --------------------------------------------------------------
@@ -576,6 +605,9 @@ class LocalRuntime(CallbackCompletion):
         close = getattr(self.store, "close", None)
         if close is not None:
             close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> LocalRuntime:
         return self

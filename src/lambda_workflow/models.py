@@ -36,6 +36,7 @@ __all__ = [
     "StartMessage",
     "TimerFiredMessage",
     "WorkflowMessage",
+    "check_workflow_id",
     "describe_validation_error",
     "parse_call_request",
     "parse_workflow_message",
