@@ -532,3 +532,30 @@ def test_a_resume_message_for_an_unknown_instance_is_dead_lettered() -> None:
         reasons = [d.reason for d in rt.dead_letters()]
         assert "no workflow instance 'ghost' exists" in reasons[1]
         assert "malformed resume message: repair" in reasons[0]
+
+
+def test_a_repair_computed_from_a_stale_history_is_refused(
+        make_runtime: Callable[..., LocalRuntime]) -> None:
+    """An activation runs between the command's read and its write (another process, a
+    Lambda): the store refuses the write (the counter moved), the command says so, and the
+    history is what the activation made of it."""
+    RATES["calls"] = 0
+    rt = make_runtime(trip)
+    rt.implement(quote, lambda dest: 250)
+    rt.start(trip, "bern", workflow_id="trip-6")
+    rt.run_until_idle()  # waits on book
+    store = rt.store
+    real_load = store.load_history
+
+    def load_then_activate(workflow_id: str) -> Any:
+        history = real_load(workflow_id)
+        rt.implement(book, _book)
+        rt.run_until_idle()  # the concurrent activation completes the instance
+        return history
+
+    store.load_history = load_then_activate  # type: ignore[method-assign]
+    with pytest.raises(RepairError, match="changed while it was being repaired"):
+        rt.reset("trip-6", to="1")
+    store.load_history = real_load  # type: ignore[method-assign]
+    assert rt.status("trip-6") is InstanceStatus.COMPLETED
+    assert [op.op_id for op in rt.history("trip-6").operations] == ["1", "2", "3"]
