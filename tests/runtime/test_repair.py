@@ -559,3 +559,34 @@ def test_a_repair_computed_from_a_stale_history_is_refused(
     store.load_history = real_load  # type: ignore[method-assign]
     assert rt.status("trip-6") is InstanceStatus.COMPLETED
     assert [op.op_id for op in rt.history("trip-6").operations] == ["1", "2", "3"]
+
+
+def test_an_unsent_resume_of_an_instance_that_failed_again_does_not_block_the_next(
+        tmp_path: Path) -> None:
+    """A resume crashed before its wake-up; a runtime opening the file woke the instance
+    anyway (recovery), and under the still-broken code it failed again. The next resume,
+    after the rollback, is a new repair that revives it (not the old unsent one returned)."""
+    db = tmp_path / "state.sqlite3"
+    with LocalRuntime(db, clock=VirtualClock(T0)) as rt:
+        rt.register(order_v1)
+        rt.start(order_v1, "vase", workflow_id="o-6")
+        rt.run_until_idle()
+    with LocalRuntime(db, clock=VirtualClock(T0 + 60)) as rt:
+        rt.register(order_v2)
+        rt.implement(reserve, _reserve)
+        rt.implement(ship, _ship)
+        rt.run_until_idle()
+        assert rt.status("o-6") is InstanceStatus.FAILED
+        with pytest.raises(ConnectionError):
+            _crashing(rt).resume("o-6")
+    with LocalRuntime(db, clock=VirtualClock(T0 + 120)) as rt:  # recovery wakes it
+        rt.register(order_v2)
+        rt.run_until_idle()
+        assert rt.status("o-6") is InstanceStatus.FAILED
+    with LocalRuntime(db, clock=VirtualClock(T0 + 180)) as rt:
+        rt.register(order_v1)
+        rt.implement(reserve, _reserve)
+        rt.implement(ship, _ship)
+        assert rt.resume("o-6").repair == 2
+        rt.run_until_idle()
+        assert rt.result("o-6") == "shipped vase x4 (4 units)"

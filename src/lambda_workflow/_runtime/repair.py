@@ -210,8 +210,11 @@ class Repairs:
         means: apply a new repair."""
         records = _records(history.operations)
         wid = history.instance.workflow_id
-        if (records and not records[0].sent
-                and history.instance.status is InstanceStatus.RUNNING):
+        # Unsent and still running: the command stopped between its write and its send. (An
+        # unsent repair of an instance that ended since was woken by something else.)
+        interrupted = bool(records) and not records[0].sent and (
+            history.instance.status is InstanceStatus.RUNNING)
+        if interrupted:
             self._send_repair(wid, records[0])
         if request_id is not None:
             same = next((r for r in records
@@ -221,7 +224,7 @@ class Repairs:
                 raise RepairError(f"request id {request_id!r} was used by an earlier repair "
                                   f"of {wid!r} ({same.name}); use a new one")
             return None if same is None else _result_of(wid, same)
-        if records and not records[0].sent and records[0].name == command and (
+        if interrupted and records[0].name == command and (
                 orjson.loads(records[0].request).get("to") == to):
             return _result_of(wid, records[0])
         return None
