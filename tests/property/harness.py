@@ -171,9 +171,11 @@ class FaultyStore:
         self._inner = inner
         self._faults = faults
 
-    def create_instance(self, instance: InstanceRecord) -> tuple[InstanceRecord, bool]:
+    def create_instance(self, instance: InstanceRecord,
+                        operations: Sequence[OperationRecord] = ()
+                        ) -> tuple[InstanceRecord, bool]:
         return self._faults.around("create_instance",
-                                   lambda: self._inner.create_instance(instance))
+                                   lambda: self._inner.create_instance(instance, operations))
 
     def get_instance(self, workflow_id: str) -> InstanceRecord | None:
         return self._faults.around("get_instance", lambda: self._inner.get_instance(workflow_id))
