@@ -224,6 +224,7 @@ def test_a_late_reply_to_a_dropped_call_never_reaches_the_new_call(
     reports = rt.run_until_idle()
     assert [op.op_id for op in rt.history("trip-2").operations] == [
         "repair:1", "1", "r1.2", "r1.3"]
+    assert reports[-1].pending == ["r1.3"]  # what the CLI prints as "waiting on call ..."
     rt.implement(book, _book)
     reports = rt.run_until_idle()
     served = [(i.call_id, i.request) for i in rt.invocations if i.service == "book"]

@@ -220,7 +220,11 @@ class Replayer:
     @property
     def pending(self) -> list[str]:
         """Ids of the calls still waiting for a reply."""
-        return self._index.pending
+        if not self._scope:
+            return self._index.pending
+        # The core names a new call by its position; after a reset its id has a scope.
+        new = {_core.operation_id("", op.seq): op.op_id for op in self.new_operations}
+        return [new.get(op_id, op_id) for op_id in self._index.pending]
 
     # -- the driver protocol the context uses -------------------------------------------------
     @property
