@@ -51,6 +51,9 @@ _ID_CHARS = frozenset(string.ascii_letters + string.digits + string.punctuation)
 # Generated child ids are ``<parent id>~<operation id>``: ids that users choose (starts, the
 # client, ``ctx.child(..., workflow_id=...)``) may not contain it, so they never collide.
 CHILD_ID_MARK = "~"
+# Payload keys in S3 are ``<prefix>/<workflow id>/...``; services' own payloads live under
+# these (their roles are limited to them), so no workflow id may start with one.
+RESERVED_ID_PREFIXES = ("requests/", "replies/")
 
 
 def workflow_id_problem(workflow_id: object) -> str | None:
@@ -72,13 +75,17 @@ def check_workflow_id(workflow_id: object, *, user: bool = True) -> str:
     """Return ``workflow_id`` if it follows the id rule (``user``: also without the child-id
     mark ``~``), else raise :class:`InvalidWorkflowIdError` naming what is wrong."""
     problem = workflow_id_problem(workflow_id)
-    if problem is None and user and CHILD_ID_MARK in workflow_id:  # type: ignore[operator]
-        problem = (f"a workflow id may not contain {CHILD_ID_MARK!r}: it marks the ids of "
-                   f"child workflows; got {workflow_id!r}")
-    if problem is not None:
-        raise InvalidWorkflowIdError(problem)
-    assert isinstance(workflow_id, str)
-    return workflow_id
+    if problem is None:
+        assert isinstance(workflow_id, str)
+        if user and CHILD_ID_MARK in workflow_id:
+            problem = (f"a workflow id may not contain {CHILD_ID_MARK!r}: it marks the ids of "
+                       f"child workflows; got {workflow_id!r}")
+        elif workflow_id.startswith(RESERVED_ID_PREFIXES):
+            problem = (f"a workflow id may not start with {' or '.join(RESERVED_ID_PREFIXES)} "
+                       f"(the S3 prefixes of services' payloads); got {workflow_id!r}")
+        else:
+            return workflow_id
+    raise InvalidWorkflowIdError(problem)
 
 
 def _valid_id(value: str) -> str:

@@ -113,7 +113,7 @@ def test_readers_do_not_need_the_lock(tmp_path: Path) -> None:
 # -- finding 3: one id rule, checked before anything is written -------------------------------
 
 BAD_IDS = ["x" * 129, "", "has space", "tab\there", "naïve", "emoji-\U0001f600", "new\nline",
-           "user~child"]
+           "user~child", "requests/x", "replies/svc/x"]
 
 
 @pytest.mark.parametrize("bad", BAD_IDS)
