@@ -102,11 +102,12 @@ class Faults:
         self.counts: Counter[str] = Counter()
         self.trail: list[str] = []
         self.observed = Observed()
-        self.sim_threads = {threading.get_ident()}
+        self.sim_threads = _SimThreads()
+        self.sim_threads.join()
         self.enabled = True
 
     def hit(self, chance: float) -> bool:
-        if not self.enabled or chance <= 0.0 or threading.get_ident() not in self.sim_threads:
+        if not self.enabled or chance <= 0.0 or not self.sim_threads.member():
             return False
         return self.rng.random() < chance
 
@@ -301,6 +302,19 @@ class FaultyClient:
         return call
 
 
+class _SimThreads(threading.local):
+    """Which threads draw from the seed: those that joined (a thread-local flag, not thread
+    ids, which the system reuses for a backend's worker threads)."""
+
+    joined = False
+
+    def join(self) -> None:
+        self.joined = True
+
+    def member(self) -> bool:
+        return self.joined
+
+
 class LockStep:
     """Runs functions on threads one at a time, switching only at fault boundaries, in the
     order a seeded generator picks: two activations of one instance, interleaved exactly as
@@ -328,7 +342,7 @@ class LockStep:
                 self._cv.wait()
             self._parked.discard(index)
 
-    def run(self, fns: Sequence[Callable[[], T]], sim_threads: set[int]
+    def run(self, fns: Sequence[Callable[[], T]], sim_threads: _SimThreads
             ) -> list[tuple[bool, T | BaseException]]:
         """Run each function on its own thread, interleaved; returns (ok, value or exception)
         for each, in order."""
@@ -337,6 +351,7 @@ class LockStep:
 
         def worker(i: int) -> None:
             self._local.index = i
+            sim_threads.join()
             try:
                 self.pause()
                 results[i] = (True, fns[i]())
@@ -352,8 +367,6 @@ class LockStep:
                    for i in range(len(fns))]
         for t in threads:
             t.start()
-            assert t.ident is not None
-            sim_threads.add(t.ident)
         with self._cv:
             while True:
                 while not (self._turn is None
@@ -366,6 +379,4 @@ class LockStep:
                 self._cv.notify_all()
         for t in threads:
             t.join()
-            assert t.ident is not None
-            sim_threads.discard(t.ident)
         return results

@@ -343,6 +343,9 @@ class World:
         self.poisoned[group] = (f"activations of {group} failed {POISON_AFTER} times: "
                                 f"{self.last_error[group]}")
         try:
+            forget = getattr(self.backend.observer, "forget", None)
+            if forget is not None:
+                forget(group)  # as the AWS handler does: its memory of the counter is stale
             inst = self.backend.observer.get_instance(group)
             if inst is not None and inst.status is InstanceStatus.RUNNING:
                 error = orjson.dumps({"type": "PoisonMessage", "details": None,

@@ -59,7 +59,7 @@ def test_sqlite_file_under_faults(seed: int, tmp_path: Path) -> None:
         backend.close()
 
 
-@pytest.mark.parametrize("seed", _seeds(4, 1000))
+@pytest.mark.parametrize("seed", _seeds(3, 1000))
 def test_dynamodb_under_faults(seed: int, aws: Aws) -> None:
     """The same on DynamoDB with payloads in S3, plus two activations of one instance
     interleaved (a visibility timeout), writes applied twice (a lost response retried) and

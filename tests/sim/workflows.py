@@ -50,6 +50,8 @@ class Ledger:
     # activation read its history) of each execution
     steps: dict[tuple[str, str, int, bytes], list[tuple[int, int]]] = field(
         default_factory=dict)
+    # workflow id -> executions of its nonce step
+    nonces: Counter[str] = field(default_factory=Counter)
     # workflow id -> callback tokens handed out by submitters (in order)
     tokens: dict[str, list[str]] = field(default_factory=dict)
 
@@ -103,6 +105,14 @@ def once(n: int) -> int:
     return n * 3
 
 
+@step(name="nonce")
+def nonce(n: int) -> int:
+    """How many times this instance's nonce step has run so far (1 on the first)."""
+    _count_step(n)
+    LEDGER.nonces[current_step().workflow_id] += 1
+    return LEDGER.nonces[current_step().workflow_id]
+
+
 def submit(token: str) -> None:
     _count_step(token)
     tokens = LEDGER.tokens.setdefault(current_step().workflow_id, [])
@@ -132,7 +142,16 @@ async def everything(ctx: WorkflowContext[int]) -> list[Any]:
     out.append(await ctx.step(flaky, n))
     await ctx.sleep(60)
     out.append(await ctx.call(double, n, timeout=3600))
-    out.append(await ctx.wait_for_callback("approve", submit, int, timeout=86_400))
+
+    async def nonce_call() -> int:
+        # A step whose value differs on every execution (what steps are for), then a call
+        # whose request carries it: the reply, less the nonce, is the same whatever ran.
+        k = await ctx.step(nonce, n)
+        return await ctx.call(double, 1000 + k) - 2 * k
+
+    approved, fixed = await asyncio.gather(
+        ctx.wait_for_callback("approve", submit, int, timeout=86_400), nonce_call())
+    out += [approved, fixed]
     out.append(await ctx.child(little, n + 1))
     mapped = await ctx.map([1, 2, 3], lambda i: ctx.call(double, 100 * n + i),
                            max_concurrency=2)
