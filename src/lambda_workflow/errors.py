@@ -198,6 +198,11 @@ class InvalidWorkflowIdError(WorkflowError, ValueError):
     digits and punctuation, and no ``~`` in ids that users choose (it marks child ids)."""
 
 
+class RepairError(WorkflowError):
+    """A repair command (``resume``, ``reset``) cannot be applied to the instance as it is
+    (the message says why)."""
+
+
 class StateFileInUseError(WorkflowError):
     """Another runtime (this process or another) already runs workflows on this state file."""
 

@@ -25,7 +25,7 @@ import orjson
 
 from .. import _core
 from ..backends.protocols import StateStore
-from ..errors import WorkflowError, WorkflowNotFoundError
+from ..errors import RepairError, WorkflowNotFoundError
 from ..models import History, InstanceStatus, OperationRecord, OperationState
 
 __all__ = ["RESUMABLE_ERRORS", "RepairError", "RepairResult", "RepairView", "Repairs",
@@ -43,10 +43,6 @@ _SEQ_BASE = -100
 # ``reset(to=START)`` drops every operation: the workflow runs again from its first line.
 START = "0"
 CANCEL_ID = "cancel"
-
-
-class RepairError(WorkflowError):
-    """A repair command cannot be applied to the instance as it is (the message says why)."""
 
 
 @dataclass(frozen=True, slots=True)
