@@ -212,17 +212,31 @@ class FaultyStore:
         return getattr(self._inner, name)
 
 
-class FaultyTransport:
-    """A Transport whose sends pass a fault boundary; outbox sends (call requests, child
-    starts) are checked against the sends already recorded."""
+class TransportProxy:
+    """A Transport in front of another: the same reply address, every send passed on
+    (subclasses intercept what they need)."""
 
-    def __init__(self, inner: Transport, faults: Faults) -> None:
+    def __init__(self, inner: Transport) -> None:
         self._inner = inner
-        self._faults = faults
 
     @property
     def reply_address(self) -> str:
         return self._inner.reply_address
+
+    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes) -> None:
+        self._inner.send_to_workflow(workflow_id, dedup_id, body)
+
+    def send_to_service(self, service: str, dedup_id: str, body: bytes) -> None:
+        self._inner.send_to_service(service, dedup_id, body)
+
+
+class FaultyTransport(TransportProxy):
+    """A Transport whose sends pass a fault boundary; outbox sends (call requests, child
+    starts) are checked against the sends already recorded."""
+
+    def __init__(self, inner: Transport, faults: Faults) -> None:
+        super().__init__(inner)
+        self._faults = faults
 
     def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes) -> None:
         message = orjson.loads(body)

@@ -60,6 +60,7 @@ from .faults import (
     FaultyTransport,
     InjectedCrash,
     LockStep,
+    TransportProxy,
 )
 
 START_TIME = 1_700_000_000.0
@@ -146,23 +147,16 @@ class _Callbacks(CallbackCompletion):
         return self._parts
 
 
-class _Network:
-    """A Transport for the driver's own senders (services, the approver, the canceller):
-    messages wait in flight and reach the workflow queue later, in a seeded order."""
+class _Network(TransportProxy):
+    """The driver's own senders (services, the approver, the canceller) reach the workflow
+    queue through this: messages wait in flight and arrive later, in a seeded order."""
 
     def __init__(self, queue_transport: Transport, world: World) -> None:
-        self._inner = queue_transport
+        super().__init__(queue_transport)
         self._world = world
-
-    @property
-    def reply_address(self) -> str:
-        return self._inner.reply_address
 
     def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes) -> None:
         self._world.hold(Delivery(workflow_id, dedup_id, body))
-
-    def send_to_service(self, service: str, dedup_id: str, body: bytes) -> None:
-        self._inner.send_to_service(service, dedup_id, body)
 
 
 class World:
