@@ -210,6 +210,11 @@ class FaultyStore:
     def list_instances(self) -> list[InstanceRecord]:
         return self._faults.around("list_instances", self._inner.list_instances)
 
+    def repair(self, workflow_id: str, expected_activations: int, drop: Sequence[str],
+               put: Sequence[OperationRecord], at: float) -> bool:
+        return self._faults.around("repair", lambda: self._inner.repair(
+            workflow_id, expected_activations, drop, put, at))
+
 
 class FaultyTransport:
     """A Transport that lets the injector crash around every send."""
