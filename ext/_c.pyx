@@ -44,6 +44,7 @@ cdef object _Future = asyncio.Future
 cdef object _future_init = asyncio.Future.__init__
 cdef object _future_await = asyncio.Future.__await__
 cdef str _PENDING_STATE = "pending"
+cdef frozenset _RESOLVED_AT_CREATION = frozenset({"step", "patch"})
 cdef str _COMPLETED_STATE = "completed"
 
 NEW = 0
@@ -152,7 +153,8 @@ cdef class ReplayIndex:
         by_stage = {}
         for seq in range(len(self._ops)):
             stage = self._stage_of(self._ops[seq])
-            if stage >= 0:
+            # Steps and patch markers resolve where the code reaches them (see _py.py).
+            if stage >= 0 and self._ops[seq].kind not in _RESOLVED_AT_CREATION:
                 by_stage.setdefault(stage, []).append(seq)
         self._by_stage = by_stage
         schedule = sorted([s for s in by_stage if s != activation or not self._staged])

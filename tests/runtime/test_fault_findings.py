@@ -366,3 +366,47 @@ def test_the_same_id_for_a_different_input_is_still_refused() -> None:
         rt.start(twice, 1, workflow_id="x")
         with pytest.raises(WorkflowAlreadyStartedError):
             rt.start(twice, 2, workflow_id="x")
+
+
+# -- a crash after a mid-activation save (found by the callback-token work) ---------------------
+
+def _prepare(x: int) -> int:
+    return x + 1
+
+
+def _submit(token: str) -> None:
+    del token
+
+
+@workflow
+async def prepare_then_wait(ctx: WorkflowContext[int]) -> bool:
+    await ctx.step(_prepare, ctx.request)
+    return await ctx.wait_for_callback("ok", _submit, bool)
+
+
+def test_a_crash_after_a_mid_activation_save_does_not_fail_the_instance() -> None:
+    """The activation saves its step and callback before the submitter runs, then dies
+    before its commit. The saved step (resolved where it was made) is not a stage of
+    replies: the next activation makes the submitter again instead of failing with
+    NonDeterminismError ("created before the recorded replies were replayed")."""
+    store = MemoryStateStore()
+    real = store.commit_activation
+    crashes = [1]
+
+    def crash_once(*args: Any, **kwargs: Any) -> list[str]:
+        if crashes:
+            crashes.pop()
+            raise ConnectionError("the Lambda died before its commit")
+        return real(*args, **kwargs)
+
+    store.commit_activation = crash_once  # type: ignore[method-assign]
+    with LocalRuntime(store=store) as rt:
+        rt.register(prepare_then_wait)
+        handle = rt.start(prepare_then_wait, 1, workflow_id="pw")
+        rt.run_until_idle()
+        assert not crashes and handle.status() is InstanceStatus.RUNNING
+        (callback,) = [op for op in handle.history().operations if op.kind == "callback"]
+        token = orjson.loads(callback.request)["token"]
+        rt.complete_callback(token, True)
+        rt.run_until_idle()
+        assert handle.result() is True

@@ -151,6 +151,10 @@ class ReplayHooks(Protocol):
         """Record a new operation (it may raise, e.g. a non-determinism error)."""
 
 
+# Operation kinds recorded already resolved, in the activation that made them.
+RESOLVED_AT_CREATION = frozenset({"step", "patch"})
+
+
 class ReplayIndex:
     """The recorded operations of one instance, and the schedule that delivers their outcomes.
 
@@ -202,7 +206,10 @@ class ReplayIndex:
         by_stage: dict[int, list[int]] = {}
         for seq, rec in enumerate(self._ops):
             stage = self._stage_of(rec)
-            if stage >= 0:
+            # Steps and patch markers resolve where the code reaches them, not at a stage:
+            # an activation that recorded only those (saved mid-activation, then crashed)
+            # delivered nothing, and must not hold back the operations made after them.
+            if stage >= 0 and rec.kind not in RESOLVED_AT_CREATION:
                 by_stage.setdefault(stage, []).append(seq)
         self._by_stage = by_stage
         schedule = sorted(s for s in by_stage if s != activation or not self._staged)
