@@ -41,6 +41,8 @@ class FaultPlan:
     concurrent: float = 0.0         # a second activation of the same batch, interleaved
     service_crash: float = 0.0      # a service ran, then died before its reply left
     duplicate_write: float = 0.0    # (DynamoDB) a write applied, its response lost, retried
+    client_throttle: float = 0.0    # (DynamoDB) one call inside a store method throttled
+    client_crash_after: float = 0.0  # (DynamoDB) death after one write inside a store method
     s3_transient: float = 0.0       # (S3) a transient error on put/get
     s3_missing: float = 0.0         # (S3) an offloaded payload of a running instance removed
 
@@ -50,6 +52,8 @@ class FaultPlan:
         return FaultPlan(crash_before=0.02, crash_after=0.02, throttle=0.01, copies=0.15,
                          redeliver=0.08, concurrent=0.1 if concurrent else 0.0,
                          service_crash=0.05, duplicate_write=0.02 if dynamodb else 0.0,
+                         client_throttle=0.01 if dynamodb else 0.0,
+                         client_crash_after=0.01 if dynamodb else 0.0,
                          s3_transient=0.02 if dynamodb else 0.0,
                          s3_missing=0.01 if s3_missing else 0.0)
 
@@ -284,8 +288,9 @@ class FaultyTimers:
 
 
 class FaultyClient:
-    """A boto3 client whose calls pass a fault boundary: throttled before, crashed after, or
-    (a write) applied twice as when the response is lost and the SDK retries the request."""
+    """A boto3 client whose calls, inside a store method, meet faults: a transient error
+    (S3), throttling before, death after a write, or a write applied twice as when the
+    response is lost and the SDK retries the request (DynamoDB)."""
 
     WRITES = frozenset({"put_item", "update_item", "delete_item", "transact_write_items",
                         "batch_write_item", "put_object", "delete_object"})
@@ -307,11 +312,20 @@ class FaultyClient:
             if self._s3 and faults.hit(faults.plan.s3_transient):
                 faults.note("s3_transient", name)
                 raise faults.throttle_error(f"s3 {name}")
-            if write and not self._s3 and faults.hit(faults.plan.duplicate_write):
+            if self._s3:
+                return real(*args, **kwargs)
+            if faults.hit(faults.plan.client_throttle):
+                faults.note("client_throttle", name)
+                raise faults.throttle_error(f"dynamodb {name}")
+            if write and faults.hit(faults.plan.duplicate_write):
                 faults.note("duplicate_write", name)
                 with contextlib.suppress(Exception):  # the lost first response
                     real(*args, **kwargs)
-            return real(*args, **kwargs)
+            out = real(*args, **kwargs)
+            if write and faults.hit(faults.plan.client_crash_after):
+                faults.note("client_crash_after", name)
+                raise InjectedCrash(f"crash after dynamodb {name}")
+            return out
 
         return call
 
