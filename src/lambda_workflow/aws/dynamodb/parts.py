@@ -25,7 +25,14 @@ from .items import (
     _s,
     _set_expression,
 )
-from .writes import ConcurrentWriteError, OnFail, _InstanceMissing, _NotRunning, _Write
+from .writes import (
+    ConcurrentWriteError,
+    ConflictingOperationError,
+    OnFail,
+    _InstanceMissing,
+    _NotRunning,
+    _Write,
+)
 
 
 class _Parts:
@@ -64,9 +71,19 @@ class _Parts:
                                      f"the result of {label}"))
         item, offload, size = self.items.place(attrs, payloads, label)
         uploads.extend(offload)
+
+        def recorded(old: Item | None, digest: str = op.request_digest) -> _Write | None:
+            # Recorded already: by an earlier try of this activation (the same request), or
+            # by another writer whose activation made a different one; then this activation
+            # lost, and must not send what it made.
+            if old is not None and old.get("request_digest", {}).get("S") != digest:
+                raise ConflictingOperationError(workflow_id, op.op_id)
+            return None
+
         return _Write({"Put": {"TableName": self.table, "Item": item,
-                               "ConditionExpression": "attribute_not_exists(pk)"}},
-                      size, label, op_id=op.op_id)
+                               "ConditionExpression": "attribute_not_exists(pk)",
+                               "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}},
+                      size, label, on_fail=recorded, op_id=op.op_id)
 
     def outcome_update(self, workflow_id: str, outcome: Outcome, activation: int, at: float,
                        known: _Known | None, uploads: list[_Payload],

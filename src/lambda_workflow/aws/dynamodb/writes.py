@@ -59,6 +59,24 @@ class ConcurrentWriteError(WorkflowError):
         return (ConcurrentWriteError, (self.workflow_id, self.expected, self.actual))
 
 
+class ConflictingOperationError(ConcurrentWriteError):
+    """Another writer recorded a different operation under an id this activation made (two
+    activations of one instance at once, the other one's commit first): this activation lost
+    and sends nothing; its messages are redelivered and replayed on the history as it is."""
+
+    def __init__(self, workflow_id: str, op_id: str) -> None:
+        self.workflow_id = workflow_id
+        self.op_id = op_id
+        self.expected = self.actual = -1
+        WorkflowError.__init__(
+            self, f"workflow {workflow_id!r} was written by another writer: operation "
+            f"{op_id!r} is recorded with a different request than this activation made; "
+            "this write was not applied")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ConflictingOperationError, (self.workflow_id, self.op_id))
+
+
 class _InstanceMissing(Exception):
     pass
 
