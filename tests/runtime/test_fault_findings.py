@@ -410,3 +410,53 @@ def test_a_crash_after_a_mid_activation_save_does_not_fail_the_instance() -> Non
         rt.complete_callback(token, True)
         rt.run_until_idle()
         assert handle.result() is True
+
+
+# -- a mid-activation save after a reply (found by the fault simulator) -------------------------
+
+@workflow
+async def reply_then_once(ctx: WorkflowContext[int]) -> int:
+    a = await ctx.call(double, ctx.request)
+    return await ctx.step(once_double, a)
+
+
+def test_a_mid_activation_save_records_the_replies_it_depends_on() -> None:
+    """The reply arrives, the at-most-once attempt made from it is saved, and the process
+    dies before the commit, taking the in-memory queue with it. The recovering process wakes
+    the instance before the service answers again: the saved attempt must not stand in a
+    history without the reply it came from (NonDeterminismError before the fix)."""
+    store = MemoryStateStore()
+    real = store.commit_activation
+    crash = [False]
+
+    def commit(workflow_id: str, outcomes: Any, operations: Any, activation: int,
+               at: float) -> list[str]:
+        if crash[0]:
+            crash[0] = False
+            raise ConnectionError("the Lambda died before its commit")
+        return real(workflow_id, outcomes, operations, activation, at)
+
+    store.commit_activation = commit  # type: ignore[method-assign]
+    with LocalRuntime(store=store) as rt:
+        rt.register(reply_then_once)
+        rt.start(reply_then_once, 5, workflow_id="ro")
+        rt.run_until_idle()  # the call is sent; its request waits on the service queue
+        rt.implement(double, _double)
+        crash[0] = True
+        rt.step_services()  # the reply reaches the workflow queue
+        # Activation with the reply: the attempt is saved, then the commit dies; the reply
+        # goes back to the queue. Drop it, as if it were lost, and wake the instance.
+        rt.step_workflows()
+        assert not crash[0]
+        # The process dies here: the in-memory queue and the reply on it are gone. The next
+        # process recovers: a wake-up first, then the pending call's request again.
+        (message,) = rt.queue.receive(10)
+        rt.queue.delete(message)
+        rt.advance_time(600)  # a new process's queues remember no deduplication ids
+        rt.recover()
+        rt.run_until_idle()
+        assert rt.status("ro") is InstanceStatus.COMPLETED, rt.history("ro").instance.error
+        assert rt.result("ro") == 20
+    # The service ran twice for its call (at least once, after a crash); the at-most-once
+    # step once.
+    assert Counter({5: 2, 10: 1}) == RUNS

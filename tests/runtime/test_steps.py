@@ -180,13 +180,15 @@ def debit_again(amount: int) -> int:
     return amount
 
 
-def _crash_first_commit(rt: LocalRuntime) -> None:
+def _crash_first_commit(rt: LocalRuntime, nth: int = 1) -> None:
+    """The ``nth`` write of the store's commit_activation dies (an at-most-once attempt's
+    record before it runs is the first; the activation's commit after it the second)."""
     real = rt.store.commit_activation
-    crashed: list[bool] = []
+    calls: list[bool] = []
 
     def commit(*args: Any, **kwargs: Any) -> list[str]:
-        if not crashed:
-            crashed.append(True)
+        calls.append(True)
+        if len(calls) == nth:
             raise OSError("the process died before recording the activation")
         return real(*args, **kwargs)
 
@@ -202,7 +204,7 @@ def test_an_at_most_once_attempt_interrupted_by_a_crash_counts_as_failed() -> No
         return await ctx.step(debit_once, ctx.request)
 
     with _runtime(pay) as rt:
-        _crash_first_commit(rt)
+        _crash_first_commit(rt, nth=2)  # after the attempt's record and its body
         handle = rt.start(pay, 7)
         rt.run_until_idle()
         assert handle.result() == 7

@@ -471,13 +471,14 @@ class Engine:
                     f"workflow id {workflow_id!r} is already used by an instance of "
                     f"{inst.workflow_name!r} with a different input; a start message may only "
                     "repeat the original input")
-        result = Replayer(wf, workflow_id, inst.input, replayed, staged,
-                          activation=activation, now=now, payload_limit=self.payload_limit,
-                          payload_hint=self.payload_hint,
-                          checkpoint=lambda new: self.store.add_operations(
-                              workflow_id, new, activation),
-                          tokens=self.tokens, cancel=cancel_at, scope=repairs.scope,
-                          relaxed=repairs.relaxed_at == len(replayed)).run()
+        replayer = Replayer(wf, workflow_id, inst.input, replayed, staged,
+                            activation=activation, now=now, payload_limit=self.payload_limit,
+                            payload_hint=self.payload_hint,
+                            checkpoint=lambda new, outcomes: self.store.commit_activation(
+                                workflow_id, outcomes, new, activation, now),
+                            tokens=self.tokens, cancel=cancel_at, scope=repairs.scope,
+                            relaxed=repairs.relaxed_at == len(replayed))
+        result = replayer.run()
         if new_cancel is not None:
             result.new_operations.append(new_cancel)
         report.rejected.update(result.rejected)
@@ -485,8 +486,11 @@ class Engine:
 
         # Outbox: record the replies and the new requests (one atomic write), send, mark
         # sent. A crash between any two steps repeats them with the same ids on redelivery.
+        # Replies and operations a checkpoint recorded already are skipped by the commit
+        # (each write is conditional): report what both recorded.
+        report.applied = list(replayer.saved_applied)
         if result.accepted or result.new_operations or result.step_outcomes:
-            report.applied = self.store.commit_activation(
+            report.applied += self.store.commit_activation(
                 workflow_id, [Outcome(op_id, staged[op_id].state, staged[op_id].payload)
                               for op_id in result.accepted] + result.step_outcomes,
                 result.new_operations, activation, now)

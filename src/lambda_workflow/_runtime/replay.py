@@ -162,7 +162,8 @@ class Replayer:
         now: float,
         payload_limit: int | None = None,
         payload_hint: str = "",
-        checkpoint: Callable[[Sequence[OperationRecord]], None] | None = None,
+        checkpoint: Callable[[Sequence[OperationRecord], Sequence[Outcome]], Sequence[str]]
+        | None = None,
         tokens: CallbackTokens | None = None,
         cancel: tuple[int, str] | None = None,
         scope: str = "",
@@ -199,6 +200,11 @@ class Replayer:
         # happen, and run() raises it so the messages are delivered again.
         self._store_error: Exception | None = None
         self._persisted = 0  # new_operations[:_persisted] are recorded already
+        # accepted[:_saved_replies] and step_outcomes[:_saved_steps] are recorded already, by
+        # checkpoints; saved_applied: the ids those recorded.
+        self._saved_replies = 0
+        self._saved_steps = 0
+        self.saved_applied: list[str] = []
         self._tokens = tokens
         # (stage, reason): cancel the workflow once that stage has been delivered
         self._cancel = cancel
@@ -392,14 +398,23 @@ class Replayer:
         return ok, payload
 
     def _checkpoint(self, ops: Sequence[OperationRecord]) -> None:
-        """Record operations now. A store failure here is not the workflow's: it must not
-        reach workflow code as an exception it could catch or fail with."""
+        """Record operations now, with the replies delivered so far and the outcomes of
+        at-most-once attempts: the operations may have been made from those replies, and a
+        crash before the commit must not leave them in a history without the replies (the
+        reply could come again only after another message, and the replay would not make
+        them). A store failure here is not the workflow's: it must not reach workflow code
+        as an exception it could catch or fail with."""
         assert self._checkpoint_to is not None
+        accepted = self.accepted
+        outcomes = [Outcome(op_id, self._staged[op_id].state, self._staged[op_id].payload)
+                    for op_id in accepted[self._saved_replies:]]
+        outcomes += self.step_outcomes[self._saved_steps:]
         try:
-            self._checkpoint_to(ops)
+            self.saved_applied += self._checkpoint_to(ops, outcomes)
         except Exception as exc:
             self._store_error = exc
             raise _StoreFailed from exc
+        self._saved_replies, self._saved_steps = len(accepted), len(self.step_outcomes)
 
     def persist_new_operations(self) -> None:
         """Record the operations created so far in this activation now, before code that
