@@ -19,6 +19,7 @@ import pydantic
 from . import _package
 from ._runtime.engine import ActivationReport
 from ._runtime.history import history_from_json, history_to_json
+from ._runtime.repair import RepairResult
 from ._runtime.replay_check import check_replay
 from .backends.memory import DeadLetter
 from .backends.sqlite import SQLiteStateStore
@@ -357,9 +358,55 @@ def _cmd_package(args: argparse.Namespace, out: TextIO) -> int:
     return 1 if result.unzipped_size > _package.UNZIPPED_LIMIT else 0
 
 
+def _repair_summary(done: RepairResult) -> str:
+    parts = [f"{done.command} {done.workflow_id}: repair {done.repair}, was "
+             f"{done.status_before.value}"]
+    if done.command == "reset":
+        parts.append(f"reset to operation {done.to}, dropped "
+                     f"{', '.join(done.dropped) or 'nothing'}")
+    if done.resent:
+        parts.append(f"re-sending {', '.join(done.resent)}")
+    if done.cancelled_children:
+        parts.append(f"cancelling children {', '.join(done.cancelled_children)}")
+    return "; ".join(parts)
+
+
+def _cmd_repair_table(args: argparse.Namespace, out: TextIO) -> int:
+    """``resume`` / ``reset`` of an instance in a deployment's table: the repair is written
+    there and its wake-up sent to the deployment's workflow queue, where the workflow function
+    picks it up."""
+    try:
+        from .aws import AwsConfig, WorkflowClient
+    except ImportError as exc:
+        raise SystemExit(f"lambda-workflow: --table needs boto3 (pip install "
+                         f"'lambda-workflow[aws]'): {exc}") from None
+    overrides = {"queue_url": args.queue_url} if args.queue_url else {}
+    client = WorkflowClient(AwsConfig.from_env(table=args.table, **overrides))
+    try:
+        if args.command == "resume":
+            done = client.resume(args.workflow_id, request_id=args.request_id)
+        else:
+            done = client.reset(args.workflow_id, args.to, request_id=args.request_id)
+    except _aws_errors() as exc:
+        print(f"lambda-workflow: {args.command} in table {args.table!r} failed: {exc}",
+              file=sys.stderr)
+        return 1
+    print(_repair_summary(done), file=out)
+    print(f"  it is running again: the deployment's workflow function continues it (its "
+          f"wake-up is on {client.deployment.config.queue_url})", file=out)
+    return 0
+
+
 def _cmd_repair(args: argparse.Namespace, out: TextIO) -> int:
     """``resume`` / ``reset`` of an instance in a SQLite state file; with ``--run``, the
-    workflow module's runtime then runs it until idle."""
+    workflow module's runtime then runs it until idle. With ``--table``, in a deployment's
+    DynamoDB table."""
+    if args.table:
+        if args.run:
+            print("lambda-workflow: --run works with --db only; on AWS the deployment's "
+                  "workflow function runs the instance", file=sys.stderr)
+            return 2
+        return _cmd_repair_table(args, out)
     module = _load_module(args.run) if args.run else None
     runtime = LocalRuntime(args.db, on_event=_Printer(out) if module and not args.quiet
                            else None)
@@ -374,16 +421,7 @@ def _cmd_repair(args: argparse.Namespace, out: TextIO) -> int:
             done = runtime.resume(args.workflow_id, request_id=args.request_id)
         else:
             done = runtime.reset(args.workflow_id, args.to, request_id=args.request_id)
-        parts = [f"{done.command} {done.workflow_id}: repair {done.repair}, was "
-                 f"{done.status_before.value}"]
-        if done.command == "reset":
-            parts.append(f"reset to operation {done.to}, dropped "
-                         f"{', '.join(done.dropped) or 'nothing'}")
-        if done.resent:
-            parts.append(f"re-sending {', '.join(done.resent)}")
-        if done.cancelled_children:
-            parts.append(f"cancelling children {', '.join(done.cancelled_children)}")
-        print("; ".join(parts), file=out)
+        print(_repair_summary(done), file=out)
         if module is None:
             print(f"  it is running again: it continues when a runtime next opens {args.db} "
                   "with its workflow registered (give the module with --run to run it now)",
@@ -408,7 +446,13 @@ def _repair_parser(sub: Any, command: str, help_text: str) -> argparse.ArgumentP
         parser.add_argument("--to", required=True, metavar="OP_ID",
                             help="the last operation to keep (its id as `history` shows it; "
                                  "0 for none: the workflow runs from the start)")
-    parser.add_argument("--db", required=True, help="the SQLite state file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--db", help="the SQLite state file")
+    source.add_argument("--table", help="a deployment's DynamoDB table (AWS credentials, "
+                                        "region and endpoint from the usual AWS environment "
+                                        "variables)")
+    parser.add_argument("--queue-url", help="with --table: the deployment's workflow queue "
+                                            "(default: LAMBDA_WORKFLOW_QUEUE_URL)")
     parser.add_argument("--run", metavar="FILE.py",
                         help="the module defining the workflow (and optionally setup(runtime)): "
                              "run the instance until idle after the repair")

@@ -242,3 +242,34 @@ def test_a_reset_dropping_more_than_a_transaction_holds(aws: Aws) -> None:
     assert record["kept"] == 1
     new = [op.op_id for op in history if op.op_id.startswith("r1.")]
     assert len(new) == N_STEPS - 1
+
+
+def test_resume_from_the_command_line_on_a_deployments_table(
+        aws: Aws, monkeypatch: Any) -> None:
+    """`lambda-workflow resume ID --table T --queue-url Q` writes the repair in the table and
+    puts its wake-up on the workflow queue; the deployment's workflow function completes it."""
+    import io
+
+    from lambda_workflow.cli import main
+
+    config = _config(aws, "reserve", "ship")
+    client = WorkflowClient(config, session=aws.session)
+    services = [_service(aws, config, reserve, _reserve), _service(aws, config, ship, _ship)]
+    client.start(order_v1, "desk", workflow_id="order-cli")
+    drain([_workflows(aws, config, order_v1)])
+    drain([_workflows(aws, config, order_v2), *services])  # the bad deploy fails it
+    assert client.status("order-cli") is InstanceStatus.FAILED
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws.endpoint)
+    out = io.StringIO()
+    code = main(["resume", "order-cli", "--table", config.table, "--queue-url",
+                 config.queue_url], out=out)
+    assert code == 0, out.getvalue()
+    assert out.getvalue().startswith("resume order-cli: repair 1, was failed")
+    drain([_workflows(aws, config, order_v1), *services])  # the rollback runs it
+    assert client.result("order-cli", order_v1) == "shipped desk x4 (4 units)"
+    # A completed instance is not resumable: the command says why and exits 1.
+    err = io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    assert main(["resume", "order-cli", "--table", config.table, "--queue-url",
+                 config.queue_url], out=io.StringIO()) == 1
+    assert "completed" in err.getvalue()
