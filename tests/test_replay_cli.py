@@ -207,3 +207,40 @@ def test_the_installed_command_exits_with_the_replay_verdict(exported: Path,
     bad = subprocess.run([sys.executable, "-m", "lambda_workflow", "replay", str(exported),
                           "--workflow", str(changed)], capture_output=True, text=True)
     assert bad.returncode == 1 and "NonDeterminismError" in bad.stdout
+
+
+STEPPED = '''
+from lambda_workflow import WorkflowContext, workflow
+
+
+def plan(n: int) -> list[int]:
+    return list(range(n))
+
+
+@workflow
+async def stepped(ctx: WorkflowContext[int]) -> int:
+    parts = await ctx.step(plan, ctx.request)
+    return sum(parts)
+
+
+EXAMPLES = {"stepped": [4]}
+'''
+
+
+def test_an_exported_history_with_a_step_replays_ok(tmp_path: Path) -> None:
+    """run --db, history --json, replay: a step's request is recorded with ``attempt`` last,
+    not in sorted order; the import keeps the recorded bytes (checked against the recorded
+    digest), so the exported history replays OK instead of "request differs"."""
+    app = tmp_path / "stepped.py"
+    app.write_text(STEPPED)
+    CLI_LOADED.add("stepped")
+    db = tmp_path / "s.sqlite3"
+    code, out = run_cli("run", app, "--db", db, "--input", "4", "--id", "st-1", "--quiet")
+    assert code == 0, out
+    code, exported = run_cli("history", "--db", db, "st-1", "--json")
+    assert code == 0
+    path = tmp_path / "h.json"
+    path.write_text(exported)
+    code, out = run_cli("replay", path, "--workflow", app)
+    assert code == 0, out
+    assert "OK" in out

@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from .. import _core
 from ..models import History, InstanceRecord, InstanceStatus, OperationRecord, OperationState
 
 __all__ = ["history_from_json", "history_to_json"]
@@ -19,6 +20,14 @@ def _raw(payload: bytes | None) -> object:
 
 def _bytes(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def _request(value: Any, digest: str) -> bytes:
+    """A request's recorded bytes: in the document's key order when that is what the digest
+    was taken over (a step's request ends with ``"attempt"``, not in sorted order), else
+    canonical (sorted keys)."""
+    exact = orjson.dumps(value)
+    return exact if _core.digest(exact) == digest else _bytes(value)
 
 
 def history_to_json(history: History) -> bytes:
@@ -53,7 +62,8 @@ def history_from_json(data: bytes | str) -> History:
         None if doc["error"] is None else _bytes(doc["error"]),
         doc["created_at"], doc["updated_at"], doc["activations"])
     ops = [OperationRecord(
-        wid, op["id"], op["seq"], op["kind"], op["name"], _bytes(op["request"]),
+        wid, op["id"], op["seq"], op["kind"], op["name"],
+        _request(op["request"], op["request_digest"]),
         op["request_digest"], op["site"], OperationState(op["state"]), op["sent"],
         None if op["state"] == "pending" else _bytes(op["result"]), op["created_in"],
         op["resolved_in"], op["created_at"], op["resolved_at"]) for op in doc["operations"]]

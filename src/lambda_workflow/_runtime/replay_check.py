@@ -30,6 +30,7 @@ from ..errors import NonDeterminismError
 from ..models import History, InstanceStatus, OperationRecord, OperationState
 from ..workflow import Workflow
 from .engine import CANCEL_OP_ID, replay_inputs
+from .repair import repair_view
 from .replay import Replayer
 
 __all__ = ["ReplayCheck", "check_replay"]
@@ -147,9 +148,14 @@ def check_replay(workflow: Workflow[Any, Any], history: History, *,
         history, and ``message`` says where.
     """
     inst = history.instance
-    # As the engine replays: the cancellation is not one of the workflow's own operations; it
-    # is delivered as CancelledError after the stage it arrived in.
-    ops, cancel = replay_inputs(sorted(history.operations, key=lambda op: op.seq))
+    # As the engine replays: records of operations a reset dropped (a store that had not
+    # deleted them yet) are not part of the history; the cancellation is not one of the
+    # workflow's own operations; it is delivered as CancelledError after the stage it
+    # arrived in.
+    repairs = repair_view(history.operations)
+    ops, cancel = replay_inputs(sorted(
+        (op for op in history.operations if op.op_id not in repairs.fenced),
+        key=lambda op: op.seq))
     cancel_op = next((op for op in history.operations if op.op_id == CANCEL_OP_ID), None)
     status = inst.status
 
@@ -164,7 +170,8 @@ def check_replay(workflow: Workflow[Any, Any], history: History, *,
     replayer = _CheckingReplayer(
         workflow, inst.workflow_id, inst.input, ops, {}, activation=inst.activations + 1,
         # The time of the last activation: ctx.now() in code first run by it.
-        now=inst.updated_at or inst.created_at, tokens=tokens, cancel=cancel)
+        now=inst.updated_at or inst.created_at, tokens=tokens, cancel=cancel,
+        scope=repairs.scope, relaxed=repairs.relaxed_at == len(ops))
     try:
         result = replayer.run()
     except Exception as exc:  # the runtime itself broke: still a verdict, not a crash
