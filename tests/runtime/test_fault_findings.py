@@ -8,6 +8,7 @@ import multiprocessing
 import sqlite3
 import sys
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,7 @@ def test_one_bad_row_does_not_keep_a_file_from_opening(tmp_path: Path) -> None:
     with LocalRuntime(db) as rt:
         rt.register(twice)
         rt.start(twice, 5, workflow_id="good-1")
-    with sqlite3.connect(db) as raw:  # a row as the unchecked start used to write it
+    with closing(sqlite3.connect(db)) as raw, raw:  # a row as the unchecked start wrote it
         raw.execute("INSERT INTO instances SELECT ?, workflow_name, input, input_digest, status,"
                     " result, error, created_at, updated_at, activations FROM instances "
                     "WHERE workflow_id='good-1'", ("b" * 129,))
