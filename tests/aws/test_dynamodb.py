@@ -782,3 +782,31 @@ def test_list_instances_scans_every_page_oldest_first(aws: Aws, make: MakeStore)
     assert [i.workflow_id for i in listed] == ["a", "b", "c"]
     assert listed[1] == _instance("b", created_at=20.0)
     assert aws.requests["dynamodb.Scan"] >= 2
+
+
+def test_a_second_activation_that_read_after_a_mid_activation_save_loses(
+        make: MakeStore) -> None:
+    """Activation 2 saves an at-most-once attempt mid-activation (the counter is 2 after
+    it); another Lambda's activation 3 of the same instance reads the history then; the
+    first commits (counter still 2). The second's commit expects counter 2 too: the write
+    version tells them apart, and it raises instead of recording a retry the first never
+    made (found by the fault simulator, DynamoDB seed 302 with payloads removed)."""
+    first = make()
+    first.create_instance(_instance())
+    first.add_operations(WID, [_op("1", 0)], activation=1)
+    assert first.load_history(WID) is not None
+    attempt = _op("2", 1, kind="step", name="once")
+    first.commit_activation(WID, [Outcome("1", OperationState.COMPLETED, b"5")], [attempt],
+                            2, 5.0)  # the save before the body runs
+    second = make(table=first.table)
+    seen = second.load_history(WID)
+    assert seen is not None and seen.instance.activations == 2
+    assert first.commit_activation(WID, [Outcome("2", OperationState.COMPLETED, b"9")], [],
+                                   2, 5.5) == ["2"]
+    with pytest.raises(ConcurrentWriteError, match="write version moved"):
+        second.commit_activation(WID, [Outcome("2", OperationState.FAILED, b"{}")],
+                                 [_op("3", 2, kind="timer", name="retry:once")], 3, 6.0)
+    history = first.load_history(WID)
+    assert history is not None
+    assert [(op.op_id, op.state) for op in history.operations] == [
+        ("1", OperationState.COMPLETED), ("2", OperationState.COMPLETED)]

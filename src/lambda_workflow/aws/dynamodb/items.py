@@ -32,6 +32,11 @@ INSTANCE_SK = "#instance"
 OP_PREFIX = "op#"
 WORKFLOW_PREFIX = "wf#"
 TTL_ATTRIBUTE = "expires_at"
+# The instance item's write version: every conditional write of an activation (its
+# mid-activation saves, its commit, its finish) compares it with the version the store read
+# and raises it by one. The activation counter alone cannot tell a second activation that read
+# after the first one's mid-activation save (same counter) from the first one's commit.
+VERSION_ATTRIBUTE = "ver"
 _log = logging.getLogger(__name__)
 # The instance item's string set of the op ids ``mark_sent`` recorded (``ADD``), at most
 # ``MAX_SENT_IDS`` of them; past that, each operation item carries its own ``sent`` flag.
@@ -82,6 +87,7 @@ class _Known:
     instance_size: int
     ops: dict[str, _OpInfo] = field(default_factory=dict)
     sent_ids: int = 0  # ids in the instance's sent set (an upper bound after mark_sent)
+    version: int | None = None  # VERSION_ATTRIBUTE as read or written; None: not there yet
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ from typing import Any
 
 from ...models import InstanceStatus, OperationRecord, OperationState, Outcome
 from .items import (
+    VERSION_ATTRIBUTE,
     Item,
     _float,
     _instance_key,
@@ -115,10 +116,11 @@ class _Parts:
         return _Write({"Update": update}, size, label, on_fail=on_fail, op_id=outcome.op_id)
 
     def touch(self, workflow_id: str, activation: int, at: float | None,
-              known: _Known | None) -> tuple[_Write, int | None]:
+              known: _Known | None) -> tuple[_Write, tuple[int, int | None] | None]:
         """The instance's part of a write: raise ``activations`` to ``activation`` (and
-        ``updated_at`` with it). Returns the part and the counter to remember once it is
-        written (``None``: nothing to remember)."""
+        ``updated_at`` with it) and, if remembered, the write version by one. Returns the
+        part and the counter and version to remember once it is written (``None``: nothing
+        to remember)."""
         key = _instance_key(workflow_id)
         label = f"workflow {workflow_id!r}"
         values: Item = {"activations": _int(activation)}
@@ -126,29 +128,28 @@ class _Parts:
             values["updated_at"] = _float(at)
         if known is not None:
             seen = known.activations
-
-            def concurrent(old: Item | None) -> _Write | None:
-                if old is None:
-                    raise _InstanceMissing
-                raise ConcurrentWriteError(workflow_id, seen, int(old["activations"]["N"]))
-
+            concurrent = _concurrent(workflow_id, seen)
             size = known.instance_size
+            condition, cond_names, cond_vals = _unchanged(known)
             if activation > seen or (activation == seen and at is not None):
+                version = (known.version or 0) + 1
+                values[VERSION_ATTRIBUTE] = _int(version)
                 expr, names, vals = _set_expression(values)
-                vals[":seen"] = _int(seen)
+                names.update(cond_names)
+                vals.update(cond_vals)
                 return _Write({"Update": {
                     "TableName": self.table, "Key": key, "UpdateExpression": expr,
-                    "ConditionExpression": "#activations = :seen",
+                    "ConditionExpression": condition,
                     "ExpressionAttributeNames": names, "ExpressionAttributeValues": vals,
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}},
-                    size, label, essential=False, on_fail=concurrent), activation
+                    size, label, essential=False, on_fail=concurrent), (activation, version)
             return _Write({"ConditionCheck": {
                 "TableName": self.table, "Key": key,
-                "ConditionExpression": "#activations = :seen",
-                "ExpressionAttributeNames": _names("activations"),
-                "ExpressionAttributeValues": {":seen": _int(seen)},
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": cond_names,
+                "ExpressionAttributeValues": cond_vals,
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}},
-                size, label, essential=False, on_fail=concurrent), seen
+                size, label, essential=False, on_fail=concurrent), (seen, known.version)
 
         exists = self.exists_check(workflow_id)
         expr, names, vals = _set_expression(values)
@@ -204,15 +205,20 @@ class _Parts:
 
         if known is not None:
             seen = known.activations
+            other = _concurrent(workflow_id, seen)
 
             def concurrent(old: Item | None) -> _Write | None:
                 not_running(old)
-                assert old is not None
-                raise ConcurrentWriteError(workflow_id, seen, int(old["activations"]["N"]))
+                return other(old)
 
-            values = {**values, "activations": _int(max(seen, activation))}
-            return build(values, "#status = :running AND #activations = :seen",
-                         {":seen": _int(seen)}, concurrent)
+            condition, cond_names, cond_vals = _unchanged(known)
+            values = {**values, "activations": _int(max(seen, activation)),
+                      VERSION_ATTRIBUTE: _int((known.version or 0) + 1)}
+            write = build(values, f"#status = :running AND {condition}", cond_vals,
+                          concurrent)
+            update: Any = write.action["Update"]
+            update["ExpressionAttributeNames"].update(cond_names)
+            return write
 
         without_counter = build(values, "#status = :running", {}, not_running)
 
@@ -224,6 +230,26 @@ class _Parts:
                      "#status = :running AND #activations <= :activation",
                      {":activation": _int(activation)}, lower)
 
+
+
+def _unchanged(known: _Known) -> tuple[str, dict[str, str], Item]:
+    """The condition that the instance is as this store last read or wrote it: the same
+    activation counter and write version."""
+    names = _names("activations")
+    vals: Item = {":seen": _int(known.activations)}
+    names["#ver"] = VERSION_ATTRIBUTE
+    if known.version is None:
+        return "#activations = :seen AND attribute_not_exists(#ver)", names, vals
+    vals[":seen_ver"] = _int(known.version)
+    return "#activations = :seen AND #ver = :seen_ver", names, vals
+
+
+def _concurrent(workflow_id: str, seen: int) -> OnFail:
+    def concurrent(old: Item | None) -> _Write | None:
+        if old is None:
+            raise _InstanceMissing
+        raise ConcurrentWriteError(workflow_id, seen, int(old["activations"]["N"]))
+    return concurrent
 
 
 def _missing(old: Item | None, exists: _Write) -> _Write | None:

@@ -42,6 +42,7 @@ from .items import (
     OP_PREFIX,
     SENT_SET_ATTRIBUTE,
     TTL_ATTRIBUTE,
+    VERSION_ATTRIBUTE,
     WORKFLOW_PREFIX,
     Item,
     _float,
@@ -221,7 +222,8 @@ class DynamoDBStateStore:
         self._remember(workflow_id, _Known(
             history.instance.activations, dynamodb_item_size(instance),
             {op["op_id"]["S"]: _OpInfo(op["kind"]["S"], op["name"]["S"], dynamodb_item_size(op))
-             for op in ops}, len(sent)))
+             for op in ops}, len(sent),
+            int(instance[VERSION_ATTRIBUTE]["N"]) if VERSION_ATTRIBUTE in instance else None))
         return history
 
     def _heal_expiry(self, workflow_id: str, instance: Item, ops: Sequence[Item]) -> None:
@@ -268,7 +270,7 @@ class DynamoDBStateStore:
             return []
         if known is not None:
             if touch in written and remember is not None:
-                known.activations = remember
+                known.activations, known.version = remember
             by_id = {op.op_id: op for op in operations}
             for write in written:
                 if write.op_id is None:

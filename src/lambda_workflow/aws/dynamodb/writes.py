@@ -50,10 +50,11 @@ class ConcurrentWriteError(WorkflowError):
         self.workflow_id = workflow_id
         self.expected = expected
         self.actual = actual
+        moved = (f"the table now holds activations={actual}" if actual != expected else
+                 "another activation wrote the instance since (its write version moved)")
         super().__init__(
             f"workflow {workflow_id!r} was written by another writer: this store read or "
-            f"wrote activations={expected}, the table now holds activations={actual}; this "
-            "write was not applied")
+            f"wrote activations={expected}, {moved}; this write was not applied")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ConcurrentWriteError, (self.workflow_id, self.expected, self.actual))
