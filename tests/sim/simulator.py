@@ -399,23 +399,31 @@ class World:
                 self.approved.add(token)
                 acted = True
         for inst in self.backend.observer.list_instances():
+            if (inst.workflow_id in self.removed_payloads and inst.workflow_id not in
+                    self.cancelled and inst.status is InstanceStatus.RUNNING):
+                # Nothing can read it, and it may wait on something that never comes (a
+                # callback its approver could not complete): an operator cancels it, and the
+                # activation that brings the cancel meets the missing payload.
+                self._cancel(inst.workflow_id, "its payload is gone")
+                acted = True
+                continue
             if (inst.workflow_name != wfs.cancellable.name or inst.workflow_id in self.cancelled
-                    or inst.status is not InstanceStatus.RUNNING
-                    or inst.workflow_id in self.removed_payloads):
+                    or inst.status is not InstanceStatus.RUNNING):
                 continue
             history = self.backend.observer.load_history(inst.workflow_id)
             assert history is not None
             kinds = {(op.kind, op.state) for op in history.operations}
             if ("callback", OperationState.PENDING) in kinds and any(
                     op.kind == "child" and op.sent for op in history.operations):
-                wid = inst.workflow_id
-                self.network.send_to_workflow(
-                    wid, _core.dedup_id(wid, "cancel", "sim"),
-                    orjson.dumps({"v": 1, "kind": "cancel", "workflow_id": wid,
-                                  "reason": "cancelled by the simulator"}))
-                self.cancelled.add(wid)
+                self._cancel(inst.workflow_id, "cancelled by the simulator")
                 acted = True
         return acted
+
+    def _cancel(self, wid: str, reason: str) -> None:
+        self.network.send_to_workflow(
+            wid, _core.dedup_id(wid, "cancel", "sim"),
+            orjson.dumps({"v": 1, "kind": "cancel", "workflow_id": wid, "reason": reason}))
+        self.cancelled.add(wid)
 
     def maybe_remove_payload(self) -> None:
         remove = self.backend.remove_payload
