@@ -26,9 +26,8 @@ import base64
 import binascii
 import hashlib
 import hmac
-import logging
+import os
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping
@@ -51,7 +50,6 @@ _MIN_KEY_BYTES = 16
 MAX_TOKEN_CHARS = 2048
 _PART = re.compile(r"[A-Za-z0-9_-]+")
 _KEY_ID_LABEL = b"lambda-workflow callback key id"
-_LOG = logging.getLogger("lambda_workflow.callbacks")
 
 
 def _b64(data: bytes) -> str:
@@ -192,8 +190,11 @@ class CallbackTokens:
         except Exception:
             if self._ring is None:
                 raise
-            _LOG.warning("reloading the callback keys failed; the keys loaded before stay in "
-                         "use", exc_info=True)
+            import logging  # only here: `import lambda_workflow` stays free of logging
+
+            logging.getLogger("lambda_workflow.callbacks").warning(
+                "reloading the callback keys failed; the keys loaded before stay in use",
+                exc_info=True)
             self._loaded_at = now - self._ttl + min(self._ttl, 30.0)
             return self._ring
         self._ring, self._loaded_at = ring, now
@@ -223,7 +224,7 @@ class CallbackTokens:
         the current key, with a fresh nonce (recorded by the caller: it is never made again)."""
         ring = self.ring
         payload = _b64(orjson.dumps({"w": workflow_id, "c": callback_id,
-                                     "n": _b64(secrets.token_bytes(12))}))
+                                     "n": _b64(os.urandom(12))}))
         signed = f"{ring.current_id}.{payload}"
         return f"{signed}.{_b64(hmac.new(ring.current, signed.encode(), hashlib.sha256).digest())}"
 
