@@ -31,6 +31,10 @@ def table(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> str:
     the embedded runtime with DynamoDB as the state store), and the environment the CLI reads
     the table with: only the endpoint (moto's) besides the fixture's credentials and region."""
     name = aws.create_table()
+    # The example's transaction service debits its module-level balances: give this run its
+    # own copy, so the other tests of the session find alice's 100 (they did not, run after
+    # this one).
+    monkeypatch.setattr(bank, "BALANCES", dict(bank.BALANCES))
     store = DynamoDBStateStore(aws.client("dynamodb"), name)
     with LocalRuntime(store=store) as runtime:
         bank.setup(runtime)
