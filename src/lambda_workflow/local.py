@@ -26,16 +26,19 @@ from ._runtime.engine import (
     Engine,
     call_request_body,
     call_result_body,
-    child_workflow_id,
     start_message_body,
     timer_fire_at,
     timer_fired_body,
 )
-from ._runtime.instances import CallbackCompletion, instance_result, start_instance
-from ._runtime.repair import RepairResult, Repairs
+from ._runtime.instances import (
+    CallbackCompletion,
+    RepairCommands,
+    instance_result,
+    start_instance,
+)
 from ._runtime.services import run_service
 from .backends.memory import DeadLetter, InMemoryFifoQueue
-from .backends.protocols import QueueMessage, StateStore, Transport
+from .backends.protocols import Clock, QueueMessage, StateStore, Transport
 from .backends.sqlite import SQLiteStateStore, StateFileLock
 from .callbacks import CallbackKeys, CallbackTokens
 from .errors import (
@@ -181,7 +184,7 @@ class WorkflowHandle(Generic[ResT]):
         return f"<WorkflowHandle {self.workflow.name} {self.workflow_id!r}>"
 
 
-class LocalRuntime(CallbackCompletion):
+class LocalRuntime(CallbackCompletion, RepairCommands):
     """Run workflows on one machine, durably, with the same protocol as on AWS.
 
     Example:
@@ -396,33 +399,8 @@ class LocalRuntime(CallbackCompletion):
         return out
 
     # -- repair ----------------------------------------------------------------------------
-    def _repairs(self) -> Repairs:
-        return Repairs(self.store, self.transport.send_to_workflow, self.clock.now,
-                       child_workflow_id)
-
-    def resume(self, workflow_id: str, *, request_id: str | None = None) -> RepairResult:
-        """Re-activate an instance that failed by non-determinism or a poison message (an
-        unregistered workflow, say), once the code that runs it is fixed: its history is kept
-        and it runs on from where it was. Repeating the command after a crash finishes it.
-
-        Raises:
-            WorkflowNotFoundError: no such instance.
-            RepairError: the instance did not fail that way; the message names its state.
-        """
-        return self._repairs().resume(workflow_id, request_id=request_id)
-
-    def reset(self, workflow_id: str, to: str, *,
-              request_id: str | None = None) -> RepairResult:
-        """Drop the records after operation ``to`` and run the instance on from there,
-        whatever its state (a completed or failed instance is reopened). Late replies,
-        timers and callbacks of the dropped operations are ignored. ``request_id`` makes a
-        retried command apply once.
-
-        Raises:
-            WorkflowNotFoundError: no such instance.
-            RepairError: ``to`` is not one of its operations.
-        """
-        return self._repairs().reset(workflow_id, to, request_id=request_id)
+    def _repair_parts(self) -> tuple[StateStore, Transport, Clock]:
+        return self.store, self.transport, self.clock
 
     def advance_time(self, seconds: float) -> None:
         """Move the virtual clock forward; timers that are due then fire (their messages

@@ -11,7 +11,7 @@ import pydantic
 import pydantic_core
 
 from .. import _core
-from ..backends.protocols import StateStore, Transport
+from ..backends.protocols import Clock, StateStore, Transport
 from ..callbacks import CallbackTokens
 from ..errors import (
     InvalidCallbackTokenError,
@@ -31,9 +31,11 @@ from ..models import (
 )
 from ..service import type_name
 from ..workflow import Workflow
-from .engine import current_heartbeat, start_message_body
+from .engine import child_workflow_id, current_heartbeat, start_message_body
+from .repair import RepairResult, Repairs
 
-__all__ = ["CallbackCompletion", "callback_message", "instance_result", "start_instance"]
+__all__ = ["CallbackCompletion", "RepairCommands", "callback_message", "instance_result",
+           "start_instance"]
 
 ResT = TypeVar("ResT")
 
@@ -192,3 +194,42 @@ class CallbackCompletion:
         if message is not None:
             workflow_id, dedup, body = message
             self._callback_parts()[2].send_to_workflow(workflow_id, dedup, body)
+
+
+class RepairCommands:
+    """``resume`` and ``reset`` for a client of a runtime (the local runtime, the AWS
+    client), over :class:`~lambda_workflow._runtime.repair.Repairs`."""
+
+    def _repair_parts(self) -> tuple[StateStore, Transport, Clock]:
+        """The store repairs are written in, the way to the workflow, and the clock."""
+        raise NotImplementedError
+
+    def _repairs(self) -> Repairs:
+        store, transport, clock = self._repair_parts()
+        return Repairs(store, transport.send_to_workflow, clock.now, child_workflow_id)
+
+    def resume(self, workflow_id: str, *, request_id: str | None = None) -> RepairResult:
+        """Re-activate an instance that failed by non-determinism or a poison message (an
+        unknown workflow), once the code that runs it is fixed or rolled back: its history
+        is kept, it becomes running and a ``resume`` message on its queue wakes it.
+        Repeating the command after a crash finishes it.
+
+        Raises:
+            WorkflowNotFoundError: no such instance.
+            RepairError: the instance did not fail that way; the message names its state.
+        """
+        return self._repairs().resume(workflow_id, request_id=request_id)
+
+    def reset(self, workflow_id: str, to: str, *,
+              request_id: str | None = None) -> RepairResult:
+        """Drop the records after operation ``to`` (``"0"``: all of them) and run the
+        instance on from there, whatever its state (a completed or failed instance is
+        reopened). Late replies, timers and callbacks of the dropped operations are ignored;
+        running children they started are cancelled. ``request_id`` makes a retried command
+        apply once.
+
+        Raises:
+            WorkflowNotFoundError: no such instance.
+            RepairError: ``to`` is not one of its operations.
+        """
+        return self._repairs().reset(workflow_id, to, request_id=request_id)

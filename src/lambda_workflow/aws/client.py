@@ -8,10 +8,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import orjson
 
 from .. import _core
-from .._runtime.engine import child_workflow_id
 from .._runtime.history import history_to_json
-from .._runtime.instances import CallbackCompletion, instance_result, start_instance
-from .._runtime.repair import RepairResult, Repairs
+from .._runtime.instances import (
+    CallbackCompletion,
+    RepairCommands,
+    instance_result,
+    start_instance,
+)
 from ..backends.protocols import Clock, StateStore, Transport
 from ..callbacks import CallbackTokens
 from ..errors import WorkflowNotFinishedError, WorkflowNotFoundError
@@ -63,7 +66,7 @@ class AwsWorkflowHandle(Generic[ResT]):
         return f"<AwsWorkflowHandle {self.workflow.name} {self.workflow_id!r}>"
 
 
-class WorkflowClient(CallbackCompletion):
+class WorkflowClient(CallbackCompletion, RepairCommands):
     """Start, inspect and cancel workflow instances of one deployment.
 
     Example:
@@ -181,31 +184,6 @@ class WorkflowClient(CallbackCompletion):
         return self.deployment.store.list_instances()
 
     # -- repair ----------------------------------------------------------------------------
-    def _repairs(self) -> Repairs:
+    def _repair_parts(self) -> tuple[StateStore, Transport, Clock]:
         d = self.deployment
-        return Repairs(d.store, d.transport.send_to_workflow, d.clock.now, child_workflow_id)
-
-    def resume(self, workflow_id: str, *, request_id: str | None = None) -> RepairResult:
-        """Re-activate an instance that failed by non-determinism or a poison message (an
-        unknown workflow), once the deployed code is fixed or rolled back: its history is
-        kept, it becomes running and a ``resume`` message on its queue wakes it. Repeating
-        the command after a crash finishes it.
-
-        Raises:
-            WorkflowNotFoundError: no such instance.
-            RepairError: the instance did not fail that way; the message names its state.
-        """
-        return self._repairs().resume(workflow_id, request_id=request_id)
-
-    def reset(self, workflow_id: str, to: str, *,
-              request_id: str | None = None) -> RepairResult:
-        """Drop the records after operation ``to`` (``"0"``: all of them) and run the
-        instance on from there, whatever its state. Late replies, timers and callbacks of
-        the dropped operations are ignored; running children they started are cancelled.
-        ``request_id`` makes a retried command apply once.
-
-        Raises:
-            WorkflowNotFoundError: no such instance.
-            RepairError: ``to`` is not one of its operations.
-        """
-        return self._repairs().reset(workflow_id, to, request_id=request_id)
+        return d.store, d.transport, d.clock
