@@ -230,13 +230,19 @@ class Engine:
         reason, instead of leaving the parent waiting on a child that will never run."""
         if start.parent is None:
             return
-        parent = start.parent
-        body = call_result_body(parent.workflow_id, parent.call_id, False, orjson.dumps(
-            {"type": error_type, "message": f"child workflow not started: {reason}",
-             "details": {"workflow_id": start.workflow_id, "details": None}}))
+        self._reply_to_parent(start.parent.workflow_id, start.parent.call_id, False,
+                              orjson.dumps({"type": error_type,
+                                            "message": f"child workflow not started: {reason}",
+                                            "details": {"workflow_id": start.workflow_id,
+                                                        "details": None}}))
+
+    def _reply_to_parent(self, parent_id: str, call_id: str, ok: bool, payload: bytes) -> None:
+        """The reply of a parent's ``child`` operation: one deduplication id whoever sends
+        it (the child that ended, or the refusal of a child that could not be created), so
+        the parent applies one."""
         self.transport.send_to_workflow(
-            parent.workflow_id,
-            _core.dedup_id(parent.workflow_id, "call_result", parent.call_id), body)
+            parent_id, _core.dedup_id(parent_id, "call_result", call_id),
+            call_result_body(parent_id, call_id, ok, payload))
 
     @staticmethod
     def _parent_of(operations: Sequence[OperationRecord]) -> tuple[str, str] | None:
@@ -335,14 +341,12 @@ class Engine:
         parent_id, call_id = parent
         child_id = history.instance.workflow_id
         if status is InstanceStatus.COMPLETED:
-            body = call_result_body(parent_id, call_id, True, result or b"null")
-        else:
-            err = orjson.loads(error or b"{}")
-            body = call_result_body(parent_id, call_id, False, orjson.dumps(
-                {"type": err.get("type", "Error"), "message": err.get("message", ""),
-                 "details": {"workflow_id": child_id, "details": err.get("details")}}))
-        self.transport.send_to_workflow(
-            parent_id, _core.dedup_id(parent_id, "call_result", call_id), body)
+            self._reply_to_parent(parent_id, call_id, True, result or b"null")
+            return
+        err = orjson.loads(error or b"{}")
+        self._reply_to_parent(parent_id, call_id, False, orjson.dumps(
+            {"type": err.get("type", "Error"), "message": err.get("message", ""),
+             "details": {"workflow_id": child_id, "details": err.get("details")}}))
 
     def _schedule(self, op: OperationRecord) -> None:
         if self.timers is None:
