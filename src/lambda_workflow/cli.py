@@ -163,15 +163,20 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
 _UNUSED_QUEUE_URL = "https://sqs.invalid/000000000000/lambda-workflow-cli-unused.fifo"
 
 
-def _table_client(table: str) -> WorkflowClient:
+def _table_client(table: str, *, sends: bool = False,
+                  queue_url: str | None = None) -> WorkflowClient:
     """A client on a deployment's DynamoDB table, configured like the deployment's functions
-    (``LAMBDA_WORKFLOW_*``, ``AWS_REGION``, ``AWS_ENDPOINT_URL``, ...) but for ``table``."""
+    (``LAMBDA_WORKFLOW_*``, ``AWS_REGION``, ``AWS_ENDPOINT_URL``, ...) but for ``table``. A
+    client that only reads gets a queue URL it never uses; one that ``sends`` gets
+    ``queue_url``, else ``LAMBDA_WORKFLOW_QUEUE_URL``."""
     try:
         from .aws import AwsConfig, WorkflowClient
     except ImportError as exc:
         raise SystemExit(f"lambda-workflow: --table needs boto3 (pip install "
                          f"'lambda-workflow[aws]'): {exc}") from None
-    config = AwsConfig.from_env(table=table, queue_url=_UNUSED_QUEUE_URL)
+    queue = queue_url or (None if sends else _UNUSED_QUEUE_URL)
+    config = (AwsConfig.from_env(table=table, queue_url=queue) if queue
+              else AwsConfig.from_env(table=table))
     return WorkflowClient(config)
 
 
@@ -375,13 +380,7 @@ def _cmd_repair_table(args: argparse.Namespace, out: TextIO) -> int:
     """``resume`` / ``reset`` of an instance in a deployment's table: the repair is written
     there and its wake-up sent to the deployment's workflow queue, where the workflow function
     picks it up."""
-    try:
-        from .aws import AwsConfig, WorkflowClient
-    except ImportError as exc:
-        raise SystemExit(f"lambda-workflow: --table needs boto3 (pip install "
-                         f"'lambda-workflow[aws]'): {exc}") from None
-    overrides = {"queue_url": args.queue_url} if args.queue_url else {}
-    client = WorkflowClient(AwsConfig.from_env(table=args.table, **overrides))
+    client = _table_client(args.table, sends=True, queue_url=args.queue_url)
     try:
         if args.command == "resume":
             done = client.resume(args.workflow_id, request_id=args.request_id)
