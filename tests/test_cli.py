@@ -166,3 +166,17 @@ def test_resume_after_a_rollback_and_reset_from_the_command_line(
     code, _ = run_cli("reset", "o1", "--to", "7", "--db", db)
     assert code == 1
     assert "has no operation '7'" in capsys.readouterr().err
+
+
+def test_repair_arguments_that_do_not_go_together_are_refused(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`--run` runs the instance here, which a deployment's table cannot: refused with the
+    reason, exit 2, nothing read or written; `--db` and `--table` together are refused by
+    the parser."""
+    assert main(["resume", "x-1", "--table", "t", "--run", "app.py"], out=io.StringIO()) == 2
+    assert "--run works with --db only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["reset", "x-1", "--to", "1", "--db", "s.sqlite3", "--table", "t"],
+             out=io.StringIO())
+    assert exited.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
