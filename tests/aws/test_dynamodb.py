@@ -154,8 +154,16 @@ def test_table_definition_is_pk_and_sk_strings_on_demand() -> None:
     definition = table_definition()
     assert definition["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"},
                                        {"AttributeName": "sk", "KeyType": "RANGE"}]
-    assert definition["AttributeDefinitions"] == [{"AttributeName": "pk", "AttributeType": "S"},
-                                                  {"AttributeName": "sk", "AttributeType": "S"}]
+    assert definition["AttributeDefinitions"] == [
+        {"AttributeName": "pk", "AttributeType": "S"},
+        {"AttributeName": "sk", "AttributeType": "S"},
+        {"AttributeName": "lw_status", "AttributeType": "S"},
+        {"AttributeName": "lw_created", "AttributeType": "S"}]
+    assert definition["GlobalSecondaryIndexes"] == [{
+        "IndexName": "by_status",
+        "KeySchema": [{"AttributeName": "lw_status", "KeyType": "HASH"},
+                      {"AttributeName": "lw_created", "KeyType": "RANGE"}],
+        "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["workflow_name"]}}]
     assert definition["BillingMode"] == "PAY_PER_REQUEST"
 
 

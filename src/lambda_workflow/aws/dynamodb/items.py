@@ -50,23 +50,43 @@ _SENT_OVERHEAD = 32
 _ITEM_HINT = ("configure an S3 bucket for large payloads (LAMBDA_WORKFLOW_BUCKET): payloads "
               "that do not fit in the item then go to S3")
 _NO_ROOM_HINT = "the attributes other than payloads alone are too large"
+# The listing index (``table_definition``): its name and key attributes, set on instance
+# items only.
+STATUS_INDEX = "by_status"
+STATUS_KEY = "lw_status"
+CREATED_KEY = "lw_created"
 
 Item = dict[str, Any]
 
 
 def table_definition() -> dict[str, Any]:
     """The ``create_table`` arguments of the deployment's table, besides ``TableName``: keys
-    ``pk`` (hash) and ``sk`` (range), both strings, on-demand billing. Enable TTL on
-    ``expires_at`` separately (``update_time_to_live``)."""
+    ``pk`` (hash) and ``sk`` (range), both strings, on-demand billing, and the global
+    secondary index ``by_status`` that lists instances (hash ``lw_status``, the status; range
+    ``lw_created``, the creation time then ``#`` then the workflow id; ``workflow_name``
+    projected). Only instance items carry the ``lw_*`` attributes, and they change only when
+    the status does, so an activation that leaves the status alone writes nothing to the
+    index. Enable TTL on ``expires_at`` separately (``update_time_to_live``)."""
     return {
         "AttributeDefinitions": [
             {"AttributeName": "pk", "AttributeType": "S"},
             {"AttributeName": "sk", "AttributeType": "S"},
+            {"AttributeName": STATUS_KEY, "AttributeType": "S"},
+            {"AttributeName": CREATED_KEY, "AttributeType": "S"},
         ],
         "KeySchema": [
             {"AttributeName": "pk", "KeyType": "HASH"},
             {"AttributeName": "sk", "KeyType": "RANGE"},
         ],
+        "GlobalSecondaryIndexes": [{
+            "IndexName": STATUS_INDEX,
+            "KeySchema": [
+                {"AttributeName": STATUS_KEY, "KeyType": "HASH"},
+                {"AttributeName": CREATED_KEY, "KeyType": "RANGE"},
+            ],
+            "Projection": {"ProjectionType": "INCLUDE",
+                           "NonKeyAttributes": ["workflow_name"]},
+        }],
         "BillingMode": "PAY_PER_REQUEST",
     }
 
