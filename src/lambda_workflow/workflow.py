@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import sys
+import types
 import typing
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar, overload
 
 import pydantic
 
 from .context import WorkflowContext
+from .service import Service
 
 __all__ = ["Workflow", "workflow"]
 
@@ -18,6 +21,10 @@ ReqT = TypeVar("ReqT")
 ResT = TypeVar("ResT")
 
 WorkflowFunction = Callable[[WorkflowContext[ReqT]], Awaitable[ResT]]
+_References = tuple[tuple[Service[Any, Any], ...], tuple["Workflow[Any, Any]", ...]]
+# Code that never names a user's services: discovery does not follow functions into it.
+_NOT_FOLLOWED = frozenset({*sys.stdlib_module_names, "lambda_workflow", "pydantic",
+                           "pydantic_core", "orjson", "boto3", "botocore", "typing_extensions"})
 
 
 class Workflow(Generic[ReqT, ResT]):
@@ -26,21 +33,113 @@ class Workflow(Generic[ReqT, ResT]):
     Made by :func:`workflow`; pass it to a runtime's ``register`` and ``start``.
     """
 
-    __slots__ = ("fn", "name", "request_adapter", "request_type", "result_adapter",
-                 "result_type")
+    __slots__ = ("_declared", "_referenced", "fn", "name", "request_adapter", "request_type",
+                 "result_adapter", "result_type")
 
     def __init__(self, fn: WorkflowFunction[ReqT, ResT], *, name: str | None = None,
-                 localns: Mapping[str, Any] | None = None) -> None:
+                 localns: Mapping[str, Any] | None = None,
+                 services: Iterable[Service[Any, Any]] = ()) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"@workflow needs an 'async def' function, got {fn!r}")
         self.fn = fn
         self.name = name or fn.__name__
+        declared = tuple(services)
+        for svc in declared:
+            if not isinstance(svc, Service):
+                raise TypeError(f"workflow {self.name!r}: services= takes Service objects, "
+                                f"got {svc!r}")
+        self._declared = declared
+        self._referenced: _References | None = None
         self.request_type, self.result_type = _signature_types(fn, localns)
         self.request_adapter: pydantic.TypeAdapter[ReqT] = pydantic.TypeAdapter(self.request_type)
         self.result_adapter: pydantic.TypeAdapter[ResT] = pydantic.TypeAdapter(self.result_type)
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r}>"
+
+    def _references(self) -> _References:
+        if self._referenced is None:
+            found_services, found_workflows = _referenced_objects(self.fn)
+            by_name = {svc.name: svc for svc in (*self._declared, *found_services)}
+            self._referenced = (
+                tuple(by_name[n] for n in sorted(by_name)),
+                tuple(wf for wf in found_workflows if wf is not self))
+        return self._referenced
+
+    @property
+    def services(self) -> tuple[Service[Any, Any], ...]:
+        """The services this workflow can call, sorted by name: those given to
+        ``@workflow(services=[...])`` and those its code refers to (the function, the functions
+        and modules it names, and their closures, followed through the workflow's own module
+        and helpers). The AWS workflow handler checks at cold start that each has a target, and
+        ``lambda-workflow template`` makes a function or a parameter for each. A workflow that
+        picks its services at run time (from a dict built elsewhere, say) declares them."""
+        return self._references()[0]
+
+    @property
+    def children(self) -> tuple[Workflow[Any, Any], ...]:
+        """The other workflows this workflow's code refers to (its child workflows)."""
+        return self._references()[1]
+
+
+def _referenced_objects(
+        fn: Callable[..., object]) -> tuple[list[Service[Any, Any]], list[Workflow[Any, Any]]]:
+    """The services and workflows that ``fn``'s code can reach: the global names its code
+    objects (nested ones included) load, the values in its closure and defaults, followed
+    into the plain functions, methods and modules they name. Static: what the code names,
+    whether or not a run reaches it."""
+    services: dict[int, Service[Any, Any]] = {}
+    workflows: dict[int, Workflow[Any, Any]] = {}
+    seen: set[int] = set()
+
+    def names_of(code: types.CodeType) -> set[str]:
+        names = set(code.co_names)
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                names |= names_of(const)
+        return names
+
+    def visit(value: object, depth: int) -> None:
+        if id(value) in seen or depth > 8:
+            return
+        seen.add(id(value))
+        if isinstance(value, Service):
+            services.setdefault(id(value), value)
+        elif isinstance(value, Workflow):
+            workflows.setdefault(id(value), value)
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            for item in value:
+                visit(item, depth + 1)
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item, depth + 1)
+        elif isinstance(value, (types.FunctionType, types.MethodType)):
+            func = value.__func__ if isinstance(value, types.MethodType) else value
+            if isinstance(func, types.FunctionType) and (
+                    (func.__module__ or "").partition(".")[0] not in _NOT_FOLLOWED):
+                visit_function(func, depth)
+
+    def visit_function(func: types.FunctionType, depth: int) -> None:
+        names = names_of(func.__code__)
+        scope = func.__globals__
+        for name in names:
+            if name in scope:
+                target = scope[name]
+                if isinstance(target, types.ModuleType):
+                    # `services.balance`: the attributes of a module that the code names
+                    for attr in names:
+                        visit(getattr(target, attr, None), depth + 1)
+                else:
+                    visit(target, depth + 1)
+        for cell in func.__closure__ or ():
+            with contextlib.suppress(ValueError):  # an empty cell has no contents
+                visit(cell.cell_contents, depth + 1)
+        for default in (*(func.__defaults__ or ()), *(func.__kwdefaults__ or {}).values()):
+            visit(default, depth + 1)
+
+    if isinstance(fn, types.FunctionType):
+        visit_function(fn, 0)
+    return list(services.values()), list(workflows.values())
 
 
 def _signature_types(fn: Callable[..., object],
@@ -68,18 +167,20 @@ def _signature_types(fn: Callable[..., object],
 
 @overload
 def workflow(
-    fn: WorkflowFunction[ReqT, ResT], /, *, name: str | None = None
+    fn: WorkflowFunction[ReqT, ResT], /, *, name: str | None = None,
+    services: Iterable[Service[Any, Any]] = ()
 ) -> Workflow[ReqT, ResT]: ...
 
 
 @overload
 def workflow(
-    *, name: str | None = None
+    *, name: str | None = None, services: Iterable[Service[Any, Any]] = ()
 ) -> Callable[[WorkflowFunction[ReqT, ResT]], Workflow[ReqT, ResT]]: ...
 
 
 def workflow(
-    fn: WorkflowFunction[ReqT, ResT] | None = None, /, *, name: str | None = None
+    fn: WorkflowFunction[ReqT, ResT] | None = None, /, *, name: str | None = None,
+    services: Iterable[Service[Any, Any]] = ()
 ) -> Workflow[ReqT, ResT] | Callable[[WorkflowFunction[ReqT, ResT]], Workflow[ReqT, ResT]]:
     """Declare an ``async def`` as a durable workflow.
 
@@ -94,11 +195,13 @@ def workflow(
         fn: The workflow function (when used as ``@workflow``).
         name: The registered name (``@workflow(name=...)``); defaults to the function's name.
             Keep it stable: in-flight instances are matched to code by this name.
+        services: Services the workflow calls that its code does not name directly (see
+            :attr:`Workflow.services`; those it names are found without this).
     """
     if fn is not None:
-        return Workflow(fn, name=name, localns=sys._getframe(1).f_locals)
+        return Workflow(fn, name=name, localns=sys._getframe(1).f_locals, services=services)
 
     def decorate(f: WorkflowFunction[ReqT, ResT]) -> Workflow[ReqT, ResT]:
-        return Workflow(f, name=name, localns=sys._getframe(1).f_locals)
+        return Workflow(f, name=name, localns=sys._getframe(1).f_locals, services=services)
 
     return decorate

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -42,8 +43,8 @@ from .timers import parse_timer
 if TYPE_CHECKING:
     import boto3
 
-__all__ = ["CallInProgressError", "LambdaHandler", "service_handler", "timer_handler",
-           "workflow_handler"]
+__all__ = ["CallInProgressError", "HandlerRole", "LambdaHandler", "handler_role",
+           "service_handler", "timer_handler", "workflow_handler"]
 
 log = logging.getLogger("lambda_workflow.aws")
 
@@ -57,6 +58,28 @@ _TIME_RESERVE_MS = 5_000
 # without a Lambda context it lasts Lambda's longest timeout plus the margin.
 _LEASE_MARGIN = 30.0
 _DEFAULT_LEASE = 900.0 + _LEASE_MARGIN
+
+
+_ROLE_ATTRIBUTE = "__lambda_workflow__"
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerRole:
+    """What a handler made by this module serves, kept on the handler as
+    ``__lambda_workflow__`` so that tools (``lambda-workflow template``) can find the handlers
+    in a module: ``kind`` is ``"workflow"`` (with its ``workflows``), ``"service"`` (with its
+    ``service``) or ``"timer"``."""
+
+    kind: str
+    workflows: tuple[Workflow[Any, Any], ...] = ()
+    service: Service[Any, Any] | None = None
+
+
+def handler_role(obj: object) -> HandlerRole | None:
+    """The role of a handler made by :func:`workflow_handler`, :func:`service_handler` or
+    :func:`timer_handler`; None for anything else."""
+    role = getattr(obj, _ROLE_ATTRIBUTE, None)
+    return role if isinstance(role, HandlerRole) else None
 
 
 class CallInProgressError(WorkflowError):
@@ -376,6 +399,7 @@ def workflow_handler(*workflows: Workflow[Any, Any], config: AwsConfig | None = 
         return fn(event, context)
 
     handler.__doc__ = f"Workflow handler for: {', '.join(w.name for w in workflows)}"
+    setattr(handler, _ROLE_ATTRIBUTE, HandlerRole("workflow", tuple(registry.values())))
     return handler
 
 
@@ -599,6 +623,7 @@ def service_handler(service: Service[ReqT, RespT],
     if not isinstance(service, Service):
         raise TypeError(f"service_handler() takes a Service, got {service!r}")
     handler.__doc__ = f"Service handler for {service.name!r}"
+    setattr(handler, _ROLE_ATTRIBUTE, HandlerRole("service", service=service))
     return handler
 
 
@@ -632,4 +657,5 @@ def timer_handler(*, config: AwsConfig | None = None, session: boto3.Session | N
                 failures.append({"itemIdentifier": record["messageId"]})
         return {"batchItemFailures": failures}
 
+    setattr(handler, _ROLE_ATTRIBUTE, HandlerRole("timer"))
     return handler
