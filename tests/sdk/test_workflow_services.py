@@ -20,7 +20,6 @@ gamma = Service("gamma", Req, Req)
 unused = Service("unused", Req, Req)  # named by no workflow below
 
 # a "module" of services, as `from app import services` then `services.delta`
-services = types.SimpleNamespace()
 catalog = types.ModuleType("catalog")
 catalog.delta = Service("delta", Req, Req)  # type: ignore[attr-defined]
 catalog.epsilon = Service("epsilon", Req, Req)  # type: ignore[attr-defined]
@@ -43,7 +42,7 @@ async def through_a_helper(ctx: WorkflowContext[Req]) -> Req:
 
 @workflow
 async def through_a_module(ctx: WorkflowContext[Req]) -> Req:
-    return await ctx.call(catalog.delta, ctx.request)  # type: ignore[attr-defined]
+    return await ctx.call(catalog.delta, ctx.request)
 
 
 def _make() -> object:
