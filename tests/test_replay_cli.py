@@ -244,3 +244,37 @@ def test_an_exported_history_with_a_step_replays_ok(tmp_path: Path) -> None:
     code, out = run_cli("replay", path, "--workflow", app)
     assert code == 0, out
     assert "OK" in out
+
+
+def _export_stepped(tmp_path: Path) -> tuple[Path, Path]:
+    """The stepped module and the exported history of its instance st-1."""
+    app = tmp_path / "stepped.py"
+    app.write_text(STEPPED)
+    CLI_LOADED.add("stepped")
+    db = tmp_path / "s.sqlite3"
+    code, out = run_cli("run", app, "--db", db, "--input", "4", "--id", "st-1", "--quiet")
+    assert code == 0, out
+    code, exported = run_cli("history", "--db", db, "st-1", "--json")
+    assert code == 0
+    path = tmp_path / "h.json"
+    path.write_text(exported)
+    return app, path
+
+
+def test_a_request_whose_keys_were_reordered_says_so_instead_of_an_empty_diff(
+        tmp_path: Path) -> None:
+    """A history whose step request had its keys reordered by some tool (same fields, other
+    bytes, the recorded digest lost): the replay fails, and the message says the key order
+    differs and where, instead of ending in an empty diff ("...recorded one: .")."""
+    app, path = _export_stepped(tmp_path)
+    doc = json.loads(path.read_text())
+    (step,) = [op for op in doc["operations"] if op["kind"] == "step"]
+    step["request"] = {"attempt": step["request"]["attempt"], "args": step["request"]["args"],
+                       "kwargs": step["request"]["kwargs"]}
+    path.write_text(json.dumps(doc))
+    code, out = run_cli("replay", path, "--workflow", app)
+    assert code == 1
+    assert "the request differs from the recorded one: ." not in out
+    assert "the request differs from the recorded one: the same fields" in out
+    assert "in another order" in out and "args, attempt, kwargs" in out
+    assert "args, kwargs, attempt" in out

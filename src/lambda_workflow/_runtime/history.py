@@ -1,4 +1,10 @@
-"""Export and import of an instance's history as JSON (for the CLI and stored test histories)."""
+"""Export and import of an instance's history as JSON (for the CLI and stored test histories),
+and the description of how two encoded requests differ (for ``NonDeterminismError``).
+
+Recorded requests are the bytes the runtime wrote and digested; :func:`history_to_json`
+embeds them verbatim and :func:`history_from_json` is the one loader that gives them back
+(docs/protocol.md, "Recorded requests").
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import orjson
 from .. import _core
 from ..models import History, InstanceRecord, InstanceStatus, OperationRecord, OperationState
 
-__all__ = ["history_from_json", "history_to_json"]
+__all__ = ["history_from_json", "history_to_json", "request_difference"]
 
 FORMAT = 1
 
@@ -68,3 +74,110 @@ def history_from_json(data: bytes | str) -> History:
         None if op["state"] == "pending" else _bytes(op["result"]), op["created_in"],
         op["resolved_in"], op["created_at"], op["resolved_at"]) for op in doc["operations"]]
     return History(inst, ops)
+
+
+# -- how two requests differ ---------------------------------------------------------------------
+_MAX_CHANGES = 10
+_EXCERPT = 24
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _field_changes(path: str, a: object, b: object, changes: list[str]) -> None:
+    """Field by field differences; a value of another JSON type differs even where Python
+    says equal (``1`` and ``1.0``, ``1`` and ``true``)."""
+    where = path or "the request"
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in a:
+                changes.append(f"{sub}: added {b[key]!r}")
+            elif key not in b:
+                changes.append(f"{sub}: removed (was {a[key]!r})")
+            else:
+                _field_changes(sub, a[key], b[key], changes)
+    elif isinstance(a, list) and isinstance(b, list):
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):
+            _field_changes(f"{path}[{i}]", x, y, changes)
+        if len(a) != len(b):
+            changes.append(f"{where}: recorded {len(a)} items, now {len(b)}")
+    elif _kind(a) != _kind(b):
+        changes.append(f"{where}: recorded {a!r} ({_kind(a)}), now {b!r} ({_kind(b)})")
+    elif a != b:
+        changes.append(f"{where}: recorded {a!r}, now {b!r}")
+
+
+def _order_changes(path: str, a: object, b: object, changes: list[str]) -> None:
+    """Objects whose keys are the same but in another order (``a`` and ``b`` are equal)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if list(a) != list(b):
+            changes.append(f"the keys of {path or 'the request'} are in another order: "
+                           f"recorded {', '.join(map(str, a))}; now {', '.join(map(str, b))}")
+        for key in a:
+            _order_changes(f"{path}.{key}" if path else str(key), a[key], b[key], changes)
+    elif isinstance(a, list) and isinstance(b, list):
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):
+            _order_changes(f"{path}[{i}]", x, y, changes)
+
+
+def _first_byte_difference(recorded: bytes, new: bytes) -> str:
+    at = next((i for i, (x, y) in enumerate(zip(recorded, new, strict=False)) if x != y),
+              min(len(recorded), len(new)))
+    start = max(0, at - _EXCERPT)
+
+    def excerpt(data: bytes) -> str:
+        text = data[start:at + _EXCERPT].decode(errors="replace")
+        return ("..." if start else "") + text + ("..." if at + _EXCERPT < len(data) else "")
+
+    return (f"the bytes first differ at offset {at} (recorded {len(recorded)} bytes, now "
+            f"{len(new)}): recorded {excerpt(recorded)!r}, now {excerpt(new)!r}")
+
+
+def _summary(changes: list[str]) -> str:
+    more = len(changes) - _MAX_CHANGES
+    return "; ".join(changes[:_MAX_CHANGES]) + (f"; and {more} more" if more > 0 else "")
+
+
+def request_difference(recorded: bytes, new: bytes) -> str:
+    """What differs between a recorded request and the one the code builds now, for error
+    messages; never empty.
+
+    Field by field differences when the decoded values differ (a value of another JSON type
+    counts, ``1`` against ``1.0``). When the fields are the same and only the bytes differ, it
+    says how: keys in another order (which object, both orders), or formatting (whitespace,
+    escapes, number spelling), with the first differing byte offset and both excerpts.
+    """
+    if recorded == new:
+        return f"the bytes are identical ({len(new)} bytes)"
+    try:
+        old_v = orjson.loads(recorded)
+    except orjson.JSONDecodeError as exc:
+        return f"the recorded request is not valid JSON ({exc}); " \
+               f"{_first_byte_difference(recorded, new)}"
+    try:
+        new_v = orjson.loads(new)
+    except orjson.JSONDecodeError as exc:
+        return f"the new request is not valid JSON ({exc}); " \
+               f"{_first_byte_difference(recorded, new)}"
+    changes: list[str] = []
+    _field_changes("", old_v, new_v, changes)
+    if changes:
+        return _summary(changes)
+    _order_changes("", old_v, new_v, changes)
+    if changes:
+        return (f"the same fields, encoded differently: {_summary(changes)} (recorded "
+                f"requests are compared as bytes; {_first_byte_difference(recorded, new)})")
+    return (f"the same fields in the same order, formatted differently (whitespace, escapes "
+            f"or number spelling): {_first_byte_difference(recorded, new)}")

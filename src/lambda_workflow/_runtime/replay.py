@@ -8,7 +8,7 @@ import logging
 import os
 import random
 import sys
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -40,6 +40,7 @@ from ..models import (
 from ..service import Service, type_name
 from ..steps import Semantics, Step, StepError, StepInfo
 from ..workflow import Workflow
+from .history import request_difference
 from .loop import ReplayLoop
 
 __all__ = ["ReplayResult", "Replayer", "StagedResult", "error_payload", "site_of"]
@@ -755,23 +756,5 @@ def _count(n: int) -> str:
 
 
 def _diff(recorded: bytes, new: bytes) -> str:
-    """Field by field differences between two JSON documents, for error messages."""
-    old_v, new_v = orjson.loads(recorded), orjson.loads(new)
-    changes: list[str] = []
-
-    def walk(path: str, a: object, b: object) -> None:
-        if isinstance(a, MutableMapping) and isinstance(b, MutableMapping):
-            for key in sorted(set(a) | set(b), key=str):
-                sub = f"{path}.{key}" if path else str(key)
-                if key not in a:
-                    changes.append(f"{sub}: added {b[key]!r}")
-                elif key not in b:
-                    changes.append(f"{sub}: removed (was {a[key]!r})")
-                else:
-                    walk(sub, a[key], b[key])
-        elif a != b:
-            changes.append(f"{path or 'value'}: recorded {a!r}, now {b!r}")
-
-    walk("", old_v, new_v)
-    return "; ".join(changes[:10]) + (f"; and {len(changes) - 10} more" if len(changes) > 10
-                                       else "")
+    """What differs between two encoded requests, for error messages (never empty)."""
+    return request_difference(recorded, new)
