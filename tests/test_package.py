@@ -559,3 +559,132 @@ def test_arm64_zip_imports_the_compiled_core_under_qemu(
     assert '"implementation": "c"' in line
     assert f'"core": "{task}/lambda_workflow/_core/_c.abi3.so"' in line
     assert '"result": 42' in line
+
+
+# ---------------------------------------------------------------- a project folder
+
+
+def _project(root: Path) -> Path:
+    """A user's project folder as it is on disk: the handler modules beside everything that must
+    not go into a Lambda zip."""
+    files = {
+        "app.py": "import orders\n", "orders/__init__.py": "", "orders/flow.py": "X = 1\n",
+        "orders/tests/test_flow.py": "", "orders/flow_test.py": "", "orders/data.json": "{}",
+        "README.md": "# app\n", "tests/test_app.py": "", "tests/conftest.py": "",
+        "test_app.py": "", "conftest.py": "", "build/lambda.zip": "", "old.zip": "",
+        "dist/app-1.0-py3-none-any.whl": "", "app.egg-info/PKG-INFO": "",
+        "orders/__pycache__/flow.cpython-311.pyc": "", "orders/stale.pyc": "",
+        "state.db": "", "state.db-wal": "", "runs.sqlite": "", "runs.sqlite3": "",
+        "poetry.lock": "", ".venv/pyvenv.cfg": "", ".venv/lib/x.py": "", "venv/lib/y.py": "",
+        "env311/pyvenv.cfg": "", "env311/lib/z.py": "", ".git/HEAD": "", ".env": "SECRET=1\n",
+        "notes/todo.md": "", "scratch/try.py": "",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_package_dot_stores_relative_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           fake_pip: list[list[str]]) -> None:
+    """`package .` in a project folder puts the folder's contents at the zip's root under
+    relative names (it stored `/app.py`, `/orders/flow.py`, ... before)."""
+    project = _project(tmp_path / "project")
+    monkeypatch.chdir(project)
+    out = tmp_path / "out.zip"
+    code, report = run_cli("package", ".", "--arch", "arm64", "--wheel",
+                           str(fake_wheels(tmp_path / "wheels", PURE)), "-o", str(out))
+    assert code == 0, report
+    with zipfile.ZipFile(out) as archive:
+        names = archive.namelist()
+    assert not [n for n in names if n.startswith("/") or n.startswith("..")], names
+    assert {"app.py", "orders/__init__.py", "orders/flow.py"} <= set(names)
+    assert re.search(r"^\s+\d+ KB  app\.py$", report, re.M)
+
+
+def test_project_folder_leaves_out_what_is_not_code(tmp_path: Path,
+                                                    fake_pip: list[list[str]]) -> None:
+    """Build outputs, state files, tests, zips, virtual environments, .git and hidden files stay
+    out of the zip, --exclude adds globs, and the report lists what was left out and why."""
+    project = _project(tmp_path / "project")
+    out = tmp_path / "out.zip"
+    code, report = run_cli("package", str(project), "--arch", "x86_64", "--wheel",
+                           str(fake_wheels(tmp_path / "wheels", PURE)), "--exclude", "notes",
+                           "--exclude", "orders/*.json", "-o", str(out))
+    assert code == 0, report
+    with zipfile.ZipFile(out) as archive:
+        names = archive.namelist()
+    own = sorted(n for n in names if not n.startswith("pydantic"))
+    assert own == ["README.md", "app.py", "orders/__init__.py", "orders/flow.py",
+                   "scratch/try.py"]
+    expected = {
+        "build outputs": "app.egg-info/, build/, dist/, orders/__pycache__/, orders/stale.pyc",
+        "state files": "poetry.lock, runs.sqlite, runs.sqlite3, state.db, state.db-wal",
+        "tests": "conftest.py, orders/flow_test.py, orders/tests/, test_app.py, tests/",
+        "zips": "old.zip",
+        "virtual environments": ".venv/, env311/, venv/",
+        "version control": ".git/",
+        "hidden files": ".env",
+        "--exclude": "notes/, orders/data.json",
+    }
+    for reason, listed in expected.items():
+        assert f"    {reason}: {listed}\n" in report, (reason, report)
+
+
+def test_project_folder_from_elsewhere_gives_the_same_zip(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_pip: list[list[str]]) -> None:
+    """`package .`, `package ../project` and `package /abs/project/` write the same bytes."""
+    project = _project(tmp_path / "project")
+    (tmp_path / "elsewhere").mkdir()
+    wheels = str(fake_wheels(tmp_path / "wheels", PURE))
+    zips: list[bytes] = []
+    for cwd, arg in [(project, "."), (tmp_path / "elsewhere", "../project"),
+                     (tmp_path, f"{project}/")]:
+        monkeypatch.chdir(cwd)
+        out = tmp_path / f"{len(zips)}.zip"
+        build_zip(arg, arch="arm64", python="3.12", wheels=[wheels], output=out)
+        zips.append(out.read_bytes())
+    assert zips[0] == zips[1] == zips[2]
+
+
+def test_package_folder_keeps_its_name_and_leaves_out_tests(
+        tmp_path: Path, fake_pip: list[list[str]]) -> None:
+    """A folder with __init__.py is a package: it goes in under its name, without its tests,
+    byte code and --exclude matches (matched against the names in the zip)."""
+    project = _project(tmp_path / "project")
+    result = build_zip(project / "orders", arch="arm64", python="3.12",
+                       wheels=[fake_wheels(tmp_path / "wheels", PURE)],
+                       exclude=["orders/data.json"], output=tmp_path / "x.zip")
+    with zipfile.ZipFile(result.path) as archive:
+        names = [n for n in archive.namelist() if n.startswith("orders")]
+    assert names == ["orders/__init__.py", "orders/flow.py"]
+    assert result.left_out == {
+        "build outputs": ["orders/__pycache__/", "orders/stale.pyc"],
+        "tests": ["orders/flow_test.py", "orders/tests/"],
+        "--exclude": ["orders/data.json"]}
+
+
+def test_project_folder_entries_clash_like_handler_paths(
+        tmp_path: Path, fake_pip: list[list[str]]) -> None:
+    """A project folder's top-level entries count as handler names: a module given beside the
+    folder that holds it, or an entry named like a dependency, is refused."""
+    project = _project(tmp_path / "project")
+    wheels = [fake_wheels(tmp_path / "wheels", PURE)]
+    with pytest.raises(PackageError, match=r"handlers \S*project and \S*app\.py both go to the "
+                                           r"zip's root as 'app'"):
+        build_zip([project, project / "app.py"], arch="arm64", python="3.12", wheels=wheels,
+                  output=tmp_path / "x.zip")
+    (project / "pydantic").mkdir()
+    (project / "pydantic" / "__init__.py").write_text("")
+    with pytest.raises(PackageError, match=r"handler \S*project: its entry 'pydantic' is also a "
+                                           r"top-level name of a dependency"):
+        build_zip(project, arch="arm64", python="3.12", wheels=wheels, output=tmp_path / "x.zip")
+
+
+def test_bad_exclude_glob_is_an_error(tmp_path: Path) -> None:
+    """An empty --exclude, or one that starts with / (names in the zip are relative), is named."""
+    (tmp_path / "app.py").write_text("")
+    wheels = [fake_wheels(tmp_path / "wheels", PURE)]
+    for glob in ("", "/app.py"):
+        with pytest.raises(PackageError, match=rf"--exclude {glob!r}: "):
+            build_zip(tmp_path, arch="arm64", python="3.12", wheels=wheels, exclude=[glob])

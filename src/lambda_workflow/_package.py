@@ -11,6 +11,7 @@ entries, a fixed timestamp and normalised permissions.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
@@ -81,6 +82,9 @@ class PackageResult:
     excluded: list[str] = field(default_factory=list)
     #: The compiled replay core's path in the zip, or None if the wheel is pure Python.
     compiled_core: str | None = None
+    #: What the handler folders held that is not in the zip: reason -> names (relative, as
+    #: they would be in the zip; a folder once, as ``name/``), in the report's order.
+    left_out: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _normalize(name: str) -> str:
@@ -155,44 +159,145 @@ def select_wheel(sources: Sequence[Path], arch: str, python: str) -> Path:
     return max(fits, key=rank)
 
 
-def _handler_files(handler: Path) -> tuple[str, list[tuple[str, Path]]]:
-    """The handler's top-level name and its (name in the zip, file) pairs."""
+#: Folder names left out of handler folders, at any depth, with the reason the report gives.
+_LEFT_OUT_FOLDERS = {"build": "build outputs", "dist": "build outputs",
+                     "__pycache__": "build outputs", "tests": "tests", ".git": "version control",
+                     ".venv": "virtual environments", "venv": "virtual environments"}
+#: File-name globs left out of handler folders, with the reason.
+_LEFT_OUT_FILES = (
+    (("*.pyc", "*.pyo"), "build outputs"),
+    ((*(f"*.{ext}{tail}" for ext in ("db", "sqlite", "sqlite3")
+        for tail in ("", "-wal", "-shm", "-journal")), "*.lock"), "state files"),
+    (("test_*.py", "*_test.py", "conftest.py"), "tests"),
+    (("*.zip",), "zips"),
+)
+#: The order of the reasons in the report.
+_REASONS = ("build outputs", "state files", "tests", "zips", "virtual environments",
+            "version control", "hidden files", "links to folders", "--exclude")
+
+
+@dataclass
+class _Handler:
+    """A handler path and what it puts at the zip's root."""
+
+    path: Path
+    #: Its names at the zip's root as Python imports them (``app`` for ``app.py``).
+    names: list[str]
+    files: list[tuple[str, Path]]
+    #: Reason -> names in the zip (``tests/`` for a folder) that were left out.
+    left_out: dict[str, list[str]]
+    #: A project folder (its contents at the root) rather than a file or a package.
+    project: bool
+
+
+def _check_excludes(exclude: Sequence[str]) -> None:
+    for glob in exclude:
+        if not glob.strip():
+            raise PackageError(f"--exclude {glob!r}: an empty pattern; give a glob such as "
+                               f"'docs' or 'data/*.csv'")
+        if glob.startswith("/"):
+            raise PackageError(f"--exclude {glob!r}: names in the zip are relative "
+                               f"(app/data.json), so a pattern cannot start with /")
+
+
+def _excluded(arcname: str, exclude: Sequence[str]) -> bool:
+    """Whether an --exclude glob matches: one without ``/`` matches the last part of the name
+    at any depth, one with ``/`` the whole name in the zip."""
+    name = arcname.rsplit("/", 1)[-1]
+    for glob in exclude:
+        glob = glob.rstrip("/")
+        if fnmatch.fnmatchcase(arcname if "/" in glob else name, glob):
+            return True
+    return False
+
+
+def _left_out_reason(path: Path, arcname: str, is_dir: bool,
+                     exclude: Sequence[str]) -> str | None:
+    name = path.name
+    if _excluded(arcname, exclude):
+        return "--exclude"
+    if is_dir:
+        if path.is_symlink():
+            return "links to folders"
+        if (path / "pyvenv.cfg").is_file():
+            return "virtual environments"
+        if name in _LEFT_OUT_FOLDERS:
+            return _LEFT_OUT_FOLDERS[name]
+        if name.endswith(".egg-info"):
+            return "build outputs"
+    else:
+        for globs, reason in _LEFT_OUT_FILES:
+            if any(fnmatch.fnmatchcase(name, glob) for glob in globs):
+                return reason
+    return "hidden files" if name.startswith(".") else None
+
+
+def _folder_files(folder: Path, prefix: str, exclude: Sequence[str],
+                  left_out: dict[str, list[str]]) -> list[tuple[str, Path]]:
+    """(name in the zip, file) of the files under ``folder``, named ``prefix`` + their path
+    relative to it; what is left out is added to ``left_out`` (a folder once, as ``name/``)."""
+    files: list[tuple[str, Path]] = []
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        arcname = f"{prefix}{entry.name}"
+        is_dir = entry.is_dir()
+        reason = _left_out_reason(entry, arcname, is_dir, exclude)
+        if reason is not None:
+            left_out.setdefault(reason, []).append(arcname + "/" if is_dir else arcname)
+        elif is_dir:
+            files += _folder_files(entry, arcname + "/", exclude, left_out)
+        elif entry.is_file():
+            files.append((arcname, entry))
+    return files
+
+
+def _handler_files(handler: Path, exclude: Sequence[str]) -> _Handler:
+    """What a handler path puts at the zip's root: a ``.py`` file under its name, a package
+    folder (with ``__init__.py``) under its name, or a project folder's contents."""
     if handler.is_file():
         if handler.suffix != ".py":
             raise PackageError(f"handler {handler}: expected a .py file or a package folder")
-        return handler.stem, [(handler.name, handler)]
+        return _Handler(handler, [handler.stem], [(handler.name, handler)], {}, project=False)
     if handler.is_dir():
-        files: list[tuple[str, Path]] = []
-        for path in sorted(handler.rglob("*")):
-            rel = path.relative_to(handler)
-            hidden = any(p.startswith(".") or p == "__pycache__" for p in rel.parts)
-            if path.is_file() and not hidden and path.suffix != ".pyc":
-                files.append((f"{handler.name}/{rel.as_posix()}", path))
+        left_out: dict[str, list[str]] = {}
+        project = not (handler / "__init__.py").is_file()
+        # resolve(): `.` and `..` have no usable name of their own.
+        prefix = "" if project else f"{handler.resolve().name}/"
+        files = _folder_files(handler, prefix, exclude, left_out)
         if not any(name.endswith(".py") for name, _ in files):
             raise PackageError(f"handler {handler}: the folder has no .py file")
-        return handler.name, files
+        if project:
+            tops = {name.split("/")[0] for name, _ in files}
+            names = sorted(top.removesuffix(".py") for top in tops)
+        else:
+            names = [handler.resolve().name]
+        return _Handler(handler, names, files, {r: sorted(v) for r, v in left_out.items()},
+                        project)
     raise PackageError(f"handler {handler}: no such file or folder")
 
 
-def _root_entries(paths: Sequence[Path]) -> list[tuple[Path, str, list[tuple[str, Path]]]]:
-    """(path, top-level name, files) of each handler path; two paths that would land on the same
-    top-level name (``a/x.py`` and ``b/x.py``, or ``x.py`` and a package ``x/``, which Python
-    imports under one name) are refused, as one would hide the other in the zip."""
+def _root_entries(paths: Sequence[Path], exclude: Sequence[str]) -> list[_Handler]:
+    """The handler paths' files; two paths that would land on the same top-level name
+    (``a/x.py`` and ``b/x.py``, or ``x.py`` and a package ``x/``, which Python imports under one
+    name, or a project folder and a module in it) are refused, as one would hide the other in
+    the zip."""
     if not paths:
         raise PackageError("no handler given: name a .py file or a package folder")
-    entries: list[tuple[Path, str, list[tuple[str, Path]]]] = []
+    handlers: list[_Handler] = []
     seen: dict[str, Path] = {}
+    given: set[Path] = set()
     for path in paths:
-        name, files = _handler_files(path)
-        if name in seen and seen[name].resolve() == path.resolve():
+        if path.exists() and path.resolve() in given:
             raise PackageError(f"handler {path} is given twice")
-        if name in seen:
-            raise PackageError(
-                f"handlers {seen[name]} and {path} both go to the zip's root as {name!r} "
-                f"(one would replace the other); rename one of them")
-        seen[name] = path
-        entries.append((path, name, files))
-    return entries
+        given.add(path.resolve())
+        handler = _handler_files(path, exclude)
+        for name in handler.names:
+            if name in seen:
+                raise PackageError(
+                    f"handlers {seen[name]} and {path} both go to the zip's root as {name!r} "
+                    f"(one would replace the other); rename one of them")
+            seen[name] = path
+        handlers.append(handler)
+    return handlers
 
 
 def _run_pip(args: list[str], description: str) -> None:
@@ -297,13 +402,17 @@ def write_zip(output: Path, files: Iterable[tuple[str, Path]]) -> None:
 def build_zip(handler: str | Path | Sequence[str | Path], *, arch: str, python: str,
               wheels: Sequence[str | Path] = (), requirements: str | Path | None = None,
               with_boto3: bool = False, output: str | Path = "build/lambda.zip",
+              exclude: Sequence[str] = (),
               log: Callable[[str], None] | None = None) -> PackageResult:
     """Build a Lambda deployment zip for ``arch`` and ``python``.
 
     Args:
-        handler: The handler module (``app/handler.py``, at the zip's root as ``handler.py``)
-            or a package folder (``app/``, at the root as ``app/``), or several of them (the
-            handler's own modules, for functions that share one zip), all at the zip's root.
+        handler: The handler module (``app/handler.py``, at the zip's root as ``handler.py``),
+            a package folder (``app/`` with ``__init__.py``, at the root as ``app/``) or a
+            project folder (any other folder, ``.`` for instance: its contents at the root), or
+            several of them (the handler's own modules, for functions that share one zip).
+            Folders leave out build outputs, state files, tests, zips, virtual environments,
+            ``.git`` and hidden files.
         arch: ``"arm64"`` or ``"x86_64"``.
         python: ``"3.11"``, ``"3.12"`` or ``"3.13"``.
         wheels: lambda-workflow wheel files or folders holding them; default ``./dist``.
@@ -311,6 +420,8 @@ def build_zip(handler: str | Path | Sequence[str | Path], *, arch: str, python: 
             only, as for any zip built off Lambda).
         with_boto3: Keep boto3 and its dependencies, which the runtime otherwise provides.
         output: Where to write the zip.
+        exclude: Globs of more to leave out of handler folders: one without ``/`` matches a
+            file or folder name at any depth, one with ``/`` the whole name in the zip.
         log: Called with a line of progress.
 
     Raises:
@@ -321,8 +432,13 @@ def build_zip(handler: str | Path | Sequence[str | Path], *, arch: str, python: 
     say = log or (lambda _line: None)
     platform, version = check_target(arch, python)
     paths = [Path(handler)] if isinstance(handler, (str, Path)) else [Path(h) for h in handler]
-    handlers = _root_entries(paths)
-    handler_files = [pair for _, _, files in handlers for pair in files]
+    _check_excludes(exclude)
+    handlers = _root_entries(paths, exclude)
+    handler_files = [pair for h in handlers for pair in h.files]
+    left_out: dict[str, list[str]] = {}
+    for h in handlers:
+        for reason, names in h.left_out.items():
+            left_out.setdefault(reason, []).extend(names)
     if not wheels:
         if not Path("dist").is_dir():
             raise PackageError("no lambda-workflow wheel given: pass --wheel with a .whl file or a "
@@ -347,10 +463,12 @@ def build_zip(handler: str | Path | Sequence[str | Path], *, arch: str, python: 
         _tidy(target)
         installed = sorted(p for p in target.rglob("*") if p.is_file())
         top_names = {p.relative_to(target).parts[0] for p in installed}
-        for path, name, _ in handlers:
-            if name in top_names or f"{name}.py" in top_names:
-                raise PackageError(f"handler {path}: its name {name!r} is also a top-level name "
-                                   f"of a dependency; rename the handler")
+        for h in handlers:
+            for name in h.names:
+                if name in top_names or f"{name}.py" in top_names:
+                    what = "its entry" if h.project else "its name"
+                    raise PackageError(f"handler {h.path}: {what} {name!r} is also a top-level "
+                                       f"name of a dependency; rename it")
         files = handler_files + [(p.relative_to(target).as_posix(), p) for p in installed]
         out = Path(output)
         write_zip(out, files)
@@ -363,7 +481,8 @@ def build_zip(handler: str | Path | Sequence[str | Path], *, arch: str, python: 
     return PackageResult(path=out, arch=arch, python=version, wheel=wheel,
                          zip_size=out.stat().st_size, unzipped_size=sum(top_level.values()),
                          top_level=top_level, distributions=dists, excluded=excluded,
-                         compiled_core=core[0] if core else None)
+                         compiled_core=core[0] if core else None,
+                         left_out={r: sorted(left_out[r]) for r in _REASONS if r in left_out})
 
 
 def _mb(size: int) -> str:
@@ -387,6 +506,9 @@ def format_report(result: PackageResult) -> list[str]:
     if result.excluded:
         lines.append("  left out (the Lambda runtime has them; --with-boto3 keeps them): "
                      + ", ".join(result.excluded))
+    if result.left_out:
+        lines.append("  left out of the handler folders:")
+        lines += [f"    {reason}: {', '.join(names)}" for reason, names in result.left_out.items()]
     infos = {k: v for k, v in result.top_level.items() if k.endswith(".dist-info")}
     lines.append("  contents:")
     for top, size in sorted(result.top_level.items(), key=lambda kv: (-kv[1], kv[0])):

@@ -357,7 +357,7 @@ def _cmd_package(args: argparse.Namespace, out: TextIO) -> int:
     result = _package.build_zip(
         args.handler, arch=args.arch, python=args.python, wheels=args.wheel,
         requirements=args.requirements, with_boto3=args.with_boto3, output=args.output,
-        log=lambda line: print(f"lambda-workflow package: {line}", file=out))
+        exclude=args.exclude, log=lambda line: print(f"lambda-workflow package: {line}", file=out))
     for line in _package.format_report(result):
         print(line, file=out)
     return 1 if result.unzipped_size > _package.UNZIPPED_LIMIT else 0
@@ -504,9 +504,11 @@ def _parser() -> argparse.ArgumentParser:
     pack = sub.add_parser("package", help="build a Lambda deployment zip of handler modules, "
                                           "lambda-workflow and their dependencies")
     pack.add_argument("handler", nargs="+",
-                      help="a handler module (app/handler.py, at the zip's root as handler.py) "
-                           "or a package folder (app/); several go to the zip's root side by "
-                           "side (for functions sharing one zip)")
+                      help="a handler module (app/handler.py, at the zip's root as handler.py), "
+                           "a package folder (app/ with __init__.py, at the root as app/) or a "
+                           "project folder (any other folder, such as .: its contents at the "
+                           "root); several go to the zip's root side by side (for functions "
+                           "sharing one zip)")
     pack.add_argument("--arch", required=True, help="Lambda architecture: arm64 or x86_64")
     pack.add_argument("--python", default=_package.DEFAULT_PYTHON,
                       help="Lambda Python runtime: 3.11, 3.12 or 3.13 (default "
@@ -520,6 +522,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="keep boto3 and its dependencies (the Lambda runtime has them)")
     pack.add_argument("-o", "--output", default="build/lambda.zip",
                       help="the zip to write (default build/lambda.zip)")
+    pack.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                      help="more to leave out of handler folders (repeatable): a glob without "
+                           "/ matches a file or folder name at any depth, one with / the name "
+                           "in the zip; build outputs, state files, tests, zips, virtual "
+                           "environments and .git are always left out")
     return parser
 
 
