@@ -1,0 +1,183 @@
+"""The replay check on exported histories, end to end on SQLite files: every example in
+examples/ and every kind of durable operation is run on a state file, exported with
+``lambda-workflow history --db FILE ID --json`` and replayed with ``lambda-workflow replay
+FILE --workflow MODULE``; every history must replay OK, and the loader must give back exactly
+the bytes the runtime recorded. (tests/aws/test_replay_round_trip_aws.py does the same on
+DynamoDB exports.)"""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from lambda_workflow._runtime.history import history_from_json
+from lambda_workflow.backends.sqlite import SQLiteStateStore
+from lambda_workflow.cli import main
+from lambda_workflow.local import LocalRuntime
+from lambda_workflow.models import History
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+EXAMPLES = ROOT / "examples"
+KINDS = HERE / "every_kind.py"
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import every_kind  # noqa: E402
+
+# Every example module that defines a workflow, with how it is run: by its EXAMPLES (the
+# `run` command's default), or, for the Lambda handler module (no EXAMPLES, no local
+# services: the instance waits on its calls), with the bank workflow's input; its histories
+# replay against the module itself.
+RUNS: dict[str, list[str]] = {
+    "approval.py": [], "bank_transaction.py": [], "fan_out.py": [], "monthly_report.py": [],
+    "order_saga.py": [],
+    "bank_lambda.py": ["--input", '{"account_id": "alice", "amount": 30}', "--id", "lambda-1"],
+}
+# Example modules without a workflow: nothing to record.
+NO_WORKFLOW = {"plain_transaction_service.py"}
+# Every kind the histories of every_kind.py must hold, and the timers by name.
+OPERATION_KINDS = {"call", "step", "timer", "callback", "heartbeat", "child", "parent",
+                   "patch", "cancel"}
+TIMER_NAMES = {"sleep", "retry:weigh", "timeout:slow", "poll:stock", "timeout:approve",
+               "heartbeat:approve", "timeout:late"}
+
+
+@pytest.fixture(autouse=True)
+def _restore_modules(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The CLI loads modules by path (registering them under their file's stem and adding
+    their folder to sys.path): put back what it replaced."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = dict(sys.modules)
+    yield
+    for name in set(sys.modules) - set(before):
+        del sys.modules[name]
+    for name, module in before.items():
+        if sys.modules.get(name) is not module:
+            sys.modules[name] = module
+
+
+def run_cli(*argv: str | Path) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main([str(a) for a in argv], out=out)
+    return code, out.getvalue()
+
+
+def assert_loader_gives_back_the_recorded_bytes(recorded: History, exported: str) -> None:
+    """history_from_json(history --json) holds every request byte for byte (with its
+    digest), every result as the same JSON value, and the instance's input and result as
+    recorded."""
+    loaded = history_from_json(exported)
+    assert loaded.instance.input == recorded.instance.input
+    assert loaded.instance.result == recorded.instance.result
+    assert loaded.instance.status == recorded.instance.status
+    assert len(loaded.operations) == len(recorded.operations)
+    for got, want in zip(loaded.operations, recorded.operations, strict=True):
+        assert (got.op_id, got.kind, got.name, got.state) == (want.op_id, want.kind,
+                                                              want.name, want.state)
+        assert got.request == want.request, (want.kind, want.name)
+        assert got.request_digest == want.request_digest
+        assert (None if got.result is None else orjson.loads(got.result)) == (
+            None if want.result is None else orjson.loads(want.result))
+
+
+def export_all(db: Path, ids: list[str], folder: Path) -> list[Path]:
+    """`history --db DB ID --json` for each id, written to folder/ID.json; checks the loader
+    against the store on the way."""
+    store = SQLiteStateStore(db)
+    paths = []
+    try:
+        for wid in ids:
+            code, out = run_cli("history", "--db", db, wid, "--json")
+            assert code == 0, out
+            recorded = store.load_history(wid)
+            assert recorded is not None
+            assert_loader_gives_back_the_recorded_bytes(recorded, out)
+            path = folder / f"{wid.replace('/', '_')}.json"
+            path.write_text(out)
+            paths.append(path)
+    finally:
+        store.close()
+    return paths
+
+
+def replay_all(paths: list[Path], module: Path) -> str:
+    """`replay H1 H2 ... --workflow MODULE`: exit 0, each history OK."""
+    code, out = run_cli("replay", *paths, "--workflow", module)
+    assert code == 0, out
+    assert out.count(": OK: ") == len(paths), out
+    if len(paths) > 1:
+        assert out.rstrip().endswith(f"{len(paths)} of {len(paths)} histories replay OK")
+    return out
+
+
+def test_the_examples_cover_every_example_module() -> None:
+    """A new example is added to RUNS (or NO_WORKFLOW) so that its histories are checked."""
+    assert {p.name for p in EXAMPLES.glob("*.py")} == set(RUNS) | NO_WORKFLOW
+
+
+@pytest.mark.parametrize("example", sorted(RUNS))
+def test_every_example_replays_from_its_sqlite_export(example: str, tmp_path: Path) -> None:
+    """`run EXAMPLE --db S`, `history --db S ID --json` for every instance it made, `replay
+    --workflow EXAMPLE`: every history replays OK against the code that recorded it."""
+    db = tmp_path / "state.sqlite3"
+    code, out = run_cli("run", EXAMPLES / example, "--db", db, "--quiet", *RUNS[example])
+    waits = example == "bank_lambda.py"
+    assert (code, "waiting on call 1 balance" in out) == (1 if waits else 0, waits), out
+    store = SQLiteStateStore(db)
+    ids = [inst.workflow_id for inst in store.list_instances()]
+    store.close()
+    assert ids
+    out = replay_all(export_all(db, ids, tmp_path), EXAMPLES / example)
+    assert f"ends {'suspended' if waits else 'completed'} as recorded" in out
+
+
+def test_every_operation_kind_replays_from_its_sqlite_export(tmp_path: Path) -> None:
+    """Every kind of durable operation (call, step and its retry timer, sleep, callback with
+    heartbeat and timeouts, child, parallel and map, wait_for_condition, patch, call timeout,
+    cancellation), in completed, failed, cancelled and still-running instances, recorded on
+    a SQLite file by LocalRuntime, exported and replayed against the same module."""
+    db = tmp_path / "kinds.sqlite3"
+    with LocalRuntime(db) as runtime:
+        expected = every_kind.record(runtime)
+        statuses = {inst.workflow_id: inst.status.value
+                    for inst in runtime.store.list_instances()}
+        histories = [runtime.history(wid) for wid in expected]
+    assert statuses == expected
+    kinds = {op.kind for h in histories for op in h.operations}
+    timers = {op.name for h in histories for op in h.operations if op.kind == "timer"}
+    assert (kinds, timers) == (OPERATION_KINDS, TIMER_NAMES)
+    out = replay_all(export_all(db, list(expected), tmp_path), KINDS)
+    for status in ("completed", "failed", "cancelled", "suspended"):
+        assert f"ends {status} as recorded" in out
+
+
+OLD_VERSIONS = '''    if ctx.patched("ship-first"):
+        await ctx.call(ship_service, ctx.request)
+'''
+
+
+def test_a_history_recorded_before_a_patch_replays_against_the_patched_code(
+        tmp_path: Path) -> None:
+    """Versioning across the export: an instance recorded by the code before
+    ``ctx.patched("ship-first")`` was added replays OK against the patched module (patched
+    is False there), and the patched code's own history replays OK too."""
+    old = tmp_path / "every_kind_v1.py"
+    source = KINDS.read_text()
+    assert OLD_VERSIONS in source
+    old.write_text(source.replace(OLD_VERSIONS, ""))
+    db = tmp_path / "v.sqlite3"
+    code, out = run_cli("run", old, "--db", db, "--workflow", "versions", "--quiet",
+                        "--input", '{"sku": "lamp", "qty": 1}', "--id", "versions-old")
+    assert code == 0, out
+    code, out = run_cli("run", KINDS, "--db", db, "--workflow", "versions", "--quiet",
+                        "--input", '{"sku": "lamp", "qty": 1}', "--id", "versions-new")
+    assert code == 0, out
+    paths = export_all(db, ["versions-old", "versions-new"], tmp_path)
+    assert "patch" not in paths[0].read_text() and '"patch"' in paths[1].read_text()
+    replay_all(paths, KINDS)
