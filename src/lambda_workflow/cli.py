@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import orjson
 import pydantic
 
-from . import _package
+from . import _package, _template
 from ._runtime.engine import ActivationReport
 from ._runtime.history import history_from_json, history_to_json
 from ._runtime.repair import RepairResult
@@ -527,6 +527,7 @@ def _parser() -> argparse.ArgumentParser:
                            "/ matches a file or folder name at any depth, one with / the name "
                            "in the zip; build outputs, state files, tests, zips, virtual "
                            "environments and .git are always left out")
+    _template.add_parser(sub)
     return parser
 
 
@@ -541,6 +542,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return _cmd_status(args, stream)
         if args.command == "package":
             return _cmd_package(args, stream)
+        if args.command == "template":
+            return _template.run_command(args, stream)
         if args.command == "replay":
             return _cmd_replay(args, stream)
         if args.command in ("resume", "reset"):

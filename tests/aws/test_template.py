@@ -293,15 +293,16 @@ def test_fraud_function_is_invoked_only_asynchronously(cfn: Template) -> None:
 
 
 def test_table_keys_billing_ttl_and_recovery(cfn: Template) -> None:
-    """The table has pk (S, HASH) and sk (S, RANGE), on-demand billing (as the DynamoDB
-    backend's table_definition says), TTL on expires_at and point-in-time recovery."""
+    """The table is exactly the DynamoDB backend's table_definition (pk (S, HASH) and sk
+    (S, RANGE), the by_status index that lists instances, on-demand billing), plus TTL on
+    expires_at and point-in-time recovery."""
     (table,) = resources(cfn, "AWS::DynamoDB::Table").values()
     assert {k: table[k] for k in table_definition()} == table_definition()
+    assert set(table) == {*table_definition(), "TimeToLiveSpecification",
+                          "PointInTimeRecoverySpecification"}
     assert table["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"},
                                   {"AttributeName": "sk", "KeyType": "RANGE"}]
-    assert sorted(table["AttributeDefinitions"], key=lambda a: a["AttributeName"]) == [
-        {"AttributeName": "pk", "AttributeType": "S"},
-        {"AttributeName": "sk", "AttributeType": "S"}]
+    assert [i["IndexName"] for i in table["GlobalSecondaryIndexes"]] == ["by_status"]
     assert table["BillingMode"] == "PAY_PER_REQUEST"
     assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
     assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
