@@ -179,15 +179,6 @@ def test_missing_handler_and_empty_folder_are_errors(tmp_path: Path) -> None:
         build_zip(tmp_path / "app", arch="arm64", python="3.11", wheels=[wheels])
 
 
-def test_no_wheel_given_and_no_dist_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                           handler_file: Path) -> None:
-    """Without --wheel and without ./dist the error says what to pass and how to build it."""
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(PackageError, match=r"no lambda-workflow wheel given: pass --wheel .*"
-                                           r"\./dist, the default, does not exist.*build_wheels"):
-        build_zip(handler_file, arch="x86_64", python="3.12")
-
-
 def test_select_wheel_prefers_the_compiled_wheel_for_the_platform(tmp_path: Path) -> None:
     """From dist/ the abi3 wheel of the asked architecture wins over the pure wheel."""
     dist = fake_wheels(tmp_path / "dist", PURE, ABI3_X86, ABI3_ARM,

@@ -4,20 +4,26 @@ The dependencies are installed the way AWS documents for zips built off Lambda: 
 --target DIR --platform manylinux2014_<arch> --python-version X.Y --implementation cp
 --only-binary=:all:``, so pydantic-core and orjson come as wheels for the Lambda platform,
 whatever the machine that builds the zip. lambda-workflow itself comes from a local wheel
-(``--wheel``, default ``./dist``) that is chosen here by its tags, so it never comes from an
-index and a missing platform wheel is reported by name. The zip is deterministic: sorted
-entries, a fixed timestamp and normalised permissions.
+(``--wheel``, or ``./dist``) chosen here by its tags, or, when there is none, the installed
+version's wheel for the target is downloaded from the package index (``pip download
+--platform ... --only-binary=:all: --no-deps``, with ``--index-url``/``--find-links`` passed
+through to every pip call); a missing platform wheel is reported by name. Handler folders
+leave out what is not code (build outputs, state files, tests, zips, virtual environments,
+``.git``). The zip is deterministic: sorted entries, a fixed timestamp and normalised
+permissions.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import importlib.metadata
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +40,10 @@ __all__ = [
     "PackageResult",
     "build_zip",
     "check_target",
+    "download_wheel",
     "format_report",
+    "index_options",
+    "installed_version",
     "remove_distributions",
     "select_wheel",
     "write_zip",
@@ -82,6 +91,9 @@ class PackageResult:
     excluded: list[str] = field(default_factory=list)
     #: The compiled replay core's path in the zip, or None if the wheel is pure Python.
     compiled_core: str | None = None
+    #: Where the wheel was downloaded from (``wheel`` was then in a temporary folder, now
+    #: gone), or None for a local wheel.
+    wheel_origin: str | None = None
     #: What the handler folders held that is not in the zip: reason -> names (relative, as
     #: they would be in the zip; a folder once, as ``name/``), in the report's order.
     left_out: dict[str, list[str]] = field(default_factory=dict)
@@ -300,14 +312,97 @@ def _root_entries(paths: Sequence[Path], exclude: Sequence[str]) -> list[_Handle
     return handlers
 
 
-def _run_pip(args: list[str], description: str) -> None:
+def _pip(args: list[str]) -> tuple[int, str]:
+    """Run this interpreter's pip; return its exit code and the last lines of its output."""
     command = [sys.executable, "-m", "pip", *args]
     proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           check=False)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.rstrip().splitlines()[-_PIP_TAIL:])
-        raise PackageError(f"pip failed (exit code {proc.returncode}) installing {description}; "
+    return proc.returncode, "\n".join(proc.stdout.rstrip().splitlines()[-_PIP_TAIL:])
+
+
+def _run_pip(args: list[str], description: str) -> None:
+    code, tail = _pip(args)
+    if code != 0:
+        raise PackageError(f"pip failed (exit code {code}) installing {description}; "
                            f"its last lines:\n{tail}")
+
+
+def installed_version() -> str:
+    """The version of the lambda-workflow running this code (its distribution's metadata, or
+    ``lambda_workflow.__version__`` when it runs from a source tree without one)."""
+    try:
+        return importlib.metadata.version("lambda-workflow")
+    except importlib.metadata.PackageNotFoundError:
+        from . import __version__
+        return __version__
+
+
+def _redact(url: str) -> str:
+    """The URL with its password (an index token) replaced by ``****``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:****@{host}").geturl()
+
+
+def index_options(index_url: str | None, find_links: Sequence[str]) -> list[str]:
+    """pip's ``--index-url`` and ``--find-links`` options, checked: the index is a URL, and each
+    find-links source is a URL or an existing file or folder."""
+    args: list[str] = []
+    if index_url is not None:
+        if urllib.parse.urlsplit(index_url).scheme not in ("http", "https", "file"):
+            raise PackageError(f"--index-url {_redact(index_url)!r}: not an http://, https:// or "
+                               f"file:// URL (for a folder of wheels, use --find-links)")
+        args += ["--index-url", index_url]
+    for source in find_links:
+        scheme = urllib.parse.urlsplit(source).scheme
+        if scheme not in ("http", "https", "file") and not Path(source).exists():
+            raise PackageError(f"--find-links {source!r}: neither a URL nor an existing file "
+                               f"or folder")
+        args += ["--find-links", source]
+    return args
+
+
+def _index_description(index_url: str | None, find_links: Sequence[str]) -> str:
+    where = (f"the index {_redact(index_url)}" if index_url is not None else
+             "pip's configured index (PyPI unless pip.conf or PIP_INDEX_URL names another)")
+    if find_links:
+        where += " and --find-links " + ", ".join(_redact(f) for f in find_links)
+    return where
+
+
+def download_wheel(dest: Path, arch: str, python: str, *, version: str | None = None,
+                   index_url: str | None = None, find_links: Sequence[str] = ()) -> Path:
+    """Download lambda-workflow's wheel for the target from the package index into ``dest``.
+
+    ``pip download lambda-workflow==<version> --platform manylinux2014_<arch> --python-version
+    X.Y --implementation cp --only-binary=:all: --no-deps`` (the dependencies are installed
+    with the wheel, from the same sources). The version defaults to the installed one.
+
+    Raises:
+        PackageError: The sources have no wheel of that version for the target (naming the
+            version, platform, Python and sources, with pip's last lines), or pip failed.
+    """
+    platform, py_version = check_target(arch, python)
+    version = version or installed_version()
+    args = ["download", "--dest", str(dest), "--platform", platform,
+            "--python-version", py_version, "--implementation", "cp", "--only-binary=:all:",
+            "--no-deps", "--disable-pip-version-check", "--no-input", "--quiet",
+            *index_options(index_url, find_links), f"lambda-workflow=={version}"]
+    code, tail = _pip(args)
+    where = _index_description(index_url, find_links)
+    if code != 0 and ("No matching distribution found" in tail
+                      or "Could not find a version" in tail):
+        raise PackageError(
+            f"no lambda-workflow {version} wheel for {platform} and Python {py_version} on "
+            f"{where}; pass --index-url or --find-links where that wheel is, or --wheel with "
+            f"one built by `bash scripts/build_wheels.sh`. pip's last lines:\n{tail}")
+    if code != 0:
+        raise PackageError(f"pip failed (exit code {code}) downloading lambda-workflow {version} "
+                           f"for {platform} and Python {py_version} from {where}; its last "
+                           f"lines:\n{tail}")
+    return select_wheel([dest], arch, py_version)
 
 
 def _dist_infos(target: Path) -> list[tuple[str, str, Path]]:
@@ -402,7 +497,8 @@ def write_zip(output: Path, files: Iterable[tuple[str, Path]]) -> None:
 def build_zip(handler: str | Path | Sequence[str | Path], *, arch: str, python: str,
               wheels: Sequence[str | Path] = (), requirements: str | Path | None = None,
               with_boto3: bool = False, output: str | Path = "build/lambda.zip",
-              exclude: Sequence[str] = (),
+              exclude: Sequence[str] = (), index_url: str | None = None,
+              find_links: Sequence[str] = (),
               log: Callable[[str], None] | None = None) -> PackageResult:
     """Build a Lambda deployment zip for ``arch`` and ``python``.
 
@@ -415,13 +511,18 @@ def build_zip(handler: str | Path | Sequence[str | Path], *, arch: str, python: 
             ``.git`` and hidden files.
         arch: ``"arm64"`` or ``"x86_64"``.
         python: ``"3.11"``, ``"3.12"`` or ``"3.13"``.
-        wheels: lambda-workflow wheel files or folders holding them; default ``./dist``.
+        wheels: lambda-workflow wheel files or folders holding them. Without them, the wheel
+            for the target in ``./dist``, and when there is none, the installed version's
+            wheel for the target downloaded from the package index (``download_wheel``).
         requirements: A requirements file of the handler's own dependencies (binary wheels
             only, as for any zip built off Lambda).
         with_boto3: Keep boto3 and its dependencies, which the runtime otherwise provides.
         output: Where to write the zip.
         exclude: Globs of more to leave out of handler folders: one without ``/`` matches a
             file or folder name at any depth, one with ``/`` the whole name in the zip.
+        index_url: pip's ``--index-url`` for every pip call (the wheel's download and the
+            dependencies' install); default pip's own configuration.
+        find_links: pip's ``--find-links`` sources (URLs, folders or files), likewise.
         log: Called with a line of progress.
 
     Raises:
@@ -439,22 +540,31 @@ def build_zip(handler: str | Path | Sequence[str | Path], *, arch: str, python: 
     for h in handlers:
         for reason, names in h.left_out.items():
             left_out.setdefault(reason, []).extend(names)
-    if not wheels:
-        if not Path("dist").is_dir():
-            raise PackageError("no lambda-workflow wheel given: pass --wheel with a .whl file or a "
-                               "folder of wheels (./dist, the default, does not exist; "
-                               "`bash scripts/build_wheels.sh` builds it)")
-        wheels = ["dist"]
-    wheel = select_wheel([Path(w) for w in wheels], arch, version)
+    sources = index_options(index_url, find_links)
+    wheel: Path | None = None
+    if wheels:
+        wheel = select_wheel([Path(w) for w in wheels], arch, version)
+    elif Path("dist").is_dir():
+        try:
+            wheel = select_wheel([Path("dist")], arch, version)
+        except PackageError:
+            say(f"./dist has no lambda-workflow wheel for {platform} and Python {version}")
     if requirements is not None and not Path(requirements).is_file():
         raise PackageError(f"requirements file {requirements}: no such file")
 
     with tempfile.TemporaryDirectory(prefix="lambda-workflow-package-") as tmp:
+        origin = None
+        if wheel is None:
+            origin = _index_description(index_url, find_links)
+            say(f"downloading lambda-workflow {installed_version()} for {platform}, Python "
+                f"{version} from {origin}")
+            wheel = download_wheel(Path(tmp) / "wheel", arch, version, index_url=index_url,
+                                   find_links=find_links)
         target = Path(tmp) / "site"
         args = ["install", "--target", str(target), "--platform", platform,
                 "--python-version", version, "--implementation", "cp",
                 "--only-binary=:all:", "--no-compile", "--disable-pip-version-check",
-                "--no-input", "--quiet", str(wheel.resolve())]
+                "--no-input", "--quiet", *sources, str(wheel.resolve())]
         if requirements is not None:
             args += ["--requirement", str(requirements)]
         say(f"installing {wheel.name} and its dependencies for {platform}, Python {version}")
@@ -478,7 +588,7 @@ def build_zip(handler: str | Path | Sequence[str | Path], *, arch: str, python: 
             top_level[top] = top_level.get(top, 0) + path.stat().st_size
         dists = sorted((n, v) for n, v, _ in _dist_infos(target))
     core = sorted(a for a, _ in files if re.fullmatch(rf"{_PROJECT}/_core/_c\..*\.so", a))
-    return PackageResult(path=out, arch=arch, python=version, wheel=wheel,
+    return PackageResult(path=out, arch=arch, python=version, wheel=wheel, wheel_origin=origin,
                          zip_size=out.stat().st_size, unzipped_size=sum(top_level.values()),
                          top_level=top_level, distributions=dists, excluded=excluded,
                          compiled_core=core[0] if core else None,
@@ -491,8 +601,9 @@ def _mb(size: int) -> str:
 
 def format_report(result: PackageResult) -> list[str]:
     """The lines ``lambda-workflow package`` prints about a zip it built."""
+    origin = f", downloaded from {result.wheel_origin}" if result.wheel_origin else ""
     lines = [f"wrote {result.path} for Lambda {result.arch}, python{result.python} "
-             f"(from {result.wheel.name})",
+             f"(from {result.wheel.name}{origin})",
              f"  zip {_mb(result.zip_size)} ({result.zip_size:,} bytes; "
              f"{_mb(DIRECT_UPLOAD_LIMIT)} at most for a direct upload, larger goes via S3)",
              f"  unzipped {_mb(result.unzipped_size)} ({result.unzipped_size:,} bytes) of "

@@ -357,7 +357,8 @@ def _cmd_package(args: argparse.Namespace, out: TextIO) -> int:
     result = _package.build_zip(
         args.handler, arch=args.arch, python=args.python, wheels=args.wheel,
         requirements=args.requirements, with_boto3=args.with_boto3, output=args.output,
-        exclude=args.exclude, log=lambda line: print(f"lambda-workflow package: {line}", file=out))
+        exclude=args.exclude, index_url=args.index_url, find_links=args.find_links,
+        log=lambda line: print(f"lambda-workflow package: {line}", file=out))
     for line in _package.format_report(result):
         print(line, file=out)
     return 1 if result.unzipped_size > _package.UNZIPPED_LIMIT else 0
@@ -515,7 +516,13 @@ def _parser() -> argparse.ArgumentParser:
                            f"{_package.DEFAULT_PYTHON}, the runtime of deploy/template.yaml)")
     pack.add_argument("--wheel", action="append", default=[],
                       help="a lambda-workflow wheel, or a folder of them (repeatable; "
-                           "default ./dist)")
+                           "default: the wheel for the target in ./dist, else the installed "
+                           "version's wheel downloaded from the package index)")
+    pack.add_argument("--index-url", metavar="URL",
+                      help="pip's --index-url for the wheel's download and the dependencies "
+                           "(default: pip's configuration)")
+    pack.add_argument("--find-links", action="append", default=[], metavar="URL_OR_PATH",
+                      help="pip's --find-links, likewise (repeatable)")
     pack.add_argument("--requirements", help="a requirements file of the handler's own "
                                              "dependencies (binary wheels only)")
     pack.add_argument("--with-boto3", action="store_true",
