@@ -598,6 +598,7 @@ def test_project_folder_leaves_out_what_is_not_code(tmp_path: Path,
     """Build outputs, state files, tests, zips, virtual environments, .git and hidden files stay
     out of the zip, --exclude adds globs, and the report lists what was left out and why."""
     project = _project(tmp_path / "project")
+    (project / "shared").symlink_to(project / "orders", target_is_directory=True)
     out = tmp_path / "out.zip"
     code, report = run_cli("package", str(project), "--arch", "x86_64", "--wheel",
                            str(fake_wheels(tmp_path / "wheels", PURE)), "--exclude", "notes",
@@ -616,6 +617,7 @@ def test_project_folder_leaves_out_what_is_not_code(tmp_path: Path,
         "virtual environments": ".venv/, env311/, venv/",
         "version control": ".git/",
         "hidden files": ".env",
+        "links to folders": "shared/",
         "--exclude": "notes/, orders/data.json",
     }
     for reason, listed in expected.items():
