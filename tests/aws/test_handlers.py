@@ -45,7 +45,9 @@ def _call(workflow_id: str, call_id: str, service: str, request: object,
 
 def test_the_workflow_handler_refuses_an_event_that_is_not_from_sqs(aws: Aws) -> None:
     """An event without SQS records raises InvalidMessageError saying what was expected."""
-    handler = workflow_handler(bank.make_transaction, config=aws.config(), session=aws.session)
+    targets = {name: f"sqs:{aws.create_queue()}" for name in ("balance", "fraud", "transaction")}
+    handler = workflow_handler(bank.make_transaction, config=aws.config(services=targets),
+                               session=aws.session)
     with pytest.raises(InvalidMessageError, match="expects an SQS event"):
         handler({"detail-type": "Scheduled Event"}, FakeContext())
 

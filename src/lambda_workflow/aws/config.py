@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +63,12 @@ _ENV = "LAMBDA_WORKFLOW_"
 
 
 class ConfigurationError(WorkflowError, ValueError):
-    """A required setting is missing or a setting has an invalid value."""
+    """A required setting is missing or a setting has an invalid value. ``problems`` lists
+    each problem (one error names them all)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems: list[str] = problems if problems is not None else [message]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,17 +96,73 @@ class ServiceTarget:
         return f"{self.kind}:{self.address}"
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int,
+         problems: list[str]) -> int:
+    """The integer variable ``name``; a bad value is added to ``problems`` (and the default
+    stands in for it, so the other settings are still checked)."""
     raw = env.get(_ENV + name)
     if raw is None or raw == "":
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigurationError(f"{_ENV}{name}={raw!r} is not an integer") from None
+        problems.append(f"{_ENV}{name}={raw!r} is not an integer")
+        return default
     if value < minimum:
-        raise ConfigurationError(f"{_ENV}{name}={value} must be at least {minimum}")
+        problems.append(f"{_ENV}{name}={value} must be at least {minimum}")
+        return default
     return value
+
+
+def _problems(config: AwsConfig) -> list[str]:
+    """Every problem of a configuration's values, in the order of the fields."""
+    problems: list[str] = []
+    if not config.table:
+        problems.append("no DynamoDB table configured (LAMBDA_WORKFLOW_TABLE)")
+    if not config.queue_url:
+        problems.append("no workflow queue configured (LAMBDA_WORKFLOW_QUEUE_URL)")
+    elif not config.queue_url.endswith(".fifo"):
+        problems.append(
+            f"the workflow queue must be an SQS FIFO queue (a URL ending in .fifo), got "
+            f"{config.queue_url!r} (LAMBDA_WORKFLOW_QUEUE_URL)")
+    if not 1024 <= config.payload_threshold <= 240 * 1024:
+        problems.append(
+            f"payload_threshold={config.payload_threshold} must be between 1024 and 245760 "
+            "bytes (it must leave room for the envelope under the Lambda, SQS and DynamoDB "
+            "limits) (LAMBDA_WORKFLOW_PAYLOAD_THRESHOLD)")
+    if config.timer_queue_url is not None and config.timer_queue_url.endswith(".fifo"):
+        problems.append(
+            "the timer queue must be a standard SQS queue (FIFO queues refuse per-message "
+            f"delays), got {config.timer_queue_url!r} (LAMBDA_WORKFLOW_TIMER_QUEUE_URL)")
+    sources = [name for name, value in (
+        ("CALLBACK_KEY", config.callback_key),
+        ("CALLBACK_KEY_SECRET", config.callback_key_secret),
+        ("CALLBACK_KEY_PARAMETER", config.callback_key_parameter)) if value is not None]
+    if len(sources) > 1:
+        problems.append(
+            "callback keys come from one place; got " + " and ".join(_ENV + s for s in sources))
+    if config.callback_key is not None:
+        try:
+            CallbackKeyRing.parse(config.callback_key, _ENV + "CALLBACK_KEY")
+        except ValueError as exc:
+            problems.append(f"{exc} (a random secret)")
+    if config.callback_key_ttl < 0:
+        problems.append(f"callback_key_ttl={config.callback_key_ttl} must be >= 0")
+    if config.retention_days < 0:
+        problems.append(f"retention_days={config.retention_days} must be >= 0")
+    if config.max_receives < 1:
+        problems.append(f"max_receives={config.max_receives} must be >= 1")
+    return problems
+
+
+def raise_problems(problems: list[str]) -> None:
+    """One :class:`ConfigurationError` naming every problem (none: nothing happens)."""
+    if len(problems) == 1:
+        raise ConfigurationError(problems[0])
+    if problems:
+        raise ConfigurationError(
+            f"the configuration has {len(problems)} problems:\n" +
+            "\n".join(f"- {p}" for p in problems), problems)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,71 +188,28 @@ class AwsConfig:
     region: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.table:
-            raise ConfigurationError("no DynamoDB table configured (LAMBDA_WORKFLOW_TABLE)")
-        if not self.queue_url:
-            raise ConfigurationError(
-                "no workflow queue configured (LAMBDA_WORKFLOW_QUEUE_URL)")
-        if not self.queue_url.endswith(".fifo"):
-            raise ConfigurationError(
-                f"the workflow queue must be an SQS FIFO queue (a URL ending in .fifo), got "
-                f"{self.queue_url!r}")
-        if not 1024 <= self.payload_threshold <= 240 * 1024:
-            raise ConfigurationError(
-                f"payload_threshold={self.payload_threshold} must be between 1024 and 245760 "
-                "bytes (it must leave room for the envelope under the Lambda, SQS and DynamoDB "
-                "limits)")
-        if self.timer_queue_url is not None and self.timer_queue_url.endswith(".fifo"):
-            raise ConfigurationError(
-                "the timer queue must be a standard SQS queue (FIFO queues refuse per-message "
-                f"delays), got {self.timer_queue_url!r} (LAMBDA_WORKFLOW_TIMER_QUEUE_URL)")
-        sources = [name for name, value in (
-            ("CALLBACK_KEY", self.callback_key), ("CALLBACK_KEY_SECRET", self.callback_key_secret),
-            ("CALLBACK_KEY_PARAMETER", self.callback_key_parameter)) if value is not None]
-        if len(sources) > 1:
-            raise ConfigurationError(
-                "callback keys come from one place; got " + " and ".join(_ENV + s for s in sources))
-        if self.callback_key is not None:
-            try:
-                CallbackKeyRing.parse(self.callback_key, _ENV + "CALLBACK_KEY")
-            except ValueError as exc:
-                raise ConfigurationError(f"{exc} (a random secret)") from None
-        if self.callback_key_ttl < 0:
-            raise ConfigurationError(f"callback_key_ttl={self.callback_key_ttl} must be >= 0")
-        if self.retention_days < 0:
-            raise ConfigurationError(f"retention_days={self.retention_days} must be >= 0")
-        if self.max_receives < 1:
-            raise ConfigurationError(f"max_receives={self.max_receives} must be >= 1")
+        raise_problems(_problems(self))
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> AwsConfig:
+    def from_env(cls, env: Mapping[str, str] | None = None, *,
+                 require_services: Iterable[str] = (), **overrides: Any) -> AwsConfig:
         """Read the ``LAMBDA_WORKFLOW_*`` variables (see the module's documentation).
 
+        Args:
+            env: The variables (default ``os.environ``).
+            require_services: Services that must have a target (a workflow function passes
+                every service its workflows can call).
+            overrides: Field values that win over the variables.
+
         Raises:
-            ConfigurationError: a required variable is missing or a value is invalid; the
-                message names the variable.
+            ConfigurationError: a required variable is missing, a value is invalid or a
+                required service has no target; one error names every problem and the
+                variable of each.
         """
         env = os.environ if env is None else env
-        services: dict[str, ServiceTarget] = {}
-        raw = env.get(_ENV + "SERVICES")
-        if raw:
-            try:
-                table = json.loads(raw)
-            except ValueError as exc:
-                raise ConfigurationError(f"{_ENV}SERVICES is not valid JSON: {exc}") from None
-            if not isinstance(table, dict) or not all(
-                    isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
-                raise ConfigurationError(
-                    f"{_ENV}SERVICES must be a JSON object of service name to target string")
-            services = {name: ServiceTarget.parse(name, spec) for name, spec in table.items()}
-        prefix = _ENV + "SERVICE_"
-        for key, spec in env.items():
-            if key.startswith(prefix) and len(key) > len(prefix):
-                # the env name is upper-cased; match it to a known service case-insensitively
-                wanted = key[len(prefix):]
-                name = next((n for n in services
-                             if n.upper().replace("-", "_") == wanted), wanted.lower())
-                services[name] = ServiceTarget.parse(name, spec)
+        problems: list[str] = []
+        required = sorted(set(require_services))
+        services = _services(env, problems, required)
         values: dict[str, Any] = {
             "table": env.get(_ENV + "TABLE", ""),
             "queue_url": env.get(_ENV + "QUEUE_URL", ""),
@@ -203,16 +221,30 @@ class AwsConfig:
             "callback_key": env.get(_ENV + "CALLBACK_KEY") or None,
             "callback_key_secret": env.get(_ENV + "CALLBACK_KEY_SECRET") or None,
             "callback_key_parameter": env.get(_ENV + "CALLBACK_KEY_PARAMETER") or None,
-            "callback_key_ttl": _int(env, "CALLBACK_KEY_TTL", 300, 0),
-            "payload_threshold": _int(env, "PAYLOAD_THRESHOLD", DEFAULT_PAYLOAD_THRESHOLD, 1),
-            "retention_days": _int(env, "RETENTION_DAYS", 30, 0),
-            "max_receives": _int(env, "MAX_RECEIVES", 5, 1),
+            "callback_key_ttl": _int(env, "CALLBACK_KEY_TTL", 300, 0, problems),
+            "payload_threshold": _int(env, "PAYLOAD_THRESHOLD", DEFAULT_PAYLOAD_THRESHOLD, 1,
+                                      problems),
+            "retention_days": _int(env, "RETENTION_DAYS", 30, 0, problems),
+            "max_receives": _int(env, "MAX_RECEIVES", 5, 1, problems),
             "services": services,
             "endpoint_url": env.get("AWS_ENDPOINT_URL") or None,
             "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
         }
         values.update(overrides)
-        return cls(**values)
+        for service in required:
+            if service not in values["services"]:
+                problems.append(missing_target(service, values["services"]))
+        try:
+            config = cls(**values)
+        except ConfigurationError as exc:
+            raise_problems(problems + exc.problems)
+            raise
+        raise_problems(problems)
+        return config
+
+    def missing_services(self, services: Iterable[str]) -> list[str]:
+        """Of ``services``, those without a target, sorted."""
+        return sorted({s for s in services if s not in self.services})
 
     def service_target(self, service: str) -> ServiceTarget:
         """The target of ``service``.
@@ -222,9 +254,51 @@ class AwsConfig:
         """
         target = self.services.get(service)
         if target is None:
-            known = ", ".join(sorted(self.services)) or "none"
-            raise ConfigurationError(
-                f"no target configured for service {service!r} (configured: {known}); set "
-                f"{_ENV}SERVICE_{service.upper().replace('-', '_')}='sqs:<queue url>' or "
-                f"'lambda:<function>', or add it to {_ENV}SERVICES")
+            raise ConfigurationError(missing_target(service, self.services))
         return target
+
+
+def missing_target(service: str, services: Mapping[str, ServiceTarget]) -> str:
+    known = ", ".join(sorted(services)) or "none"
+    return (f"no target configured for service {service!r} (configured: {known}); set "
+            f"{_ENV}SERVICE_{service.upper().replace('-', '_')}='sqs:<queue url>' or "
+            f"'lambda:<function>', or add it to {_ENV}SERVICES")
+
+
+def _services(env: Mapping[str, str], problems: list[str],
+              names: Iterable[str] = ()) -> dict[str, ServiceTarget]:
+    """The service targets the variables give; a bad one is added to ``problems``. A
+    ``LAMBDA_WORKFLOW_SERVICE_<NAME>`` variable names the service of the JSON table or of
+    ``names`` (the services required) that it spells, upper-cased with ``-`` as ``_``
+    (``MAIL_OUT`` is ``mail-out``), else its name lower-cased."""
+    services: dict[str, ServiceTarget] = {}
+
+    def parse(name: str, spec: str) -> None:
+        try:
+            services[name] = ServiceTarget.parse(name, spec)
+        except ConfigurationError as exc:
+            problems.append(str(exc))
+
+    raw = env.get(_ENV + "SERVICES")
+    if raw:
+        try:
+            table = json.loads(raw)
+        except ValueError as exc:
+            problems.append(f"{_ENV}SERVICES is not valid JSON: {exc}")
+            table = {}
+        if not isinstance(table, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
+            problems.append(
+                f"{_ENV}SERVICES must be a JSON object of service name to target string")
+            table = {}
+        for name, spec in table.items():
+            parse(name, spec)
+    prefix = _ENV + "SERVICE_"
+    for key, spec in sorted(env.items()):
+        if key.startswith(prefix) and len(key) > len(prefix):
+            # the env name is upper-cased; match it to a known service case-insensitively
+            wanted = key[len(prefix):]
+            name = next((n for n in (*services, *names)
+                         if n.upper().replace("-", "_") == wanted), wanted.lower())
+            parse(name, spec)
+    return services

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,7 +27,7 @@ from ..models import (
 )
 from ..service import Service
 from ..workflow import Workflow
-from .config import AwsConfig
+from .config import AwsConfig, ConfigurationError, missing_target, raise_problems
 from .payloads import (
     NO_BUCKET_HINT,
     POINTER_CLASS,
@@ -357,6 +358,32 @@ def _kind(body: str) -> str:
     return kind if isinstance(kind, str) else "unparsable"
 
 
+def _checked_deployment(registry: Mapping[str, Workflow[Any, Any]], config: AwsConfig | None,
+                        session: boto3.Session | None,
+                        deployment: AwsDeployment | None) -> AwsDeployment:
+    """The workflow function's deployment, once its configuration is known to serve every
+    registered workflow: every setting parses, every service a workflow can call
+    (:attr:`Workflow.services`) has a target, and every child workflow is registered.
+    Otherwise one :class:`ConfigurationError` names all that is wrong."""
+    problems = [
+        f"workflow {wf.name!r} starts the child workflow {child.name!r}, which this function "
+        f"does not register (children run on the same queue: add it to workflow_handler())"
+        for wf in registry.values() for child in wf.children if child.name not in registry]
+    required = {svc.name for wf in registry.values() for svc in wf.services}
+    if deployment is None and config is None:
+        try:
+            config = AwsConfig.from_env(require_services=required)
+        except ConfigurationError as exc:
+            raise_problems(exc.problems + problems)
+            raise
+    checked = deployment.config if deployment is not None else config
+    assert checked is not None
+    problems[:0] = [missing_target(name, checked.services)
+                    for name in checked.missing_services(required)]
+    raise_problems(problems)
+    return deployment or AwsDeployment(checked, session=session)
+
+
 def workflow_handler(*workflows: Workflow[Any, Any], config: AwsConfig | None = None,
                      session: boto3.Session | None = None,
                      deployment: AwsDeployment | None = None) -> LambdaHandler:
@@ -372,7 +399,10 @@ def workflow_handler(*workflows: Workflow[Any, Any], config: AwsConfig | None = 
 
     Configuration comes from the environment (:meth:`AwsConfig.from_env`) on first use,
     unless ``config`` (with an optional boto3 ``session``) or a whole ``deployment`` is
-    given.
+    given. It is checked then, and in Lambda at import (the cold start), before any message
+    is received: every setting must parse, every service the workflows can call
+    (:attr:`Workflow.services`) must have a target and every child workflow must be
+    registered here; otherwise one :class:`ConfigurationError` names all that is wrong.
 
     Example (``handler.py``)::
 
@@ -391,12 +421,20 @@ def workflow_handler(*workflows: Workflow[Any, Any], config: AwsConfig | None = 
         raise ValueError("workflow_handler() needs at least one workflow")
     state: dict[str, _WorkflowFunction] = {}
 
-    def handler(event: Any, context: Any = None) -> dict[str, Any]:
+    def start() -> _WorkflowFunction:
         fn = state.get("fn")
         if fn is None:
             fn = state["fn"] = _WorkflowFunction(
-                registry, deployment or AwsDeployment(config, session=session))
-        return fn(event, context)
+                registry, _checked_deployment(registry, config, session, deployment))
+        return fn
+
+    def handler(event: Any, context: Any = None) -> dict[str, Any]:
+        return start()(event, context)
+
+    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        # In Lambda, the module's import is the cold start: a configuration problem fails
+        # the function's init, before it receives (and consumes) any message.
+        start()
 
     handler.__doc__ = f"Workflow handler for: {', '.join(w.name for w in workflows)}"
     setattr(handler, _ROLE_ATTRIBUTE, HandlerRole("workflow", tuple(registry.values())))
