@@ -16,17 +16,16 @@ from typing import TYPE_CHECKING, Any, TextIO
 import orjson
 import pydantic
 
-from . import _package, _template
+from . import _operate, _package, _template
 from ._runtime.engine import ActivationReport
 from ._runtime.history import history_from_json, history_to_json
 from ._runtime.repair import RepairResult
 from ._runtime.replay_check import check_replay
 from .backends.memory import DeadLetter
-from .backends.sqlite import SQLiteStateStore
 from .callbacks import CallbackTokens
-from .errors import InvalidRequestError, WorkflowError, WorkflowNotFoundError
+from .errors import InvalidRequestError, WorkflowError
 from .local import LOCAL_CALLBACK_KEY, LocalRuntime, ServiceInvocation
-from .models import History, InstanceRecord, InstanceStatus, describe_validation_error
+from .models import History, InstanceStatus, describe_validation_error
 from .workflow import Workflow
 
 if TYPE_CHECKING:
@@ -68,7 +67,7 @@ class _Printer:
             if event.duplicates:
                 parts.append(f"dropped duplicate replies to {', '.join(event.duplicates)};")
             if event.sent:
-                calls = ", ".join(f"call {op.op_id} {op.name}" for op in event.sent)
+                calls = ", ".join(f"{op.kind} {op.op_id} {op.name}" for op in event.sent)
                 parts.append(f"sent {calls};")
             if event.status == "completed":
                 parts.append(f"completed -> {_short(event.result)}")
@@ -186,75 +185,21 @@ def _aws_errors() -> tuple[type[BaseException], ...]:
     return (BotoCoreError, ClientError)
 
 
-def _print_instances(instances: Sequence[InstanceRecord], out: TextIO) -> None:
-    for inst in instances:
-        print(f"{inst.workflow_id:<24} {inst.workflow_name:<20} {inst.status.value:<10} "
-              f"activations={inst.activations}", file=out)
-
-
-def _cmd_status(args: argparse.Namespace, out: TextIO) -> int:
-    if args.table:
-        client = _table_client(args.table)
-        try:
-            if args.workflow_id:
-                found = []
-                for wid in args.workflow_id:
-                    try:
-                        found.append(client.describe(wid))
-                    except WorkflowNotFoundError:
-                        print(f"lambda-workflow: no workflow instance {wid!r} in table "
-                              f"{args.table!r}", file=sys.stderr)
-                _print_instances(found, out)
-                return 0 if len(found) == len(args.workflow_id) else 1
-            _print_instances(client.list_instances(), out)
-        except _aws_errors() as exc:
-            print(f"lambda-workflow: reading table {args.table!r} failed: {exc}",
+def _operate_command(args: argparse.Namespace, out: TextIO) -> int:
+    """``status``, ``history``, ``describe``, ``start``, ``cancel`` and ``callback`` (in
+    ``_operate``); a failed AWS request prints its reason and exits 1."""
+    try:
+        return _operate.run_command(args, out, table_client=_table_client,
+                                    load_module=_load_module, printer=_Printer,
+                                    to_json=history_to_json)
+    except Exception as exc:
+        if getattr(args, "table", None) and isinstance(exc, _aws_errors()):
+            what = ("reading" if args.command in ("status", "history", "describe")
+                    else f"{args.command} in")
+            print(f"lambda-workflow: {what} table {args.table!r} failed: {exc}",
                   file=sys.stderr)
             return 1
-        return 0
-    store = SQLiteStateStore(args.db)  # a reader: a runtime may hold the file meanwhile
-    instances = store.list_instances()
-    if args.workflow_id:
-        instances = [i for i in instances if i.workflow_id in args.workflow_id]
-    _print_instances(instances, out)
-    store.close()
-    return 0
-
-
-def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
-    history: History | None
-    if args.table:
-        source = f"table {args.table!r}"
-        try:
-            history = _table_client(args.table).deployment.store.load_history(args.workflow_id)
-        except _aws_errors() as exc:
-            print(f"lambda-workflow: reading table {args.table!r} failed: {exc}",
-                  file=sys.stderr)
-            return 1
-    else:
-        source = args.db
-        store = SQLiteStateStore(args.db)
-        history = store.load_history(args.workflow_id)
-        store.close()
-    if history is None:
-        print(f"lambda-workflow: no workflow instance {args.workflow_id!r} in {source}",
-              file=sys.stderr)
-        return 1
-    if args.json:
-        print(history_to_json(history).decode(), file=out)
-        return 0
-    inst = history.instance
-    print(f"{inst.workflow_id} ({inst.workflow_name}) {inst.status.value}, "
-          f"{inst.activations} activations; input {_short(inst.input)}", file=out)
-    for op in history.operations:
-        resolved = f"in activation {op.resolved_in}" if op.resolved_in else ""
-        print(f"  #{op.op_id:<4} {op.kind} {op.name:<14} {op.state.value:<9} {resolved:<15} "
-              f"{_short(op.result, 40):<40} ({op.site}, activation {op.created_in})", file=out)
-    if inst.result is not None:
-        print(f"  result: {_short(inst.result)}", file=out)
-    if inst.error is not None:
-        print(f"  error: {_short(inst.error, 300)}", file=out)
-    return 0
+        raise
 
 
 def _split_target(target: str) -> tuple[str, str | None]:
@@ -481,6 +426,7 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--table", help="the DynamoDB table (AWS credentials, region and "
                                         "endpoint from the usual AWS environment variables)")
     status.add_argument("workflow_id", nargs="*")
+    _operate.add_status_flags(status)
     hist = sub.add_parser("history", help="show an instance's recorded history")
     source = hist.add_mutually_exclusive_group(required=True)
     source.add_argument("--db", help="the SQLite state file")
@@ -489,6 +435,8 @@ def _parser() -> argparse.ArgumentParser:
     hist.add_argument("workflow_id")
     hist.add_argument("--json", action="store_true",
                       help="print the history as JSON (the input of `replay`)")
+    _operate.add_history_flags(hist)
+    _operate.add_parsers(sub)
     replay = sub.add_parser(
         "replay", help="replay recorded histories against the current code; exit 0 if they "
                        "all match, 1 if one does not (NonDeterminismError), 2 if one cannot "
@@ -545,8 +493,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args, stream)
-        if args.command == "status":
-            return _cmd_status(args, stream)
+        if args.command in _operate.COMMANDS:
+            return _operate_command(args, stream)
         if args.command == "package":
             return _cmd_package(args, stream)
         if args.command == "template":
@@ -555,7 +503,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return _cmd_replay(args, stream)
         if args.command in ("resume", "reset"):
             return _cmd_repair(args, stream)
-        return _cmd_history(args, stream)
+        return _operate_command(args, stream)
     except WorkflowError as exc:
         print(f"lambda-workflow: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

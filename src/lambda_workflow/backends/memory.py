@@ -17,7 +17,15 @@ from ..models import (
     OperationState,
     Outcome,
 )
-from .protocols import Clock, QueueMessage
+from .protocols import (
+    Clock,
+    InstancePage,
+    InstanceSummary,
+    InvalidPageTokenError,
+    QueueMessage,
+    decode_page_token,
+    encode_page_token,
+)
 
 __all__ = ["DeadLetter", "InMemoryFifoQueue", "MemoryStateStore"]
 
@@ -112,6 +120,36 @@ class MemoryStateStore:
     def list_instances(self) -> list[InstanceRecord]:
         return [dataclasses.replace(i) for i in
                 sorted(self._instances.values(), key=lambda i: i.created_at)]
+
+    def list_page(self, *, status: InstanceStatus | None = None,
+                  workflow_name: str | None = None, since: float | None = None,
+                  until: float | None = None, limit: int = 100,
+                  next_token: str | None = None) -> InstancePage:
+        """A page of instances, oldest first, as :class:`SQLiteStateStore` lists them."""
+        if limit < 1:
+            raise ValueError(f"limit={limit} must be at least 1")
+        after: tuple[float, str] | None = None
+        if next_token is not None:
+            position = decode_page_token("memory", next_token)
+            if (not isinstance(position, list) or len(position) != 2
+                    or not isinstance(position[0], int | float)
+                    or not isinstance(position[1], str)):
+                raise InvalidPageTokenError(f"page token {next_token[:40]!r} does not hold a "
+                                            "position in a listing of this store")
+            after = (float(position[0]), position[1])
+        chosen = sorted(
+            (i for i in self._instances.values()
+             if (status is None or i.status is InstanceStatus(status))
+             and (workflow_name is None or i.workflow_name == workflow_name)
+             and (since is None or i.created_at >= since)
+             and (until is None or i.created_at <= until)
+             and (after is None or (i.created_at, i.workflow_id) > after)),
+            key=lambda i: (i.created_at, i.workflow_id))
+        found = [InstanceSummary(i.workflow_id, i.workflow_name, i.status, i.created_at,
+                                 i.updated_at, i.activations) for i in chosen[:limit]]
+        token = (encode_page_token("memory", [found[-1].created_at, found[-1].workflow_id])
+                 if len(chosen) > limit else None)
+        return InstancePage(found, token)
 
     def repair(self, workflow_id: str, expected_activations: int, drop: Sequence[str],
                put: Sequence[OperationRecord], at: float) -> bool:

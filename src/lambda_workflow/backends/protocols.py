@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..models import History, InstanceRecord, InstanceStatus, OperationRecord, Outcome
 
-__all__ = ["Clock", "FifoQueue", "QueueMessage", "StateStore", "TimerService", "Transport"]
+__all__ = ["Clock", "FifoQueue", "InstanceLister", "InstancePage", "InstanceSummary",
+           "InvalidPageTokenError", "QueueMessage", "StateStore", "TimerService", "Transport"]
 
 
 class Clock(Protocol):
@@ -93,6 +97,78 @@ class StateStore(Protocol):
         more than one transaction holds) deletes the first ones with it and the rest after
         it: the ids a reset drops are fenced in its record, and the engine ignores records
         with a fenced id."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSummary:
+    """One listed instance: what a listing shows without reading payloads."""
+
+    workflow_id: str
+    workflow_name: str
+    status: InstanceStatus
+    created_at: float
+    updated_at: float
+    activations: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstancePage:
+    """One page of a listing; ``next_token`` continues it (``None``: nothing more)."""
+
+    instances: list[InstanceSummary]
+    next_token: str | None
+
+
+class InvalidPageTokenError(ValueError):
+    """A page token that no listing of this store handed out (altered, truncated, or from
+    another backend)."""
+
+
+def encode_page_token(backend: str, position: Any) -> str:
+    """An opaque page token: the backend's name and its position, as URL-safe base64 JSON."""
+    raw = json.dumps({"b": backend, "p": position}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(backend: str, token: str) -> Any:
+    """The position in a token from :func:`encode_page_token` for ``backend``.
+
+    Raises:
+        InvalidPageTokenError: the token is not one (names what is wrong with it).
+    """
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        doc = json.loads(raw)
+    except (binascii.Error, ValueError):
+        raise InvalidPageTokenError(
+            f"page token {token[:40]!r} is not a token a listing printed (it does not "
+            "decode); pass the --next-token value exactly as printed") from None
+    if not isinstance(doc, dict) or "p" not in doc:
+        raise InvalidPageTokenError(f"page token {token[:40]!r} is not a token a listing "
+                                    "printed (no position in it)")
+    if doc.get("b") != backend:
+        raise InvalidPageTokenError(
+            f"page token {token[:40]!r} comes from a listing of a {doc.get('b')!r} store, "
+            f"not of this {backend!r} store")
+    return doc["p"]
+
+
+class InstanceLister(Protocol):
+    """A store that lists instances through an index, a page at a time."""
+
+    def list_page(self, *, status: InstanceStatus | None = None,
+                  workflow_name: str | None = None, since: float | None = None,
+                  until: float | None = None, limit: int = 100,
+                  next_token: str | None = None) -> InstancePage:
+        """Instances with this status and workflow name, created between ``since`` and
+        ``until`` (seconds since the epoch, both included), at most ``limit`` of them.
+        Pass the page's ``next_token`` back to read the next page.
+
+        Raises:
+            InvalidPageTokenError: ``next_token`` is not one this store handed out.
+            ValueError: ``limit`` is below 1.
+        """
         ...
 
 

@@ -19,6 +19,13 @@ from ..models import (
     OperationState,
     Outcome,
 )
+from .protocols import (
+    InstancePage,
+    InstanceSummary,
+    InvalidPageTokenError,
+    decode_page_token,
+    encode_page_token,
+)
 
 __all__ = ["SQLiteStateStore", "StateFileLock"]
 
@@ -56,10 +63,14 @@ CREATE TABLE IF NOT EXISTS operations (
     PRIMARY KEY (workflow_id, op_id)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS operations_by_seq ON operations (workflow_id, seq);
+CREATE INDEX IF NOT EXISTS instances_by_status ON instances (status, created_at, workflow_id);
+CREATE INDEX IF NOT EXISTS instances_by_created ON instances (created_at, workflow_id);
 """
 
 _INSTANCE_COLS = ("workflow_id, workflow_name, input, input_digest, status, result, error, "
                   "created_at, updated_at, activations")
+_LIST_SQL = ("SELECT workflow_id, workflow_name, status, created_at, updated_at, activations "
+             "FROM instances")
 _OP_COLS = ("workflow_id, op_id, seq, kind, name, request, request_digest, site, state, sent, "
             "result, created_in, resolved_in, created_at, resolved_at")
 
@@ -258,6 +269,47 @@ class SQLiteStateStore:
         rows = self._db.execute(
             f"SELECT {_INSTANCE_COLS} FROM instances ORDER BY created_at, workflow_id").fetchall()
         return [_instance(r) for r in rows]
+
+    def list_page(self, *, status: InstanceStatus | None = None,
+                  workflow_name: str | None = None, since: float | None = None,
+                  until: float | None = None, limit: int = 100,
+                  next_token: str | None = None) -> InstancePage:
+        """A page of instances, oldest first, read through the index ``instances_by_status``
+        (with a status) or ``instances_by_created`` (without); the token holds the last
+        row's creation time and id."""
+        if limit < 1:
+            raise ValueError(f"limit={limit} must be at least 1")
+        where: list[str] = []
+        args: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            args.append(InstanceStatus(status).value)
+        if workflow_name is not None:
+            where.append("workflow_name = ?")
+            args.append(workflow_name)
+        if since is not None:
+            where.append("created_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("created_at <= ?")
+            args.append(until)
+        if next_token is not None:
+            position = decode_page_token("sqlite", next_token)
+            if (not isinstance(position, list) or len(position) != 2
+                    or not isinstance(position[0], int | float)
+                    or not isinstance(position[1], str)):
+                raise InvalidPageTokenError(f"page token {next_token[:40]!r} does not hold a "
+                                            "position in a SQLite listing")
+            where.append("(created_at, workflow_id) > (?, ?)")
+            args += position
+        sql = _LIST_SQL + (" WHERE " + " AND ".join(where) if where else "") + \
+            " ORDER BY created_at, workflow_id LIMIT ?"
+        rows = self._db.execute(sql, (*args, limit + 1)).fetchall()
+        found = [InstanceSummary(wid, name, InstanceStatus(st), created, updated, activations)
+                 for (wid, name, st, created, updated, activations) in rows[:limit]]
+        token = (encode_page_token("sqlite", [found[-1].created_at, found[-1].workflow_id])
+                 if len(rows) > limit else None)
+        return InstancePage(found, token)
 
     def repair(self, workflow_id: str, expected_activations: int, drop: Sequence[str],
                put: Sequence[OperationRecord], at: float) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from ...errors import PayloadTooLargeError
@@ -128,6 +129,14 @@ def _int(value: int) -> dict[str, str]:
 
 def _float(value: float) -> dict[str, str]:
     return {"N": repr(float(value))}
+
+
+def created_key(created_at: float, workflow_id: str = "") -> str:
+    """The ``lw_created`` value: the creation time as fixed-width ISO 8601 UTC (so that the
+    strings sort as the times do), then ``#`` and the workflow id. Without an id: the
+    prefix, a lower bound for the times from ``created_at`` on."""
+    when = datetime.fromtimestamp(created_at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{when}#{workflow_id}" if workflow_id else when
 
 
 def _pk(workflow_id: str) -> str:
@@ -303,6 +312,8 @@ class _Items:
             "workflow_name": _s(inst.workflow_name),
             "input_digest": _s(inst.input_digest),
             "status": _s(inst.status.value),
+            STATUS_KEY: _s(inst.status.value),
+            CREATED_KEY: _s(created_key(inst.created_at, wid)),
             "created_at": _float(inst.created_at),
             "updated_at": _float(inst.updated_at),
             "activations": _int(inst.activations),

@@ -21,6 +21,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import ClientError
 
+from ...backends.protocols import (
+    InstancePage,
+    InstanceSummary,
+    InvalidPageTokenError,
+    decode_page_token,
+    encode_page_token,
+)
 from ...models import (
     History,
     InstanceRecord,
@@ -37,10 +44,13 @@ from ..config import (
 from ..payloads import S3PayloadStore, dynamodb_item_size
 from .items import (
     _SENT_OVERHEAD,
+    CREATED_KEY,
     INSTANCE_SK,
     MAX_SENT_IDS,
     OP_PREFIX,
     SENT_SET_ATTRIBUTE,
+    STATUS_INDEX,
+    STATUS_KEY,
     TTL_ATTRIBUTE,
     VERSION_ATTRIBUTE,
     WORKFLOW_PREFIX,
@@ -57,6 +67,7 @@ from .items import (
     _Payload,
     _pk,
     _s,
+    created_key,
 )
 from .parts import _Parts
 from .writes import _InstanceMissing, _NotRunning, _Write, execute, run, split, update_each
@@ -70,6 +81,11 @@ _DAY = 86_400
 _MAX_TRANSACTION = 100  # parts of one TransactWriteItems
 _REMEMBERED_WORKFLOWS = 256
 _log = logging.getLogger(__name__)
+
+
+def _plain(key: Item) -> dict[str, str]:
+    """A string-typed DynamoDB key as plain strings (for a page token)."""
+    return {name: value["S"] for name, value in key.items()}
 
 
 class DynamoDBStateStore:
@@ -378,7 +394,8 @@ class DynamoDBStateStore:
         per operation item setting ``expires_at``. A finish that loses (not running, or a
         second writer) has touched no operation."""
         known = self._memory(workflow_id)
-        values: Item = {"status": _s(status.value), "updated_at": _float(at)}
+        values: Item = {"status": _s(status.value), STATUS_KEY: _s(status.value),
+                        "updated_at": _float(at)}
         expires = int(at) + self.retention_days * _DAY if self.retention_days else None
         if expires is not None:
             values[TTL_ATTRIBUTE] = _int(expires)
@@ -426,6 +443,147 @@ class DynamoDBStateStore:
             kwargs["ExclusiveStartKey"] = last
         return sorted(records, key=lambda r: (r.created_at, r.workflow_id))
 
+    def list_page(self, *, status: InstanceStatus | None = None,
+                  workflow_name: str | None = None, since: float | None = None,
+                  until: float | None = None, limit: int = 100,
+                  next_token: str | None = None) -> InstancePage:
+        """A page of instances through the ``by_status`` index: a paginated ``Query`` of
+        each status's partition (oldest first; without a status, running then completed,
+        failed and cancelled), the time range in the key condition and the workflow name in
+        a filter, then one ``BatchGetItem`` (100 keys a request) of the page's instance
+        items for their counters and times, without payloads. Never a ``Scan``. Instance
+        items written before the index existed carry no ``lw_*`` attributes and are not
+        listed.
+
+        Raises:
+            ConfigurationError: the table has no ``by_status`` index (says how to add it).
+            InvalidPageTokenError: ``next_token`` is not one this store handed out.
+        """
+        if limit < 1:
+            raise ValueError(f"limit={limit} must be at least 1")
+        statuses = [InstanceStatus(status)] if status is not None else list(InstanceStatus)
+        first, start_key = 0, None
+        if next_token is not None:
+            first, start_key = self._page_position(next_token, statuses)
+        keys: list[Item] = []
+        token: str | None = None
+        for index in range(first, len(statuses)):
+            state = statuses[index].value
+            kwargs: dict[str, Any] = self._index_query(state, workflow_name, since, until)
+            exclusive: Item | None = start_key if index == first else None
+            while True:
+                if exclusive is not None:
+                    kwargs["ExclusiveStartKey"] = exclusive
+                kwargs["Limit"] = limit - len(keys)
+                page = self._query_index(kwargs)
+                keys += [{"pk": item["pk"], "sk": item["sk"]} for item in page["Items"]]
+                exclusive = page.get("LastEvaluatedKey") or None
+                if exclusive is None or len(keys) >= limit:
+                    break
+            if len(keys) >= limit:
+                if exclusive is not None:
+                    token = encode_page_token("dynamodb", [state, _plain(exclusive)])
+                elif index + 1 < len(statuses):
+                    token = encode_page_token("dynamodb", [statuses[index + 1].value, None])
+                break
+        return InstancePage(self._summaries(keys), token)
+
+    def _page_position(self, token: str, statuses: Sequence[InstanceStatus]
+                       ) -> tuple[int, Item | None]:
+        position = decode_page_token("dynamodb", token)
+        names = [s.value for s in statuses]
+        key_names = {"pk", "sk", STATUS_KEY, CREATED_KEY}
+        if (not isinstance(position, list) or len(position) != 2
+                or position[0] not in names
+                or not (position[1] is None or (
+                    isinstance(position[1], dict) and set(position[1]) == key_names
+                    and all(isinstance(v, str) for v in position[1].values())))):
+            raise InvalidPageTokenError(
+                f"page token {token[:40]!r} does not continue this listing (it was printed "
+                "for other filters, or altered)")
+        key = position[1]
+        return names.index(position[0]), (
+            None if key is None else {name: _s(value) for name, value in key.items()})
+
+    def _index_query(self, state: str, workflow_name: str | None, since: float | None,
+                     until: float | None) -> dict[str, Any]:
+        condition = "#st = :st"
+        names = {"#st": STATUS_KEY}
+        values: Item = {":st": _s(state)}
+        if since is not None or until is not None:
+            names["#cr"] = CREATED_KEY
+            if since is not None:
+                values[":lo"] = _s(created_key(since))
+            if until is not None:
+                # "$" sorts after "#": every id created at ``until`` is below the bound.
+                values[":hi"] = _s(created_key(until) + "$")
+            condition += (" AND #cr BETWEEN :lo AND :hi" if since is not None and
+                          until is not None else " AND #cr >= :lo" if since is not None
+                          else " AND #cr <= :hi")
+        kwargs: dict[str, Any] = {"TableName": self.table, "IndexName": STATUS_INDEX,
+                                  "KeyConditionExpression": condition}
+        if workflow_name is not None:
+            kwargs["FilterExpression"] = "#wn = :wn"
+            names["#wn"] = "workflow_name"
+            values[":wn"] = _s(workflow_name)
+        kwargs["ExpressionAttributeNames"] = names
+        kwargs["ExpressionAttributeValues"] = values
+        return kwargs
+
+    def _query_index(self, kwargs: dict[str, Any]) -> Any:
+        try:
+            return self.client.query(**kwargs)
+        except ClientError as exc:
+            error = cast(Mapping[str, Any], exc.response).get("Error", {})
+            message = str(error.get("Message", ""))
+            if error.get("Code") == "ValidationException" and "index" in message.lower():
+                raise ConfigurationError(
+                    f"table {self.table!r} has no global secondary index {STATUS_INDEX!r}, "
+                    "which listing instances needs (DynamoDB said: " + message + "); add it "
+                    "with `aws dynamodb update-table --table-name " + self.table +
+                    " --attribute-definitions AttributeName=lw_status,AttributeType=S "
+                    "AttributeName=lw_created,AttributeType=S --global-secondary-index-updates "
+                    "'[{\"Create\": {\"IndexName\": \"by_status\", \"KeySchema\": "
+                    "[{\"AttributeName\": \"lw_status\", \"KeyType\": \"HASH\"}, "
+                    "{\"AttributeName\": \"lw_created\", \"KeyType\": \"RANGE\"}], "
+                    "\"Projection\": {\"ProjectionType\": \"INCLUDE\", "
+                    "\"NonKeyAttributes\": [\"workflow_name\"]}}}]'` or by deploying the "
+                    "template `lambda-workflow template` generates") from None
+            raise
+
+    def _summaries(self, keys: Sequence[Item]) -> list[InstanceSummary]:
+        """The instance items of ``keys`` (``BatchGetItem``, 100 keys a request, unprocessed
+        keys asked again), in the order of ``keys``; items gone since (TTL) are left out."""
+        found: dict[str, Item] = {}
+        projection = ("#wid, #wn, #st, #ca, #ua, #ac")
+        names = {"#wid": "workflow_id", "#wn": "workflow_name", "#st": "status",
+                 "#ca": "created_at", "#ua": "updated_at", "#ac": "activations"}
+        for start in range(0, len(keys), 100):
+            pending: Any = {self.table: {"Keys": list(keys[start:start + 100]),
+                                         "ProjectionExpression": projection,
+                                         "ExpressionAttributeNames": names}}
+            for attempt in range(10):
+                got = self.client.batch_get_item(RequestItems=pending)
+                for item in got["Responses"].get(self.table, []):
+                    found[item["workflow_id"]["S"]] = item
+                pending = got.get("UnprocessedKeys")
+                if not pending:
+                    break
+                time.sleep(0.05 * 2 ** attempt)
+            else:
+                raise ConfigurationError(f"table {self.table!r} kept throttling BatchGetItem "
+                                         "while listing instances; try again")
+        out: list[InstanceSummary] = []
+        for key in keys:
+            got_item = found.get(key["pk"]["S"][len(WORKFLOW_PREFIX):])
+            if got_item is not None:
+                out.append(InstanceSummary(
+                    got_item["workflow_id"]["S"], got_item["workflow_name"]["S"],
+                    InstanceStatus(got_item["status"]["S"]),
+                    float(got_item["created_at"]["N"]), float(got_item["updated_at"]["N"]),
+                    int(got_item["activations"]["N"])))
+        return out
+
     def repair(self, workflow_id: str, expected_activations: int, drop: Sequence[str],
                put: Sequence[OperationRecord], at: float) -> bool:
         """Reopen an instance (``resume``, ``reset``). The commit point is one
@@ -460,7 +618,8 @@ class DynamoDBStateStore:
             puts.append(action)
         self._items.upload(uploads)
         unsent = [op.op_id for op in put if not op.sent]
-        update = ("SET #status = :running, #updated_at = :at, #activations = :next "
+        update = ("SET #status = :running, #lw_status = :running, #updated_at = :at, "
+                  "#activations = :next "
                   f"REMOVE #result, #result_s3, #error, #error_s3, #{TTL_ATTRIBUTE}")
         values: Item = {":running": _s(InstanceStatus.RUNNING.value), ":at": _float(at),
                         ":next": _int(expected_activations + 1),
@@ -473,7 +632,8 @@ class DynamoDBStateStore:
             "UpdateExpression": update,
             "ConditionExpression": "attribute_exists(pk) AND #activations = :expected",
             "ExpressionAttributeNames": _names(
-                "status", "updated_at", "activations", "result", "result_s3", "error",
+                "status", STATUS_KEY, "updated_at", "activations", "result", "result_s3",
+                "error",
                 "error_s3", TTL_ATTRIBUTE, *([SENT_SET_ATTRIBUTE] if unsent else [])),
             "ExpressionAttributeValues": values}}
         room = max(0, _MAX_TRANSACTION - 1 - len(puts))
