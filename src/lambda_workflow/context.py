@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 if TYPE_CHECKING:
     import logging
@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 
     from .batch import BatchResult, Completion
     from .callbacks import Callback
-    from .service import Service
+    from .service import Service, ServiceCall
     from .steps import RetryPolicy, Step
-    from .workflow import Workflow
+    from .workflow import Workflow, WorkflowStart
 
 __all__ = ["MAX_SLEEP", "MIN_SLEEP", "WorkflowContext"]
 
@@ -58,7 +58,6 @@ R = TypeVar("R")
 CbT = TypeVar("CbT")
 ItemT = TypeVar("ItemT")
 StateT = TypeVar("StateT")
-ChildReqT = TypeVar("ChildReqT")
 ChildResT = TypeVar("ChildResT")
 
 
@@ -135,11 +134,15 @@ class WorkflowContext(Generic[ReqT]):
         """A logger that drops lines while replaying, so each line is logged once."""
         return self._driver.logger
 
-    def call(
-        self, service: Service[CallReqT, CallRespT], request: CallReqT, /, *,
-        timeout: float | timedelta | None = None,
-    ) -> Awaitable[CallRespT]:
-        """Call an asynchronous service and return an awaitable of its typed reply.
+    def call(self, service: ServiceCall[P, CallRespT], /, *args: P.args,
+             **kwargs: P.kwargs) -> Awaitable[CallRespT]:
+        """``ctx.call(service, request, /, *, timeout=None)``: call an asynchronous service and
+        return an awaitable of its typed reply.
+
+        The parameters after ``service`` are the service's (its request type, then the
+        keyword-only ``timeout``), so a type checker takes the request type from the service
+        alone and reports a wrong request as ``Argument 2 to "call" of "WorkflowContext" has
+        incompatible type "X"; expected "Y"``.
 
         The call is created (and its id fixed) when ``call`` is invoked, not when it is
         awaited, so calls passed to ``asyncio.gather`` get ids in program order and all leave
@@ -164,13 +167,16 @@ class WorkflowContext(Generic[ReqT]):
             InvalidRequestError: if ``request`` does not validate against the service's
                 request type.
         """
+        request, timeout = _call_arguments(args, kwargs)
         frame = sys._getframe(1)
+        # Anything may arrive here at run time: the driver reports what is not a Service.
+        svc = cast("Service[Any, CallRespT]", service)
         if timeout is None:
-            return self._driver.call(service, request, frame)
+            return self._driver.call(svc, request, frame)
         seconds = _limit(timeout, "timeout")
-        reply = self._driver.call(service, request, frame)
-        timer = self._driver.sleep(seconds, frame, f"timeout:{service.name}")
-        return _first_of(reply, timer, service.name, seconds)
+        reply = self._driver.call(svc, request, frame)
+        timer = self._driver.sleep(seconds, frame, f"timeout:{svc.name}")
+        return _first_of(reply, timer, svc.name, seconds)
 
     def sleep(self, duration: float | timedelta, /) -> Awaitable[None]:
         """Wait ``duration`` (seconds, or a ``timedelta``) durably: the Lambda suspends and a
@@ -373,9 +379,10 @@ class WorkflowContext(Generic[ReqT]):
                                max_concurrency=max_concurrency,
                                completion=completion or Completion())
 
-    async def child(self, workflow: Workflow[ChildReqT, ChildResT], request: ChildReqT, /, *,
-                    workflow_id: str | None = None) -> ChildResT:
-        """Start a child workflow and wait for its result.
+    async def child(self, workflow: WorkflowStart[P, ChildResT], /, *args: P.args,
+                    **kwargs: P.kwargs) -> ChildResT:
+        """``await ctx.child(workflow, request, /, *, workflow_id=None)``: start a child
+        workflow and wait for its result (a wrong input is a type error naming both types).
 
         The child is an instance of its own (id ``workflow_id``, default
         ``<this id>/<operation id>``) with its own history; it must be registered with the
@@ -391,8 +398,11 @@ class WorkflowContext(Generic[ReqT]):
                 message.
         """
         from .errors import ChildWorkflowError, ServiceError
+        from .workflow import start_arguments
 
-        future = self._driver.child(workflow, request, workflow_id, sys._getframe(1))
+        request, workflow_id = start_arguments("ctx.child", args, kwargs)
+        future = self._driver.child(cast("Workflow[Any, Any]", workflow), request, workflow_id,
+                                    sys._getframe(1))
         try:
             result: ChildResT = await future
         except ServiceError as exc:
@@ -438,6 +448,19 @@ class WorkflowContext(Generic[ReqT]):
                 await self._driver.sleep(_limit(delay, "the wait strategy's delay"), frame,
                                          f"poll:{label}")
         raise ConditionNotMetError(f"condition {label!r} not met after {max_attempts} checks")
+
+
+def _call_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """``(request, timeout)`` from what ``ctx.call`` received after the service."""
+    unexpected = sorted(set(kwargs) - {"timeout"})
+    if len(args) != 1 or unexpected:
+        got = f"{len(args)} positional argument{'s' if len(args) != 1 else ''}"
+        if unexpected:
+            got += f" and keyword argument{'s' if len(unexpected) != 1 else ''} " + ", ".join(
+                repr(k) for k in unexpected)
+        raise TypeError(f"ctx.call takes (service, request, /, *, timeout=None): the service, "
+                        f"then one request; got {got} after the service")
+    return args[0], kwargs.get("timeout")
 
 
 def _check_batch(max_concurrency: int | None, completion: object) -> None:

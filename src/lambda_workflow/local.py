@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar, cast
 
 import orjson
 
@@ -60,15 +60,17 @@ from .models import (
     workflow_id_problem,
 )
 from .service import Service
-from .workflow import Workflow
+from .workflow import Workflow, WorkflowStart, start_arguments
 
 __all__ = ["LocalRuntime", "LocalTransport", "ServiceInvocation", "WorkflowHandle"]
 
 ReqT = TypeVar("ReqT")
 RespT = TypeVar("RespT")
 ResT = TypeVar("ResT")
+P = ParamSpec("P")
 
-ServiceFunction = Callable[[ReqT], Awaitable[RespT]] | Callable[[ReqT], RespT]
+# One signature (not a union of two): a lambda gets its parameter type from the service.
+ServiceFunction = Callable[[ReqT], RespT | Awaitable[RespT]]
 LOCAL_REPLY_ADDRESS = "local:workflows"
 _log = logging.getLogger("lambda_workflow.local")
 # Signs callback tokens on the embedded runtime unless a key is given. It is public: tokens
@@ -331,9 +333,11 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
         return sent
 
     # -- starting and reading --------------------------------------------------------------
-    def start(self, workflow: Workflow[ReqT, ResT], request: ReqT, *,
-              workflow_id: str | None = None) -> WorkflowHandle[ResT]:
-        """Start an instance (idempotent per ``workflow_id``).
+    def start(self, workflow: WorkflowStart[P, ResT], /, *args: P.args,
+              **kwargs: P.kwargs) -> WorkflowHandle[ResT]:
+        """``start(workflow, request, /, *, workflow_id=None)``: start an instance (idempotent
+        per ``workflow_id``). The parameters after ``workflow`` are the workflow's, so a type
+        checker reports a wrong input as an argument of the wrong type.
 
         Starting an existing id with the same workflow and input returns the existing
         instance; with a different one it raises :class:`WorkflowAlreadyStartedError`.
@@ -342,14 +346,16 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
             UnknownWorkflowError: ``workflow`` is not registered.
             InvalidRequestError: ``request`` is not a valid input of the workflow.
         """
-        if self._workflows.get(getattr(workflow, "name", None)) is not workflow:  # type: ignore[arg-type]
+        request, workflow_id = start_arguments("start", args, kwargs)
+        wf = cast("Workflow[Any, ResT]", workflow)
+        if self._workflows.get(getattr(wf, "name", None)) is not wf:  # type: ignore[arg-type]
             raise UnknownWorkflowError(
-                f"workflow {getattr(workflow, 'name', workflow)!r} is not registered with this "
+                f"workflow {getattr(wf, 'name', wf)!r} is not registered with this "
                 f"runtime (registered: {', '.join(sorted(self._workflows)) or 'none'}); call "
                 "runtime.register(...) first")
-        workflow_id = start_instance(self.store, self.transport, workflow, request, workflow_id,
+        workflow_id = start_instance(self.store, self.transport, wf, request, workflow_id,
                                      self.clock.now())
-        return WorkflowHandle(self, workflow, workflow_id)
+        return WorkflowHandle(self, wf, workflow_id)
 
     def _instance(self, workflow_id: str) -> InstanceRecord:
         inst = self.store.get_instance(workflow_id)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 import pydantic
+
+if TYPE_CHECKING:
+    from datetime import timedelta
 
 __all__ = ["Service"]
 
 ReqT = TypeVar("ReqT")
 RespT = TypeVar("RespT")
+RespT_co = TypeVar("RespT_co", covariant=True)
+P = ParamSpec("P")
 
 
 def type_name(tp: object) -> str:
@@ -67,6 +72,22 @@ class Service(Generic[ReqT, RespT]):
             request_type if isinstance(request_type, type)
             and issubclass(request_type, pydantic.BaseModel) else None)
 
+    if TYPE_CHECKING:
+        # For type checkers only (no such method exists at run time): the signature of
+        # ``ctx.call(service, request, *, timeout=...)`` once the service is given. ``ctx.call``
+        # takes its parameters from here, so the service alone fixes the request type and a
+        # wrong request is reported as "Argument 2 ... has incompatible type X; expected Y"
+        # rather than as a type variable mypy cannot solve.
+        def _call_signature(self, request: ReqT, /, *,
+                            timeout: float | timedelta | None = None) -> RespT: ...
+
     def __repr__(self) -> str:
         return (f"Service({self.name!r}, {type_name(self.request_type)}, "
                 f"{type_name(self.response_type)})")
+
+
+class ServiceCall(Protocol[P, RespT_co]):
+    """What ``ctx.call`` accepts, for type checkers: a :class:`Service` whose request type
+    gives the parameters ``P`` of the call and whose response type gives its result."""
+
+    def _call_signature(self, *args: P.args, **kwargs: P.kwargs) -> RespT_co: ...

@@ -8,19 +8,21 @@ import sys
 import types
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 import pydantic
 
 from .context import WorkflowContext
 from .service import Service
 
-__all__ = ["Workflow", "workflow"]
+__all__ = ["Workflow", "WorkflowStart", "start_arguments", "workflow"]
 
 ReqT = TypeVar("ReqT")
 ResT = TypeVar("ResT")
 
 WorkflowFunction = Callable[[WorkflowContext[ReqT]], Awaitable[ResT]]
+ResT_co = TypeVar("ResT_co", covariant=True)
+P = ParamSpec("P")
 _References = tuple[tuple[Service[Any, Any], ...], tuple["Workflow[Any, Any]", ...]]
 # Code that never names a user's services: discovery does not follow functions into it.
 _NOT_FOLLOWED = frozenset({*sys.stdlib_module_names, "lambda_workflow", "pydantic",
@@ -53,6 +55,14 @@ class Workflow(Generic[ReqT, ResT]):
         self.request_type, self.result_type = _signature_types(fn, localns)
         self.request_adapter: pydantic.TypeAdapter[ReqT] = pydantic.TypeAdapter(self.request_type)
         self.result_adapter: pydantic.TypeAdapter[ResT] = pydantic.TypeAdapter(self.result_type)
+
+    if typing.TYPE_CHECKING:
+        # For type checkers only (no such method exists at run time): the parameters of
+        # ``start(workflow, request, *, workflow_id=...)`` (and ``ctx.child``) once the workflow
+        # is given, so the workflow alone fixes the request type and a wrong input is reported
+        # as "Argument 2 ... has incompatible type X; expected Y".
+        def _start_signature(self, request: ReqT, /, *,
+                             workflow_id: str | None = None) -> ResT: ...
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r}>"
@@ -140,6 +150,27 @@ def _referenced_objects(
     if isinstance(fn, types.FunctionType):
         visit_function(fn, 0)
     return list(services.values()), list(workflows.values())
+
+
+class WorkflowStart(Protocol[P, ResT_co]):
+    """What ``start`` (and ``ctx.child``) accept, for type checkers: a :class:`Workflow` whose
+    input type gives the parameters ``P`` and whose result type gives the handle's."""
+
+    def _start_signature(self, *args: P.args, **kwargs: P.kwargs) -> ResT_co: ...
+
+
+def start_arguments(method: str, args: tuple[Any, ...],
+                    kwargs: Mapping[str, Any]) -> tuple[Any, str | None]:
+    """``(request, workflow_id)`` from what ``method`` received after the workflow."""
+    unexpected = sorted(set(kwargs) - {"workflow_id"})
+    if len(args) != 1 or unexpected:
+        got = f"{len(args)} positional argument{'s' if len(args) != 1 else ''}"
+        if unexpected:
+            got += f" and keyword argument{'s' if len(unexpected) != 1 else ''} " + ", ".join(
+                repr(k) for k in unexpected)
+        raise TypeError(f"{method} takes (workflow, request, /, *, workflow_id=None): the "
+                        f"workflow, then one request; got {got} after the workflow")
+    return args[0], kwargs.get("workflow_id")
 
 
 def _signature_types(fn: Callable[..., object],

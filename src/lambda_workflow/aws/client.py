@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import orjson
 
@@ -19,7 +19,7 @@ from ..backends.protocols import Clock, StateStore, Transport
 from ..callbacks import CallbackTokens
 from ..errors import WorkflowNotFinishedError, WorkflowNotFoundError
 from ..models import History, InstanceRecord, InstanceStatus
-from ..workflow import Workflow
+from ..workflow import Workflow, WorkflowStart, start_arguments
 from .config import AwsConfig
 from .payloads import NO_BUCKET_HINT
 from .runtime import AwsDeployment
@@ -31,6 +31,7 @@ __all__ = ["AwsWorkflowHandle", "WorkflowClient"]
 
 ReqT = TypeVar("ReqT")
 ResT = TypeVar("ResT")
+P = ParamSpec("P")
 
 
 class AwsWorkflowHandle(Generic[ResT]):
@@ -80,16 +81,19 @@ class WorkflowClient(CallbackCompletion, RepairCommands):
                  clock: Clock | None = None) -> None:
         self.deployment = AwsDeployment(config, session=session, clock=clock)
 
-    def start(self, workflow: Workflow[ReqT, ResT], request: ReqT, *,
-              workflow_id: str | None = None) -> AwsWorkflowHandle[ResT]:
-        """Start an instance; idempotent per ``workflow_id`` (the same workflow and input
-        return the existing instance).
+    def start(self, workflow: WorkflowStart[P, ResT], /, *args: P.args,
+              **kwargs: P.kwargs) -> AwsWorkflowHandle[ResT]:
+        """``start(workflow, request, /, *, workflow_id=None)``: start an instance; idempotent
+        per ``workflow_id`` (the same workflow and input return the existing instance). The
+        parameters after ``workflow`` are the workflow's, so a type checker reports a wrong
+        input as an argument of the wrong type.
 
         Raises:
             InvalidRequestError: ``request`` is not a valid input of the workflow.
             PayloadTooLargeError: the input is over the threshold and no bucket is set.
             WorkflowAlreadyStartedError: the id is taken by another workflow or input.
         """
+        request, workflow_id = start_arguments("start", args, kwargs)
         if not isinstance(workflow, Workflow):
             raise TypeError(f"start() takes a @workflow object, got {workflow!r}")
         d = self.deployment

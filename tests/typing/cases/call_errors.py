@@ -25,14 +25,17 @@ transaction_service = Service("transaction", BankTransaction, None)
 @workflow
 async def make_transaction(ctx: WorkflowContext[BankTransaction]) -> str:
     tx = ctx.request
-    # mypy solves the service's request type and the request's type together; when they
-    # disagree it reports that it cannot solve the type variable (code misc), not arg-type.
-    await ctx.call(balance_service, "alice")  # E: misc Cannot infer value of type parameter "CallReqT"
-    await ctx.call(balance_service, Balance(balance=1))  # E: misc Cannot infer value of type parameter "CallReqT"
-    await ctx.call("balance", tx)  # E: arg-type
-    await ctx.call(balance_service)  # E: call-arg
+    # The service alone fixes the request type: a wrong request is an argument of the wrong
+    # type, named with the expected and the given type.
+    await ctx.call(balance_service, "alice")  # E: arg-type Argument 2 to "call" of "WorkflowContext" has incompatible type "str"; expected "BankTransaction"
+    await ctx.call(balance_service, Balance(balance=1))  # E: arg-type Argument 2 to "call" of "WorkflowContext" has incompatible type "Balance"; expected "BankTransaction"
+    await ctx.call(balance_service, tx, timeout="soon")  # E: arg-type Argument "timeout" to "call" of "WorkflowContext" has incompatible type "str"; expected "float | timedelta | None"
+    await ctx.call(balance_service, tx, deadline=5)  # E: call-arg Unexpected keyword argument "deadline" for "call" of "WorkflowContext"
+    await ctx.call(balance_service, request=tx)  # E: call-arg Unexpected keyword argument "request" for "call" of "WorkflowContext"
+    await ctx.call("balance", tx)  # E: arg-type Argument 1 to "call" of "WorkflowContext" has incompatible type "str"; expected "ServiceCall[[BankTransaction], Never]"
+    await ctx.call(balance_service)  # E: call-arg Too few arguments for "call" of "WorkflowContext"
     # With a declared target, mypy infers the reply type from it and flags the service.
-    direct: str = await ctx.call(balance_service, tx)  # E: arg-type expected "Service[BankTransaction, str]"
+    direct: str = await ctx.call(balance_service, tx)  # E: arg-type expected "ServiceCall[[BankTransaction], str]"
     balance = await ctx.call(balance_service, tx)
     as_str: str = balance  # E: assignment
     as_fraud: FraudCheck = balance  # E: assignment

@@ -70,7 +70,10 @@ reveal_type(runtime.start(count, [1, 2, 3]).result())  # R: int
 reveal_type(runtime.result("tx-1"))  # R: object
 done: bool = handle.status() is InstanceStatus.COMPLETED
 
-runtime.start(make_transaction, "alice")  # E: misc Cannot infer value of type parameter "ReqT"
-runtime.start(make_transaction, Balance(balance=1))  # E: misc Cannot infer value of type parameter "ReqT"
+runtime.start(make_transaction, "alice")  # E: arg-type Argument 2 to "start" of "LocalRuntime" has incompatible type "str"; expected "BankTransaction"
+runtime.start(make_transaction, Balance(balance=1))  # E: arg-type Argument 2 to "start" of "LocalRuntime" has incompatible type "Balance"; expected "BankTransaction"
+runtime.start(count, (1, 2))  # E: arg-type Argument 2 to "start" of "LocalRuntime" has incompatible type "tuple[int, int]"; expected "list[int]"
 runtime.start(make_transaction, tx, "tx-1")  # E: call-arg Too many positional arguments
+runtime.start(make_transaction, tx, workflow_id=1)  # E: arg-type Argument "workflow_id" to "start" of "LocalRuntime" has incompatible type "int"; expected "str | None"
+runtime.start(make_transaction)  # E: call-arg Too few arguments for "start" of "LocalRuntime"
 wrong_result: int = handle.result()  # E: assignment
