@@ -599,6 +599,7 @@ def test_project_folder_leaves_out_what_is_not_code(tmp_path: Path,
     out of the zip, --exclude adds globs, and the report lists what was left out and why."""
     project = _project(tmp_path / "project")
     (project / "shared").symlink_to(project / "orders", target_is_directory=True)
+    (project / "gone.py").symlink_to(project / "nothing.py")
     out = tmp_path / "out.zip"
     code, report = run_cli("package", str(project), "--arch", "x86_64", "--wheel",
                            str(fake_wheels(tmp_path / "wheels", PURE)), "--exclude", "notes",
@@ -618,6 +619,7 @@ def test_project_folder_leaves_out_what_is_not_code(tmp_path: Path,
         "version control": ".git/",
         "hidden files": ".env",
         "links to folders": "shared/",
+        "broken links and special files": "gone.py",
         "--exclude": "notes/, orders/data.json",
     }
     for reason, listed in expected.items():

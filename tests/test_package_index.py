@@ -278,6 +278,22 @@ def test_no_wheel_for_the_version_or_platform_names_all_four(
     assert not (project / "lambda.zip").exists()
 
 
+def test_an_index_that_cannot_be_reached_is_named(
+        tmp_path: Path, project: Path, only_the_given_index: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An index on a closed port is reported as unreachable, not as lacking the wheel."""
+    monkeypatch.setenv("PIP_RETRIES", "1")  # one retry: its warning is what pip says
+    with serve(tmp_path) as server:
+        closed = server.url  # the port is closed once the server stops
+    with pytest.raises(PackageError) as info:
+        build_zip("app.py", arch="x86_64", python="3.13", index_url=f"{closed}/simple")
+    message = str(info.value)
+    assert message.startswith(
+        f"could not reach the index {closed}/simple to download lambda-workflow {VERSION} for "
+        f"manylinux2014_x86_64 and Python 3.13; pip's last lines:\n"), message
+    assert "Connection refused" in message
+
+
 def test_bad_index_options_are_named_before_pip_runs(
         project: Path, fake_install: list[list[str]]) -> None:
     """An --index-url that is not a URL and a --find-links that does not exist are refused."""

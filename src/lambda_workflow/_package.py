@@ -185,7 +185,8 @@ _LEFT_OUT_FILES = (
 )
 #: The order of the reasons in the report.
 _REASONS = ("build outputs", "state files", "tests", "zips", "virtual environments",
-            "version control", "hidden files", "links to folders", "--exclude")
+            "version control", "hidden files", "links to folders",
+            "broken links and special files", "--exclude")
 
 
 @dataclass
@@ -259,6 +260,8 @@ def _folder_files(folder: Path, prefix: str, exclude: Sequence[str],
             files += _folder_files(entry, arcname + "/", exclude, left_out)
         elif entry.is_file():
             files.append((arcname, entry))
+        else:
+            left_out.setdefault("broken links and special files", []).append(arcname)
     return files
 
 
@@ -272,8 +275,9 @@ def _handler_files(handler: Path, exclude: Sequence[str]) -> _Handler:
     if handler.is_dir():
         left_out: dict[str, list[str]] = {}
         project = not (handler / "__init__.py").is_file()
-        # resolve(): `.` and `..` have no usable name of their own.
-        prefix = "" if project else f"{handler.resolve().name}/"
+        # abspath: `.` and `..` have no usable name of their own.
+        package = Path(os.path.abspath(handler)).name
+        prefix = "" if project else f"{package}/"
         files = _folder_files(handler, prefix, exclude, left_out)
         if not any(name.endswith(".py") for name, _ in files):
             raise PackageError(f"handler {handler}: the folder has no .py file")
@@ -281,7 +285,7 @@ def _handler_files(handler: Path, exclude: Sequence[str]) -> _Handler:
             tops = {name.split("/")[0] for name, _ in files}
             names = sorted(top.removesuffix(".py") for top in tops)
         else:
-            names = [handler.resolve().name]
+            names = [package]
         return _Handler(handler, names, files, {r: sorted(v) for r, v in left_out.items()},
                         project)
     raise PackageError(f"handler {handler}: no such file or folder")
@@ -372,6 +376,12 @@ def _index_description(index_url: str | None, find_links: Sequence[str]) -> str:
     return where
 
 
+#: What pip prints when an index or a find-links URL cannot be read (pip then also says that
+#: no version was found, which would wrongly blame the index's contents).
+_UNREACHABLE = ("connection broken by", "Could not fetch URL", "Max retries exceeded",
+                "Failed to establish a new connection")
+
+
 def download_wheel(dest: Path, arch: str, python: str, *, version: str | None = None,
                    index_url: str | None = None, find_links: Sequence[str] = ()) -> Path:
     """Download lambda-workflow's wheel for the target from the package index into ``dest``.
@@ -392,6 +402,10 @@ def download_wheel(dest: Path, arch: str, python: str, *, version: str | None = 
             *index_options(index_url, find_links), f"lambda-workflow=={version}"]
     code, tail = _pip(args)
     where = _index_description(index_url, find_links)
+    if code != 0 and any(sign in tail for sign in _UNREACHABLE):
+        raise PackageError(
+            f"could not reach {where} to download lambda-workflow {version} for {platform} and "
+            f"Python {py_version}; pip's last lines:\n{tail}")
     if code != 0 and ("No matching distribution found" in tail
                       or "Could not find a version" in tail):
         raise PackageError(
