@@ -536,7 +536,10 @@ class DynamoDBStateStore:
         except ClientError as exc:
             error = cast(Mapping[str, Any], exc.response).get("Error", {})
             message = str(error.get("Message", ""))
-            if error.get("Code") == "ValidationException" and "index" in message.lower():
+            # DynamoDB says ValidationException ("The table does not have the specified
+            # index"); moto's server says ResourceNotFoundException ("Invalid index").
+            if error.get("Code") in ("ValidationException", "ResourceNotFoundException") \
+                    and "index" in message.lower():
                 raise ConfigurationError(
                     f"table {self.table!r} has no global secondary index {STATUS_INDEX!r}, "
                     "which listing instances needs (DynamoDB said: " + message + "); add it "
