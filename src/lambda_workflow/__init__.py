@@ -38,7 +38,17 @@ from .errors import (
     WorkflowNotFoundError,
 )
 from .service import Service
-from .steps import Jitter, RetryPolicy, Semantics, Step, StepError, StepInfo, current_step, step
+from .steps import (
+    Jitter,
+    RetryPolicy,
+    Semantics,
+    Step,
+    StepArgumentError,
+    StepError,
+    StepInfo,
+    current_step,
+    step,
+)
 from .workflow import Workflow, workflow
 
 __all__ = [
@@ -72,6 +82,7 @@ __all__ = [
     "ServiceError",
     "StateFileInUseError",
     "Step",
+    "StepArgumentError",
     "StepError",
     "StepInfo",
     "UnknownCallError",

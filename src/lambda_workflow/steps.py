@@ -16,6 +16,7 @@ import hashlib
 import inspect
 import math
 import threading
+import types
 import typing
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,6 +33,7 @@ __all__ = [
     "RetryPolicy",
     "Semantics",
     "Step",
+    "StepArgumentError",
     "StepError",
     "StepInfo",
     "current_step",
@@ -124,6 +126,8 @@ class RetryPolicy:
                 elif entry.__name__ == error_name or entry in (Exception, BaseException):
                     return True
             return False
+        if error_type is not None and issubclass(error_type, StepArgumentError):
+            return False  # the same arguments would fail the same way on every attempt
         return matches(self.retryable) and not matches(self.non_retryable)
 
     def delay(self, attempt: int, key: str) -> float:
@@ -179,6 +183,14 @@ class StepError(WorkflowError):
         attempts: How many attempts ran.
     """
 
+    def __new__(cls, step: str, error_type: str, message: str, attempts: int) -> StepError:
+        # The engine raises StepError(...) from a recorded outcome (the first execution and
+        # every replay alike); an outcome recorded as StepArgumentError comes back as one, so
+        # the workflow can catch it as the TypeError it is.
+        if cls is StepError and error_type == StepArgumentError.__name__:
+            cls = StepArgumentError
+        return super().__new__(cls)
+
     def __init__(self, step: str, error_type: str, message: str, attempts: int) -> None:
         self.step = step
         self.error_type = error_type
@@ -191,11 +203,30 @@ class StepError(WorkflowError):
         return (StepError, (self.step, self.error_type, self.message, self.attempts))
 
 
+class StepArgumentError(StepError, TypeError):
+    """The arguments given to ``ctx.step`` do not fit the step function's signature (a
+    missing, extra or unknown argument, or one of a type its annotation excludes).
+
+    Checked before the body runs; the attempt is recorded as failed with this error type,
+    is never retried, and raises this error (a :class:`TypeError` and a :class:`StepError`)
+    at the ``await``, on the first execution and on every replay. Its message names the step,
+    the argument and the signature.
+    """
+
+    def __init__(self, step: str, error_type: str, message: str, attempts: int) -> None:
+        super().__init__(step, error_type, message, attempts)
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class Step(Generic[P, R]):
     """A function with its step options (made by :func:`step`). Calling it calls the
     function; ``await ctx.step(it, ...)`` runs it durably."""
 
-    __slots__ = ("fn", "name", "result_adapter", "result_type", "retry", "semantics")
+    __slots__ = ("_parameters", "fn", "name", "result_adapter", "result_type", "retry",
+                 "semantics")
 
     def __init__(self, fn: Callable[P, R], *,
                  name: str | None = None, retry: RetryPolicy | None = None,
@@ -207,6 +238,15 @@ class Step(Generic[P, R]):
         self.retry, self.semantics = _options(self.name, retry, semantics)
         self.result_type = _result_type(fn)
         self.result_adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(self.result_type)
+        self._parameters: _Parameters | None = None
+
+    def argument_problem(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        """Why ``args`` and ``kwargs`` do not fit the function's signature (arity, names, and
+        each value against its annotation where an ``isinstance`` check can tell), or
+        ``None`` when they fit or the signature cannot be read."""
+        if self._parameters is None:
+            self._parameters = _Parameters.of(self.fn)
+        return self._parameters.problem(self.name, args, kwargs)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
@@ -214,6 +254,10 @@ class Step(Generic[P, R]):
     def run(self, info: StepInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run the body once (an ``async`` body on its own event loop, in a worker thread,
         since the workflow's loop does no I/O)."""
+        problem = self.argument_problem(args, kwargs)
+        if problem is not None:
+            raise StepArgumentError(self.name, StepArgumentError.__name__, problem,
+                                    info.attempt)
         context = contextvars.copy_context()
         context.run(_CURRENT.set, info)
         result = context.run(self.fn, *args, **kwargs)
@@ -242,6 +286,106 @@ class Step(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Step {self.name!r}>"
+
+
+_REPR_LIMIT = 60
+_NOT_RUN = "; the body did not run, and the step is not retried"
+
+
+def _short_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _REPR_LIMIT else text[:_REPR_LIMIT - 3] + "..."
+
+
+def _hint_name(hint: object) -> str:
+    if hint is None or hint is type(None):
+        return "None"
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__qualname__
+    return repr(hint).replace("typing.", "")
+
+
+def _fits(value: object, hint: object) -> bool:
+    """Whether ``value`` can be of type ``hint``, judged by ``isinstance`` on the hint's outer
+    class (``list[int]`` checks ``list``); whatever cannot be judged so fits. Numbers follow
+    the typing rules: an ``int`` is a ``float`` and a ``complex``."""
+    if hint is Any or hint is object or isinstance(hint, TypeVar | ParamSpec | str):
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    origin = typing.get_origin(hint)
+    if origin is typing.Annotated:
+        return _fits(value, typing.get_args(hint)[0])
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if origin is typing.Literal:
+        return any(value == arg and type(value) is type(arg) for arg in typing.get_args(hint))
+    supertype = getattr(hint, "__supertype__", None)  # typing.NewType
+    if supertype is not None:
+        return _fits(value, supertype)
+    if typing.is_typeddict(hint):
+        return isinstance(value, dict)
+    cls = origin if origin is not None else hint
+    if cls is float:
+        return isinstance(value, int | float)
+    if cls is complex:
+        return isinstance(value, int | float | complex)
+    if not isinstance(cls, type):
+        return True
+    try:
+        return isinstance(value, cls)
+    except TypeError:  # a Protocol that is not runtime-checkable, and the like
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Parameters:
+    """A step function's signature and its resolved annotations."""
+
+    signature: inspect.Signature | None
+    hints: dict[str, Any]
+    shown: str
+
+    @staticmethod
+    def of(fn: Callable[..., Any]) -> _Parameters:
+        try:
+            signature = inspect.signature(fn)
+        except (TypeError, ValueError):  # some builtins have none
+            return _Parameters(None, {}, "")
+        try:
+            hints = typing.get_type_hints(inspect.unwrap(fn))
+        except Exception:  # an unresolvable annotation: check the arity only
+            hints = {}
+        name = getattr(fn, "__name__", None) or type(fn).__name__
+        return _Parameters(signature, hints, f"{name}{signature}")
+
+    def problem(self, step: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        if self.signature is None:
+            return None
+        where = f"step {step!r} (signature {self.shown})"
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            given = f"{len(args)} positional argument{'s' if len(args) != 1 else ''}"
+            if kwargs:
+                given += f" and keyword{'s' if len(kwargs) != 1 else ''} " + ", ".join(
+                    map(repr, kwargs))
+            return f"{where} was given {given}: {exc}{_NOT_RUN}"
+        for name, value in bound.arguments.items():
+            hint = self.hints.get(name, Any)
+            kind = self.signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                items = [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                items = [(f"{name}[{k!r}]", v) for k, v in value.items()]
+            else:
+                items = [(name, value)]
+            for label, item in items:
+                if not _fits(item, hint):
+                    return (f"{where}: argument {label!r} is {_short_repr(item)} "
+                            f"({type(item).__qualname__}), but its annotation is "
+                            f"{_hint_name(hint)}{_NOT_RUN}")
+        return None
 
 
 def _options(name: object, retry: RetryPolicy | None,
