@@ -275,6 +275,8 @@ def test_start_callback_describe_history_on_the_table(
     drain(pollers)
     client = WorkflowClient(config, session=aws.session)
     assert client.status("t-1") is InstanceStatus.CANCELLED
+    assert [i.workflow_id for i in client.list_page(
+        status=InstanceStatus.CANCELLED, workflow_name="fulfil_aws").instances] == ["t-1"]
     code, out = run_cli("status", "--table", config.table, "--status", "cancelled")
     assert re.search(r"^t-1\s+fulfil_aws\s+cancelled\s+activations=\d+$", out, re.M), out
     code, out = run_cli("cancel", "t-1", "--table", config.table)

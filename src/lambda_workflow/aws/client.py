@@ -15,7 +15,7 @@ from .._runtime.instances import (
     instance_result,
     start_instance,
 )
-from ..backends.protocols import Clock, StateStore, Transport
+from ..backends.protocols import Clock, InstancePage, StateStore, Transport
 from ..callbacks import CallbackTokens
 from ..errors import WorkflowNotFinishedError, WorkflowNotFoundError
 from ..models import History, InstanceRecord, InstanceStatus
@@ -184,8 +184,26 @@ class WorkflowClient(CallbackCompletion, RepairCommands):
         return d.store, d.tokens, d.transport
 
     def list_instances(self) -> list[InstanceRecord]:
-        """Every instance in the table, oldest first (a Scan: for tooling, not hot paths)."""
+        """Every instance in the table, oldest first (a Scan: for tooling, not hot paths;
+        :meth:`list_page` reads through the listing index instead)."""
         return self.deployment.store.list_instances()
+
+    def list_page(self, *, status: InstanceStatus | None = None,
+                  workflow_name: str | None = None, since: float | None = None,
+                  until: float | None = None, limit: int = 100,
+                  next_token: str | None = None) -> InstancePage:
+        """A page of instances with this status and workflow name, created between
+        ``since`` and ``until`` (seconds since the epoch), through the table's ``by_status``
+        index: ``Query`` and ``BatchGetItem``, never ``Scan``. Pass the page's
+        ``next_token`` back for the next page.
+
+        Raises:
+            ConfigurationError: the table has no ``by_status`` index (says how to add it).
+            InvalidPageTokenError: ``next_token`` is not one a listing handed out.
+        """
+        return self.deployment.store.list_page(
+            status=status, workflow_name=workflow_name, since=since, until=until,
+            limit=limit, next_token=next_token)
 
     # -- repair ----------------------------------------------------------------------------
     def _repair_parts(self) -> tuple[StateStore, Transport, Clock]:
