@@ -12,6 +12,17 @@ include boto3). See ``docs/aws.md``.
 - :class:`AwsConfig`: settings, from ``LAMBDA_WORKFLOW_*`` environment variables.
 """
 
+try:
+    import boto3 as _boto3  # noqa: F401  (checked first, for the message below)
+    import botocore as _botocore  # noqa: F401
+except ModuleNotFoundError as _missing:
+    if _missing.name not in ("boto3", "botocore"):
+        raise
+    raise ModuleNotFoundError(
+        f"lambda_workflow.aws needs boto3, which is not installed (no module named "
+        f"{_missing.name!r}): install the aws extra with pip install 'lambda-workflow[aws]' "
+        "(Lambda's Python runtimes include boto3 already)", name=_missing.name) from _missing
+
 from .client import AwsWorkflowHandle, WorkflowClient
 from .config import AwsConfig, ConfigurationError, ServiceTarget
 from .dynamodb import ConcurrentWriteError, DynamoDBStateStore
