@@ -29,7 +29,9 @@ from lambda_workflow import (
     step,
     workflow,
 )
+from lambda_workflow._runtime.history import history_from_json
 from lambda_workflow.local import LocalRuntime
+from lambda_workflow.models import History
 
 
 class Item(BaseModel):
@@ -193,6 +195,24 @@ def setup(runtime: LocalRuntime) -> None:
     runtime.register(*WORKFLOWS)
     runtime.implement(price_service, price_of)
     runtime.implement(ship_service, ship)
+
+
+def assert_loader_gives_back(recorded: History, exported: str) -> None:
+    """history_from_json(history --json) holds every request byte for byte (with its
+    digest), every result as the same JSON value, and the instance's input and result as
+    recorded."""
+    loaded = history_from_json(exported)
+    assert loaded.instance.input == recorded.instance.input
+    assert loaded.instance.result == recorded.instance.result
+    assert loaded.instance.status == recorded.instance.status
+    assert len(loaded.operations) == len(recorded.operations)
+    for got, want in zip(loaded.operations, recorded.operations, strict=True):
+        assert (got.op_id, got.kind, got.name, got.state) == (want.op_id, want.kind,
+                                                              want.name, want.state)
+        assert got.request == want.request, (want.kind, want.name)
+        assert got.request_digest == want.request_digest
+        assert (None if got.result is None else orjson.loads(got.result)) == (
+            None if want.result is None else orjson.loads(want.result))
 
 
 def _cancel(runtime: LocalRuntime, workflow_id: str, reason: str) -> None:

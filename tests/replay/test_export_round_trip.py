@@ -12,14 +12,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
 import pytest
 
-from lambda_workflow._runtime.history import history_from_json
 from lambda_workflow.backends.sqlite import SQLiteStateStore
 from lambda_workflow.cli import main
 from lambda_workflow.local import LocalRuntime
-from lambda_workflow.models import History
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -68,24 +65,6 @@ def run_cli(*argv: str | Path) -> tuple[int, str]:
     return code, out.getvalue()
 
 
-def assert_loader_gives_back_the_recorded_bytes(recorded: History, exported: str) -> None:
-    """history_from_json(history --json) holds every request byte for byte (with its
-    digest), every result as the same JSON value, and the instance's input and result as
-    recorded."""
-    loaded = history_from_json(exported)
-    assert loaded.instance.input == recorded.instance.input
-    assert loaded.instance.result == recorded.instance.result
-    assert loaded.instance.status == recorded.instance.status
-    assert len(loaded.operations) == len(recorded.operations)
-    for got, want in zip(loaded.operations, recorded.operations, strict=True):
-        assert (got.op_id, got.kind, got.name, got.state) == (want.op_id, want.kind,
-                                                              want.name, want.state)
-        assert got.request == want.request, (want.kind, want.name)
-        assert got.request_digest == want.request_digest
-        assert (None if got.result is None else orjson.loads(got.result)) == (
-            None if want.result is None else orjson.loads(want.result))
-
-
 def export_all(db: Path, ids: list[str], folder: Path) -> list[Path]:
     """`history --db DB ID --json` for each id, written to folder/ID.json; checks the loader
     against the store on the way."""
@@ -97,7 +76,7 @@ def export_all(db: Path, ids: list[str], folder: Path) -> list[Path]:
             assert code == 0, out
             recorded = store.load_history(wid)
             assert recorded is not None
-            assert_loader_gives_back_the_recorded_bytes(recorded, out)
+            every_kind.assert_loader_gives_back(recorded, out)
             path = folder / f"{wid.replace('/', '_')}.json"
             path.write_text(out)
             paths.append(path)
