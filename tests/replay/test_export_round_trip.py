@@ -7,13 +7,16 @@ DynamoDB exports.)"""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
+from lambda_workflow import _core
 from lambda_workflow.backends.sqlite import SQLiteStateStore
 from lambda_workflow.cli import main
 from lambda_workflow.local import LocalRuntime
@@ -160,3 +163,28 @@ def test_a_history_recorded_before_a_patch_replays_against_the_patched_code(
     paths = export_all(db, ["versions-old", "versions-new"], tmp_path)
     assert "patch" not in paths[0].read_text() and '"patch"' in paths[1].read_text()
     replay_all(paths, KINDS)
+
+
+def _step_layout(request: bytes) -> bytes:
+    """A step attempt's request as the runtime encodes it: the canonical arguments object,
+    with ``"attempt"`` appended as its last key."""
+    doc = orjson.loads(request)
+    arguments = orjson.dumps({"args": doc["args"], "kwargs": doc["kwargs"]},
+                             option=orjson.OPT_SORT_KEYS)
+    return arguments[:-1] + b',"attempt":' + str(doc["attempt"]).encode() + b"}"
+
+
+def test_every_recorded_request_has_the_one_documented_encoding(tmp_path: Path) -> None:
+    """docs/replay.md: a recorded request is canonical JSON (orjson, sorted keys, compact,
+    UTF-8), except a step attempt's, whose ``attempt`` comes last; its digest is BLAKE2b-128
+    of those bytes. Checked on every request the every-kind histories hold."""
+    with LocalRuntime(tmp_path / "kinds.sqlite3") as runtime:
+        expected = every_kind.record(runtime)
+        ops = [op for wid in expected for op in runtime.history(wid).operations]
+    assert {op.kind for op in ops} == OPERATION_KINDS
+    for op in ops:
+        canonical = orjson.dumps(orjson.loads(op.request), option=orjson.OPT_SORT_KEYS)
+        want = _step_layout(op.request) if op.kind == "step" else canonical
+        assert op.request == want, (op.kind, op.name, op.request)
+        assert op.request_digest == _core.digest(op.request)
+        assert op.request_digest == hashlib.blake2b(op.request, digest_size=16).hexdigest()

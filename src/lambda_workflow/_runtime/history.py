@@ -28,6 +28,13 @@ def _bytes(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
+def _as_written(value: Any) -> bytes:
+    """A payload with no digest (an operation's result, an error) in the document's key
+    order: the bytes the runtime wrote, for an export nobody edited (an error object is
+    ``type, message, details``, not sorted); it is read as a value, never compared as bytes."""
+    return orjson.dumps(value)
+
+
 def _request(value: Any, digest: str) -> bytes:
     """A request's recorded bytes: in the document's key order when that is what the digest
     was taken over (a step's request ends with ``"attempt"``, not in sorted order), else
@@ -62,16 +69,17 @@ def history_from_json(data: bytes | str) -> History:
         raise ValueError(f"unsupported history format {doc.get('format')!r}; expected {FORMAT}")
     wid = doc["workflow_id"]
     inst = InstanceRecord(
-        wid, doc["workflow"], _bytes(doc["input"]), doc["input_digest"],
+        wid, doc["workflow"], _request(doc["input"], doc["input_digest"]), doc["input_digest"],
         InstanceStatus(doc["status"]),
+        # The result is canonical (the replay check compares it as bytes).
         None if doc["result"] is None and doc["status"] != "completed" else _bytes(doc["result"]),
-        None if doc["error"] is None else _bytes(doc["error"]),
+        None if doc["error"] is None else _as_written(doc["error"]),
         doc["created_at"], doc["updated_at"], doc["activations"])
     ops = [OperationRecord(
         wid, op["id"], op["seq"], op["kind"], op["name"],
         _request(op["request"], op["request_digest"]),
         op["request_digest"], op["site"], OperationState(op["state"]), op["sent"],
-        None if op["state"] == "pending" else _bytes(op["result"]), op["created_in"],
+        None if op["state"] == "pending" else _as_written(op["result"]), op["created_in"],
         op["resolved_in"], op["created_at"], op["resolved_at"]) for op in doc["operations"]]
     return History(inst, ops)
 
