@@ -374,8 +374,11 @@ def build(app: App) -> dict[str, Any]:
             "Description": "Lambda architecture of every function. The zip must be built for "
                            "the same one (`lambda-workflow package ... --arch <this>`): "
                            "pydantic-core and orjson are binary."},
+        # A String (one of the mapping's keys), not a Number: it is only ever a key of the
+        # PayloadExpiry mapping and an environment value, both strings on AWS (and moto's
+        # CloudFormation, which turns a Number into an int, then finds no such key).
         "RetentionDays": {
-            "Type": "Number", "Default": 30, "AllowedValues": retentions,
+            "Type": "String", "Default": "30", "AllowedValues": [str(d) for d in retentions],
             "Description": "Days a finished workflow's items live before DynamoDB's TTL "
                            "deletes them (0 keeps them for ever). Also sets the payload "
                            "bucket's expiry (the PayloadExpiry mapping)."},
@@ -911,33 +914,43 @@ def _command_line(args: Any) -> str:
     return shlex.join([*argv, "-o", args.output])
 
 
-def run_command(args: Any, out: Any) -> int:
-    """``lambda-workflow template``: write the template; 0, or 1 with the reason on stderr."""
+def from_args(args: Any) -> tuple[App, str]:
+    """The App and the template text that ``template``'s parsed arguments describe (nothing
+    is written). The zip's path is made relative to the template's folder, as SAM reads it.
+
+    Raises:
+        TemplateError: as :func:`discover`, or a malformed ``--service``.
+    """
     import os
 
     plain: dict[str, str] = {}
+    for spec in args.service:
+        name, eq, handler = spec.partition("=")
+        if not eq or not name or not handler:
+            raise TemplateError(f"--service {spec!r}: expected NAME=MODULE.ATTRIBUTE")
+        if name in plain:
+            raise TemplateError(f"--service names {name!r} twice")
+        plain[name] = handler
+    code = os.path.relpath(Path(args.code_uri).resolve(), Path(args.output).resolve().parent)
+    app = discover(args.module, plain_services=plain, invoke_async=args.invoke_async,
+                   code_uri=Path(code).as_posix(), python=args.python,
+                   architecture=args.arch, description=args.description,
+                   command=_command_line(args))
+    return app, render(app)
+
+
+def run_command(args: Any, out: Any) -> int:
+    """``lambda-workflow template``: write the template; 0, or 1 with the reason on stderr."""
     try:
-        for spec in args.service:
-            name, eq, handler = spec.partition("=")
-            if not eq or not name or not handler:
-                raise TemplateError(f"--service {spec!r}: expected NAME=MODULE.ATTRIBUTE")
-            if name in plain:
-                raise TemplateError(f"--service names {name!r} twice")
-            plain[name] = handler
-        output = Path(args.output)
-        code = os.path.relpath(Path(args.code_uri).resolve(), output.resolve().parent)
-        app = discover(args.module, plain_services=plain, invoke_async=args.invoke_async,
-                       code_uri=Path(code).as_posix(), python=args.python,
-                       architecture=args.arch, description=args.description,
-                       command=_command_line(args))
-        text = render(app)
+        app, text = from_args(args)
     except TemplateError as exc:
         print(f"lambda-workflow template: {exc}", file=sys.stderr)
         return 1
+    output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text, encoding="utf-8")
-    counts = build(app)["Resources"]
-    print(f"wrote {output}: {len(counts)} resources ({len(app.services)} service functions, "
+    count = len(build(app)["Resources"])
+    print(f"wrote {output}: {count} resources ({len(app.services)} service functions, "
           f"{len(app.external)} external services"
           + (f": parameters {', '.join(_external_parameters(app))}" if app.external else "")
           + ")", file=out)

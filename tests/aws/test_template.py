@@ -322,10 +322,10 @@ def test_bucket_is_private_encrypted_and_expires_after_retention(cfn: Template) 
     assert rule["Status"] == {"Fn::If": ["KeepForever", "Disabled", "Enabled"]}
     assert cfn["Conditions"]["KeepForever"] == {"Fn::Equals": [{"Ref": "RetentionDays"}, "0"]}
     retention = cfn["Parameters"]["RetentionDays"]
-    assert retention["Default"] == 30
+    assert retention["Default"] == "30"
     expiry = cfn["Mappings"]["PayloadExpiry"]
-    assert {str(v) for v in retention["AllowedValues"]} == set(expiry)
-    for days in retention["AllowedValues"]:
+    assert set(retention["AllowedValues"]) == set(expiry)
+    for days in map(int, retention["AllowedValues"]):
         if days:
             assert expiry[str(days)]["Days"] > days + 7, days
 
@@ -337,7 +337,7 @@ def test_payloads_outlive_the_longest_sleep(cfn: Template) -> None:
     may still reads it when it wakes, and its history stays readable until its items
     expire. Raising MAX_SLEEP without the template fails here."""
     expiry = cfn["Mappings"]["PayloadExpiry"]
-    for days in cfn["Parameters"]["RetentionDays"]["AllowedValues"]:
+    for days in map(int, cfn["Parameters"]["RetentionDays"]["AllowedValues"]):
         if days:
             assert expiry[str(days)]["Days"] >= minimum_expiry_days(days), days
             assert expiry[str(days)]["Days"] >= MAX_SLEEP.days + days, days
