@@ -108,6 +108,9 @@ def test_describe_callback_then_a_call_no_service_implements(module: str, db: st
                         "--run")
     assert code == 0
     assert "sent timer 1 sleep" in out  # a timer, not "call 1 sleep"
+    # ... and what it waits on by kind (it said "recorded replies to call 1; suspended,
+    # waiting on call 2").
+    assert "recorded replies to timer 1; suspended, waiting on callback 2" in out
     code, out = run_cli("describe", "--db", db, "o-3")
     assert re.search(r"waiting on:\s+callback 2 'approval': a completion of its token "
                      r"\(no timeout\)", out), out

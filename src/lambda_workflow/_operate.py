@@ -429,8 +429,10 @@ def _local_runtime(args: argparse.Namespace, out: TextIO, printer: Callable[[Tex
 
     if module is None and getattr(args, "run", None):
         module = args.load_module(args.run)
-    runtime = LocalRuntime(args.db, on_event=printer(out) if module is not None
-                           and not args.quiet else None)
+    shown = printer(out) if module is not None and not args.quiet else None
+    runtime = LocalRuntime(args.db, on_event=shown)
+    if shown is not None:
+        shown.store = runtime.store
     if module is not None:
         try:
             _setup_runtime(runtime, module)

@@ -22,6 +22,7 @@ from ._runtime.history import history_from_json, history_to_json
 from ._runtime.repair import RepairResult
 from ._runtime.replay_check import check_replay
 from .backends.memory import DeadLetter
+from .backends.protocols import StateStore
 from .callbacks import CallbackTokens
 from .errors import InvalidRequestError, WorkflowError
 from .local import LOCAL_CALLBACK_KEY, LocalRuntime, ServiceInvocation
@@ -54,16 +55,36 @@ def _short(payload: bytes | None, width: int = 70) -> str:
 
 
 class _Printer:
-    """Turns runtime events into one line each."""
+    """Turns runtime events into one line each. With ``store`` (the runtime's), operations
+    are labelled by kind (``callback 2, timer 3, call 4``); without it, by the kinds of the
+    operations it saw sent, else ``operation``."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, store: StateStore | None = None) -> None:
         self.out = out
+        self.store = store
+        self._kinds: dict[tuple[str, str], str] = {}
+
+    def _labelled(self, workflow_id: str, op_ids: Sequence[str]) -> str:
+        if self.store is not None and any((workflow_id, i) not in self._kinds for i in op_ids):
+            history = self.store.load_history(workflow_id)
+            for op in history.operations if history is not None else ():
+                self._kinds[(workflow_id, op.op_id)] = op.kind
+        parts: list[str] = []
+        last = None
+        for op_id in op_ids:
+            kind = self._kinds.get((workflow_id, op_id), "operation")
+            parts.append(op_id if kind == last else f"{kind} {op_id}")
+            last = kind
+        return ", ".join(parts)
 
     def __call__(self, event: ActivationReport | ServiceInvocation | DeadLetter) -> None:
         if isinstance(event, ActivationReport):
+            for op in event.sent:
+                self._kinds[(event.workflow_id, op.op_id)] = op.kind
             parts = [f"activation {event.activation} of {event.workflow_id}:"]
             if event.applied:
-                parts.append(f"recorded replies to call {', '.join(event.applied)};")
+                parts.append("recorded replies to "
+                             f"{self._labelled(event.workflow_id, event.applied)};")
             if event.duplicates:
                 parts.append(f"dropped duplicate replies to {', '.join(event.duplicates)};")
             if event.sent:
@@ -74,7 +95,8 @@ class _Printer:
             elif event.status == "failed" and event.error is not None:
                 parts.append(f"FAILED -> {event.error.type}: {event.error.message}")
             elif event.status == "suspended":
-                parts.append(f"suspended, waiting on call {', '.join(event.pending)}")
+                parts.append("suspended, waiting on "
+                             f"{self._labelled(event.workflow_id, event.pending)}")
             else:
                 parts.append(event.status)
             print("  " + " ".join(parts), file=self.out)
@@ -95,6 +117,7 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     module = _load_module(args.file)
     printer = _Printer(out)
     runtime = LocalRuntime(args.db, on_event=None if args.quiet else printer)
+    printer.store = runtime.store
     setup = getattr(module, "setup", None)
     if callable(setup):
         setup(runtime)
