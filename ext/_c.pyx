@@ -30,6 +30,7 @@ __all__ = [
     "dedup_id",
     "digest",
     "encode_value",
+    "mismatch_advice",
     "operation_id",
 ]
 
@@ -83,12 +84,30 @@ def dedup_id(str workflow_id, str kind, str key):
     return _sha256(f"{kind}\x00{workflow_id}\x00{key}".encode()).hexdigest()
 
 
+_PATCH = ('if ctx.patched("<patch-id>"): <new code> else: <old code> (see docs/versioning.md)')
+
+
+def mismatch_advice(str field, str recorded_kind):
+    if field == "request" and recorded_kind == "timer":
+        return ("A changed duration is a change of the workflow's code: instances started "
+                "before it must replay the recorded one. Keep both with " + _PATCH)
+    if field == "request":
+        return ("If the code that builds this request changed on purpose, instances started "
+                "before the change must replay the recorded request: keep both with "
+                + _PATCH + ". Otherwise build requests only from the workflow's input and "
+                "recorded results (not the clock or random numbers)")
+    return ("If the workflow's code changed on purpose, instances started before the change "
+            "must replay the recorded operations: run the new code only in new instances "
+            "with " + _PATCH)
+
+
 class ReplayMismatch(Exception):
     def __init__(self, seq, field, recorded, payload=b""):
         self.seq = seq
         self.field = field
         self.recorded = recorded
         self.payload = payload
+        self.advice = mismatch_advice(field, getattr(recorded, "kind", ""))
         super().__init__(f"operation #{seq + 1} differs from the history in its {field}")
 
 

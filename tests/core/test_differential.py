@@ -253,7 +253,7 @@ def describe_exception(exc: Exception) -> tuple[Any, ...]:
     if type(exc).__name__ == "ReplayMismatch":
         rec = exc.recorded  # type: ignore[attr-defined]
         return ("ReplayMismatch", exc.seq, exc.field, rec.op_id,  # type: ignore[attr-defined]
-                exc.payload, str(exc))  # type: ignore[attr-defined]
+                exc.payload, str(exc), exc.advice)  # type: ignore[attr-defined]
     return (type(exc).__name__, str(exc))
 
 
@@ -370,4 +370,5 @@ def test_drive_observes_decisions() -> None:
     assert trace[6][1] == ("decision", PY.NEW, None, request_bytes(0))
     mismatch = drive(PY, history, {}, 2, [("step", "name")])
     assert mismatch[1][1] == ("raised", "ReplayMismatch", 0, "name", "1", request_bytes(0),
-                              "operation #1 differs from the history in its name")
+                              "operation #1 differs from the history in its name",
+                              PY.mismatch_advice("name", "call"))

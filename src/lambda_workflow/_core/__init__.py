@@ -23,6 +23,7 @@ __all__ = [
     "dedup_id",
     "digest",
     "encode_value",
+    "mismatch_advice",
     "operation_id",
 ]
 
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
         dedup_id,
         digest,
         encode_value,
+        mismatch_advice,
         operation_id,
     )
 
@@ -76,6 +78,7 @@ else:
     CallFuture = _impl.CallFuture
     ReplayIndex = _impl.ReplayIndex
     ReplayMismatch = _impl.ReplayMismatch
+    mismatch_advice = _impl.mismatch_advice
     decode_value = _impl.decode_value
     dedup_id = _impl.dedup_id
     digest = _impl.digest

@@ -10,4 +10,5 @@ from ._py import decode_value as decode_value
 from ._py import dedup_id as dedup_id
 from ._py import digest as digest
 from ._py import encode_value as encode_value
+from ._py import mismatch_advice as mismatch_advice
 from ._py import operation_id as operation_id

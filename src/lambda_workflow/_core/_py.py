@@ -36,6 +36,7 @@ __all__ = [
     "dedup_id",
     "digest",
     "encode_value",
+    "mismatch_advice",
     "operation_id",
 ]
 
@@ -92,10 +93,30 @@ def dedup_id(workflow_id: str, kind: str, key: str) -> str:
     return hashlib.sha256(f"{kind}\x00{workflow_id}\x00{key}".encode()).hexdigest()
 
 
+_PATCH = ('if ctx.patched("<patch-id>"): <new code> else: <old code> (see docs/versioning.md)')
+
+
+def mismatch_advice(field: str, recorded_kind: str) -> str:
+    """What to do about an operation that differs from the recorded one in ``field``, for
+    the ``NonDeterminismError`` the runtime raises (both cores give the same text)."""
+    if field == "request" and recorded_kind == "timer":
+        return ("A changed duration is a change of the workflow's code: instances started "
+                "before it must replay the recorded one. Keep both with " + _PATCH)
+    if field == "request":
+        return ("If the code that builds this request changed on purpose, instances started "
+                "before the change must replay the recorded request: keep both with "
+                + _PATCH + ". Otherwise build requests only from the workflow's input and "
+                "recorded results (not the clock or random numbers)")
+    return ("If the workflow's code changed on purpose, instances started before the change "
+            "must replay the recorded operations: run the new code only in new instances "
+            "with " + _PATCH)
+
+
 class ReplayMismatch(Exception):
     """The operation created at ``seq`` differs from the recorded one in ``field``.
 
-    ``payload`` is the new request's encoding, for a field-by-field report.
+    ``payload`` is the new request's encoding, for a field-by-field report; ``advice`` says
+    what to do about it (:func:`mismatch_advice`).
     """
 
     def __init__(self, seq: int, field: str, recorded: Any, payload: bytes = b"") -> None:
@@ -103,6 +124,7 @@ class ReplayMismatch(Exception):
         self.field = field
         self.recorded = recorded
         self.payload = payload
+        self.advice = mismatch_advice(field, getattr(recorded, "kind", ""))
         super().__init__(f"operation #{seq + 1} differs from the history in its {field}")
 
 

@@ -614,12 +614,13 @@ class Replayer:
                 f"created {kind} {name!r}, but the history recorded {rec.kind} {rec.name!r} "
                 f"(created at {rec.site or 'an unknown site'})")
         if mismatch.field == "request":
+            what = "the timer's duration" if rec.kind == "timer" else "the request"
             head = (f"workflow {self.workflow.name!r} ({self.workflow_id}) no longer matches its "
                     f"history at operation #{mismatch.seq + 1} ({kind} {name!r} at "
-                    f"{site_of(frame)}): the request differs from the recorded one: "
-                    f"{_diff(rec.request, mismatch.payload)}. Build requests only from the "
-                    "workflow's input and recorded results (not the clock or random numbers)")
-        self._mismatch = NonDeterminismError(head)
+                    f"{site_of(frame)}): {what} differs from the recorded one: "
+                    f"{_diff(rec.request, mismatch.payload)}")
+        # The advice (ctx.patched, docs/versioning.md) comes from the replay core.
+        self._mismatch = NonDeterminismError(f"{head}. {mismatch.advice}")
         return self._mismatch
 
     # -- running -------------------------------------------------------------------------------
