@@ -10,6 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from lambda_workflow.backends.memory import MemoryStateStore
+from lambda_workflow.backends.protocols import InvalidPageTokenError
 from lambda_workflow.backends.sqlite import SQLiteStateStore
 from lambda_workflow.cli import main
 from lambda_workflow.models import InstanceRecord, InstanceStatus
@@ -265,3 +267,30 @@ def test_history_json_is_unchanged_by_the_new_flags(module: str, db: str) -> Non
     run_cli("start", module, "--db", db, "--id", "o-9", "--input", '{"n": 1}', "--run")
     code, out = run_cli("history", "--db", db, "o-9", "--json")
     assert code == 0 and orjson.loads(out)["workflow_id"] == "o-9"
+
+
+@pytest.mark.parametrize("make", [MemoryStateStore, SQLiteStateStore], ids=["memory", "sqlite"])
+def test_list_page_is_the_same_on_memory_and_sqlite(make: type[MemoryStateStore]) -> None:
+    """Both embedded stores page the same instances in the same order, and each refuses
+    the other's tokens."""
+    store = make()
+    for i in range(5):
+        at = 1_800_000_000.0 + (i // 2)  # two instances share each creation time
+        store.create_instance(InstanceRecord(f"w-{i}", "alpha", b"{}", "d", created_at=at,
+                                             updated_at=at))
+    seen: list[str] = []
+    token = None
+    while True:
+        page = store.list_page(limit=2, next_token=token, until=1_800_000_001.0)
+        seen += [i.workflow_id for i in page.instances]
+        token = page.next_token
+        if token is None:
+            break
+    assert seen == ["w-0", "w-1", "w-2", "w-3"]
+    foreign = ("eyJiIjoibWVtb3J5IiwicCI6WzEuMCwidyJdfQ"  # {"b":"memory","p":[1.0,"w"]}
+               if not isinstance(store, MemoryStateStore)
+               else "eyJiIjoic3FsaXRlIiwicCI6WzEuMCwidyJdfQ")
+    with pytest.raises(InvalidPageTokenError, match="comes from a listing of a"):
+        store.list_page(next_token=foreign)
+    with pytest.raises(ValueError, match="limit=0 must be at least 1"):
+        store.list_page(limit=0)
