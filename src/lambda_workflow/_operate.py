@@ -20,7 +20,7 @@ from . import _core
 from ._runtime.engine import CANCEL_OP_ID, child_workflow_id, timer_fire_at
 from .backends.protocols import InstanceLister, InstancePage, InvalidPageTokenError
 from .backends.sqlite import SQLiteStateStore, StateFileLock
-from .errors import InvalidRequestError, WorkflowError, WorkflowNotFoundError
+from .errors import InvalidRequestError, WorkflowNotFoundError
 from .models import (
     History,
     InstanceRecord,
@@ -316,15 +316,16 @@ def describe(history: History, out: TextIO, implemented: Callable[[str], bool | 
 
 
 def _module_services(module: ModuleType, runtime_factory: Callable[[], LocalRuntime]
-                     ) -> set[str] | None:
-    """The services a module implements (its ``setup(runtime)``), ``None`` without setup."""
+                     ) -> set[str]:
+    """The services a module implements: those its ``setup(runtime)`` implements on a
+    scratch runtime (none without a ``setup``)."""
     setup = getattr(module, "setup", None)
     if not callable(setup):
         return set()
     runtime = runtime_factory()
     try:
         setup(runtime)
-        return set(runtime._services)
+        return set(runtime._services)  # what implement() recorded, by service name
     finally:
         runtime.close()
 
@@ -345,8 +346,7 @@ def cmd_describe(args: argparse.Namespace, out: TextIO, table_client: TableClien
     implemented: Callable[[str], bool | None]
     if args.run:
         services = _module_services(load_module(args.run), LocalRuntime)
-        implemented = (lambda name: None) if services is None else (lambda name: name in
-                                                                      services)
+        implemented = services.__contains__
     elif source.client is not None:
         targets = source.client.deployment.config.services
         implemented = lambda name: name in targets  # noqa: E731
@@ -705,5 +705,3 @@ def run_command(args: argparse.Namespace, out: TextIO, *, table_client: TableCli
     except UsageError as exc:
         print(f"lambda-workflow {args.command}: {exc}", file=sys.stderr)
         return 2
-    except WorkflowError:
-        raise

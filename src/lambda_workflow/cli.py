@@ -376,8 +376,10 @@ def _cmd_repair(args: argparse.Namespace, out: TextIO) -> int:
             return 2
         return _cmd_repair_table(args, out)
     module = _load_module(args.run) if args.run else None
-    runtime = LocalRuntime(args.db, on_event=_Printer(out) if module and not args.quiet
-                           else None)
+    printer = _Printer(out) if module and not args.quiet else None
+    runtime = LocalRuntime(args.db, on_event=printer)
+    if printer is not None:
+        printer.store = runtime.store
     try:
         if module is not None:
             setup = getattr(module, "setup", None)
