@@ -157,6 +157,14 @@ def discover(paths: Sequence[str | Path], *, plain_services: Mapping[str, str] |
             elif role.kind == "timer":
                 timers.append(f"{stem}.{attribute}")
     registered = {id(wf): wf for _, role in workflow_handlers for wf in role.workflows}
+    for handler_name, handler_role_ in workflow_handlers:
+        for wf in handler_role_.workflows:
+            for child in wf.children:
+                if child not in handler_role_.workflows:
+                    raise TemplateError(
+                        f"workflow {wf.name!r} starts child workflow {child.name!r}, which "
+                        f"{handler_name} does not register (a child runs on its parent's "
+                        "queue): add it to that workflow_handler(...)")
     orphans = {stem: [wf.name for wf in wfs if id(wf) not in registered]
                for stem, wfs in defined.items()}
     orphans = {stem: names for stem, names in orphans.items() if names}
@@ -176,12 +184,6 @@ def discover(paths: Sequence[str | Path], *, plain_services: Mapping[str, str] |
             "`workflow_handler(a, b, ...)`, or generate a template per deployment")
     (workflow_handler, role), = workflow_handlers
     workflows = list(role.workflows)
-    for wf in list(workflows):
-        for child in wf.children:
-            if id(child) not in registered:
-                raise TemplateError(
-                    f"workflow {wf.name!r} starts child workflow {child.name!r}, which "
-                    f"{workflow_handler} does not register: add it to workflow_handler(...)")
     if len(timers) > 1:
         raise TemplateError(f"several timer handlers: {', '.join(timers)}; keep one")
     plain = dict(plain_services or {})
