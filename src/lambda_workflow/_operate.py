@@ -564,6 +564,10 @@ def _cancel_and_run(args: argparse.Namespace, out: TextIO,
         runtime.close()
 
 
+# A heartbeat to a callback without a heartbeat timeout is accepted and sends nothing.
+_HEARTBEAT_NOTE = "sent if the callback has a heartbeat timeout (else there is nothing to send)"
+
+
 def cmd_callback(args: argparse.Namespace, out: TextIO, table_client: TableClient,
                  printer: Callable[[TextIO], Any]) -> int:
     value = _json_arg(args.result, "--result")
@@ -591,7 +595,11 @@ def cmd_callback(args: argparse.Namespace, out: TextIO, table_client: TableClien
                              "function runs the instance")
         client = table_client(args.table, sends=True, queue_url=args.queue_url)
         send(client)
-        print(f"callback {args.action} sent to {client.deployment.config.queue_url}", file=out)
+        tokens = client.deployment.tokens  # it verified the token: it is there
+        workflow_id = tokens.verify(args.token)[0] if tokens is not None else "its instance"
+        print(f"callback {args.action} of {workflow_id} accepted: "
+              f"{_HEARTBEAT_NOTE if args.action == 'heartbeat' else 'sent'} to "
+              f"{client.deployment.config.queue_url}", file=out)
         return 0
     if not args.run:
         raise UsageError("on --db, the callback's message is applied by an activation, which "
@@ -600,7 +608,8 @@ def cmd_callback(args: argparse.Namespace, out: TextIO, table_client: TableClien
     try:
         workflow_id, _ = runtime.tokens.verify(args.token)
         send(runtime)
-        print(f"callback {args.action} sent to {workflow_id}", file=out)
+        print(f"callback {args.action} of {workflow_id} accepted: "
+              f"{_HEARTBEAT_NOTE if args.action == 'heartbeat' else 'sent'}", file=out)
         return _run_and_report(runtime, workflow_id, out)
     finally:
         runtime.close()

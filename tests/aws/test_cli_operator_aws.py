@@ -260,9 +260,11 @@ def test_start_callback_describe_history_on_the_table(
     token = re.search(r"callback 1 'approval': a completion of its token \(no timeout; "
                       r"token (\S+)\)", out)
     assert token is not None, out
+    code, out = run_cli("callback", "heartbeat", token.group(1), "--table", config.table)
+    assert code == 0 and "callback heartbeat of t-1 accepted" in out
     code, out = run_cli("callback", "complete", token.group(1), "--result", "5",
                         "--table", config.table)
-    assert code == 0, out
+    assert code == 0 and f"callback complete of t-1 accepted: sent to {config.queue_url}" in out
     drain(pollers)
     code, out = run_cli("describe", "--table", config.table, "t-1")
     assert "waiting on:   call 3: service 'ledger', and no service implements ledger" in out
