@@ -30,6 +30,8 @@ T = TypeVar("T")
 
 
 class ItemStatus(enum.StrEnum):
+    """How one branch of a batch ended (:attr:`BatchItem.status`)."""
+
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"  # started, then stopped because the batch was complete
@@ -37,6 +39,8 @@ class ItemStatus(enum.StrEnum):
 
 
 class CompletionReason(enum.StrEnum):
+    """Why a batch was complete (:attr:`BatchResult.completion_reason`)."""
+
     ALL_COMPLETED = "all_completed"
     MIN_SUCCESSFUL_REACHED = "min_successful_reached"
     FAILURE_TOLERANCE_EXCEEDED = "failure_tolerance_exceeded"

@@ -317,7 +317,9 @@ class WorkflowContext(Generic[ReqT]):
 
         Raises:
             StepError: the submitter failed on its last attempt.
-            CallbackFailedError, CallbackTimeoutError, CallbackHeartbeatTimeoutError.
+            CallbackFailedError: the external system failed the callback.
+            CallbackTimeoutError: ``timeout`` passed before the callback completed.
+            CallbackHeartbeatTimeoutError: ``heartbeat_timeout`` passed without a heartbeat.
         """
         from .steps import Step
 
