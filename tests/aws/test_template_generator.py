@@ -11,6 +11,8 @@ stack created.
 from __future__ import annotations
 
 import copy
+import importlib
+import importlib.util
 import io
 import json
 import os
@@ -22,6 +24,7 @@ import textwrap
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -495,75 +498,77 @@ def _as_function(handler: Any, env: Mapping[str, str]) -> Any:
     return run
 
 
-#: Resource types of the translated template that moto's CloudFormation does not implement:
-#: it skips them (with a warning) and a Ref to one gives its logical id. None of them is on
-#: the path of this test's workflow (no callback, no sleep over 15 minutes; queue and bucket
-#: policies, alarms and the on-failure destination are not enforced or used by moto).
+#: Resource types of the translated templates that moto's CloudFormation does not implement:
+#: it skips them (with a warning), leaves out an environment variable or output that refers to
+#: one, and a test checks that these, and only these, were skipped. None is on the path of the
+#: workflows run here (no callback, no sleep over 15 minutes; queue and bucket policies, alarms
+#: and the on-failure destination are not enforced or used by moto).
 MOTO_UNSUPPORTED = {"AWS::SQS::QueuePolicy", "AWS::S3::BucketPolicy",
                     "AWS::SecretsManager::Secret", "AWS::Scheduler::ScheduleGroup",
                     "AWS::CloudWatch::Alarm", "AWS::Lambda::EventInvokeConfig"}
 
 
-@pytest.mark.filterwarnings("ignore:Tried to parse:UserWarning")
-def test_the_shop_deploys_to_cloudformation_and_runs_a_workflow(
-        aws: Aws, shop: Template, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The six-service app's generated template, translated by SAM, is created by moto's
-    CloudFormation (its code zip uploaded to S3 first, as `sam deploy` does; the other
-    teams' queue and function created first, their ARNs passed as parameters). moto creates
-    every resource but those of MOTO_UNSUPPORTED (checked: the stack lists exactly the
-    others), which this workflow does not use. moto stores the functions' code but does not
-    run it, and its own event source mappings would hand queue messages to a stub: they are
-    checked (queue, batch size, response types) then disabled, and the test plays Lambda
-    (tests/aws/harness.py): each created function's handler runs in-process with the
-    environment get_function_configuration returns, fed by the queue its mapping names. A
-    client configured from the stack's outputs starts place_order; it completes with the
-    result the services give, through the timer function (a durable sleep) and both
-    external services."""
+@dataclass
+class Deployed:
+    """A stack created by moto's CloudFormation, with its functions played in-process."""
+
+    outputs: dict[str, str]
+    environments: dict[str, dict[str, str]]  # by function output (WorkflowFunctionName...)
+    pollers: list[EventSourceMapping | AsyncInvoker]
+    async_functions: dict[str, Any]  # by function name and ARN
+    modules: dict[str, ModuleType]  # each function's own copy of its handler's module
+
+
+def _fresh_module(name: str) -> ModuleType:
+    """A new copy of the module ``name`` (not registered in sys.modules), as each Lambda
+    function imports its handler's module in its own process: its handlers start
+    unconfigured, and nothing they cache outlives the test."""
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.loader is not None, name
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _deploy(aws: Aws, sam: Template, stack: str, code: Mapping[str, Path],
+            parameters: Mapping[str, str] | None = None) -> Deployed:
+    """Upload the code zip to S3 (as `sam deploy` does), translate the template, create the
+    stack on moto's CloudFormation, and wire each created function: its handler (the name
+    its configuration gives, imported here) runs with the environment its configuration
+    gives, fed by the queue its event source mapping names (moto's own mapping, which would
+    hand messages to a stub, is checked then disabled). Functions without a mapping are
+    invoked asynchronously; they are returned by name and ARN."""
     s3, sqs, lam, cfn = (aws.client(n) for n in ("s3", "sqs", "lambda", "cloudformation"))
     s3.create_bucket(Bucket="artifacts")
-    code = io.BytesIO()
-    with zipfile.ZipFile(code, "w") as zf:
-        zf.write(SHOP, "shop.py")
-    s3.put_object(Bucket="artifacts", Key="shop.zip", Body=code.getvalue())
-    notify_queue = sqs.create_queue(QueueName="other-team-notify")["QueueUrl"]
-    notify_arn = sqs.get_queue_attributes(QueueUrl=notify_queue, AttributeNames=["QueueArn"])[
-        "Attributes"]["QueueArn"]
-    loyalty_fn = aws.create_function("other-team-loyalty")
-    loyalty_arn = lam.get_function(FunctionName=loyalty_fn)["Configuration"]["FunctionArn"]
-    iam = aws.client("iam")
-    reply_role = iam.create_role(RoleName="other-team-replies",
-                                 AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    parameters = {"NotifyServiceTarget": notify_arn, "LoyaltyServiceTarget": loyalty_arn,
-                  "NotifyServiceReplyRole": reply_role, "LoyaltyServiceReplyRole": reply_role}
-    template = translate(shop, "s3://artifacts/shop.zip", parameters)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, path in sorted(code.items()):
+            zf.write(path, name)
+    s3.put_object(Bucket="artifacts", Key=f"{stack}.zip", Body=archive.getvalue())
+    parameters = dict(parameters or {})
+    template = translate(sam, f"s3://artifacts/{stack}.zip", parameters)
     for name, resource in template["Resources"].items():
         # CloudFormation names a FIFO queue <stack>-<logical id>-<suffix>.fifo; moto leaves
         # the .fifo out (and then refuses the name), so the test names the two as AWS would.
         if resource["Type"] == "AWS::SQS::Queue" and resource["Properties"].get("FifoQueue"):
-            resource["Properties"]["QueueName"] = f"shop-{name}-T1.fifo"
-    cfn.create_stack(StackName="shop", TemplateBody=json.dumps(template),
+            resource["Properties"]["QueueName"] = f"{stack}-{name}-T1.fifo"
+    cfn.create_stack(StackName=stack, TemplateBody=json.dumps(template),
                      Parameters=[{"ParameterKey": k, "ParameterValue": v}
                                  for k, v in sorted(parameters.items())],
                      Capabilities=["CAPABILITY_IAM"])
-    stack = cfn.describe_stacks(StackName="shop")["Stacks"][0]
-    assert stack["StackStatus"] == "CREATE_COMPLETE"
-    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    described = cfn.describe_stacks(StackName=stack)["Stacks"][0]
+    assert described["StackStatus"] == "CREATE_COMPLETE"
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]}
     created = {r["LogicalResourceId"]
-               for r in cfn.list_stack_resources(StackName="shop")["StackResourceSummaries"]}
-    skipped = {name for name, r in template["Resources"].items() if name not in created}
+               for r in cfn.list_stack_resources(StackName=stack)["StackResourceSummaries"]}
+    skipped = {name for name in template["Resources"] if name not in created}
     assert {template["Resources"][n]["Type"] for n in skipped} == MOTO_UNSUPPORTED
+    assert not {"CallbackKeySecretArn", "TimerScheduleGroupName"} & set(outputs)
 
-    # The functions as created: their handlers, environments and event sources.
-    sys.path.insert(0, str(SHOP.parent))
-    module: ModuleType = sys.modules.get("shop") or __import__("shop")
-    timers = __import__("lambda_workflow.aws.timer_function", fromlist=["handler"])
-    handlers = {"shop": module, "lambda_workflow.aws.timer_function": timers}
-    runtime_env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                   "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION,
-                   "AWS_ENDPOINT_URL": aws.endpoint}
-    functions: dict[str, Any] = {}
-    pollers: list[EventSourceMapping | AsyncInvoker] = []
-    async_functions: dict[str, Any] = {}
+    runtime = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION,
+               "AWS_ENDPOINT_URL": aws.endpoint}
+    deployed = Deployed(outputs, {}, [], {}, {})
     for output, name in sorted(outputs.items()):
         if not output.endswith("FunctionName"):
             continue
@@ -571,14 +576,9 @@ def test_the_shop_deploys_to_cloudformation_and_runs_a_workflow(
         owner, attribute = config["Handler"].rsplit(".", 1)
         # (moto returns a Number parameter's value as a number; Lambda gives strings)
         env = {k: str(v) for k, v in config["Environment"]["Variables"].items()}
-        if output == "WorkflowFunctionName":  # what moto could not create is not set
-            assert "LAMBDA_WORKFLOW_SCHEDULER_GROUP" not in env
-            assert "LAMBDA_WORKFLOW_CALLBACK_KEY_SECRET" not in env
-            assert env["LAMBDA_WORKFLOW_SERVICE_NOTIFY"] == (  # the queue's URL on AWS
-                f"sqs:https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/other-team-notify")
-            assert env["LAMBDA_WORKFLOW_SERVICE_LOYALTY"] == f"lambda:{loyalty_arn}"
-        env |= runtime_env
-        functions[output] = _as_function(getattr(handlers[owner], attribute), env)
+        deployed.environments[output] = env
+        module = deployed.modules[output] = _fresh_module(owner)
+        function = _as_function(getattr(module, attribute), {**env, **runtime})
         mappings = lam.list_event_source_mappings(FunctionName=name)["EventSourceMappings"]
         for mapping in mappings:
             assert mapping["BatchSize"] == 10
@@ -587,18 +587,69 @@ def test_the_shop_deploys_to_cloudformation_and_runs_a_workflow(
             assert lam.get_event_source_mapping(UUID=mapping["UUID"])["State"] == "Disabled"
             queue = sqs.get_queue_url(QueueName=mapping["EventSourceArn"].split(":")[-1])[
                 "QueueUrl"]
-            pollers.append(EventSourceMapping(sqs, queue, functions[output]))
+            deployed.pollers.append(EventSourceMapping(sqs, queue, function))
         if not mappings:
-            async_functions[name] = functions[output]
-            async_functions[config["FunctionArn"]] = functions[output]
-    assert set(functions) == {f"{stem}FunctionName" for stem in (
-        "AuditLog", "Inventory", "Payment", "Shipping", "Workflow", "Timer")}
-    assert len(pollers) == 5 and set(async_functions) >= {outputs["PaymentFunctionName"]}
+            deployed.async_functions[name] = function
+            deployed.async_functions[config["FunctionArn"]] = function
+    workflow = deployed.environments["WorkflowFunctionName"]
+    assert "LAMBDA_WORKFLOW_SCHEDULER_GROUP" not in workflow  # refer to what moto skipped
+    assert "LAMBDA_WORKFLOW_CALLBACK_KEY_SECRET" not in workflow
+    return deployed
 
-    # The other teams' services: a plain consumer of their queue and their function, both
-    # replying on the workflow queue with the service SDK (no call records of their own).
+
+def _client(aws: Aws, outputs: Mapping[str, str]) -> WorkflowClient:
+    """A client configured from the stack's outputs, as docs/aws.md says."""
+    return WorkflowClient(AwsConfig(
+        table=outputs["TableName"], queue_url=outputs["WorkflowQueueUrl"],
+        bucket=outputs["PayloadBucketName"], endpoint_url=aws.endpoint, region=REGION),
+        session=aws.session)
+
+
+def _run_until_done(pollers: list[EventSourceMapping | AsyncInvoker], handle: Any) -> None:
+    drain(pollers, timeout=45.0, idle_rounds=3)
+    for _ in range(20):  # a sleep's message is delayed: poll until it has fired
+        if handle.status() is not InstanceStatus.RUNNING:
+            break
+        drain(pollers, timeout=45.0, idle_rounds=3)
+
+
+@pytest.mark.filterwarnings("ignore:Tried to parse:UserWarning")
+def test_the_shop_deploys_to_cloudformation_and_runs_a_workflow(
+        aws: Aws, shop: Template) -> None:
+    """The six-service app's generated template, translated by SAM, is created by moto's
+    CloudFormation (the other teams' queue and function created first, their ARNs passed as
+    parameters); see _deploy for what the test plays and MOTO_UNSUPPORTED for what moto
+    skips. The workflow function's environment routes notify to the queue's URL derived
+    from its ARN and loyalty to the function's ARN. A client configured from the stack's
+    outputs starts place_order; it completes with the result the services give, through
+    the built-in timer function (a durable sleep), the asynchronously invoked payment
+    function and both external services."""
+    sqs, lam = aws.client("sqs"), aws.client("lambda")
+    notify_queue = sqs.create_queue(QueueName="other-team-notify")["QueueUrl"]
+    notify_arn = sqs.get_queue_attributes(QueueUrl=notify_queue, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    loyalty_fn = aws.create_function("other-team-loyalty")
+    loyalty_arn = lam.get_function(FunctionName=loyalty_fn)["Configuration"]["FunctionArn"]
+    reply_role = aws.client("iam").create_role(RoleName="other-team-replies",
+                                               AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    deployed = _deploy(aws, shop, "shop", {"shop.py": SHOP}, {
+        "NotifyServiceTarget": notify_arn, "LoyaltyServiceTarget": loyalty_arn,
+        "NotifyServiceReplyRole": reply_role, "LoyaltyServiceReplyRole": reply_role})
+    assert set(deployed.environments) == {f"{stem}FunctionName" for stem in (
+        "AuditLog", "Inventory", "Payment", "Shipping", "Workflow", "Timer")}
+    assert len(deployed.pollers) == 5
+    assert set(deployed.async_functions) >= {deployed.outputs["PaymentFunctionName"]}
+    env = deployed.environments["WorkflowFunctionName"]
+    assert env["LAMBDA_WORKFLOW_SERVICE_NOTIFY"] == (  # the queue's URL on AWS
+        f"sqs:https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/other-team-notify")
+    assert env["LAMBDA_WORKFLOW_SERVICE_LOYALTY"] == f"lambda:{loyalty_arn}"
+
+    # The other teams' services: a consumer of their queue and their function, both replying
+    # on the workflow queue with the service SDK (no call records of their own).
     from lambda_workflow.aws import AwsDeployment, service_handler
 
+    module = sys.modules["shop"]
+    outputs = deployed.outputs
     team = AwsConfig(table=outputs["TableName"], queue_url=outputs["WorkflowQueueUrl"],
                      endpoint_url=aws.endpoint, region=REGION)
 
@@ -608,24 +659,45 @@ def test_the_shop_deploys_to_cloudformation_and_runs_a_workflow(
     async def sent(line: str) -> None:
         return None
 
-    pollers.append(EventSourceMapping(sqs, notify_queue, service_handler(
+    pollers = [*deployed.pollers, EventSourceMapping(sqs, notify_queue, service_handler(
         module.notify, sent, idempotent=False,
-        deployment=AwsDeployment(team, session=aws.session))))
+        deployment=AwsDeployment(team, session=aws.session)))]
+    async_functions = dict(deployed.async_functions)
     async_functions[loyalty_fn] = async_functions[loyalty_arn] = service_handler(
         module.loyalty, points, idempotent=False,
         deployment=AwsDeployment(team, session=aws.session))
     pollers.append(AsyncInvoker(aws.invocations, async_functions))
 
-    client = WorkflowClient(AwsConfig(
-        table=outputs["TableName"], queue_url=outputs["WorkflowQueueUrl"],
-        bucket=outputs["PayloadBucketName"], endpoint_url=aws.endpoint, region=REGION),
-        session=aws.session)
-    handle = client.start(module.place_order, module.Order(
+    handle = _client(aws, outputs).start(module.place_order, module.Order(
         order_id="o-1", sku="book", quantity=2, amount_cents=3000), workflow_id="o-1")
-    drain(pollers, timeout=45.0, idle_rounds=3)
-    for _ in range(20):  # the sleep's message is delayed: poll until it has fired
-        if handle.status() is not InstanceStatus.RUNNING:
-            break
-        drain(pollers, timeout=45.0, idle_rounds=3)
+    _run_until_done(pollers, handle)
     assert handle.status() is InstanceStatus.COMPLETED
     assert handle.result() == "o-1: r-book-2 c-3000 t-o-1 +20"
+
+
+@pytest.mark.filterwarnings("ignore:Tried to parse:UserWarning")
+def test_the_bank_template_deploys_to_cloudformation_and_runs_a_transaction(
+        aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/template.yaml, as committed, created by moto's CloudFormation with the three
+    example modules in the zip (as deploy/README.md packages them); one transaction started
+    by a client configured from the outputs completes with "success", through the balance
+    function, the fraud function (invoked asynchronously) and the plain-boto3 transaction
+    function (which makes its own boto3 clients from the environment it is given)."""
+    import bank_transaction as bank
+
+    monkeypatch.setattr(bank, "BALANCES", dict(bank.BALANCES))
+    examples = ROOT / "examples"
+    sam: Template = yaml_parse(BANK_TEMPLATE.read_text(encoding="utf-8"))
+    deployed = _deploy(aws, sam, "bank", {f"{m}.py": examples / f"{m}.py" for m in (
+        "bank_lambda", "bank_transaction", "plain_transaction_service")})
+    assert len(deployed.environments) == 5 and len(deployed.pollers) == 4
+    handle = _client(aws, deployed.outputs).start(
+        bank.make_transaction, bank.BankTransaction(account_id="alice", amount=30),
+        workflow_id="tx-1")
+    _run_until_done([*deployed.pollers, AsyncInvoker(aws.invocations,
+                                                     deployed.async_functions)], handle)
+    assert handle.status() is InstanceStatus.COMPLETED
+    assert handle.result() == "success"
+    plain = deployed.modules["TransactionFunctionName"]
+    assert plain.LEDGER == [{"account_id": "alice", "amount": 30}]
+    assert bank.BALANCES["alice"] == 100  # the plain service keeps its own ledger
