@@ -14,7 +14,7 @@ from types import ModuleType
 
 import pytest
 
-from lambda_workflow.aws import DynamoDBStateStore
+from lambda_workflow.aws import DynamoDBStateStore, S3PayloadStore
 from lambda_workflow.cli import main
 from lambda_workflow.local import LocalRuntime
 
@@ -123,16 +123,29 @@ def test_every_example_replays_from_its_dynamodb_export(example: str, aws: Aws, 
     assert out.count("ends completed as recorded") == len(ids) * len(against)
 
 
-def test_every_operation_kind_replays_from_its_dynamodb_export(aws: Aws, table: str,
-                                                               tmp_path: Path) -> None:
+@pytest.mark.parametrize("payloads", ["in the table", "in S3"])
+def test_every_operation_kind_replays_from_its_dynamodb_export(
+        aws: Aws, table: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        payloads: str) -> None:
     """Every kind of durable operation, recorded in DynamoDB (completed, failed, cancelled
     and still-running instances, children included), exported from the table and replayed
-    against tests/replay/every_kind.py."""
-    store = DynamoDBStateStore(aws.client("dynamodb"), table)
+    against tests/replay/every_kind.py; once with every payload in the table, once with
+    every payload over the threshold (1 byte), so the export reads each one from S3
+    (``LAMBDA_WORKFLOW_BUCKET``)."""
+    if payloads == "in S3":
+        bucket = aws.create_bucket()
+        monkeypatch.setenv("LAMBDA_WORKFLOW_BUCKET", bucket)
+        store = DynamoDBStateStore(aws.client("dynamodb"), table, payload_threshold=1,
+                                   payloads=S3PayloadStore(aws.client("s3"), bucket))
+    else:
+        store = DynamoDBStateStore(aws.client("dynamodb"), table)
     with LocalRuntime(store=store) as runtime:
         expected = every_kind.record(runtime)
         statuses = {inst.workflow_id: inst.status.value for inst in store.list_instances()}
     assert statuses == expected
     out = export_and_replay(aws, table, store, list(expected), tmp_path, KINDS)
+    if payloads == "in S3":
+        # Every request went to S3 (the threshold is 1 byte); the export read them back.
+        assert aws.requests["s3.PutObject"] >= len(expected)
     for status in ("completed", "failed", "cancelled", "suspended"):
         assert f"ends {status} as recorded" in out
