@@ -3,7 +3,13 @@ values differ; when only the bytes differ, how (key order, formatting) and where
 
 from __future__ import annotations
 
+import json
+import random
+
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lambda_workflow import Service, WorkflowContext, workflow
 from lambda_workflow._runtime.history import request_difference
@@ -89,3 +95,48 @@ def test_a_recorded_request_in_another_key_order_fails_the_replay_saying_so() ->
            "the keys of the request are in another order: recorded b, a; now a, b" \
            in check.message
     assert isinstance(check.error(), NonDeterminismError)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner,
+                                                                max_size=4),
+    max_leaves=12)
+
+
+def _shuffled(value: object, rng: random.Random) -> object:
+    """The same value with every object's keys in another (random) order."""
+    if isinstance(value, dict):
+        keys = list(value)
+        rng.shuffle(keys)
+        return {k: _shuffled(value[k], rng) for k in keys}
+    if isinstance(value, list):
+        return [_shuffled(v, rng) for v in value]
+    return value
+
+
+def _encodings(value: object, seed: int) -> list[bytes]:
+    """Encodings of one value: canonical, keys shuffled, and the standard library's
+    (spaces, ASCII escapes)."""
+    rng = random.Random(seed)
+    return [orjson.dumps(value, option=orjson.OPT_SORT_KEYS),
+            orjson.dumps(_shuffled(value, rng)),
+            json.dumps(_shuffled(value, rng)).encode()]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json, _json, st.integers(0, 2**32), st.integers(0, 2), st.integers(0, 2))
+def test_two_different_encodings_never_give_an_empty_description(
+        a: object, b: object, seed: int, i: int, j: int) -> None:
+    """Whatever two requests are, when their bytes differ the description says something;
+    when they decode to the same fields it says they are encoded or formatted differently,
+    with the offset where the bytes part."""
+    recorded, new = _encodings(a, seed)[i], _encodings(b, seed + 1)[j]
+    text = request_difference(recorded, new)
+    assert text.strip()
+    if recorded != new and orjson.dumps(orjson.loads(recorded), option=orjson.OPT_SORT_KEYS) \
+            == orjson.dumps(orjson.loads(new), option=orjson.OPT_SORT_KEYS):
+        assert text.startswith(("the same fields, encoded differently",
+                                "the same fields in the same order, formatted differently"))
+        assert "the bytes first differ at offset" in text
