@@ -1,5 +1,7 @@
-"""``deploy/template.yaml``: translated to plain CloudFormation by aws-sam-translator (offline),
-linted by cfn-lint, then the properties the runtime relies on, one test each.
+"""``deploy/template.yaml``, the bank example's template as ``lambda-workflow template``
+generates it (test_template_generator.py checks that the file is the generation): translated
+to plain CloudFormation by aws-sam-translator (offline), linted by cfn-lint, then the
+properties the runtime relies on, one test each.
 
 cfn-lint alone does not look inside a SAM function's ``Events``; on the translated template it
 checks the ``AWS::Lambda::EventSourceMapping`` SAM generates (batch size limits, response types,
