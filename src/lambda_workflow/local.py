@@ -229,6 +229,8 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
                       else None)
         self.store: StateStore = store if store is not None else SQLiteStateStore(database)
         self.unrecovered: dict[str, str] = {}
+        # Running instances of workflows not registered (yet): recovered when they are.
+        self._held: dict[str, list[InstanceRecord]] = {}
         self._on_event = on_event
         self.queue = InMemoryFifoQueue(clock=self.clock, max_receives=max_receives)
         self._service_queues: dict[str, InMemoryFifoQueue] = {}
@@ -274,6 +276,8 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
             if existing is not None and existing is not wf:
                 raise ValueError(f"a different workflow is already registered as {wf.name!r}")
             self._workflows[wf.name] = wf
+            for inst in self._held.pop(wf.name, ()):
+                self._recover_one(inst)
 
     def implement(self, service: Service[ReqT, RespT], fn: ServiceFunction[ReqT, RespT]) -> None:
         """Run ``fn`` for every request to ``service``, as if it were a remote service.
@@ -295,21 +299,39 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
         idempotent per call id, as the protocol requires of them anyway. Called automatically
         when the runtime opens an existing SQLite file. Returns the number of messages sent.
 
-        An instance that cannot be recovered (an id no queue accepts, a damaged row) does not
-        stop the others: it is logged and kept in :attr:`unrecovered` with the reason.
+        An instance whose workflow is not registered here is left as it is (a file may hold
+        the instances of several programs): it is recovered when its workflow is registered,
+        and never failed for being unknown. An instance that cannot be recovered (an id no
+        queue accepts, a damaged row) does not stop the others: it is logged and kept in
+        :attr:`unrecovered` with the reason.
         """
         sent = 0
+        self._held.clear()
         for inst in self.store.list_instances():
             if inst.status is not InstanceStatus.RUNNING:
                 continue
-            try:
-                sent += self._recover_instance(inst)
-            except Exception as exc:  # one bad row never keeps the file from opening
-                reason = f"{type(exc).__name__}: {exc}"
-                self.unrecovered[inst.workflow_id] = reason
-                _log.error("could not recover workflow instance %r from %s: %s",
-                           inst.workflow_id[:200], self.store_path, reason)
+            if (inst.workflow_name not in self._workflows
+                    and workflow_id_problem(inst.workflow_id) is None):
+                self._held.setdefault(inst.workflow_name, []).append(inst)
+                continue
+            sent += self._recover_one(inst)
         return sent
+
+    @property
+    def held(self) -> dict[str, list[str]]:
+        """Running instances in the file whose workflow is not registered here, by workflow
+        name: they wait, untouched, for a runtime that registers it."""
+        return {name: [i.workflow_id for i in insts] for name, insts in self._held.items()}
+
+    def _recover_one(self, inst: InstanceRecord) -> int:
+        try:
+            return self._recover_instance(inst)
+        except Exception as exc:  # one bad row never keeps the file from opening
+            reason = f"{type(exc).__name__}: {exc}"
+            self.unrecovered[inst.workflow_id] = reason
+            _log.error("could not recover workflow instance %r from %s: %s",
+                       inst.workflow_id[:200], self.store_path, reason)
+            return 0
 
     def _recover_instance(self, inst: InstanceRecord) -> int:
         wid = inst.workflow_id

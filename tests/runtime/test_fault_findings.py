@@ -461,3 +461,36 @@ def test_a_mid_activation_save_records_the_replies_it_depends_on() -> None:
     # The service ran twice for its call (at least once, after a crash); the at-most-once
     # step once.
     assert Counter({5: 2, 10: 1}) == RUNS
+
+
+@workflow
+async def thrice(ctx: WorkflowContext[int]) -> int:
+    return 3 * await ctx.call(double, ctx.request) // 2
+
+
+def test_a_runtime_leaves_the_instances_of_workflows_it_does_not_register(
+        tmp_path: Path) -> None:
+    """One state file, two programs: a runtime that registers only `thrice` runs its own
+    instance and leaves the `twice` instance running and untouched (before, it woke it,
+    found no such workflow and, after the retries, failed it with PoisonMessage). The
+    next runtime that registers `twice` finishes it."""
+    db = tmp_path / "state.sqlite3"
+    with LocalRuntime(db) as rt:
+        rt.register(twice, thrice)
+        rt.start(twice, 5, workflow_id="theirs")
+        rt.start(thrice, 4, workflow_id="mine")
+    with LocalRuntime(db) as rt:
+        rt.register(thrice)
+        rt.implement(double, _double)
+        rt.run_until_idle()
+        assert rt.result("mine") == 12
+        assert rt.status("theirs") is InstanceStatus.RUNNING
+        assert rt.history("theirs").instance.activations == 0
+        assert rt.held == {"twice": ["theirs"]}
+        assert rt.unrecovered == {}
+    with LocalRuntime(db) as rt:
+        rt.register(twice)
+        rt.implement(double, _double)
+        assert rt.held == {}
+        rt.run_until_idle()
+        assert rt.result("theirs") == 10
