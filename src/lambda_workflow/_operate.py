@@ -424,9 +424,9 @@ def _local_runtime(args: argparse.Namespace, out: TextIO, printer: Callable[[Tex
                    module: ModuleType | None = None, extra: str | None = None
                    ) -> tuple[LocalRuntime, ModuleType | None]:
     """A runtime on the state file (it takes the file's lock and re-sends what the queues
-    held); with ``--run`` (or ``module``), the module's workflows and services set up on it,
-    after checking that they (and the workflow ``extra`` the command registers) cover every
-    running instance of the file."""
+    held); with ``--run`` (or ``module``), the module's workflows and services set up on it.
+    Running instances of workflows the module does not register wait untouched
+    (``LocalRuntime.held``)."""
     from .local import LocalRuntime
 
     if module is None and getattr(args, "run", None):
@@ -438,33 +438,10 @@ def _local_runtime(args: argparse.Namespace, out: TextIO, printer: Callable[[Tex
     if module is not None:
         try:
             _setup_runtime(runtime, module)
-            _check_registered(runtime, args.db, extra)
         except BaseException:
             runtime.close()
             raise
     return runtime, module
-
-
-def _check_registered(runtime: LocalRuntime, db: str, extra: str | None = None) -> None:
-    """Refuse to run a file holding running instances of workflows the module does not
-    register: the runtime would dead-letter their start messages and fail them."""
-    store = runtime.store
-    if not isinstance(store, SQLiteStateStore):  # pragma: no cover - the CLI opens SQLite
-        return
-    known = set(runtime.engine.workflows) | ({extra} if extra else set())
-    missing: set[str] = set()
-    token = None
-    while True:
-        page = store.list_page(status=InstanceStatus.RUNNING, limit=500, next_token=token)
-        missing |= {i.workflow_name for i in page.instances} - known
-        token = page.next_token
-        if token is None:
-            break
-    if missing:
-        raise UsageError(
-            f"{db} holds running instances of {', '.join(sorted(missing))}, which the module "
-            "does not register: running it would dead-letter and fail them; give --run a "
-            "module that registers every workflow the file holds (nothing was changed)")
 
 
 def _run_and_report(runtime: LocalRuntime, workflow_id: str, out: TextIO) -> int:
