@@ -5,6 +5,7 @@ docs/ fails here; and complete: every name a public module exports has its entry
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 import subprocess
 import sys
@@ -15,6 +16,17 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+ROLES = ROOT / "scripts" / "mkdocs_roles.py"
+
+
+def _roles() -> Any:
+    """scripts/mkdocs_roles.py, the griffe extension mkdocs.yml loads by path."""
+    spec = importlib.util.spec_from_file_location("mkdocs_roles", ROLES)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 # Each public module and its page.
 PAGES = {
     "lambda_workflow": "api/lambda_workflow",
@@ -68,6 +80,34 @@ def test_the_reference_carries_the_docstrings(site: Path) -> None:
     assert "Replay <code>history</code> from the top against" in testing
 
 
+def test_sphinx_roles_become_links_or_code(site: Path) -> None:
+    """The docstrings' Sphinx roles (scripts/mkdocs_roles.py) are links to the documented
+    object, or inline code when the reference does not document it; no role markup is left.
+    (A link to an object the reference lacks would fail the strict build.)"""
+    pages = {p: (site / PAGES[p] / "index.html").read_text() for p in PAGES}
+    for module, html in pages.items():
+        for role in (":class:`", ":meth:`", ":func:`", ":attr:`", ":exc:`", ":mod:`"):
+            assert role not in html, (module, role)
+    assert ('<a class="autorefs autorefs-internal" title="NonDeterminismError" '
+            'href="#lambda_workflow.NonDeterminismError"><code>NonDeterminismError</code></a>'
+            in pages["lambda_workflow"])
+
+
+@pytest.mark.parametrize(("text", "converted"), [
+    (":class:`~lambda_workflow.ServiceError`", "[`ServiceError`][lambda_workflow.ServiceError]"),
+    (":class:`ServiceError`", "[`ServiceError`][lambda_workflow.ServiceError]"),
+    (":attr:`Workflow.services`", "[`Workflow.services`][lambda_workflow.Workflow.services]"),
+    (":func:`workflow`", "[`workflow`][lambda_workflow.workflow.workflow]"),
+    (":meth:`advance_time`", "`advance_time`"),  # not resolvable from a short name
+    (":class:`~lambda_workflow.backends.StateStore`", "`StateStore`"),  # not in the reference
+    (":mod:`.items`", "`items`"),
+    (":func:`check_replay`", "[`check_replay`][lambda_workflow.testing.check_replay]"),
+])
+def test_roles_are_converted(text: str, converted: str) -> None:
+    """Roles are resolved against the package's exports and the docstring's own module."""
+    assert _roles().convert(f"see {text}.", "lambda_workflow.testing") == f"see {converted}."
+
+
 def _config_with(tmp_path: Path, page: str, module_source: str | None = None) -> Path:
     """A copy of mkdocs.yml whose site is one API page (and, optionally, a module of its own
     beside lambda_workflow on the handler's path)."""
@@ -84,6 +124,8 @@ def _config_with(tmp_path: Path, page: str, module_source: str | None = None) ->
     config["nav"] = ["index.md"]
     handler = config["plugins"][1]["mkdocstrings"]["handlers"]["python"]
     handler["paths"] = paths
+    # Relative to the configuration file, which is not in the repository here.
+    handler["options"]["extensions"] = [f"{ROLES}:SphinxRoles"]
     path = tmp_path / "mkdocs.yml"
     path.write_text(yaml.safe_dump(config))
     return path
