@@ -109,14 +109,61 @@ def _load(path: Path) -> ModuleType:
     return module
 
 
+def _import(name: str, file: Path) -> ModuleType:
+    import importlib
+
+    cached = sys.modules.get(name)
+    if cached is not None and (not getattr(cached, "__file__", None)
+                               or Path(str(cached.__file__)).resolve() != file.resolve()):
+        del sys.modules[name]  # another file imported under this name earlier in the process
+    try:
+        return importlib.import_module(name)
+    except (Exception, SystemExit) as exc:  # a script that exits on import, too
+        raise TemplateError(f"importing {name} ({file}) failed: {type(exc).__name__}: {exc} "
+                            "(leave it out with --exclude if it is not part of the "
+                            "deployment)") from exc
+
+
+def _modules(paths: Sequence[str | Path], exclude: Sequence[str]) -> dict[str, ModuleType]:
+    """The modules the paths put in a ``package`` zip, by the name Lambda imports them under,
+    sorted."""
+    from ._package import PackageError, _root_entries
+
+    try:
+        entries = _root_entries([Path(p) for p in paths], exclude)
+    except PackageError as exc:
+        raise TemplateError(str(exc)) from None
+    modules: dict[str, ModuleType] = {}
+    for entry in entries:
+        if entry.path.is_file():
+            modules[entry.path.stem] = _load(entry.path)
+            continue
+        root = str(entry.path.resolve() if entry.project else entry.path.resolve().parent)
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        for name, file in entry.files:
+            parts = name.removesuffix(".py").split("/")
+            if not name.endswith(".py") or not all(p.isidentifier() for p in parts):
+                continue  # not importable by that name, so no handler of Lambda's
+            if parts[-1] == "__init__":
+                parts.pop()
+            dotted = ".".join(parts)
+            if dotted:
+                modules[dotted] = _import(dotted, file)
+    return {name: modules[name] for name in sorted(modules)}
+
+
 def discover(paths: Sequence[str | Path], *, plain_services: Mapping[str, str] | None = None,
              invoke_async: Iterable[str] = (), code_uri: str = "build/lambda.zip",
              python: str = "3.13", architecture: str = "arm64", description: str = "",
-             command: str = "") -> App:
+             command: str = "", exclude: Sequence[str] = ()) -> App:
     """Import the modules at ``paths`` and describe their deployment.
 
     Args:
-        paths: The handler modules (and the modules they import that define workflows).
+        paths: What ``lambda-workflow package`` takes: ``.py`` files (at the zip's root under
+            their name), package folders (under theirs) and project folders (their contents
+            at the root), each module named as Lambda imports it from the zip.
+        exclude: Globs of files in folders to leave out, as ``package --exclude``.
         plain_services: Service name to ``module.attribute`` of a handler written without
             the SDK (it keeps its own call records and replies, docs/protocol.md).
         invoke_async: Services the workflow function invokes asynchronously (Lambda
@@ -130,12 +177,7 @@ def discover(paths: Sequence[str | Path], *, plain_services: Mapping[str, str] |
     from .aws.handlers import handler_role
     from .workflow import Workflow
 
-    files = sorted({Path(p) for p in paths}, key=lambda p: (p.stem, str(p)))
-    stems = [p.stem for p in files]
-    if len(set(stems)) != len(stems):
-        raise TemplateError(f"two modules have the same name: {sorted(stems)} (each goes to "
-                            "the zip's root as <name>.py)")
-    modules = {p.stem: _load(p) for p in files}
+    modules = _modules(paths, exclude)
     seen: dict[int, str] = {}
     workflow_handlers: list[tuple[str, Any]] = []
     service_handlers: dict[str, list[str]] = {}
@@ -170,7 +212,7 @@ def discover(paths: Sequence[str | Path], *, plain_services: Mapping[str, str] |
     orphans = {stem: names for stem, names in orphans.items() if names}
     if not workflow_handlers or orphans:
         where = orphans or {"(the given modules)": []}
-        detail = "; ".join(f"{stem}.py defines {', '.join(names) or 'no workflow'}"
+        detail = "; ".join(f"{stem} defines {', '.join(names) or 'no workflow'}"
                            for stem, names in sorted(where.items()))
         raise TemplateError(
             f"no workflow handler registers every workflow ({detail}): add "
@@ -192,7 +234,7 @@ def discover(paths: Sequence[str | Path], *, plain_services: Mapping[str, str] |
             raise TemplateError(
                 f"service {name!r} is implemented twice: by {service_handlers[name][0]} "
                 f"(service_handler) and by --service {name}={handler}")
-        stem, dot, attribute = handler.partition(".")
+        stem, dot, attribute = handler.rpartition(".")
         if not dot or stem not in modules or not hasattr(modules[stem], attribute):
             raise TemplateError(
                 f"--service {name}={handler}: expected MODULE.ATTRIBUTE of a given module "
@@ -944,8 +986,9 @@ def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "template", help="generate the SAM template of a deployment from its handler modules")
     parser.add_argument("module", nargs="+", metavar="APP.py",
-                        help="the handler modules and the modules defining their workflows "
-                             "(the same files `package` puts in the zip)")
+                        help="what `package` puts in the zip: the handler modules and those "
+                             "defining their workflows, package folders or a project folder "
+                             "(each module named as Lambda imports it from the zip)")
     parser.add_argument("-o", "--output", default="template.yaml",
                         help="the template to write (default template.yaml)")
     parser.add_argument("--code-uri", default="build/lambda.zip", metavar="ZIP",
@@ -962,6 +1005,9 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--invoke-async", action="append", default=[], metavar="NAME",
                         help="a service the workflow function invokes asynchronously instead "
                              "of through a queue of its own (repeatable)")
+    parser.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                        help="in a folder, files to leave out, as `package --exclude` "
+                             "(repeatable)")
     parser.add_argument("--description", default="", help="the template's Description")
 
 
@@ -973,6 +1019,8 @@ def _command_line(args: Any) -> str:
         argv += ["--service", spec]
     for name in sorted(args.invoke_async):
         argv += ["--invoke-async", name]
+    for glob in args.exclude:
+        argv += ["--exclude", glob]
     if args.code_uri != "build/lambda.zip":
         argv += ["--code-uri", args.code_uri]
     if args.arch != "arm64":
@@ -1005,7 +1053,7 @@ def from_args(args: Any) -> tuple[App, str]:
     app = discover(args.module, plain_services=plain, invoke_async=args.invoke_async,
                    code_uri=Path(code).as_posix(), python=args.python,
                    architecture=args.arch, description=args.description,
-                   command=_command_line(args))
+                   command=_command_line(args), exclude=args.exclude)
     return app, render(app)
 
 

@@ -352,7 +352,7 @@ def test_workflows_without_a_handler_are_an_error(tmp_path: Path,
     its workflows and says what to add."""
     path = _module(tmp_path, "lonely_wf", WORKFLOW)
     err = _error(tmp_path, [str(path)], capsys)
-    assert "lonely_wf.py defines hello" in err
+    assert "lonely_wf defines hello" in err
     assert "handler = workflow_handler(" in err
 
 
@@ -444,6 +444,47 @@ def test_a_service_named_like_the_stacks_own_resources_is_an_error(
 """)
     err = _error(tmp_path, [str(app)], capsys)
     assert "service 'timer' would take the logical ids of the stack's own Timer*" in err
+
+
+def test_a_project_folder_names_handlers_as_its_zip_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`template .` takes a project folder as `package .` does: its modules under their
+    relative names (a handler in orders/services.py is orders.services.<name>), without
+    tests/ and what --exclude leaves out; a module that fails on import (here a script)
+    is an error naming it and --exclude."""
+    project = tmp_path / "project"
+    (project / "orders").mkdir(parents=True)
+    (project / "tests").mkdir()
+    _module(project, "app", WORKFLOW + """
+    from lambda_workflow.aws import workflow_handler
+    handler = workflow_handler(hello)
+""")
+    (project / "orders" / "__init__.py").write_text("", encoding="utf-8")
+    _module(project / "orders", "services", """
+    from app import greet
+    from lambda_workflow.aws import service_handler
+
+    async def answer(name: str) -> str:
+        return name
+
+    handle_greet = service_handler(greet, answer)
+""")
+    _module(project / "tests", "test_app", "raise RuntimeError('not imported')\n")
+    _module(project, "release", "raise SystemExit('a script, not part of the deployment')\n")
+    monkeypatch.chdir(project)
+    assert main(["template", ".", "-o", "template.yaml"], out=io.StringIO()) == 1
+    assert "importing release (release.py) failed: SystemExit: a script" in \
+        capsys.readouterr().err
+    out = io.StringIO()
+    assert main(["template", ".", "--exclude", "release.py", "-o", "template.yaml"],
+                out=out) == 0, out.getvalue()
+    sam = yaml_parse(Path("template.yaml").read_text(encoding="utf-8"))
+    handlers = {name: r["Properties"]["Handler"] for name, r in sam["Resources"].items()
+                if r["Type"] == "AWS::Serverless::Function"}
+    assert handlers == {"WorkflowFunction": "app.handler",
+                        "GreetFunction": "orders.services.handle_greet",
+                        "TimerFunction": _template.BUILTIN_TIMER_HANDLER}
 
 
 @pytest.mark.parametrize(("option", "expected"), [
