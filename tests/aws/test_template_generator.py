@@ -721,9 +721,10 @@ def test_the_bank_template_deploys_to_cloudformation_and_runs_a_transaction(
         aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
     """deploy/template.yaml, as committed, created by moto's CloudFormation with the three
     example modules in the zip (as deploy/README.md packages them); one transaction started
-    by a client configured from the outputs completes with "success", through the balance
-    function, the fraud function (invoked asynchronously) and the plain-boto3 transaction
-    function (which makes its own boto3 clients from the environment it is given)."""
+    with `lambda-workflow start --table` configured from the stack's outputs (as docs/aws.md
+    says) completes with "success", through the balance function, the fraud function
+    (invoked asynchronously) and the plain-boto3 transaction function (which makes its own
+    boto3 clients from the environment it is given); `status` and `history` show it."""
     import bank_transaction as bank
 
     monkeypatch.setattr(bank, "BALANCES", dict(bank.BALANCES))
@@ -732,13 +733,26 @@ def test_the_bank_template_deploys_to_cloudformation_and_runs_a_transaction(
     deployed = _deploy(aws, sam, "bank", {f"{m}.py": examples / f"{m}.py" for m in (
         "bank_lambda", "bank_transaction", "plain_transaction_service")})
     assert len(deployed.environments) == 5 and len(deployed.pollers) == 4
-    handle = _client(aws, deployed.outputs).start(
-        bank.make_transaction, bank.BankTransaction(account_id="alice", amount=30),
-        workflow_id="tx-1")
+    # The operator's path (docs/aws.md): the CLI, configured from the stack's outputs.
+    outputs = deployed.outputs
+    monkeypatch.setenv("LAMBDA_WORKFLOW_QUEUE_URL", outputs["WorkflowQueueUrl"])
+    monkeypatch.setenv("LAMBDA_WORKFLOW_BUCKET", outputs["PayloadBucketName"])
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws.endpoint)
+    table = outputs["TableName"]
+    started = io.StringIO()
+    assert main(["start", str(examples / "bank_transaction.py"), "--table", table, "--id",
+                 "tx-1", "--input", '{"account_id": "alice", "amount": 30}'],
+                out=started) == 0, started.getvalue()
+    handle = _client(aws, outputs).handle(bank.make_transaction, "tx-1")
     _run_until_done([*deployed.pollers, AsyncInvoker(aws.invocations,
                                                      deployed.async_functions)], handle)
     assert handle.status() is InstanceStatus.COMPLETED
     assert handle.result() == "success"
+    status, history = io.StringIO(), io.StringIO()
+    assert main(["status", "--table", table, "tx-1"], out=status) == 0
+    assert "completed" in status.getvalue(), status.getvalue()
+    assert main(["history", "--table", table, "tx-1"], out=history) == 0
+    assert all(s in history.getvalue() for s in ("balance", "fraud", "transaction"))
     plain = deployed.modules["TransactionFunctionName"]
     assert plain.LEDGER == [{"account_id": "alice", "amount": 30}]
     assert bank.BALANCES["alice"] == 100  # the plain service keeps its own ledger
