@@ -27,7 +27,8 @@ from types import ModuleType
 from typing import Any
 
 __all__ = ["BUILTIN_TIMER_HANDLER", "App", "ExternalService", "ServiceFunction",
-           "TemplateError", "discover", "render"]
+           "TemplateError", "add_parser", "build", "discover", "from_args", "logical_id",
+           "render", "run_command"]
 
 #: The timer function's handler when no module has one: ``handler = timer_handler()`` in the
 #: SDK itself (it is in every zip ``package`` builds).
