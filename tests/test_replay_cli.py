@@ -278,3 +278,47 @@ def test_a_request_whose_keys_were_reordered_says_so_instead_of_an_empty_diff(
     assert "the request differs from the recorded one: the same fields" in out
     assert "in another order" in out and "args, attempt, kwargs" in out
     assert "args, kwargs, attempt" in out
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), [
+    ("operations.0.seq", "one",
+     "operations[0].seq: expected an integer, found a string (\"one\")"),
+    ("activations", "3", "activations: expected an integer, found a string (\"3\")"),
+    ("operations.1.request_digest", 5,
+     "operations[1].request_digest: expected a string, found a number (5)"),
+    ("operations.2.state", "bogus",
+     "operations[2].state: expected one of pending, completed, failed, found a string "
+     "(\"bogus\")"),
+    ("operations.0.sent", "yes", "operations[0].sent: expected true or false"),
+    ("operations.0.resolved_at", "noon",
+     "operations[0].resolved_at: expected a number (seconds) or null"),
+    ("operations.1", 7, "operations[1]: expected a JSON object, found a number"),
+    ("operations", "none", "operations: expected an array, found a string"),
+    ("status", "weird", "status: expected one of running, completed, failed, cancelled"),
+    ("operations.2.id", None, "operations[2]: the field 'id' is missing"),
+])
+def test_a_history_with_a_field_of_the_wrong_type_names_it_and_exits_2(
+        exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str,
+        value: object, reason: str) -> None:
+    """A hand-edited or foreign history with a field missing or of the wrong type: exit 2,
+    naming the field's path and what was expected, and nothing replayed (a string seq or
+    activations count crashed the replay with a TypeError traceback; a numeric digest was
+    taken as is)."""
+    doc = json.loads(exported.read_text())
+    *parents, last = field.split(".")
+    holder = doc
+    for key in parents:
+        holder = holder[int(key)] if key.isdigit() else holder[key]
+    if value is None:
+        del holder[last]
+    elif last.isdigit():
+        holder[int(last)] = value
+    else:
+        holder[last] = value
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    code, out = run_cli("replay", bad, "--workflow", EXAMPLE)
+    assert (code, out) == (2, "")
+    err = capsys.readouterr().err
+    assert f"{bad} is not a workflow history" in err
+    assert reason in err

@@ -62,25 +62,116 @@ def history_to_json(history: History) -> bytes:
     }, option=orjson.OPT_INDENT_2)
 
 
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+class _Fields:
+    """One JSON object of a history file, read field by field: a missing field or one of
+    the wrong type raises ValueError naming where it is (``operations[2].seq``)."""
+
+    def __init__(self, value: object, where: str) -> None:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where or 'the history'}: expected a JSON object, found "
+                             f"{_json_type(value)}")
+        self.doc: dict[str, Any] = value
+        self.where = where
+
+    def _path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def value(self, key: str) -> Any:
+        if key not in self.doc:
+            where = f"{self.where}: " if self.where else ""
+            raise ValueError(f"{where}the field {key!r} is missing")
+        return self.doc[key]
+
+    def _typed(self, key: str, ok: bool, value: object, expected: str) -> None:
+        if not ok:
+            raise ValueError(f"{self._path(key)}: expected {expected}, found "
+                             f"{_json_type(value)} ({_shown(value)})")
+
+    def text(self, key: str) -> str:
+        value = self.value(key)
+        self._typed(key, isinstance(value, str), value, "a string")
+        return str(value)
+
+    def integer(self, key: str, *, optional: bool = False) -> Any:
+        value = self.value(key)
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or (
+            optional and value is None)
+        self._typed(key, ok, value, "an integer or null" if optional else "an integer")
+        return value
+
+    def time(self, key: str, *, optional: bool = False) -> Any:
+        value = self.value(key)
+        ok = (isinstance(value, int | float) and not isinstance(value, bool)) or (
+            optional and value is None)
+        self._typed(key, ok, value, "a number (seconds) or null" if optional
+                    else "a number (seconds)")
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self.value(key)
+        self._typed(key, isinstance(value, bool), value, "true or false")
+        return bool(value)
+
+    def choice(self, key: str, allowed: type[InstanceStatus] | type[OperationState]) -> Any:
+        value = self.value(key)
+        names = [member.value for member in allowed]
+        self._typed(key, value in names, value, "one of " + ", ".join(names))
+        return allowed(value)
+
+
+def _shown(value: object) -> str:
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def history_from_json(data: bytes | str) -> History:
-    """Rebuild a :class:`History` from :func:`history_to_json`'s output."""
-    doc = orjson.loads(data)
-    if doc.get("format") != FORMAT:
-        raise ValueError(f"unsupported history format {doc.get('format')!r}; expected {FORMAT}")
-    wid = doc["workflow_id"]
+    """Rebuild a :class:`History` from :func:`history_to_json`'s output.
+
+    Raises:
+        ValueError: the data is not such a history: not JSON, another format, or a field
+            missing or of the wrong type (the message names it, as ``operations[2].seq``).
+    """
+    doc = _Fields(orjson.loads(data), "")
+    if doc.doc.get("format") != FORMAT:
+        raise ValueError(f"unsupported history format {doc.doc.get('format')!r}; expected "
+                         f"{FORMAT}")
+    wid = doc.text("workflow_id")
+    status = doc.choice("status", InstanceStatus)
+    result, error = doc.value("result"), doc.value("error")
     inst = InstanceRecord(
-        wid, doc["workflow"], _request(doc["input"], doc["input_digest"]), doc["input_digest"],
-        InstanceStatus(doc["status"]),
+        wid, doc.text("workflow"), _request(doc.value("input"), doc.text("input_digest")),
+        doc.text("input_digest"), status,
         # The result is canonical (the replay check compares it as bytes).
-        None if doc["result"] is None and doc["status"] != "completed" else _bytes(doc["result"]),
-        None if doc["error"] is None else _as_written(doc["error"]),
-        doc["created_at"], doc["updated_at"], doc["activations"])
-    ops = [OperationRecord(
-        wid, op["id"], op["seq"], op["kind"], op["name"],
-        _request(op["request"], op["request_digest"]),
-        op["request_digest"], op["site"], OperationState(op["state"]), op["sent"],
-        None if op["state"] == "pending" else _as_written(op["result"]), op["created_in"],
-        op["resolved_in"], op["created_at"], op["resolved_at"]) for op in doc["operations"]]
+        None if result is None and status is not InstanceStatus.COMPLETED else _bytes(result),
+        None if error is None else _as_written(error),
+        doc.time("created_at"), doc.time("updated_at"), doc.integer("activations"))
+    operations = doc.value("operations")
+    if not isinstance(operations, list):
+        raise ValueError(f"operations: expected an array, found {_json_type(operations)}")
+    ops = []
+    for i, value in enumerate(operations):
+        op = _Fields(value, f"operations[{i}]")
+        state = op.choice("state", OperationState)
+        digest = op.text("request_digest")
+        ops.append(OperationRecord(
+            wid, op.text("id"), op.integer("seq"), op.text("kind"), op.text("name"),
+            _request(op.value("request"), digest), digest, op.text("site"), state,
+            op.flag("sent"),
+            None if state is OperationState.PENDING else _as_written(op.value("result")),
+            op.integer("created_in"), op.integer("resolved_in", optional=True),
+            op.time("created_at"), op.time("resolved_at", optional=True)))
     return History(inst, ops)
 
 
