@@ -26,6 +26,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ._package import DEFAULT_PYTHON
+
 __all__ = ["BUILTIN_TIMER_HANDLER", "App", "ExternalService", "ServiceFunction",
            "TemplateError", "add_parser", "build", "discover", "from_args", "logical_id",
            "render", "run_command"]
@@ -81,7 +83,7 @@ class App:
     external: tuple[ExternalService, ...] = ()
     timer_handler: str = BUILTIN_TIMER_HANDLER
     code_uri: str = "build/lambda.zip"
-    python: str = "3.13"
+    python: str = DEFAULT_PYTHON
     architecture: str = "arm64"
     description: str = ""
     #: The command that regenerates the template, written in its header comment.
@@ -156,7 +158,7 @@ def _modules(paths: Sequence[str | Path], exclude: Sequence[str]) -> dict[str, M
 
 def discover(paths: Sequence[str | Path], *, plain_services: Mapping[str, str] | None = None,
              invoke_async: Iterable[str] = (), code_uri: str = "build/lambda.zip",
-             python: str = "3.13", architecture: str = "arm64", description: str = "",
+             python: str = DEFAULT_PYTHON, architecture: str = "arm64", description: str = "",
              command: str = "", exclude: Sequence[str] = ()) -> App:
     """Import the modules at ``paths`` and describe their deployment.
 
@@ -998,8 +1000,9 @@ def add_parser(sub: Any) -> None:
                              "its own folder")
     parser.add_argument("--arch", default="arm64", choices=["arm64", "x86_64"],
                         help="the Architecture parameter's default (default arm64)")
-    parser.add_argument("--python", default="3.13",
-                        help="the functions' Python runtime (default 3.13, as `package`)")
+    parser.add_argument("--python", default=DEFAULT_PYTHON,
+                        help=f"the functions' Python runtime (default {DEFAULT_PYTHON}, as "
+                             "`package` builds for)")
     parser.add_argument("--service", action="append", default=[], metavar="NAME=MODULE.ATTR",
                         help="a service implemented by a handler written without the SDK "
                              "(repeatable)")
@@ -1026,7 +1029,7 @@ def _command_line(args: Any) -> str:
         argv += ["--code-uri", args.code_uri]
     if args.arch != "arm64":
         argv += ["--arch", args.arch]
-    if args.python != "3.13":
+    if args.python != DEFAULT_PYTHON:
         argv += ["--python", args.python]
     if args.description:
         argv += ["--description", args.description]
