@@ -649,7 +649,8 @@ def build(app: App) -> dict[str, Any]:
             "Action": "sts:AssumeRole"}]),
         "Policies": [{"PolicyName": "client", "PolicyDocument": _document([
             _statement("StartCancelAndCallbacks", ["sqs:SendMessage"], _arn("WorkflowQueue")),
-            _statement("Instances", ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"],
+            _statement("Instances", ["dynamodb:BatchGetItem", "dynamodb:GetItem",
+                                     "dynamodb:PutItem", "dynamodb:Query"],
                        _arn("WorkflowTable"),
                        {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["wf#*"]}}),
             _statement("ListInstances", ["dynamodb:Query"],
