@@ -103,7 +103,9 @@ class LocalTransport:
     def reply_address(self) -> str:
         return LOCAL_REPLY_ADDRESS
 
-    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes) -> None:
+    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes,
+                         workflow: str | None = None) -> None:
+        # One queue for every workflow: the name does not route anything here.
         self._workflow_queue.send(body, group_id=workflow_id, dedup_id=dedup_id)
 
     def send_to_service(self, service: str, dedup_id: str, body: bytes) -> None:
@@ -346,7 +348,7 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
             if op.state is OperationState.PENDING and op.kind == "timer":
                 self.timers.schedule(wid, op.op_id, timer_fire_at(op))
             elif op.state is OperationState.PENDING and op.kind == "child":
-                self.engine.start_child(op)
+                self.engine.start_child(op, inst.workflow_name)
             elif op.state is OperationState.PENDING and op.kind == "call":
                 self.transport.send_to_service(
                     op.name, _core.dedup_id(wid, "call", op.op_id),

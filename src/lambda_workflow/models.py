@@ -124,12 +124,16 @@ def _check_outcome(ok: bool, error: ErrorInfo | None, what: str) -> None:
 
 
 class ParentRef(BaseModel):
-    """The parent of a child workflow: where its result goes (as a ``call_result``)."""
+    """The parent of a child workflow: where its result goes (as a ``call_result``).
+    ``workflow`` is the parent's workflow name, which routes the reply to the queue of the
+    function that runs the parent (absent in messages of earlier versions: the reply then
+    goes to the child's own queue)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     workflow_id: WorkflowId
     call_id: Annotated[str, Field(min_length=1)]
+    workflow: Annotated[str, Field(min_length=1)] | None = None
 
 
 class StartMessage(_Message):

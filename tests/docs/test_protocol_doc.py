@@ -136,9 +136,10 @@ class RecordingTransport:
     def reply_address(self) -> str:
         return self.inner.reply_address
 
-    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes) -> None:
+    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes,
+                         workflow: str | None = None) -> None:
         self.to_workflows.append((workflow_id, dedup_id, body))
-        self.inner.send_to_workflow(workflow_id, dedup_id, body)
+        self.inner.send_to_workflow(workflow_id, dedup_id, body, workflow)
 
     def send_to_service(self, service: str, dedup_id: str, body: bytes) -> None:
         self.to_services.append((service, dedup_id, body))

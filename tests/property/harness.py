@@ -227,12 +227,14 @@ class FaultyTransport:
     def reply_address(self) -> str:
         return self._inner.reply_address
 
-    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes) -> None:
+    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes,
+                         workflow: str | None = None) -> None:
         message = orjson.loads(body)
         reply = ((workflow_id, str(message["call_id"])) if message["kind"] == "call_result"
                  else None)
         self._faults.around("send_to_workflow",
-                            lambda: self._inner.send_to_workflow(workflow_id, dedup_id, body),
+                            lambda: self._inner.send_to_workflow(workflow_id, dedup_id, body,
+                                                                 workflow),
                             reply_to=reply)
 
     def send_to_service(self, service: str, dedup_id: str, body: bytes) -> None:
@@ -258,7 +260,8 @@ class Network:
     def reply_address(self) -> str:
         return self._inner.reply_address
 
-    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes) -> None:
+    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes,
+                         workflow: str | None = None) -> None:
         if orjson.loads(body)["kind"] != "call_result":
             self._inner.send_to_workflow(workflow_id, dedup_id, body)
             return

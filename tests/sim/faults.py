@@ -227,8 +227,9 @@ class TransportProxy:
     def reply_address(self) -> str:
         return self._inner.reply_address
 
-    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes) -> None:
-        self._inner.send_to_workflow(workflow_id, dedup_id, body)
+    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes,
+                         workflow: str | None = None) -> None:
+        self._inner.send_to_workflow(workflow_id, dedup_id, body, workflow)
 
     def send_to_service(self, service: str, dedup_id: str, body: bytes) -> None:
         self._inner.send_to_service(service, dedup_id, body)
@@ -242,7 +243,8 @@ class FaultyTransport(TransportProxy):
         super().__init__(inner)
         self._faults = faults
 
-    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes) -> None:
+    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes,
+                         workflow: str | None = None) -> None:
         message = orjson.loads(body)
         parent = message.get("parent") if message.get("kind") == "start" else None
 
@@ -250,7 +252,7 @@ class FaultyTransport(TransportProxy):
             if parent is not None:
                 self._faults.observed.outbox_send(parent["workflow_id"], parent["call_id"],
                                                   "child start")
-            self._inner.send_to_workflow(workflow_id, dedup_id, body)
+            self._inner.send_to_workflow(workflow_id, dedup_id, body, workflow)
 
         self._faults.boundary(f"send_to_workflow {message.get('kind')} {workflow_id}", send,
                               write=True)

@@ -154,7 +154,8 @@ class _Network(TransportProxy):
         super().__init__(queue_transport)
         self._world = world
 
-    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes) -> None:
+    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes,
+                         workflow: str | None = None) -> None:
         self._world.hold(Delivery(workflow_id, dedup_id, body))
 
 

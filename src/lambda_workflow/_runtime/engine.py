@@ -214,7 +214,7 @@ class Engine:
             # A child remembers its parent in its own history: its result goes there. The
             # link is written with the instance, in one atomic write: a crash between two
             # writes would leave a child that finishes with nobody to tell.
-            ref = orjson.dumps(start.parent.model_dump(), option=_SORT)
+            ref = orjson.dumps(start.parent.model_dump(exclude_none=True), option=_SORT)
             link.append(OperationRecord(
                 workflow_id, PARENT_OP_ID, -2, "parent", start.parent.workflow_id, ref,
                 _core.digest(ref), state=OperationState.COMPLETED, result=b"null",
@@ -234,15 +234,18 @@ class Engine:
                               orjson.dumps({"type": error_type,
                                             "message": f"child workflow not started: {reason}",
                                             "details": {"workflow_id": start.workflow_id,
-                                                        "details": None}}))
+                                                        "details": None}}),
+                              start.parent.workflow)
 
-    def _reply_to_parent(self, parent_id: str, call_id: str, ok: bool, payload: bytes) -> None:
+    def _reply_to_parent(self, parent_id: str, call_id: str, ok: bool, payload: bytes,
+                         parent_workflow: str | None) -> None:
         """The reply of a parent's ``child`` operation: one deduplication id whoever sends
         it (the child that ended, or the refusal of a child that could not be created), so
-        the parent applies one."""
+        the parent applies one. It goes to the queue of the parent's workflow
+        (``parent_workflow``; ``None`` for a link recorded without it: the own queue)."""
         self.transport.send_to_workflow(
             parent_id, _core.dedup_id(parent_id, "call_result", call_id),
-            call_result_body(parent_id, call_id, ok, payload))
+            call_result_body(parent_id, call_id, ok, payload), parent_workflow)
 
     @staticmethod
     def _parent_of(operations: Sequence[OperationRecord]) -> tuple[str, str] | None:
@@ -251,6 +254,14 @@ class Engine:
             return None
         parent = orjson.loads(ref.request)
         return parent["workflow_id"], parent["call_id"]
+
+    @staticmethod
+    def _parent_workflow(operations: Sequence[OperationRecord]) -> str | None:
+        """The parent's workflow name its recorded link carries (``None`` for a link of an
+        earlier version, recorded without it)."""
+        ref = next((op for op in operations if op.op_id == PARENT_OP_ID), None)
+        name = orjson.loads(ref.request).get("workflow") if ref is not None else None
+        return name if isinstance(name, str) else None
 
     @staticmethod
     def _same_input(wf: Workflow[Any, Any], msg: StartMessage, inst: InstanceRecord) -> bool:
@@ -292,17 +303,23 @@ class Engine:
             return None
         return op
 
-    def start_child(self, op: OperationRecord) -> None:
-        """Send the start message of the child workflow a ``child`` operation names."""
+    def start_child(self, op: OperationRecord, parent_workflow: str | None = None) -> None:
+        """Send the start message of the child workflow a ``child`` operation names, to the
+        queue of the child's workflow. ``parent_workflow`` (the parent's workflow name) goes
+        in the message's ``parent`` object: the child's reply is routed by it."""
         request = orjson.loads(op.request)
         child_id = child_workflow_id(op.workflow_id, op.op_id, request.get("workflow_id"))
+        parent: dict[str, str] = {"workflow_id": op.workflow_id, "call_id": op.op_id}
+        if parent_workflow is not None:
+            parent["workflow"] = parent_workflow
         body = orjson.dumps({"v": 1, "kind": "start", "workflow_id": child_id,
                              "workflow": op.name, "input": request["input"],
-                             "parent": {"workflow_id": op.workflow_id, "call_id": op.op_id}})
+                             "parent": parent})
         # Deduplicated per parent operation, not per child id: a user's start of the same id
         # must not swallow this one (the parent would never hear that the id is taken).
         self.transport.send_to_workflow(
-            child_id, _core.dedup_id(child_id, "start", f"{op.workflow_id}\0{op.op_id}"), body)
+            child_id, _core.dedup_id(child_id, "start", f"{op.workflow_id}\0{op.op_id}"), body,
+            op.name)
 
     def _withdraw_timers(self, operations: Sequence[OperationRecord],
                          staged: Mapping[str, StagedResult]) -> None:
@@ -329,7 +346,7 @@ class Engine:
             body = orjson.dumps({"v": 1, "kind": "cancel", "workflow_id": child_id,
                                  "reason": f"parent {op.workflow_id!r} cancelled: {reason}"})
             self.transport.send_to_workflow(child_id, _core.dedup_id(child_id, "cancel", ""),
-                                            body)
+                                            body, op.name)
 
     def _notify_parent(self, history: History, status: InstanceStatus, result: bytes | None,
                        error: bytes | None) -> None:
@@ -339,14 +356,16 @@ class Engine:
         if parent is None or status is InstanceStatus.RUNNING:
             return
         parent_id, call_id = parent
+        parent_workflow = self._parent_workflow(history.operations)
         child_id = history.instance.workflow_id
         if status is InstanceStatus.COMPLETED:
-            self._reply_to_parent(parent_id, call_id, True, result or b"null")
+            self._reply_to_parent(parent_id, call_id, True, result or b"null", parent_workflow)
             return
         err = orjson.loads(error or b"{}")
         self._reply_to_parent(parent_id, call_id, False, orjson.dumps(
             {"type": err.get("type", "Error"), "message": err.get("message", ""),
-             "details": {"workflow_id": child_id, "details": err.get("details")}}))
+             "details": {"workflow_id": child_id, "details": err.get("details")}}),
+            parent_workflow)
 
     def _schedule(self, op: OperationRecord) -> None:
         if self.timers is None:
@@ -515,7 +534,7 @@ class Engine:
                     self._schedule(op)
                     continue
                 if op.kind == "child":
-                    self.start_child(op)
+                    self.start_child(op, inst.workflow_name)
                     continue
                 self.transport.send_to_service(
                     op.name, _core.dedup_id(workflow_id, "call", op.op_id),

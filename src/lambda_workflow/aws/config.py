@@ -8,6 +8,10 @@ Every Lambda function of a deployment reads the same variables (the SAM template
 ``LAMBDA_WORKFLOW_QUEUE_URL``       the workflow FIFO queue's URL (required)
 ``LAMBDA_WORKFLOW_DLQ_URL``         its dead-letter FIFO queue's URL (rejected messages go
                                     there with their reason)
+``LAMBDA_WORKFLOW_WORKFLOW_QUEUES`` JSON object: workflow name to the FIFO queue URL of the
+                                    function that runs it, for a deployment with several
+                                    workflow functions; a workflow it does not name runs on
+                                    ``LAMBDA_WORKFLOW_QUEUE_URL`` (optional)
 ``LAMBDA_WORKFLOW_BUCKET``          the S3 bucket for payloads over the threshold (optional)
 ``LAMBDA_WORKFLOW_TIMER_QUEUE_URL`` a standard SQS queue for durable timers (``ctx.sleep``):
                                     delayed messages hop through it, 15 minutes at most each
@@ -125,6 +129,11 @@ def _problems(config: AwsConfig) -> list[str]:
         problems.append(
             f"the workflow queue must be an SQS FIFO queue (a URL ending in .fifo), got "
             f"{config.queue_url!r} (LAMBDA_WORKFLOW_QUEUE_URL)")
+    for name, url in sorted(config.workflow_queues.items()):
+        if not url.endswith(".fifo"):
+            problems.append(
+                f"the queue of workflow {name!r} must be an SQS FIFO queue (a URL ending in "
+                f".fifo), got {url!r} ({_ENV}WORKFLOW_QUEUES)")
     if not 1024 <= config.payload_threshold <= 240 * 1024:
         problems.append(
             f"payload_threshold={config.payload_threshold} must be between 1024 and 245760 "
@@ -184,6 +193,7 @@ class AwsConfig:
     retention_days: int = 30
     max_receives: int = 5
     services: Mapping[str, ServiceTarget] = field(default_factory=dict)
+    workflow_queues: Mapping[str, str] = field(default_factory=dict)
     endpoint_url: str | None = None
     region: str | None = None
 
@@ -227,6 +237,7 @@ class AwsConfig:
             "retention_days": _int(env, "RETENTION_DAYS", 30, 0, problems),
             "max_receives": _int(env, "MAX_RECEIVES", 5, 1, problems),
             "services": services,
+            "workflow_queues": _workflow_queues(env, problems),
             "endpoint_url": env.get("AWS_ENDPOINT_URL") or None,
             "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
         }
@@ -241,6 +252,20 @@ class AwsConfig:
             raise
         raise_problems(problems)
         return config
+
+    def workflow_queue(self, workflow: str | None) -> str:
+        """The FIFO queue of the function that runs ``workflow``: its entry in
+        ``workflow_queues``, else this function's own queue (``queue_url``; also for
+        ``None``, a workflow whose name is not known)."""
+        if workflow is None:
+            return self.queue_url
+        return self.workflow_queues.get(workflow, self.queue_url)
+
+    @property
+    def deployment_queues(self) -> frozenset[str]:
+        """Every workflow queue of the deployment this configuration knows: its own and
+        those of ``workflow_queues`` (the only destinations a timer may name)."""
+        return frozenset({self.queue_url, *self.workflow_queues.values()})
 
     def missing_services(self, services: Iterable[str]) -> list[str]:
         """Of ``services``, those without a target, sorted."""
@@ -263,6 +288,25 @@ def missing_target(service: str, services: Mapping[str, ServiceTarget]) -> str:
     return (f"no target configured for service {service!r} (configured: {known}); set "
             f"{_ENV}SERVICE_{service.upper().replace('-', '_')}='sqs:<queue url>' or "
             f"'lambda:<function>', or add it to {_ENV}SERVICES")
+
+
+def _workflow_queues(env: Mapping[str, str], problems: list[str]) -> dict[str, str]:
+    """The ``LAMBDA_WORKFLOW_WORKFLOW_QUEUES`` table (workflow name to FIFO queue URL); a bad
+    value is added to ``problems`` (and an empty table stands in for it)."""
+    raw = env.get(_ENV + "WORKFLOW_QUEUES")
+    if not raw:
+        return {}
+    try:
+        table = json.loads(raw)
+    except ValueError as exc:
+        problems.append(f"{_ENV}WORKFLOW_QUEUES is not valid JSON: {exc}")
+        return {}
+    if not isinstance(table, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, str) and v for k, v in table.items()):
+        problems.append(f"{_ENV}WORKFLOW_QUEUES must be a JSON object of workflow name to "
+                        f"FIFO queue URL, got {raw[:200]!r}")
+        return {}
+    return dict(table)
 
 
 def _services(env: Mapping[str, str], problems: list[str],

@@ -7,6 +7,8 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from ..backends.memory import DeadLetter
 from ..backends.protocols import QueueMessage
 from ..errors import InvalidMessageError, PayloadTooLargeError
@@ -84,14 +86,28 @@ def resolve_body(body: str, attributes: Mapping[str, Any] | None,
     return payloads.get(pointer[1], bucket=pointer[0])
 
 
+def _started_workflow(body: bytes) -> str | None:
+    """The workflow a start message names (``None`` for any other message)."""
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(message, dict) and message.get("kind") == "start":
+        name = message.get("workflow")
+        return name if isinstance(name, str) else None
+    return None
+
+
 class SqsFifoTransport:
     """A :class:`~lambda_workflow.backends.Transport` on SQS.
 
-    Workflow messages go to the workflow FIFO queue with ``MessageGroupId`` = workflow id and
-    the protocol's deterministic deduplication id. A request goes to its service's target: an
-    SQS queue (on a FIFO queue each request is its own message group, deduplicated by its
-    id) or an asynchronous Lambda invocation (``InvocationType=Event``). Bodies over the
-    payload threshold go to S3 when a bucket is configured.
+    Workflow messages go to the FIFO queue of the function that runs the instance's workflow
+    (``LAMBDA_WORKFLOW_WORKFLOW_QUEUES``, else this function's own queue) with
+    ``MessageGroupId`` = workflow id and the protocol's deterministic deduplication id. A
+    request goes to its service's target: an SQS queue (on a FIFO queue each request is its
+    own message group, deduplicated by its id) or an asynchronous Lambda invocation
+    (``InvocationType=Event``). Bodies over the payload threshold go to S3 when a bucket is
+    configured.
     """
 
     def __init__(self, config: AwsConfig, clients: AwsClients,
@@ -104,9 +120,19 @@ class SqsFifoTransport:
     def reply_address(self) -> str:
         return self.config.queue_url
 
+    def workflow_queue(self, workflow_id: str, body: bytes, workflow: str | None) -> str:
+        """The queue of the function that runs the instance: by ``workflow``, else by the
+        workflow a start message names, else this function's own queue (a deployment
+        without ``workflow_queues`` has only that one)."""
+        if workflow is None and self.config.workflow_queues:
+            workflow = _started_workflow(body)
+        return self.config.workflow_queue(workflow)
+
     def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes,
-                         queue_url: str | None = None) -> None:
-        send_message(self.clients.sqs, queue_url or self.config.queue_url, body,
+                         workflow: str | None = None) -> None:
+        """Send to the instance's FIFO group on the queue of its workflow's function (see
+        :meth:`workflow_queue`)."""
+        send_message(self.clients.sqs, self.workflow_queue(workflow_id, body, workflow), body,
                      group_id=workflow_id, dedup_id=dedup_id,
                      what=f"a message to workflow {workflow_id!r}", payloads=self.payloads,
                      threshold=self.config.payload_threshold, owner=f"{workflow_id}/messages")

@@ -180,8 +180,12 @@ class Transport(Protocol):
         """The address services send replies to (carried in each request)."""
         ...
 
-    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes) -> None:
-        """Send a message to an instance (FIFO group = ``workflow_id``)."""
+    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes,
+                         workflow: str | None = None) -> None:
+        """Send a message to an instance (FIFO group = ``workflow_id``). ``workflow`` is the
+        instance's workflow name when the sender knows it: a deployment with a queue per
+        workflow function routes by it (a start message names its workflow itself; without
+        a name the message goes to the sender's own workflow queue)."""
         ...
 
     def send_to_service(self, service: str, dedup_id: str, body: bytes) -> None:
