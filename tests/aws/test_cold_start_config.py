@@ -4,6 +4,7 @@ Otherwise one ConfigurationError names all that is wrong, and no message is cons
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import bank_transaction as bank
@@ -93,17 +94,50 @@ def test_in_lambda_the_check_fails_the_import_itself(
         workflow_handler(declares_mail)
 
 
-def test_a_child_workflow_must_be_registered_in_the_same_function(
+def test_a_child_workflow_must_be_registered_or_routed(
         aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A child workflow runs on its parent's queue, so the parent's function must register
-    it; the error says so (its services are required once it is registered)."""
+    """A child workflow runs in its parent's function unless LAMBDA_WORKFLOW_WORKFLOW_QUEUES
+    routes it to another function's queue; neither: the error says both ways out (its
+    services are required once it is registered)."""
     _use(monkeypatch, _env(aws))
     handler = workflow_handler(with_child)
     with pytest.raises(ConfigurationError) as raised:
         handler({"Records": []}, FakeContext())
     assert raised.value.problems == [
         "workflow 'with_child' starts the child workflow 'declares_mail', which this function "
-        "does not register (children run on the same queue: add it to workflow_handler())"]
+        "does not register and LAMBDA_WORKFLOW_WORKFLOW_QUEUES does not route (add it to "
+        "workflow_handler(), or name the queue of the function that runs it)"]
+
+
+def test_a_child_workflow_routed_to_another_function_passes(
+        aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the child's queue in LAMBDA_WORKFLOW_WORKFLOW_QUEUES, the parent's function need
+    not register it, nor have targets for the child's services (the child's function
+    needs them)."""
+    other, _ = aws.create_fifo_queue()
+    _use(monkeypatch, _env(aws, AWS_LAMBDA_FUNCTION_NAME="orders-workflow",
+                           LAMBDA_WORKFLOW_WORKFLOW_QUEUES=json.dumps(
+                               {"declares_mail": other})))
+    handler = workflow_handler(with_child)
+    assert handler({"Records": []}, FakeContext()) == {"batchItemFailures": []}
+
+
+def test_a_bad_workflow_queues_table_is_named_with_the_unrouted_child(
+        aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A LAMBDA_WORKFLOW_WORKFLOW_QUEUES that does not parse, or names a standard queue, is a
+    problem of its own, listed with the rest at the cold start."""
+    _use(monkeypatch, _env(aws, LAMBDA_WORKFLOW_WORKFLOW_QUEUES="{not json"))
+    with pytest.raises(ConfigurationError) as raised:
+        workflow_handler(with_child)({"Records": []}, FakeContext())
+    assert raised.value.problems[0].startswith(
+        "LAMBDA_WORKFLOW_WORKFLOW_QUEUES is not valid JSON")
+    assert "starts the child workflow 'declares_mail'" in raised.value.problems[1]
+    _use(monkeypatch, _env(aws, LAMBDA_WORKFLOW_WORKFLOW_QUEUES=json.dumps(
+        {"declares_mail": "https://sqs.example/1/children"})))
+    with pytest.raises(ConfigurationError, match=(
+            r"the queue of workflow 'declares_mail' must be an SQS FIFO queue .*"
+            r"LAMBDA_WORKFLOW_WORKFLOW_QUEUES")):
+        workflow_handler(with_child)({"Records": []}, FakeContext())
 
 
 def test_a_per_service_variable_names_a_service_with_a_dash(

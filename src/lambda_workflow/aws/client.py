@@ -67,8 +67,46 @@ class AwsWorkflowHandle(Generic[ResT]):
         return f"<AwsWorkflowHandle {self.workflow.name} {self.workflow_id!r}>"
 
 
+class _RoutedTransport:
+    """The deployment's transport for a client: a message whose sender does not name the
+    instance's workflow (a callback's completion, a repair's resume or a child's cancel) is
+    routed by the instance's workflow name, read with one GetItem, when the deployment has a
+    queue per workflow function (``LAMBDA_WORKFLOW_WORKFLOW_QUEUES``)."""
+
+    def __init__(self, deployment: AwsDeployment) -> None:
+        self.deployment = deployment
+
+    @property
+    def reply_address(self) -> str:
+        return self.deployment.transport.reply_address
+
+    def send_to_workflow(self, workflow_id: str, dedup_id: str, body: bytes,
+                         workflow: str | None = None) -> None:
+        d = self.deployment
+        if workflow is None and d.config.workflow_queues and not _is_start(body):
+            inst = d.store.get_instance(workflow_id)
+            workflow = inst.workflow_name if inst is not None else None
+        d.transport.send_to_workflow(workflow_id, dedup_id, body, workflow)
+
+    def send_to_service(self, service: str, dedup_id: str, body: bytes) -> None:
+        self.deployment.transport.send_to_service(service, dedup_id, body)
+
+
+def _is_start(body: bytes) -> bool:
+    """A start message names its workflow itself (the transport reads it there)."""
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(message, dict) and message.get("kind") == "start"
+
+
 class WorkflowClient(CallbackCompletion, RepairCommands):
     """Start, inspect and cancel workflow instances of one deployment.
+
+    In a deployment with several workflow functions (``LAMBDA_WORKFLOW_WORKFLOW_QUEUES``),
+    every message goes to the queue of the function that runs its instance's workflow: a
+    start by the workflow's name, the others by the instance's.
 
     Example:
         >>> client = WorkflowClient()          # LAMBDA_WORKFLOW_* from the environment
@@ -80,6 +118,7 @@ class WorkflowClient(CallbackCompletion, RepairCommands):
     def __init__(self, config: AwsConfig | None = None, *, session: boto3.Session | None = None,
                  clock: Clock | None = None) -> None:
         self.deployment = AwsDeployment(config, session=session, clock=clock)
+        self._transport = _RoutedTransport(self.deployment)
 
     def start(self, workflow: WorkflowStart[P, ResT], /, *args: P.args,
               **kwargs: P.kwargs) -> AwsWorkflowHandle[ResT]:
@@ -97,7 +136,7 @@ class WorkflowClient(CallbackCompletion, RepairCommands):
         if not isinstance(workflow, Workflow):
             raise TypeError(f"start() takes a @workflow object, got {workflow!r}")
         d = self.deployment
-        workflow_id = start_instance(d.store, d.transport, workflow, request, workflow_id,
+        workflow_id = start_instance(d.store, self._transport, workflow, request, workflow_id,
                                      d.clock.now(), payload_limit=d.payload_limit,
                                      payload_hint=NO_BUCKET_HINT)
         return AwsWorkflowHandle(self, workflow, workflow_id)
@@ -157,8 +196,8 @@ class WorkflowClient(CallbackCompletion, RepairCommands):
             return False
         body = orjson.dumps({"v": 1, "kind": "cancel", "workflow_id": workflow_id,
                              "reason": reason})
-        self.deployment.transport.send_to_workflow(
-            workflow_id, _core.dedup_id(workflow_id, "cancel", ""), body)
+        self._transport.send_to_workflow(
+            workflow_id, _core.dedup_id(workflow_id, "cancel", ""), body, inst.workflow_name)
         return True
 
     def history(self, workflow_id: str) -> History:
@@ -181,7 +220,7 @@ class WorkflowClient(CallbackCompletion, RepairCommands):
     # come from LAMBDA_WORKFLOW_CALLBACK_KEY_SECRET or _PARAMETER, see callback_keys.py) -----
     def _callback_parts(self) -> tuple[StateStore, CallbackTokens | None, Transport]:
         d = self.deployment
-        return d.store, d.tokens, d.transport
+        return d.store, d.tokens, self._transport
 
     def list_instances(self) -> list[InstanceRecord]:
         """Every instance in the table, oldest first (a Scan: for tooling, not hot paths;
@@ -208,4 +247,4 @@ class WorkflowClient(CallbackCompletion, RepairCommands):
     # -- repair ----------------------------------------------------------------------------
     def _repair_parts(self) -> tuple[StateStore, Transport, Clock]:
         d = self.deployment
-        return d.store, d.transport, d.clock
+        return d.store, self._transport, d.clock

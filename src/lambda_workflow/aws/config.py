@@ -309,6 +309,12 @@ def _workflow_queues(env: Mapping[str, str], problems: list[str]) -> dict[str, s
     return dict(table)
 
 
+def workflow_queues_of(env: Mapping[str, str]) -> dict[str, str]:
+    """The ``LAMBDA_WORKFLOW_WORKFLOW_QUEUES`` table of ``env``; empty when it is absent or
+    does not parse."""
+    return _workflow_queues(env, [])
+
+
 def _services(env: Mapping[str, str], problems: list[str],
               names: Iterable[str] = ()) -> dict[str, ServiceTarget]:
     """The service targets the variables give; a bad one is added to ``problems``. A

@@ -27,7 +27,13 @@ from ..models import (
 )
 from ..service import Service
 from ..workflow import Workflow
-from .config import AwsConfig, ConfigurationError, missing_target, raise_problems
+from .config import (
+    AwsConfig,
+    ConfigurationError,
+    missing_target,
+    raise_problems,
+    workflow_queues_of,
+)
 from .payloads import (
     NO_BUCKET_HINT,
     POINTER_CLASS,
@@ -363,24 +369,31 @@ def _checked_deployment(registry: Mapping[str, Workflow[Any, Any]], config: AwsC
                         deployment: AwsDeployment | None) -> AwsDeployment:
     """The workflow function's deployment, once its configuration is known to serve every
     registered workflow: every setting parses, every service a workflow can call
-    (:attr:`Workflow.services`) has a target, and every child workflow is registered.
+    (:attr:`Workflow.services`) has a target, and every child workflow is registered here or
+    routed to another workflow function's queue (``LAMBDA_WORKFLOW_WORKFLOW_QUEUES``).
     Otherwise one :class:`ConfigurationError` names all that is wrong."""
-    problems = [
-        f"workflow {wf.name!r} starts the child workflow {child.name!r}, which this function "
-        f"does not register (children run on the same queue: add it to workflow_handler())"
-        for wf in registry.values() for child in wf.children if child.name not in registry]
+
+    def unrouted(routed: Mapping[str, str]) -> list[str]:
+        return [
+            f"workflow {wf.name!r} starts the child workflow {child.name!r}, which this "
+            "function does not register and LAMBDA_WORKFLOW_WORKFLOW_QUEUES does not route "
+            "(add it to workflow_handler(), or name the queue of the function that runs it)"
+            for wf in registry.values() for child in wf.children
+            if child.name not in registry and child.name not in routed]
+
     required = {svc.name for wf in registry.values() for svc in wf.services}
     if deployment is None and config is None:
         try:
             config = AwsConfig.from_env(require_services=required)
         except ConfigurationError as exc:
-            raise_problems(exc.problems + problems)
+            # The routing table may itself be what failed to parse: then none is routed.
+            raise_problems(exc.problems + unrouted(workflow_queues_of(os.environ)))
             raise
     checked = deployment.config if deployment is not None else config
     assert checked is not None
-    problems[:0] = [missing_target(name, checked.services)
-                    for name in checked.missing_services(required)]
-    raise_problems(problems)
+    problems = [missing_target(name, checked.services)
+                for name in checked.missing_services(required)]
+    raise_problems(problems + unrouted(checked.workflow_queues))
     return deployment or AwsDeployment(checked, session=session)
 
 
@@ -669,9 +682,12 @@ def timer_handler(*, config: AwsConfig | None = None, session: boto3.Session | N
                   deployment: AwsDeployment | None = None
                   ) -> Callable[[Any, Any], dict[str, Any]]:
     """The handler of the timer function (event source: the timer queue, with
-    ``ReportBatchItemFailures``): forwards due timers to the workflow queue as
-    ``timer_fired`` and sends the others on for their next hop, unless their instance has
-    ended (then the timer is dropped)."""
+    ``ReportBatchItemFailures``): forwards due timers as ``timer_fired`` to the workflow queue
+    each names (one of the deployment's: ``LAMBDA_WORKFLOW_QUEUE_URL`` or a queue of
+    ``LAMBDA_WORKFLOW_WORKFLOW_QUEUES``) and sends the others on for their next hop, unless
+    their instance has ended (then the timer is dropped). A timer naming another queue is
+    refused: it fails on every delivery and the timer queue's redrive policy moves it to the
+    timer dead-letter queue."""
     state: dict[str, AwsDeployment] = {}
 
     def handler(event: Any, context: Any = None) -> dict[str, Any]:

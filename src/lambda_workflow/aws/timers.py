@@ -11,6 +11,14 @@ With ``LAMBDA_WORKFLOW_SCHEDULER_ROLE_ARN`` set, a timer longer than one delay i
 one-time EventBridge Scheduler schedule (``at(...)``, deleted after it runs) whose target is the
 timer queue with the same timer message: one scheduler invocation however long the sleep.
 
+The timer message also carries the workflow queue its ``timer_fired`` goes to (``queue``: the
+queue of the workflow function that scheduled it, in a deployment with several). The timer
+function forwards only to the deployment's workflow queues (its own
+``LAMBDA_WORKFLOW_QUEUE_URL`` and those of ``LAMBDA_WORKFLOW_WORKFLOW_QUEUES``): a message
+naming any other queue is refused, and the timer queue's redrive policy moves it to its
+dead-letter queue. A message without ``queue`` (sent before it existed) goes to
+``LAMBDA_WORKFLOW_QUEUE_URL``.
+
 The deadline is in the message, so a hop that arrives late or twice does no harm: the
 ``timer_fired`` message carries the timer's deduplication id, and the engine ignores a timer
 that already fired. Before sending a hop on, the timer function reads its instance's status:
@@ -68,7 +76,7 @@ class SqsDelayTimers:
 
     def schedule(self, workflow_id: str, timer_id: str, fire_at: float) -> None:
         timer = {"v": 1, "kind": "timer", "workflow_id": workflow_id, "timer_id": timer_id,
-                 "fire_at": fire_at}
+                 "fire_at": fire_at, "queue": self.config.queue_url}
         if (self.config.scheduler_role_arn is not None
                 and fire_at - self.clock.now() > MAX_DELAY_SECONDS):
             self.schedule_once(timer)
@@ -138,18 +146,44 @@ class SqsDelayTimers:
         item = got.get("Item")
         return item is not None and item.get("status", {}).get("S") == "running"
 
+    def destination(self, timer: Mapping[str, Any]) -> str:
+        """The workflow queue a timer message fires into: its ``queue``, which must be one
+        of the deployment's workflow queues, or ``LAMBDA_WORKFLOW_QUEUE_URL`` for a message
+        without one.
+
+        Raises:
+            InvalidMessageError: the message names a queue outside the deployment (a forged
+                or misdirected timer).
+        """
+        queue = timer.get("queue")
+        if queue is None:
+            return self.config.queue_url
+        if queue not in self.config.deployment_queues:
+            raise InvalidMessageError(
+                f"timer {timer['timer_id']!r} of workflow {timer['workflow_id']!r} names the "
+                f"destination {str(queue)[:200]!r}, which is not a workflow queue of this "
+                "deployment (LAMBDA_WORKFLOW_QUEUE_URL or LAMBDA_WORKFLOW_WORKFLOW_QUEUES); "
+                "it is not forwarded")
+        return str(queue)
+
     def handle(self, timer: Mapping[str, Any]) -> bool | None:
         """One received timer message: fire it if due (returns ``True``), else hop again
         (``False``), unless its instance has ended or does not exist: then the hop chain
-        stops there (``None``)."""
+        stops there (``None``).
+
+        Raises:
+            InvalidMessageError: its destination is not a workflow queue of the deployment
+                (see :meth:`destination`); it is neither fired nor sent on.
+        """
         workflow_id, timer_id = timer["workflow_id"], timer["timer_id"]
+        queue = self.destination(timer)
         if float(timer["fire_at"]) - self.clock.now() > _EARLY_TOLERANCE:
             if not self.running(workflow_id):
                 return None
             self.hop(timer)
             return False
         self.clients.sqs.send_message(
-            QueueUrl=self.config.queue_url,
+            QueueUrl=queue,
             MessageBody=timer_fired_body(workflow_id, timer_id).decode(),
             MessageGroupId=workflow_id,
             MessageDeduplicationId=_core.dedup_id(workflow_id, "timer_fired", timer_id))
@@ -164,6 +198,7 @@ def parse_timer(body: str) -> dict[str, Any]:
     if (not isinstance(timer, dict) or timer.get("kind") != "timer"
             or not isinstance(timer.get("workflow_id"), str)
             or not isinstance(timer.get("timer_id"), str)
-            or not isinstance(timer.get("fire_at"), int | float)):
+            or not isinstance(timer.get("fire_at"), int | float)
+            or not isinstance(timer.get("queue", ""), str)):
         raise InvalidMessageError(f"malformed timer message: {body[:200]!r}")
     return timer
