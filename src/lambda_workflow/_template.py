@@ -29,8 +29,8 @@ from typing import Any
 from ._package import DEFAULT_PYTHON
 
 __all__ = ["BUILTIN_TIMER_HANDLER", "App", "ExternalService", "ServiceFunction",
-           "TemplateError", "add_parser", "build", "discover", "from_args", "logical_id",
-           "render", "run_command"]
+           "TemplateError", "WorkflowModule", "add_parser", "build", "discover", "from_args",
+           "logical_id", "render", "run_command", "workflow_stems"]
 
 #: The timer function's handler when no module has one: ``handler = timer_handler()`` in the
 #: SDK itself (it is in every zip ``package`` builds).
@@ -74,11 +74,23 @@ class ExternalService:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkflowModule:
+    """A module with a workflow handler: one workflow function of the stack, with its own
+    FIFO queue. ``services`` are those its workflows call, ``children`` the child workflows
+    they start (in this module or another)."""
+
+    module: str
+    handler: str
+    workflows: tuple[str, ...]
+    services: tuple[str, ...] = ()
+    children: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class App:
     """What the template describes. Build it with :func:`discover`, or directly."""
 
-    workflow_handler: str
-    workflows: tuple[str, ...]
+    workflow_modules: tuple[WorkflowModule, ...]
     services: tuple[ServiceFunction, ...] = ()
     external: tuple[ExternalService, ...] = ()
     timer_handler: str = BUILTIN_TIMER_HANDLER
@@ -173,9 +185,10 @@ def discover(paths: Sequence[str | Path], *, plain_services: Mapping[str, str] |
             ``Event`` invocations) instead of through a queue of their own.
 
     Raises:
-        TemplateError: no workflow handler, workflows without one, several workflow or timer
-            handlers, a service implemented twice, an option naming something that is not
-            there.
+        TemplateError: no workflow handler, workflows without one, two workflow handlers in
+            a module, a workflow registered twice, a child workflow no handler registers,
+            several timer handlers, a service implemented twice, an option naming something
+            that is not there.
     """
     from .aws.handlers import handler_role
     from .workflow import Workflow
@@ -202,14 +215,7 @@ def discover(paths: Sequence[str | Path], *, plain_services: Mapping[str, str] |
             elif role.kind == "timer":
                 timers.append(f"{stem}.{attribute}")
     registered = {id(wf): wf for _, role in workflow_handlers for wf in role.workflows}
-    for handler_name, handler_role_ in workflow_handlers:
-        for wf in handler_role_.workflows:
-            for child in wf.children:
-                if child not in handler_role_.workflows:
-                    raise TemplateError(
-                        f"workflow {wf.name!r} starts child workflow {child.name!r}, which "
-                        f"{handler_name} does not register (a child runs on its parent's "
-                        "queue): add it to that workflow_handler(...)")
+    _check_workflow_handlers(workflow_handlers)
     orphans = {stem: [wf.name for wf in wfs if id(wf) not in registered]
                for stem, wfs in defined.items()}
     orphans = {stem: names for stem, names in orphans.items() if names}
@@ -221,14 +227,7 @@ def discover(paths: Sequence[str | Path], *, plain_services: Mapping[str, str] |
             f"no workflow handler registers every workflow ({detail}): add "
             "`handler = workflow_handler(<workflow>, ...)` (from lambda_workflow.aws) to a "
             "module and pass that module too")
-    if len(workflow_handlers) > 1:
-        raise TemplateError(
-            "a deployment has one workflow queue, read by one workflow function, but "
-            f"{len(workflow_handlers)} workflow handlers were found "
-            f"({', '.join(h for h, _ in workflow_handlers)}): register every workflow in one "
-            "`workflow_handler(a, b, ...)`, or generate a template per deployment")
-    (workflow_handler, role), = workflow_handlers
-    workflows = list(role.workflows)
+    workflows = [wf for _, role in workflow_handlers for wf in role.workflows]
     if len(timers) > 1:
         raise TemplateError(f"several timer handlers: {', '.join(timers)}; keep one")
     plain = dict(plain_services or {})
@@ -255,14 +254,56 @@ def discover(paths: Sequence[str | Path], *, plain_services: Mapping[str, str] |
         raise TemplateError(f"--invoke-async names services no module implements: "
                             f"{', '.join(unknown)}")
     return App(
-        workflow_handler=workflow_handler,
-        workflows=tuple(sorted(wf.name for wf in workflows)),
+        workflow_modules=tuple(
+            WorkflowModule(
+                handler.rpartition(".")[0], handler,
+                tuple(sorted(wf.name for wf in role.workflows)),
+                tuple(sorted({svc.name for wf in role.workflows for svc in wf.services})),
+                tuple(sorted({c.name for wf in role.workflows for c in wf.children})))
+            for handler, role in sorted(workflow_handlers, key=lambda h: h[0])),
         services=tuple(ServiceFunction(n, h, sdk, "lambda" if n in asynchronous else "sqs")
                        for n, (h, sdk) in sorted(implemented.items())),
         external=tuple(ExternalService(n) for n in sorted(called - set(implemented))),
         timer_handler=timers[0] if timers else BUILTIN_TIMER_HANDLER,
         code_uri=code_uri, python=python, architecture=architecture,
         description=description, command=command)
+
+
+def _check_workflow_handlers(handlers: Sequence[tuple[str, Any]]) -> None:
+    """One workflow function per module: a module has one workflow handler, a workflow is
+    registered by one handler, and every child workflow by some handler (its parent's or
+    another module's, whose queue its start message is routed to).
+
+    Raises:
+        TemplateError: the first rule broken, naming the handlers and workflows.
+    """
+    by_module: dict[str, list[str]] = {}
+    owner: dict[str, str] = {}
+    for handler, role in handlers:
+        by_module.setdefault(handler.rpartition(".")[0], []).append(handler)
+        for wf in role.workflows:
+            other = owner.setdefault(wf.name, handler)
+            if other != handler:
+                raise TemplateError(
+                    f"workflow {wf.name!r} is registered by two workflow handlers ({other} "
+                    f"and {handler}); each workflow runs in one workflow function, fed by "
+                    "its own queue: register it in one")
+    for module, names in sorted(by_module.items()):
+        if len(names) > 1:
+            raise TemplateError(
+                f"module {module} has {len(names)} workflow handlers ({', '.join(names)}); "
+                "the template makes one workflow function per module: register its workflows "
+                "in one `workflow_handler(a, b, ...)`, or move one to a module of its own")
+    for handler, role in handlers:
+        for wf in role.workflows:
+            for child in wf.children:
+                if child.name not in owner:
+                    raise TemplateError(
+                        f"workflow {wf.name!r} starts child workflow {child.name!r}, which "
+                        f"no workflow handler registers ({handler} registers "
+                        f"{', '.join(sorted(w.name for w in role.workflows))}): add it to "
+                        "that workflow_handler(...), or to the handler of another module "
+                        "given to the template")
 
 
 # ---------------------------------------------------------------- intrinsics
@@ -406,6 +447,49 @@ def _check_ids(app: App) -> dict[str, str]:
     return ids
 
 
+def workflow_stems(app: App) -> dict[str, str]:
+    """The stem of each workflow module's logical ids: ``Workflow`` for the only one (the
+    ids of a one-function stack: WorkflowQueue, WorkflowFunction, ...), else the module's
+    name in CamelCase before it (``billing.flows`` gives ``BillingFlowsWorkflow``).
+
+    Raises:
+        TemplateError: no workflow module, or two stems (or a stem and a service's) alike.
+    """
+    if not app.workflow_modules:
+        raise TemplateError("the app has no workflow module")
+    if len(app.workflow_modules) == 1:
+        return {app.workflow_modules[0].module: "Workflow"}
+    services = {stem: name for name, stem in _check_ids(app).items()}
+    stems: dict[str, str] = {}
+    for wm in app.workflow_modules:
+        stem = logical_id(wm.module.replace(".", "_")) + "Workflow"
+        clash = next((m for m, st in stems.items() if st == stem), None)
+        if clash is not None or stem in services:
+            other = f"module {clash}" if clash else f"service {services[stem]!r}"
+            raise TemplateError(f"module {wm.module} and {other} give the same logical id "
+                                f"{stem!r}; rename one")
+        stems[wm.module] = stem
+    return stems
+
+
+def _routes(app: App) -> dict[str, dict[str, str]]:
+    """For each workflow module, the workflows of other modules its function sends to: the
+    children its workflows start, and the workflows of the modules that start its workflows
+    as children (a child's result goes to its parent's queue); each with the stem of the
+    module that runs it. A module's children are known as a set, so every workflow of a
+    parent's module is routed (all to that one queue)."""
+    stems = workflow_stems(app)
+    runs = {name: wm.module for wm in app.workflow_modules for name in wm.workflows}
+    routes: dict[str, dict[str, str]] = {wm.module: {} for wm in app.workflow_modules}
+    for wm in app.workflow_modules:
+        for child in wm.children:
+            other = runs.get(child, wm.module)
+            if other != wm.module:
+                routes[wm.module][child] = stems[other]
+                routes[other] |= dict.fromkeys(wm.workflows, stems[wm.module])
+    return routes
+
+
 def build(app: App) -> dict[str, Any]:
     """The template as data (what :func:`render` writes)."""
     from .aws.dynamodb import table_definition
@@ -516,13 +600,24 @@ def build(app: App) -> dict[str, Any]:
     resources["TimerScheduleGroup"] = {"Type": "AWS::Scheduler::ScheduleGroup"}
 
     # queues, their policies and alarms
-    resources["WorkflowQueue"] = _queue(fifo=True, consumed=True, dlq="WorkflowDeadLetterQueue")
-    resources["WorkflowDeadLetterQueue"] = _queue(fifo=True)
+    stems = workflow_stems(app)
+    routes = _routes(app)
+    multi = len(app.workflow_modules) > 1
+    modules = {stems[wm.module]: wm for wm in app.workflow_modules}
+    first = stems[app.workflow_modules[0].module]
+    dead_letters: dict[str, str] = {}
+    for stem in modules:
+        resources[f"{stem}Queue"] = _queue(fifo=True, consumed=True,
+                                           dlq=f"{stem}DeadLetterQueue")
+        resources[f"{stem}DeadLetterQueue"] = _queue(fifo=True)
+        dead_letters[f"{stem}DeadLetterQueue"] = (
+            "workflow messages that failed MaxReceives times or that the workflow function "
+            "rejected" if not multi else
+            f"workflow messages of {modules[stem].module} that failed MaxReceives times or "
+            "that its workflow function rejected")
     resources["TimerQueue"] = _queue(consumed=True, dlq="TimerDeadLetterQueue")
     resources["TimerDeadLetterQueue"] = _queue()
-    dead_letters = {"WorkflowDeadLetterQueue": "workflow messages that failed MaxReceives "
-                                               "times or that the workflow function rejected",
-                    "TimerDeadLetterQueue": "timer messages that failed MaxReceives times"}
+    dead_letters["TimerDeadLetterQueue"] = "timer messages that failed MaxReceives times"
     for svc in queued:
         stem = ids[svc.service]
         resources[f"{stem}Queue"] = _queue(consumed=True, dlq=f"{stem}DeadLetterQueue")
@@ -534,69 +629,99 @@ def build(app: App) -> dict[str, Any]:
         resources[f"{stem}FailureQueue"] = _queue()
         dead_letters[f"{stem}FailureQueue"] = (
             f"asynchronous invocations of the {svc.service} service that failed every attempt")
-    roles = {"Workflow": "WorkflowRole", "Timer": "TimerRole"}
-    roles |= {s.service: f"{ids[s.service]}Role" for s in app.services}
-    workflow_senders = [_arn("WorkflowRole"), *(_arn(f"{ids[s.service]}Role")
-                                                for s in app.services),
-                        _arn("TimerRole"), _arn("ClientRole"),
-                        *(_ref(f"{ids[e.service]}ServiceReplyRole") for e in app.external)]
-    external_replies = [{"Sid": "ExternalServiceReplies", "Effect": "Allow",
-                         "Principal": {"AWS": [_ref(f"{ids[e.service]}ServiceReplyRole")
-                                               for e in app.external]},
-                         "Action": "sqs:SendMessage", "Resource": _arn("WorkflowQueue")}
-                        ] if app.external else []
-    resources["WorkflowQueuePolicy"] = _queue_policy(
-        "WorkflowQueue", workflow_senders, "OnlyThisStacksSenders", external_replies)
+
+    def one_or_list(items: list[Any]) -> Any:
+        return items[0] if len(items) == 1 else items
+
+    # the services each workflow function reaches: every one of the stack when it is the
+    # only workflow function; else those its workflows call
+    def reaches(stem: str) -> list[ServiceFunction]:
+        return [s for s in app.services
+                if not multi or s.service in modules[stem].services]
+
+    def reaches_external(stem: str) -> list[ExternalService]:
+        return [e for e in app.external
+                if not multi or e.service in modules[stem].services]
+
+    workflow_queues = [_arn(f"{stem}Queue") for stem in modules]
+    for stem in modules:
+        senders = [_arn(f"{stem}Role"),
+                   *(_arn(f"{other}Role") for other in modules
+                     if other != stem and stem in routes[modules[other].module].values()),
+                   *(_arn(f"{ids[s.service]}Role") for s in app.services),
+                   _arn("TimerRole"), _arn("ClientRole"),
+                   *(_ref(f"{ids[e.service]}ServiceReplyRole") for e in app.external)]
+        external_replies = [{"Sid": "ExternalServiceReplies", "Effect": "Allow",
+                             "Principal": {"AWS": [_ref(f"{ids[e.service]}ServiceReplyRole")
+                                                   for e in app.external]},
+                             "Action": "sqs:SendMessage", "Resource": _arn(f"{stem}Queue")}
+                            ] if app.external else []
+        resources[f"{stem}QueuePolicy"] = _queue_policy(
+            f"{stem}Queue", senders, "OnlyThisStacksSenders", external_replies)
     resources["TimerQueuePolicy"] = _queue_policy(
-        "TimerQueue", [_arn("WorkflowRole"), _arn("TimerRole"), _arn("SchedulerRole")],
+        "TimerQueue", [*(_arn(f"{stem}Role") for stem in modules), _arn("TimerRole"),
+                       _arn("SchedulerRole")],
         "OnlyTimerSenders")
     for svc in queued:
         stem = ids[svc.service]
+        callers = [_arn(f"{w}Role") for w in modules if svc in reaches(w)]
         resources[f"{stem}QueuePolicy"] = _queue_policy(
-            f"{stem}Queue", [_arn("WorkflowRole")], "OnlyTheWorkflowFunction")
+            f"{stem}Queue", callers or [_arn(f"{w}Role") for w in modules],
+            "OnlyTheWorkflowFunction" if len(callers) <= 1 else "OnlyWorkflowFunctions")
     for queue, what in dead_letters.items():
         resources[f"{queue}Policy"] = _queue_policy(queue)
         resources[f"{queue}Alarm"] = _alarm(queue, what)
 
     # logs
-    for stem in ["Workflow", "Timer", *(ids[s.service] for s in app.services)]:
+    for stem in [*modules, "Timer", *(ids[s.service] for s in app.services)]:
         resources[f"{stem}LogGroup"] = {"Type": "AWS::Logs::LogGroup",
                                         "Properties": {"RetentionInDays": _LOGS_DAYS}}
 
     # roles
     schedules = _sub("arn:${AWS::Partition}:scheduler:${AWS::Region}:${AWS::AccountId}:"
                      "schedule/${TimerScheduleGroup}/*")
-    workflow: list[Any] = [
-        _statement("Logs", LOGS, _arn("WorkflowLogGroup")),
-        _statement("ConsumeWorkflowQueue", CONSUME, _arn("WorkflowQueue")),
-        _statement("SendRequestsOwnMessagesRejectsAndTimers", ["sqs:SendMessage"], [
-            _arn("WorkflowQueue"), _arn("WorkflowDeadLetterQueue"),
-            *(_arn(f"{ids[s.service]}Queue") for s in queued), _arn("TimerQueue")])]
-    for svc in invoked:
-        stem = ids[svc.service]
-        workflow.append(_statement(f"Invoke{stem}Asynchronously", ["lambda:InvokeFunction"],
-                                   _arn(f"{stem}Function")))
-    for ext in app.external:
-        stem = ids[ext.service]
-        target = _ref(f"{stem}ServiceTarget")
-        workflow.append({"Fn::If": [
-            f"{stem}IsQueue",
-            _statement(f"{stem}ServiceRequests", ["sqs:SendMessage"], target),
-            _statement(f"{stem}ServiceRequests", ["lambda:InvokeFunction"], target)]})
-    workflow += [
-        _statement("WorkflowState", ["dynamodb:GetItem", "dynamodb:PutItem",
-                                     "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem",
-                                     "dynamodb:Query"], _arn("WorkflowTable")),
-        _statement("LargePayloads", ["s3:GetObject", "s3:PutObject"],
-                   _sub(f"${{PayloadBucket.Arn}}/{DEFAULT_PREFIX}*")),
-        _statement("TimerQueueArnForSchedules", ["sqs:GetQueueAttributes"], _arn("TimerQueue")),
-        _statement("LongTimersAsSchedules", ["scheduler:CreateSchedule",
-                                             "scheduler:DeleteSchedule"], schedules),
-        _statement("PassSchedulerRole", ["iam:PassRole"], _arn("SchedulerRole"),
-                   {"StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}}),
-        _statement("CallbackKeys", ["secretsmanager:GetSecretValue"], _ref("CallbackKeySecret")),
-    ]
-    resources["WorkflowRole"] = _lambda_role("workflow", workflow)
+    for stem in modules:
+        routed = sorted(set(routes[modules[stem].module].values()))
+        workflow: list[Any] = [
+            _statement("Logs", LOGS, _arn(f"{stem}LogGroup")),
+            _statement("ConsumeWorkflowQueue", CONSUME, _arn(f"{stem}Queue")),
+            _statement("SendRequestsOwnMessagesRejectsAndTimers", ["sqs:SendMessage"], [
+                _arn(f"{stem}Queue"), _arn(f"{stem}DeadLetterQueue"),
+                *(_arn(f"{ids[s.service]}Queue") for s in queued if s in reaches(stem)),
+                _arn("TimerQueue")])]
+        if routed:
+            workflow.append(_statement("OtherWorkflowFunctionsChildrenAndParents",
+                                       ["sqs:SendMessage"],
+                                       one_or_list([_arn(f"{r}Queue") for r in routed])))
+        for svc in invoked:
+            if svc not in reaches(stem):
+                continue
+            sstem = ids[svc.service]
+            workflow.append(_statement(f"Invoke{sstem}Asynchronously",
+                                       ["lambda:InvokeFunction"], _arn(f"{sstem}Function")))
+        for ext in reaches_external(stem):
+            estem = ids[ext.service]
+            target = _ref(f"{estem}ServiceTarget")
+            workflow.append({"Fn::If": [
+                f"{estem}IsQueue",
+                _statement(f"{estem}ServiceRequests", ["sqs:SendMessage"], target),
+                _statement(f"{estem}ServiceRequests", ["lambda:InvokeFunction"], target)]})
+        workflow += [
+            _statement("WorkflowState", ["dynamodb:GetItem", "dynamodb:PutItem",
+                                         "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem",
+                                         "dynamodb:Query"], _arn("WorkflowTable")),
+            _statement("LargePayloads", ["s3:GetObject", "s3:PutObject"],
+                       _sub(f"${{PayloadBucket.Arn}}/{DEFAULT_PREFIX}*")),
+            _statement("TimerQueueArnForSchedules", ["sqs:GetQueueAttributes"],
+                       _arn("TimerQueue")),
+            _statement("LongTimersAsSchedules", ["scheduler:CreateSchedule",
+                                                 "scheduler:DeleteSchedule"], schedules),
+            _statement("PassSchedulerRole", ["iam:PassRole"], _arn("SchedulerRole"),
+                       {"StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}}),
+            _statement("CallbackKeys", ["secretsmanager:GetSecretValue"],
+                       _ref("CallbackKeySecret")),
+        ]
+        resources[f"{stem}Role"] = _lambda_role("workflow", workflow)
     resources["SchedulerRole"] = {"Type": "AWS::IAM::Role", "Properties": {
         "AssumeRolePolicyDocument": _document([{
             "Effect": "Allow", "Principal": {"Service": "scheduler.amazonaws.com"},
@@ -608,7 +733,7 @@ def build(app: App) -> dict[str, Any]:
         resources["ServiceReplyPolicy"] = {"Type": "AWS::IAM::ManagedPolicy", "Properties": {
             "Description": "lambda-workflow services replying to workflows",
             "PolicyDocument": _document([
-                _statement("Reply", ["sqs:SendMessage"], _arn("WorkflowQueue"))])}}
+                _statement("Reply", ["sqs:SendMessage"], one_or_list(workflow_queues))])}}
     for svc in app.services:
         stem = ids[svc.service]
         statements: list[Any] = [_statement("Logs", LOGS, _arn(f"{stem}LogGroup"))]
@@ -635,7 +760,7 @@ def build(app: App) -> dict[str, Any]:
     resources["TimerRole"] = _lambda_role("timer", [
         _statement("Logs", LOGS, _arn("TimerLogGroup")),
         _statement("ConsumeTimers", CONSUME, _arn("TimerQueue")),
-        _statement("FireOrHopAgain", ["sqs:SendMessage"], [_arn("WorkflowQueue"),
+        _statement("FireOrHopAgain", ["sqs:SendMessage"], [*workflow_queues,
                                                            _arn("TimerQueue")]),
         _statement("StopHopsOfEndedInstances", ["dynamodb:GetItem"], _arn("WorkflowTable"), {
             "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["wf#*"]},
@@ -648,7 +773,8 @@ def build(app: App) -> dict[str, Any]:
             "Principal": {"AWS": _sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root")},
             "Action": "sts:AssumeRole"}]),
         "Policies": [{"PolicyName": "client", "PolicyDocument": _document([
-            _statement("StartCancelAndCallbacks", ["sqs:SendMessage"], _arn("WorkflowQueue")),
+            _statement("StartCancelAndCallbacks", ["sqs:SendMessage"],
+                       one_or_list(workflow_queues)),
             _statement("Instances", ["dynamodb:BatchGetItem", "dynamodb:GetItem",
                                      "dynamodb:PutItem", "dynamodb:Query"],
                        _arn("WorkflowTable"),
@@ -661,36 +787,49 @@ def build(app: App) -> dict[str, Any]:
                        _ref("CallbackKeySecret"))])}]}}
 
     # functions
-    targets = {s.service: (f"sqs:${{{ids[s.service]}Queue}}" if s.invoke == "sqs"
-                           else f"lambda:${{{ids[s.service]}Function}}") for s in app.services}
-    environment: dict[str, Any] = {}
-    if targets:
-        environment[_SETTINGS + "SERVICES"] = _sub(json.dumps(targets, sort_keys=True))
-    environment |= {
-        _SETTINGS + "SCHEDULER_ROLE_ARN": _arn("SchedulerRole"),
-        _SETTINGS + "SCHEDULER_GROUP": _ref("TimerScheduleGroup"),
-        _SETTINGS + "CALLBACK_KEY_SECRET": _ref("CallbackKeySecret"),
-        _SETTINGS + "CALLBACK_KEY_TTL": _ref("CallbackKeyTtl")}
-    for ext in app.external:
-        stem = ids[ext.service]
-        environment[_env_name(ext.service)] = {"Fn::If": [
-            f"{stem}IsQueue",
-            {"Fn::Sub": ["sqs:https://sqs.${Region}.${AWS::URLSuffix}/${Account}/${Name}", {
-                "Region": {"Fn::Select": [3, {"Fn::Split": [":", _ref(f"{stem}ServiceTarget")]}]},
-                "Account": {"Fn::Select": [4, {"Fn::Split": [":",
-                                                             _ref(f"{stem}ServiceTarget")]}]},
-                "Name": {"Fn::Select": [5, {"Fn::Split": [":",
-                                                          _ref(f"{stem}ServiceTarget")]}]}}]},
-            _sub(f"lambda:${{{stem}ServiceTarget}}")]}
-    names = ", ".join(app.workflows)
-    resources["WorkflowFunction"] = _function(
-        f"Runs the workflows {names}, one activation per workflow and batch",
-        app.workflow_handler, "WorkflowRole", "WorkflowLogGroup",
-        {"WorkflowMessages": _sqs_event("WorkflowQueue")}, environment)
+    def queues_json(route: Mapping[str, str]) -> dict[str, Any]:
+        return _sub(json.dumps({name: f"${{{stem}Queue}}" for name, stem in route.items()},
+                               sort_keys=True))
+
+    for stem, wm in modules.items():
+        targets = {s.service: (f"sqs:${{{ids[s.service]}Queue}}" if s.invoke == "sqs"
+                               else f"lambda:${{{ids[s.service]}Function}}")
+                   for s in reaches(stem)}
+        environment: dict[str, Any] = {}
+        if multi:
+            environment |= {_SETTINGS + "QUEUE_URL": _ref(f"{stem}Queue"),
+                            _SETTINGS + "DLQ_URL": _ref(f"{stem}DeadLetterQueue")}
+            if routes[wm.module]:
+                environment[_SETTINGS + "WORKFLOW_QUEUES"] = queues_json(routes[wm.module])
+        if targets:
+            environment[_SETTINGS + "SERVICES"] = _sub(json.dumps(targets, sort_keys=True))
+        environment |= {
+            _SETTINGS + "SCHEDULER_ROLE_ARN": _arn("SchedulerRole"),
+            _SETTINGS + "SCHEDULER_GROUP": _ref("TimerScheduleGroup"),
+            _SETTINGS + "CALLBACK_KEY_SECRET": _ref("CallbackKeySecret"),
+            _SETTINGS + "CALLBACK_KEY_TTL": _ref("CallbackKeyTtl")}
+        for ext in reaches_external(stem):
+            estem = ids[ext.service]
+            target_arn = _ref(f"{estem}ServiceTarget")
+            environment[_env_name(ext.service)] = {"Fn::If": [
+                f"{estem}IsQueue",
+                {"Fn::Sub": ["sqs:https://sqs.${Region}.${AWS::URLSuffix}/${Account}/${Name}", {
+                    "Region": {"Fn::Select": [3, {"Fn::Split": [":", target_arn]}]},
+                    "Account": {"Fn::Select": [4, {"Fn::Split": [":", target_arn]}]},
+                    "Name": {"Fn::Select": [5, {"Fn::Split": [":", target_arn]}]}}]},
+                _sub(f"lambda:${{{estem}ServiceTarget}}")]}
+        resources[f"{stem}Function"] = _function(
+            f"Runs the workflows {', '.join(wm.workflows)}, one activation per workflow and "
+            "batch", wm.handler, f"{stem}Role", f"{stem}LogGroup",
+            {"WorkflowMessages": _sqs_event(f"{stem}Queue")}, environment)
+    every_queue = {name: stem for stem, wm in modules.items() for name in wm.workflows}
     resources["TimerFunction"] = _function(
-        "Durable timers, firing due ones on the workflow queue and re-delaying the rest",
+        "Durable timers, firing due ones on the workflow queue and re-delaying the rest"
+        if not multi else "Durable timers, firing due ones on the workflow queue each names "
+                          "and re-delaying the rest",
         app.timer_handler, "TimerRole", "TimerLogGroup",
-        {"TimerMessages": _sqs_event("TimerQueue")})
+        {"TimerMessages": _sqs_event("TimerQueue")},
+        {_SETTINGS + "WORKFLOW_QUEUES": queues_json(every_queue)} if multi else None)
     for svc in app.services:
         stem = ids[svc.service]
         how = "" if svc.sdk else ", a handler written without the SDK"
@@ -710,8 +849,7 @@ def build(app: App) -> dict[str, Any]:
     outputs: dict[str, Any] = {
         "WorkflowQueueUrl": {"Description": "LAMBDA_WORKFLOW_QUEUE_URL of clients: start "
                                             "workflows by sending to this queue (WorkflowClient)",
-                             "Value": _ref("WorkflowQueue")},
-        "WorkflowDeadLetterQueueUrl": {"Value": _ref("WorkflowDeadLetterQueue")},
+                             "Value": _ref(f"{first}Queue")},
         "TimerQueueUrl": {"Value": _ref("TimerQueue")},
         "TimerDeadLetterQueueUrl": {"Value": _ref("TimerDeadLetterQueue")},
         "TimerScheduleGroupName": {"Value": _ref("TimerScheduleGroup")},
@@ -726,9 +864,20 @@ def build(app: App) -> dict[str, Any]:
         "ClientRoleArn": {"Description": "Assume this role to start, cancel and inspect "
                                          "workflows (WorkflowClient)",
                           "Value": _arn("ClientRole")},
-        "WorkflowFunctionName": {"Value": _ref("WorkflowFunction")},
         "TimerFunctionName": {"Value": _ref("TimerFunction")},
     }
+    for stem in modules:
+        outputs[f"{stem}DeadLetterQueueUrl"] = {"Value": _ref(f"{stem}DeadLetterQueue")}
+        outputs[f"{stem}FunctionName"] = {"Value": _ref(f"{stem}Function")}
+        if multi:
+            outputs[f"{stem}QueueUrl"] = {"Value": _ref(f"{stem}Queue")}
+    if multi:
+        outputs["WorkflowQueueUrl"]["Description"] = (
+            f"LAMBDA_WORKFLOW_QUEUE_URL of clients (the queue of {app.workflow_modules[0].module}"
+            "; WorkflowQueues routes every workflow to its function's queue)")
+        outputs["WorkflowQueues"] = {
+            "Description": "LAMBDA_WORKFLOW_WORKFLOW_QUEUES of clients: each workflow's queue",
+            "Value": queues_json(every_queue)}
     for svc in app.services:
         stem = ids[svc.service]
         outputs[f"{stem}FunctionName"] = {"Value": _ref(f"{stem}Function")}
@@ -738,6 +887,7 @@ def build(app: App) -> dict[str, Any]:
         else:
             outputs[f"{stem}FailureQueueUrl"] = {"Value": _ref(f"{stem}FailureQueue")}
 
+    names = ", ".join(sorted(every_queue))
     description = app.description or (
         f"lambda-workflow: the workflows {names} on AWS, generated by `lambda-workflow "
         "template` from their modules. Code: one zip built by `lambda-workflow package`.")
@@ -753,8 +903,8 @@ def build(app: App) -> dict[str, Any]:
             "Architectures": [_ref("Architecture")], "MemorySize": 512, "Timeout": _TIMEOUT,
             "Environment": {"Variables": {
                 _SETTINGS + "TABLE": _ref("WorkflowTable"),
-                _SETTINGS + "QUEUE_URL": _ref("WorkflowQueue"),
-                _SETTINGS + "DLQ_URL": _ref("WorkflowDeadLetterQueue"),
+                _SETTINGS + "QUEUE_URL": _ref(f"{first}Queue"),
+                _SETTINGS + "DLQ_URL": _ref(f"{first}DeadLetterQueue"),
                 _SETTINGS + "BUCKET": _ref("PayloadBucket"),
                 _SETTINGS + "TIMER_QUEUE_URL": _ref("TimerQueue"),
                 _SETTINGS + "PAYLOAD_THRESHOLD": _ref("PayloadThreshold"),
@@ -938,6 +1088,30 @@ def _notes(app: App) -> dict[str, str]:
                       "history, callbacks. Principals of this account assume it when their "
                       "own policies allow sts:AssumeRole on it.",
     }
+    stems = workflow_stems(app)
+    if len(stems) > 1:
+        for module, stem in stems.items():
+            notes[f"{stem}Queue"] = (
+                f"The workflow queue of {module}'s workflow function: every message of its "
+                "instances (message group = workflow id), each with its own deduplication id "
+                "(docs/protocol.md). The other workflow functions, the timer function and "
+                "clients route to it by workflow name (LAMBDA_WORKFLOW_WORKFLOW_QUEUES). "
+                "Visibility timeout: 6 times the functions' timeout.")
+            notes[f"{stem}DeadLetterQueue"] = (
+                f"Messages of {module}'s queue that SQS moved after MaxReceives deliveries, "
+                "and those its workflow function rejects, with their reason.")
+            notes[f"{stem}QueuePolicy"] = (
+                f"Only the roles that may send to {module}'s workflows (its own function, "
+                "workflow functions whose children or parents run there, services, the timer "
+                "function, clients) may send here. Every queue refuses requests without TLS.")
+        notes[f"{next(iter(stems.values()))}Role"] = notes["WorkflowRole"]
+        for key in ("WorkflowQueue", "WorkflowDeadLetterQueue", "WorkflowQueuePolicy",
+                    "WorkflowRole"):
+            del notes[key]
+        notes["TimerQueue"] = notes["TimerQueue"].replace(
+            "fires on the workflow queue", "fires on the workflow queue the message names")
+        notes["ServiceReplyPolicy"] = ("Every service function replies on the queue of the "
+                                       "workflow function that called it (reply_to).")
     for svc in app.services:
         stem = ids[svc.service]
         if svc.invoke == "sqs":

@@ -382,32 +382,49 @@ def test_a_service_implemented_twice_is_an_error(tmp_path: Path,
     assert "implemented twice" in err and "--service greet=twice_app.answer" in err
 
 
-def test_two_workflow_handlers_are_an_error(tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
-    """A deployment has one workflow queue and one function reading it: two workflow
-    handlers are refused with the way out (one handler registering every workflow)."""
+def test_two_workflow_handlers_in_one_module_are_an_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The template makes one workflow function per module: a module with two workflow
+    handlers is refused with the ways out (one handler, or a module each)."""
     one = _module(tmp_path, "first_wf", WORKFLOW + """
-    from lambda_workflow.aws import workflow_handler
-    handler = workflow_handler(hello)
-""")
-    two = _module(tmp_path, "second_wf", """
-    from lambda_workflow import WorkflowContext, workflow
     from lambda_workflow.aws import workflow_handler
 
     @workflow
     async def bye(ctx: WorkflowContext[str]) -> str:
         return ctx.request
 
-    handler = workflow_handler(bye)
+    handler = workflow_handler(hello)
+    other_handler = workflow_handler(bye)
+""")
+    err = _error(tmp_path, [str(one)], capsys)
+    assert "module first_wf has 2 workflow handlers" in err
+    assert "first_wf.handler, first_wf.other_handler" in err
+    assert "workflow_handler(a, b, ...)" in err and "a module of its own" in err
+
+
+def test_a_workflow_registered_by_two_handlers_is_an_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A workflow runs in one workflow function (its queue is where clients and parents send
+    its messages): registering it in two modules' handlers is refused, naming both."""
+    one = _module(tmp_path, "first_wf", WORKFLOW + """
+    from lambda_workflow.aws import workflow_handler
+    handler = workflow_handler(hello)
+""")
+    two = _module(tmp_path, "second_wf", """
+    from first_wf import hello
+    from lambda_workflow.aws import workflow_handler
+    handler = workflow_handler(hello)
 """)
     err = _error(tmp_path, [str(one), str(two)], capsys)
-    assert "2 workflow handlers" in err and "workflow_handler(a, b, ...)" in err
+    assert ("workflow 'hello' is registered by two workflow handlers (first_wf.handler and "
+            "second_wf.handler)") in err
 
 
-def test_a_child_its_parents_handler_does_not_register_is_an_error(
+def test_a_child_no_handler_registers_is_an_error(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A child workflow runs on its parent's queue, so the parent's handler must register
-    it: the error names both and says so."""
+    """A child workflow runs in the function of the handler that registers it (its
+    parent's, or another module's): a child no handler registers is refused, naming both
+    workflows and both ways to register it."""
     app = _module(tmp_path, "parent_wf", """
     from lambda_workflow import WorkflowContext, workflow
     from lambda_workflow.aws import workflow_handler
@@ -424,7 +441,8 @@ def test_a_child_its_parents_handler_does_not_register_is_an_error(
 """)
     err = _error(tmp_path, [str(app)], capsys)
     assert "'parent' starts child workflow 'child'" in err
-    assert "parent_wf.handler does not register" in err
+    assert "no workflow handler registers (parent_wf.handler registers parent)" in err
+    assert "or to the handler of another module" in err
 
 
 def test_a_service_named_like_the_stacks_own_resources_is_an_error(
