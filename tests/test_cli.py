@@ -180,3 +180,14 @@ def test_repair_arguments_that_do_not_go_together_are_refused(
              out=io.StringIO())
     assert exited.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_run_says_which_waited_on_services_nothing_implements() -> None:
+    """`run` of a module that implements no local services (the bank's Lambda handlers)
+    ends with the instance waiting, and says that nothing implements the services it waits
+    on, instead of leaving the user to guess why it never finished."""
+    code, out = run_cli("run", str(ROOT / "examples" / "bank_lambda.py"), "--quiet",
+                        "--id", "tx-1", "--input", '{"account_id": "a", "amount": 5}')
+    assert code == 1
+    assert ("tx-1                 running    waiting on call 1 balance (no service 'balance' "
+            "is implemented here), call 2 fraud (no service 'fraud' is implemented here)") in out

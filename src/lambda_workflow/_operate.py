@@ -325,7 +325,7 @@ def _module_services(module: ModuleType, runtime_factory: Callable[[], LocalRunt
     runtime = runtime_factory()
     try:
         setup(runtime)
-        return set(runtime._services)  # what implement() recorded, by service name
+        return set(runtime.implemented)
     finally:
         runtime.close()
 

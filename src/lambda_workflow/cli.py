@@ -171,7 +171,11 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         elif inst.status is InstanceStatus.RUNNING:
             code = 1
             pending = [op for op in handle.history().operations if op.state == "pending"]
-            shown = "waiting on " + ", ".join(f"call {op.op_id} {op.name}" for op in pending)
+            shown = "waiting on " + ", ".join(
+                f"call {op.op_id} {op.name}" + (
+                    f" (no service {op.name!r} is implemented here)"
+                    if op.kind == "call" and op.name not in runtime.implemented else "")
+                for op in pending)
         else:
             code = 1
             shown = _short(inst.error, 200)

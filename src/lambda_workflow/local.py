@@ -292,6 +292,11 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
             raise ValueError(f"service {service.name!r} is already implemented")
         self._services[service.name] = (service, fn)
 
+    @property
+    def implemented(self) -> frozenset[str]:
+        """The names of the services implemented here (:meth:`implement`)."""
+        return frozenset(self._services)
+
     def recover(self) -> int:
         """Re-send what the queues of an earlier process held, after a restart.
 
