@@ -46,6 +46,8 @@ from .harness import AsyncInvoker, EventSourceMapping, drain
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOP = ROOT / "tests" / "aws" / "apps" / "shop.py"
+ORDERS = ROOT / "tests" / "aws" / "apps" / "routing_orders.py"
+BILLING = ROOT / "tests" / "aws" / "apps" / "routing_billing.py"
 BANK_TEMPLATE = ROOT / "deploy" / "template.yaml"
 ACCOUNT = "123456789012"
 EXTERNAL = {"loyalty", "notify"}
@@ -181,7 +183,7 @@ def _fake(value: Any, params: Mapping[str, str], conditions: Mapping[str, bool])
     if key == "Ref":
         if arg in params:
             return params[arg]
-        fifo = ".fifo" if arg == "WorkflowQueue" else ""
+        fifo = ".fifo" if arg.endswith("WorkflowQueue") else ""
         return (f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/stack-{arg}{fifo}"
                 if arg.endswith("Queue") else f"stack-{arg}".lower())
     if key == "Fn::GetAtt":
@@ -317,6 +319,129 @@ def test_outputs_give_a_client_what_it_needs(shop: Template) -> None:
     functions = {n for n, r in shop["Resources"].items()
                  if r["Type"] == "AWS::Serverless::Function"}
     assert {v["Ref"] for v in outputs.values() if "Ref" in v} >= functions
+
+
+# ---------------------------------------------------------------- a workflow function per module
+
+
+@pytest.fixture(scope="module")
+def two_modules() -> Template:
+    app = _template.discover([ORDERS, BILLING])
+    sam: Template = yaml_parse(_template.render(app))
+    return sam
+
+
+def _arns(value: Any) -> list[str]:
+    """The logical ids of a statement's resources (one or a list of GetAtt ... Arn)."""
+    items = value if isinstance(value, list) else [value]
+    return sorted(item["Fn::GetAtt"][0] for item in items)
+
+
+def _sends(role: Template) -> list[str]:
+    return sorted(name for st in _statements(role) if st.get("Action") == "sqs:SendMessage"
+                  for name in _arns(st["Resource"]))
+
+
+def test_a_two_module_app_gets_a_workflow_function_per_module(two_modules: Template) -> None:
+    """Two modules with a workflow handler each (routing_orders' order starts routing_billing's
+    bill as a child): two workflow functions, each fed by its own FIFO queue with a FIFO DLQ,
+    an alarm, a log group and a role, with logical ids from the module name. SAM translates
+    the template and cfn-lint finds nothing."""
+    resources = two_modules["Resources"]
+    functions = {name: r["Properties"]["Handler"] for name, r in resources.items()
+                 if r["Type"] == "AWS::Serverless::Function"}
+    assert functions == {
+        "RoutingOrdersWorkflowFunction": "routing_orders.handler",
+        "RoutingBillingWorkflowFunction": "routing_billing.handler",
+        "ReserveFunction": "routing_orders.handle_reserve",
+        "ChargeFunction": "routing_billing.handle_charge",
+        "TimerFunction": _template.BUILTIN_TIMER_HANDLER}
+    for stem in ("RoutingOrdersWorkflow", "RoutingBillingWorkflow"):
+        props = resources[f"{stem}Function"]["Properties"]
+        (event,) = props["Events"].values()
+        assert event["Properties"]["Queue"] == {"Fn::GetAtt": [f"{stem}Queue", "Arn"]}
+        queue = resources[f"{stem}Queue"]["Properties"]
+        assert queue["FifoQueue"] is True
+        assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {
+            "Fn::GetAtt": [f"{stem}DeadLetterQueue", "Arn"]}
+        assert resources[f"{stem}DeadLetterQueue"]["Properties"]["FifoQueue"] is True
+        assert resources[f"{stem}DeadLetterQueueAlarm"]["Type"] == "AWS::CloudWatch::Alarm"
+        assert props["LoggingConfig"] == {"LogGroup": {"Ref": f"{stem}LogGroup"}}
+        assert props["Role"] == {"Fn::GetAtt": [f"{stem}Role", "Arn"]}
+        variables = props["Environment"]["Variables"]
+        assert variables["LAMBDA_WORKFLOW_QUEUE_URL"] == {"Ref": f"{stem}Queue"}
+        assert variables["LAMBDA_WORKFLOW_DLQ_URL"] == {"Ref": f"{stem}DeadLetterQueue"}
+    assert "WorkflowFunction" not in resources and "WorkflowQueue" not in resources
+    assert lint_errors(translate(two_modules)) == []
+
+
+def _evaluated_env(sam: Template, function: str) -> dict[str, str]:
+    variables = {**sam["Globals"]["Function"]["Environment"]["Variables"],
+                 **sam["Resources"][function]["Properties"].get("Environment", {}).get(
+                     "Variables", {})}
+    params = {name: str(p["Default"]) for name, p in sam["Parameters"].items()
+              if "Default" in p}
+    return {name: _fake(value, params, {}) for name, value in variables.items()}
+
+
+def test_each_function_routes_and_may_send_to_exactly_the_queues_it_needs(
+        two_modules: Template) -> None:
+    """Orders' function routes bill (its child) to billing's queue; billing's routes order
+    (the parent its children reply to) to orders' queue; each may send to its own queue and
+    DLQ, the queues of the services its workflows call, the timer queue and the other
+    module's queue, nothing more, and each configuration parses (the cold-start check
+    passes: the child is routed). The timer function and ClientRole reach both workflow
+    queues, the timer function knowing both as the deployment's; services reply to both."""
+    resources = two_modules["Resources"]
+    url = f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/stack-"
+    orders = AwsConfig.from_env(_evaluated_env(two_modules, "RoutingOrdersWorkflowFunction"),
+                                require_services=["reserve"])
+    billing = AwsConfig.from_env(_evaluated_env(two_modules, "RoutingBillingWorkflowFunction"),
+                                 require_services=["charge"])
+    assert orders.queue_url == url + "RoutingOrdersWorkflowQueue.fifo"
+    assert dict(orders.workflow_queues) == {"bill": url + "RoutingBillingWorkflowQueue.fifo"}
+    assert set(orders.services) == {"reserve"}
+    assert dict(billing.workflow_queues) == {"order": url + "RoutingOrdersWorkflowQueue.fifo"}
+    assert set(billing.services) == {"charge"}
+    assert _sends(resources["RoutingOrdersWorkflowRole"]) == sorted([
+        "RoutingOrdersWorkflowQueue", "RoutingOrdersWorkflowDeadLetterQueue", "ReserveQueue",
+        "TimerQueue", "RoutingBillingWorkflowQueue"])
+    assert _sends(resources["RoutingBillingWorkflowRole"]) == sorted([
+        "RoutingBillingWorkflowQueue", "RoutingBillingWorkflowDeadLetterQueue", "ChargeQueue",
+        "TimerQueue", "RoutingOrdersWorkflowQueue"])
+    timer = AwsConfig.from_env(_evaluated_env(two_modules, "TimerFunction"))
+    assert timer.deployment_queues == {orders.queue_url, billing.queue_url}
+    both = ["RoutingBillingWorkflowQueue", "RoutingOrdersWorkflowQueue"]
+    assert _sends(resources["TimerRole"]) == sorted([*both, "TimerQueue"])
+    assert _sends(resources["ClientRole"]) == both
+    (reply,) = resources["ServiceReplyPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert _arns(reply["Resource"]) == both
+    for stem, senders in (("RoutingOrdersWorkflow", "RoutingBillingWorkflowRole"),
+                          ("RoutingBillingWorkflow", "RoutingOrdersWorkflowRole")):
+        policy = resources[f"{stem}QueuePolicy"]["Properties"]["PolicyDocument"]
+        (deny,) = [st for st in policy["Statement"] if st["Sid"] == "OnlyThisStacksSenders"]
+        allowed = {a["Fn::GetAtt"][0] for a in deny["Condition"]["ArnNotEquals"][
+            "aws:PrincipalArn"]}
+        assert allowed == {f"{stem}Role", senders, "ReserveRole", "ChargeRole", "TimerRole",
+                           "ClientRole"}
+    for service, role in (("Reserve", "RoutingOrdersWorkflowRole"),
+                          ("Charge", "RoutingBillingWorkflowRole")):
+        policy = resources[f"{service}QueuePolicy"]["Properties"]["PolicyDocument"]
+        (deny,) = [st for st in policy["Statement"] if st["Effect"] == "Deny"
+                   and st["Sid"] != "TlsOnly"]
+        assert deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] == [
+            {"Fn::GetAtt": [role, "Arn"]}]
+    outputs = two_modules["Outputs"]
+    assert {"RoutingOrdersWorkflowQueueUrl", "RoutingBillingWorkflowQueueUrl",
+            "RoutingOrdersWorkflowFunctionName", "RoutingBillingWorkflowFunctionName",
+            "RoutingOrdersWorkflowDeadLetterQueueUrl", "RoutingBillingWorkflowDeadLetterQueueUrl",
+            "WorkflowQueueUrl", "WorkflowQueues"} <= set(outputs)
+    client = AwsConfig.from_env({
+        "LAMBDA_WORKFLOW_TABLE": "t",
+        "LAMBDA_WORKFLOW_QUEUE_URL": _fake(outputs["WorkflowQueueUrl"]["Value"], {}, {}),
+        "LAMBDA_WORKFLOW_WORKFLOW_QUEUES": _fake(outputs["WorkflowQueues"]["Value"], {}, {})})
+    assert dict(client.workflow_queues) == {"bill": billing.queue_url,
+                                            "order": orders.queue_url}
 
 
 # ---------------------------------------------------------------- errors
@@ -621,7 +746,8 @@ def _deploy(aws: Aws, sam: Template, stack: str, code: Mapping[str, Path],
     created = {r["LogicalResourceId"]
                for r in cfn.list_stack_resources(StackName=stack)["StackResourceSummaries"]}
     skipped = {name for name in template["Resources"] if name not in created}
-    assert {template["Resources"][n]["Type"] for n in skipped} == MOTO_UNSUPPORTED
+    kinds = {r["Type"] for r in template["Resources"].values()}
+    assert {template["Resources"][n]["Type"] for n in skipped} == MOTO_UNSUPPORTED & kinds
     assert not {"CallbackKeySecretArn", "TimerScheduleGroupName"} & set(outputs)
 
     runtime = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -650,9 +776,10 @@ def _deploy(aws: Aws, sam: Template, stack: str, code: Mapping[str, Path],
         if not mappings:
             deployed.async_functions[name] = function
             deployed.async_functions[config["FunctionArn"]] = function
-    workflow = deployed.environments["WorkflowFunctionName"]
-    assert "LAMBDA_WORKFLOW_SCHEDULER_GROUP" not in workflow  # refer to what moto skipped
-    assert "LAMBDA_WORKFLOW_CALLBACK_KEY_SECRET" not in workflow
+    for output, workflow in deployed.environments.items():
+        if output.endswith("WorkflowFunctionName"):  # refer to what moto skipped
+            assert "LAMBDA_WORKFLOW_SCHEDULER_GROUP" not in workflow
+            assert "LAMBDA_WORKFLOW_CALLBACK_KEY_SECRET" not in workflow
     return deployed
 
 
@@ -665,10 +792,13 @@ def _client(aws: Aws, outputs: Mapping[str, str]) -> WorkflowClient:
 
 
 def _run_until_done(pollers: list[EventSourceMapping | AsyncInvoker], handle: Any) -> None:
+    import time
+
+    # A sleep's message is delayed (a second, in real time on moto): poll until the instance
+    # ends. A number of rounds was not enough when the rounds were fast (few queues).
+    deadline = time.monotonic() + 45.0
     drain(pollers, timeout=45.0, idle_rounds=3)
-    for _ in range(20):  # a sleep's message is delayed: poll until it has fired
-        if handle.status() is not InstanceStatus.RUNNING:
-            break
+    while handle.status() is InstanceStatus.RUNNING and time.monotonic() < deadline:
         drain(pollers, timeout=45.0, idle_rounds=3)
 
 
@@ -732,6 +862,47 @@ def test_the_shop_deploys_to_cloudformation_and_runs_a_workflow(
     _run_until_done(pollers, handle)
     assert handle.status() is InstanceStatus.COMPLETED
     assert handle.result() == "o-1: r-book-2 c-3000 t-o-1 +20"
+
+
+@pytest.mark.filterwarnings("ignore:Tried to parse:UserWarning")
+def test_a_two_module_app_deploys_and_its_child_runs_in_the_other_function(
+        aws: Aws, two_modules: Template) -> None:
+    """The two-module app's template, created by moto's CloudFormation: a client configured
+    from the outputs (WorkflowQueueUrl and WorkflowQueues) starts order, which runs in the
+    orders function; its child bill runs in the billing function (fed by billing's own
+    queue), sleeps through the timer function and calls charge, whose reply comes back to
+    billing's queue; bill's result reaches order on the orders queue. Nothing is
+    dead-lettered."""
+    deployed = _deploy(aws, two_modules, "routing", {"routing_orders.py": ORDERS,
+                                                     "routing_billing.py": BILLING})
+    assert set(deployed.environments) == {f"{stem}FunctionName" for stem in (
+        "RoutingOrdersWorkflow", "RoutingBillingWorkflow", "Reserve", "Charge", "Timer")}
+    outputs = deployed.outputs
+    client = WorkflowClient(AwsConfig.from_env({
+        "LAMBDA_WORKFLOW_TABLE": outputs["TableName"],
+        "LAMBDA_WORKFLOW_QUEUE_URL": outputs["WorkflowQueueUrl"],
+        "LAMBDA_WORKFLOW_WORKFLOW_QUEUES": outputs["WorkflowQueues"],
+        "LAMBDA_WORKFLOW_BUCKET": outputs["PayloadBucketName"],
+        "AWS_ENDPOINT_URL": aws.endpoint, "AWS_REGION": REGION}), session=aws.session)
+    orders = sys.modules["routing_orders"]
+    handle = client.start(orders.order, orders.Order(order_id="o-1", cents=3000),
+                          workflow_id="o-1")
+    _run_until_done(deployed.pollers, handle)
+    assert handle.result() == "reserved o-1; charged 3000 for o-1"
+    (child_id,) = [f"o-1~{op.op_id}" for op in handle.history().operations
+                   if op.kind == "child"]
+    child = client.describe(child_id)
+    assert (child.workflow_name, child.status) == ("bill", InstanceStatus.COMPLETED)
+    received = {p.queue_url.rsplit("/", 1)[1]: p.received for p in deployed.pollers
+                if isinstance(p, EventSourceMapping)}
+    # billing's queue: the child's start, its timer_fired and charge's reply
+    assert received[outputs["RoutingBillingWorkflowQueueUrl"].rsplit("/", 1)[1]] >= 3
+    # orders' queue: the start, reserve's reply and the child's result
+    assert received[outputs["RoutingOrdersWorkflowQueueUrl"].rsplit("/", 1)[1]] >= 3
+    sqs = aws.client("sqs")
+    for dlq in ("RoutingOrdersWorkflowDeadLetterQueueUrl",
+                "RoutingBillingWorkflowDeadLetterQueueUrl", "TimerDeadLetterQueueUrl"):
+        assert sqs.receive_message(QueueUrl=outputs[dlq]).get("Messages", []) == [], dlq
 
 
 @pytest.mark.filterwarnings("ignore:Tried to parse:UserWarning")
