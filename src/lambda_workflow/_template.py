@@ -7,6 +7,12 @@ registered workflows can call (:attr:`Workflow.services`); the result is an :cla
 data. :func:`render` turns an :class:`App` into the template's YAML text: the same App gives the
 same bytes, logical ids are derived from service names, and resources are sorted.
 
+Each module with a workflow handler is one workflow function with its own FIFO queue; the
+functions send to each other's queues by workflow name (``LAMBDA_WORKFLOW_WORKFLOW_QUEUES``:
+a parent's child in another module, the child's reply to its parent). With one such module
+the stack's ids are those of a single workflow function (``WorkflowQueue``,
+``WorkflowFunction``, ...).
+
 Each service a workflow can call is either a function of the stack (a module implements it
 with ``service_handler``, or ``--service NAME=module.attribute`` names a handler written
 without the SDK), fed by its own SQS queue or invoked asynchronously, or an external target:
