@@ -229,3 +229,43 @@ def test_the_transport_routes_by_name_by_start_message_and_else_to_its_own_queue
     assert transport.workflow_queue("s-1", cancel, "child_wf") == two.b.queue_url
     assert transport.workflow_queue("s-1", cancel, None) == two.a.queue_url
     assert transport.workflow_queue("s-1", cancel, "unknown_wf") == two.a.queue_url
+
+
+def test_the_workflow_queues_setting_is_checked_with_the_others() -> None:
+    """LAMBDA_WORKFLOW_WORKFLOW_QUEUES must be a JSON object of workflow name to FIFO queue
+    URL; each problem is named in the one ConfigurationError with the other settings'."""
+    from lambda_workflow.aws import ConfigurationError
+
+    base = {"LAMBDA_WORKFLOW_TABLE": "t",
+            "LAMBDA_WORKFLOW_QUEUE_URL": "https://sqs.example/1/own.fifo",
+            "LAMBDA_WORKFLOW_RETENTION_DAYS": "soon"}
+    for raw, problem in (
+            ('["bill"]', "LAMBDA_WORKFLOW_WORKFLOW_QUEUES must be a JSON object of workflow "
+                         "name to FIFO queue URL"),
+            ('{"bill": 3}', "LAMBDA_WORKFLOW_WORKFLOW_QUEUES must be a JSON object"),
+            ("{bill", "LAMBDA_WORKFLOW_WORKFLOW_QUEUES is not valid JSON"),
+            ('{"bill": "https://sqs.example/1/billing"}',
+             "the queue of workflow 'bill' must be an SQS FIFO queue (a URL ending in .fifo), "
+             "got 'https://sqs.example/1/billing' (LAMBDA_WORKFLOW_WORKFLOW_QUEUES)")):
+        with pytest.raises(ConfigurationError) as raised:
+            AwsConfig.from_env({**base, "LAMBDA_WORKFLOW_WORKFLOW_QUEUES": raw})
+        problems = raised.value.problems
+        assert len(problems) == 2, problems
+        assert problems[0] == "LAMBDA_WORKFLOW_RETENTION_DAYS='soon' is not an integer"
+        assert problems[1].startswith(problem), problems[1]
+    config = AwsConfig.from_env({**base, "LAMBDA_WORKFLOW_RETENTION_DAYS": "3",
+                                 "LAMBDA_WORKFLOW_WORKFLOW_QUEUES":
+                                     '{"bill": "https://sqs.example/1/billing.fifo"}'})
+    assert config.workflow_queue("bill") == "https://sqs.example/1/billing.fifo"
+    assert config.workflow_queue("order") == config.workflow_queue(None) == config.queue_url
+    assert config.deployment_queues == {config.queue_url, "https://sqs.example/1/billing.fifo"}
+
+
+def test_a_timer_message_with_a_malformed_destination_is_refused() -> None:
+    """A timer message whose queue is not a string is malformed (a forged or corrupted
+    message), refused before anything is sent."""
+    from lambda_workflow.aws.timers import parse_timer
+
+    with pytest.raises(InvalidMessageError, match="malformed timer message"):
+        parse_timer('{"v": 1, "kind": "timer", "workflow_id": "w", "timer_id": "1", '
+                    '"fire_at": 0, "queue": ["https://sqs.example/1/own.fifo"]}')
