@@ -1253,7 +1253,9 @@ def run_command(args: Any, out: Any) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text, encoding="utf-8")
     count = len(build(app)["Resources"])
-    print(f"wrote {output}: {count} resources ({len(app.services)} service functions, "
+    print(f"wrote {output}: {count} resources ({len(app.workflow_modules)} workflow "
+          f"function{'s' if len(app.workflow_modules) > 1 else ''}, "
+          f"{len(app.services)} service functions, "
           f"{len(app.external)} external services"
           + (f": parameters {', '.join(_external_parameters(app))}" if app.external else "")
           + ")", file=out)
