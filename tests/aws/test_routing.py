@@ -69,6 +69,12 @@ async def waiting_child(ctx: WorkflowContext[str]) -> str:
 
 
 @workflow
+async def quick_child(ctx: WorkflowContext[int]) -> int:
+    """Runs in function B and ends at once."""
+    return ctx.request + 1
+
+
+@workflow
 async def waiting_parent(ctx: WorkflowContext[str]) -> str:
     """Runs in function A."""
     return "parent saw: " + await ctx.child(waiting_child, ctx.request)
@@ -120,7 +126,7 @@ def two(aws: Aws, clock: ShiftedClock) -> Iterator[TwoFunctions]:
         EventSourceMapping(sqs, a.queue_url, workflow_handler(
             parent_wf, waiting_parent, deployment=dep_a)),
         EventSourceMapping(sqs, b.queue_url, workflow_handler(
-            child_wf, waiting_child, deployment=dep_b)),
+            child_wf, waiting_child, quick_child, deployment=dep_b)),
         # the timer function knows every workflow queue (its own is A's)
         EventSourceMapping(sqs, base.timer_queue_url or "", timer_handler(deployment=dep_a)),
         EventSourceMapping(sqs, target.address, service_handler(
@@ -189,6 +195,24 @@ def test_a_resume_routes_by_the_instance(two: TwoFunctions) -> None:
     drain(two.pollers)
     assert two.client.status("wp-3~1") is InstanceStatus.CANCELLED
     assert handle.status() is InstanceStatus.RUNNING  # ran again from the start
+
+
+def test_a_child_whose_parent_link_has_no_workflow_replies_on_its_own_queue(
+        two: TwoFunctions) -> None:
+    """A child started by an earlier version (its start message's parent has no workflow
+    name) records the link as it came, and its result goes to its own function's queue:
+    the only queue such a deployment had."""
+    start = {"v": 1, "kind": "start", "workflow_id": "old-p~1", "workflow": "quick_child",
+             "input": 1, "parent": {"workflow_id": "old-p", "call_id": "1"}}
+    two.sqs.send_message(QueueUrl=two.b.queue_url, MessageBody=orjson.dumps(start).decode(),
+                         MessageGroupId="old-p~1", MessageDeduplicationId="old-start")
+    two.queue_b.poll_once()
+    link = next(op for op in two.client.history("old-p~1").operations if op.kind == "parent")
+    assert orjson.loads(link.request) == {"workflow_id": "old-p", "call_id": "1"}
+    assert two.messages(two.b.queue_url) == [{"v": 1, "kind": "call_result",
+                                               "workflow_id": "old-p", "call_id": "1",
+                                               "ok": True, "value": 2}]
+    assert two.messages(two.a.queue_url) == []
 
 
 def test_a_forged_timer_destination_is_refused(two: TwoFunctions, aws: Aws) -> None:
