@@ -293,3 +293,25 @@ def test_a_timer_message_with_a_malformed_destination_is_refused() -> None:
     with pytest.raises(InvalidMessageError, match="malformed timer message"):
         parse_timer('{"v": 1, "kind": "timer", "workflow_id": "w", "timer_id": "1", '
                     '"fire_at": 0, "queue": ["https://sqs.example/1/own.fifo"]}')
+
+
+def test_without_routing_a_child_start_keeps_the_parent_link_earlier_versions_read(
+        aws: Aws, clock: ShiftedClock) -> None:
+    """One workflow function (no LAMBDA_WORKFLOW_WORKFLOW_QUEUES): a child's start message
+    and recorded link have no parent workflow name, exactly as before routing existed, so a
+    deploy that replaces earlier code cannot lose a child start to a container still running
+    it (its parent link model has no such field and would dead-letter the message)."""
+    config = aws.config(timer_queue_url=aws.create_queue(aws.name("timers")),
+                        services={"doubler": "sqs:" + aws.create_queue(aws.name("doubler"))})
+    deployment = AwsDeployment(config, session=aws.session, clock=clock)
+    assert deployment.transport.routes_workflows is False
+    client = WorkflowClient(config, session=aws.session, clock=clock)
+    sqs = aws.client("sqs")
+    function = EventSourceMapping(sqs, config.queue_url, workflow_handler(
+        parent_wf, child_wf, deployment=deployment))
+    client.start(parent_wf, 21, workflow_id="solo")
+    function.poll_once()  # the parent's first activation sends the child's start
+    got = sqs.receive_message(QueueUrl=config.queue_url, MaxNumberOfMessages=10,
+                              VisibilityTimeout=0).get("Messages", [])
+    starts = [orjson.loads(m["Body"]) for m in got if '"kind":"start"' in m["Body"]]
+    assert [s["parent"] for s in starts] == [{"workflow_id": "solo", "call_id": "1"}]

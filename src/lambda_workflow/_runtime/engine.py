@@ -310,7 +310,10 @@ class Engine:
         request = orjson.loads(op.request)
         child_id = child_workflow_id(op.workflow_id, op.op_id, request.get("workflow_id"))
         parent: dict[str, str] = {"workflow_id": op.workflow_id, "call_id": op.op_id}
-        if parent_workflow is not None:
+        # Only a transport that routes by workflow needs the name; without routing the link
+        # stays as earlier versions read it, so a deploy that replaces them loses no child
+        # start to a function still on the old code (whose ParentRef has no such field).
+        if parent_workflow is not None and getattr(self.transport, "routes_workflows", False):
             parent["workflow"] = parent_workflow
         body = orjson.dumps({"v": 1, "kind": "start", "workflow_id": child_id,
                              "workflow": op.name, "input": request["input"],

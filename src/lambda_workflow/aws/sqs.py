@@ -120,6 +120,12 @@ class SqsFifoTransport:
     def reply_address(self) -> str:
         return self.config.queue_url
 
+    @property
+    def routes_workflows(self) -> bool:
+        """Whether messages go to several workflow queues (``workflow_queues`` is set): then
+        a child's start message names its parent's workflow, for the reply's route."""
+        return bool(self.config.workflow_queues)
+
     def workflow_queue(self, workflow_id: str, body: bytes, workflow: str | None) -> str:
         """The queue of the function that runs the instance: by ``workflow``, else by the
         workflow a start message names, else this function's own queue (a deployment
