@@ -167,10 +167,12 @@ class WorkflowContext(Generic[ReqT]):
             InvalidRequestError: if ``request`` does not validate against the service's
                 request type.
         """
+        # Anything may arrive here at run time: the driver reports what is not a Service.
+        svc: Service[Any, CallRespT] = service  # type: ignore[assignment]
+        if not kwargs and len(args) == 1:  # the common case, with no timeout: no parsing
+            return self._driver.call(svc, args[0], sys._getframe(1))
         request, timeout = _call_arguments(args, kwargs)
         frame = sys._getframe(1)
-        # Anything may arrive here at run time: the driver reports what is not a Service.
-        svc = cast("Service[Any, CallRespT]", service)
         if timeout is None:
             return self._driver.call(svc, request, frame)
         seconds = _limit(timeout, "timeout")
