@@ -338,13 +338,17 @@ def _fits(value: object, hint: object) -> bool:
         return True
 
 
-@dataclass(frozen=True, slots=True)
 class _Parameters:
-    """A step function's signature and its resolved annotations."""
+    """A step function's signature and its resolved annotations. (A plain class: a
+    dataclass costs a millisecond at ``import lambda_workflow``.)"""
 
-    signature: inspect.Signature | None
-    hints: dict[str, Any]
-    shown: str
+    __slots__ = ("hints", "shown", "signature")
+
+    def __init__(self, signature: inspect.Signature | None, hints: dict[str, Any],
+                 shown: str) -> None:
+        self.signature = signature
+        self.hints = hints
+        self.shown = shown
 
     @staticmethod
     def of(fn: Callable[..., Any]) -> _Parameters:
