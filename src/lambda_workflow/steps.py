@@ -374,7 +374,7 @@ class _Parameters:
             if kwargs:
                 given += f" and keyword{'s' if len(kwargs) != 1 else ''} " + ", ".join(
                     map(repr, kwargs))
-            return f"{where} was given {given}: {exc}{_NOT_RUN}"
+            return f"{where} was given {given}: {self._missing(args, kwargs) or exc}{_NOT_RUN}"
         for name, value in bound.arguments.items():
             hint = self.hints.get(name, Any)
             kind = self.signature.parameters[name].kind
@@ -390,6 +390,23 @@ class _Parameters:
                             f"({type(item).__qualname__}), but its annotation is "
                             f"{_hint_name(hint)}{_NOT_RUN}")
         return None
+
+    def _missing(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        """Which required parameters the call leaves out, in words of our own (Python's
+        own wording differs between versions, and the message is recorded); None when the
+        problem is another (too many arguments, an unknown keyword)."""
+        assert self.signature is not None
+        try:
+            given = self.signature.bind_partial(*args, **kwargs).arguments
+        except TypeError:
+            return None
+        missing = [name for name, p in self.signature.parameters.items()
+                   if p.default is p.empty and name not in given
+                   and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not missing:
+            return None
+        return (f"missing the required argument{'s' if len(missing) != 1 else ''} "
+                + ", ".join(map(repr, missing)))
 
 
 def _options(name: object, retry: RetryPolicy | None,

@@ -64,7 +64,7 @@ def test_a_missing_argument_fails_at_once_and_is_not_retried() -> None:
     assert failed.value.error_type == "StepArgumentError"
     assert failed.value.message == (
         "step 'charge' (signature charge(card: 'Card', amount: 'int', *, reference: 'str') "
-        "-> 'str') was given 2 positional arguments: missing a required argument: "
+        "-> 'str') was given 2 positional arguments: missing the required argument "
         "'reference'; the body did not run, and the step is not retried")
 
 
