@@ -312,6 +312,9 @@ def dynamodb_units(call: Call, final_sizes: Mapping[Key, int]) -> Units:
     - GetItem: ceil(item / 4 KB) RRU strongly consistent (1 when there is no item); Query:
       ceil(total size of the items it read / 4 KB), at least 1 (a projection does not lower
       it: the final size of each item read is used); eventually consistent reads cost half.
+    - The listing index (``by_status``): 1 WRU for a write that adds an item to it, 2 for one
+      that changes its status (delete and put in the index), none for writes that leave its
+      attributes alone (:func:`_index_wru`).
     """
     params, units = call.params, Units()
     operation = call.op.split(".", 1)[1]
@@ -351,7 +354,37 @@ def dynamodb_units(call: Call, final_sizes: Mapping[Key, int]) -> Units:
         units.rru = _ceil(size, 4096)
         if not params.get("ConsistentRead"):
             units.rru /= 2
+    units.wru += _index_wru(operation, params, call.error)
     return units
+
+
+#: The table's listing index (``by_status``, keyed by ``lw_status``): the attribute that puts an
+#: item in it. Its entries hold the keys and the workflow name, under 1 KB: 1 WRU each.
+INDEX_KEY = "lw_status"
+
+
+def _sets_index_key(action: str, request: Mapping[str, Any]) -> int:
+    """Index writes of one write: a Put holding the key adds an entry (1); an Update setting
+    it moves the entry to another status (a delete and a put in the index: 2)."""
+    if action == "Put":
+        return int(INDEX_KEY in request.get("Item", {}))
+    if action == "Update":
+        names = request.get("ExpressionAttributeNames", {}).values()
+        return 2 * int(INDEX_KEY in names
+                       or INDEX_KEY in str(request.get("UpdateExpression", "")))
+    return 0
+
+
+def _index_wru(operation: str, params: Mapping[str, Any], error: str | None) -> float:
+    """WRU of the writes to the listing index (a global secondary index is billed per write
+    to it, on top of the table's write, and a failed or cancelled write writes nothing to
+    it). A transaction's index writes are counted once each."""
+    if error is not None:
+        return 0
+    if operation == "TransactWriteItems":
+        return sum(_sets_index_key(action, request) for part in params["TransactItems"]
+                   for action, request in part.items())
+    return _sets_index_key(operation.removesuffix("Item"), params)
 
 
 def _purpose(action: str, request: Mapping[str, Any]) -> str:
@@ -386,10 +419,17 @@ def write_units_by_purpose(call: Call, final_sizes: Mapping[Key, int]) -> dict[s
             ((action, request),) = part.items()
             if action != "ConditionCheck":
                 single = Call(f"dynamodb.{action}Item", request, {}, call.caller)
-                out[_purpose(action, request)] += 2 * dynamodb_units(single, final_sizes).wru
+                index = _index_wru(f"{action}Item", request, None)
+                out[_purpose(action, request)] += 2 * (
+                    dynamodb_units(single, final_sizes).wru - index)
+                if index and call.error is None:
+                    out["listing index entry"] += index
     elif operation in ("PutItem", "UpdateItem", "DeleteItem"):
         action = operation.removesuffix("Item")
-        out[_purpose(action, call.params)] += dynamodb_units(call, final_sizes).wru
+        index = _index_wru(operation, call.params, call.error)
+        out[_purpose(action, call.params)] += dynamodb_units(call, final_sizes).wru - index
+        if index:
+            out["listing index entry"] += index
     return dict(out)
 
 
