@@ -48,15 +48,26 @@ class CompletionReason(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """When a batch is complete. The default (no argument) is *all successful*: it stops at
-    the first failure (fail-fast).
+    """When a batch is complete, with AWS's semantics (parallel 8.6-8.22, map 9.5-9.10).
+
+    The default (no argument) is *all successful*: the batch stops at the first failure
+    (``tolerated_failure_count=0``). A failure never raises by itself: the batch returns its
+    :class:`BatchResult`, and :meth:`BatchResult.raise_if_error` raises if an item failed.
 
     Args:
-        min_successful: Complete as soon as this many items succeeded.
-        tolerated_failure_count: Fail once more than this many items failed.
-        tolerated_failure_percentage: Fail once failures exceed this percentage of all
-            items (strictly).
+        min_successful: Complete as soon as this many items succeeded, without starting the
+            rest. Failures alone do not stop a batch that sets only this rule: when the
+            minimum is never reached every item runs (``all_completed``).
+        tolerated_failure_count: Stop once more than this many items failed
+            (``failure_tolerance_exceeded``).
+        tolerated_failure_percentage: Stop once failures exceed this percentage of all
+            items, strictly (1 of 4 failing is 25%, which a tolerance of 25 allows).
         all_completed: Run every item whatever fails (failures are reported, not fatal).
+
+    The tolerances are checked before the minimum, so a batch whose failures exceed them
+    reports ``failure_tolerance_exceeded`` even if the minimum was reached at the same
+    moment. A batch whose every item ended reports ``all_completed`` unless a tolerance was
+    exceeded.
     """
 
     min_successful: int | None = None
@@ -82,7 +93,8 @@ class Completion:
             raise ValueError(f"tolerated_failure_percentage must be 0 to 100, got {pct!r}")
 
     def failed_too_often(self, failed: int, total: int) -> bool:
-        """Whether ``failed`` failures out of ``total`` items end the batch as failed."""
+        """Whether ``failed`` failures out of ``total`` items exceed the tolerance, so the
+        batch stops (``failure_tolerance_exceeded``)."""
         if failed == 0 or self.all_completed:
             return False
         if self.tolerated_failure_count is not None and failed > self.tolerated_failure_count:
@@ -90,9 +102,21 @@ class Completion:
         pct = self.tolerated_failure_percentage
         if pct is not None and failed * 100 > pct * total:
             return True
-        if self.min_successful is not None:
-            return total - failed < self.min_successful  # it can no longer be reached
-        return self.tolerated_failure_count is None and pct is None  # all successful
+        # No tolerance given: all successful (the default), unless a minimum is the only
+        # rule; then failures do not stop the batch (parallel 8.17).
+        return self.tolerated_failure_count is None and pct is None and (
+            self.min_successful is None)
+
+    def decide(self, succeeded: int, failed: int, total: int) -> CompletionReason | None:
+        """Whether a batch of ``total`` items is complete once ``succeeded`` of them
+        succeeded and ``failed`` failed, and why; ``None`` while it goes on."""
+        if self.failed_too_often(failed, total):
+            return CompletionReason.FAILURE_TOLERANCE_EXCEEDED
+        if succeeded + failed >= total:
+            return CompletionReason.ALL_COMPLETED
+        if self.min_successful is not None and succeeded >= self.min_successful:
+            return CompletionReason.MIN_SUCCESSFUL_REACHED
+        return None
 
 
 @dataclass(slots=True)
@@ -135,6 +159,33 @@ class BatchResult(Generic[T]):
     @property
     def failed(self) -> int:
         return sum(item.status is ItemStatus.FAILED for item in self.items)
+
+    @property
+    def success_count(self) -> int:
+        """How many items succeeded (AWS's ``successCount``; the same as :attr:`succeeded`)."""
+        return self.succeeded
+
+    @property
+    def failure_count(self) -> int:
+        """How many items failed (AWS's ``failureCount``; the same as :attr:`failed`)."""
+        return self.failed
+
+    @property
+    def total_count(self) -> int:
+        """How many items started: succeeded, failed or cancelled; items never started
+        because the batch was complete are not counted (AWS's ``totalCount``, parallel 8.8)."""
+        return sum(item.status is not ItemStatus.NOT_STARTED for item in self.items)
+
+    @property
+    def has_failure(self) -> bool:
+        """Whether any item failed."""
+        return any(item.status is ItemStatus.FAILED for item in self.items)
+
+    @property
+    def status(self) -> ItemStatus:
+        """``failed`` if any item failed, else ``succeeded`` (AWS's batch status: a batch that
+        tolerated its failures still reports ``failed``, parallel 8.9)."""
+        return ItemStatus.FAILED if self.has_failure else ItemStatus.SUCCEEDED
 
     def values(self) -> list[T]:
         """The values of the items that succeeded, in index order."""
@@ -185,18 +236,17 @@ async def run_batch(branches: Sequence[Callable[[], Awaitable[T]]], *,
             else:
                 item.status, item.error = ItemStatus.FAILED, error
                 failed += 1
-        if reason is None:
-            if completion.failed_too_often(failed, total):
-                reason = CompletionReason.FAILURE_TOLERANCE_EXCEEDED
-            elif completion.min_successful is not None and succeeded >= completion.min_successful:
-                reason = CompletionReason.MIN_SUCCESSFUL_REACHED
-            if reason is not None:
-                for task in running:
-                    task.cancel()
-                if running:
-                    await asyncio.wait(running)
-                running.clear()
-                break
+            # Decided item by item, in index order, as AWS decides on each completion: items
+            # that ended together after the decision keep their outcome, not its reason.
+            if reason is None:
+                reason = completion.decide(succeeded, failed, total)
+        if reason is not None:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.wait(running)
+            running.clear()
+            break
     for item in items[next_index:]:
         item.status = ItemStatus.NOT_STARTED
     return BatchResult(items, reason or CompletionReason.ALL_COMPLETED, started)
