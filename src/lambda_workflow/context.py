@@ -418,29 +418,39 @@ class WorkflowContext(Generic[ReqT]):
     async def wait_for_condition(
         self, check: Callable[[StateT], StateT] | Callable[[StateT], Awaitable[StateT]],
         initial_state: StateT, wait_strategy: Callable[[StateT, int], float | None], /, *,
-        name: str | None = None, max_attempts: int = 60,
+        name: str | None = None, max_attempts: int = 60, retry: RetryPolicy | None = None,
     ) -> StateT:
         """Poll until a condition holds: ``state = check(state)`` runs as a recorded step,
         then ``wait_strategy(state, attempt)`` returns the seconds to wait before the next
         check, or ``None`` when the condition is met (the state is returned).
 
+        A check that raises is not retried (as on AWS, wait_for_condition 6.7): the error
+        fails the operation at once. ``retry`` (a :class:`~lambda_workflow.RetryPolicy`)
+        retries a check that raised, as a step's policy does, before the next poll.
+
         Replay behaviour:
             Each check is a ``step`` operation (its state recorded) and each wait a
-            ``timer``; a replay returns recorded states without checking again.
+            ``timer``; a replay returns recorded states without checking again. With
+            ``retry``, each delay between attempts of a check is a ``timer``
+            (``retry:<name>``).
 
         Raises:
             ConditionNotMetError: ``max_attempts`` checks did not satisfy it.
-            StepError: a check raised (after its retries).
+            StepError: a check raised (on its last attempt, when ``retry`` allows several).
             ValueError: ``max_attempts`` below 1 (before anything runs).
+            TypeError: ``retry`` is not a ``RetryPolicy`` (before anything runs).
         """
         from .errors import ConditionNotMetError
-        from .steps import Step
+        from .steps import RetryPolicy, Step
 
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or (
                 max_attempts < 1):
             raise ValueError(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"wait_for_condition's retry must be a RetryPolicy or None (no "
+                            f"retry), got {retry!r}")
         label = name or getattr(check, "__qualname__", "condition")
-        st = Step(check, name=label)
+        st = Step(check, name=label, retry=retry or RetryPolicy(max_attempts=1))
         frame = sys._getframe(1)
         state = initial_state
         for attempt in range(1, max_attempts + 1):
