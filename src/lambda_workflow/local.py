@@ -38,9 +38,10 @@ from ._runtime.instances import (
 )
 from ._runtime.services import run_service
 from .backends.memory import DeadLetter, InMemoryFifoQueue
-from .backends.protocols import Clock, QueueMessage, StateStore, Transport
+from .backends.protocols import Clock, InstanceLister, QueueMessage, StateStore, Transport
 from .backends.sqlite import SQLiteStateStore, StateFileLock
 from .callbacks import CallbackKeys, CallbackTokens
+from .codecs import Codec, CodecError, PayloadCodec, codec_from_spec
 from .errors import (
     InvalidMessageError,
     InvalidWorkflowIdError,
@@ -188,6 +189,15 @@ class WorkflowHandle(Generic[ResT]):
         return f"<WorkflowHandle {self.workflow.name} {self.workflow_id!r}>"
 
 
+def _payload_codec(codec: Codec | PayloadCodec | str | None) -> PayloadCodec | None:
+    """``LocalRuntime(codec=...)`` as the store's :class:`PayloadCodec`."""
+    if codec is None or isinstance(codec, PayloadCodec):
+        return codec
+    if isinstance(codec, str):
+        return codec_from_spec(codec)
+    return PayloadCodec(codec)
+
+
 class LocalRuntime(CallbackCompletion, RepairCommands):
     """Run workflows on one machine, durably, with the same protocol as on AWS.
 
@@ -210,6 +220,10 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
             its keys verify); the default is a public development key.
         on_event: Called with every :class:`ActivationReport`, :class:`ServiceInvocation` and
             :class:`DeadLetter`, in order (the CLI prints them).
+        codec: The payload codec of the SQLite store (docs/codecs.md): a
+            :class:`~lambda_workflow.codecs.Codec`, a
+            :class:`~lambda_workflow.codecs.PayloadCodec`, or a spec such as ``"zlib"``.
+            With ``store``, give the codec to the store instead.
     """
 
     def __init__(
@@ -222,14 +236,19 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
         callback_key: CallbackKeys = LOCAL_CALLBACK_KEY,
         on_event: Callable[[ActivationReport | ServiceInvocation | DeadLetter], None]
         | None = None,
+        codec: Codec | PayloadCodec | str | None = None,
     ) -> None:
+        if codec is not None and store is not None:
+            raise ValueError("LocalRuntime(codec=...) applies to its SQLite store; with "
+                             "store=..., give the codec to the store")
         self.clock = clock or VirtualClock()
         # One runtime per state file (StateFileLock): taken before anything is read or sent.
         self.store_path = str(getattr(store, "path", ":memory:") if store is not None
                               else database)
         self._lock = (StateFileLock(self.store_path) if self.store_path != ":memory:"
                       else None)
-        self.store: StateStore = store if store is not None else SQLiteStateStore(database)
+        self.store: StateStore = (store if store is not None else SQLiteStateStore(
+            database, codec=_payload_codec(codec)))
         self.unrecovered: dict[str, str] = {}
         # Running instances of workflows not registered (yet): recovered when they are.
         self._held: dict[str, list[InstanceRecord]] = {}
@@ -314,15 +333,43 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
         """
         sent = 0
         self._held.clear()
-        for inst in self.store.list_instances():
-            if inst.status is not InstanceStatus.RUNNING:
-                continue
+        for inst in self._running_instances():
             if (inst.workflow_name not in self._workflows
                     and workflow_id_problem(inst.workflow_id) is None):
                 self._held.setdefault(inst.workflow_name, []).append(inst)
                 continue
             sent += self._recover_one(inst)
         return sent
+
+    def _running_instances(self) -> list[InstanceRecord]:
+        try:
+            return [i for i in self.store.list_instances()
+                    if i.status is InstanceStatus.RUNNING]
+        except CodecError:
+            if not hasattr(self.store, "list_page"):
+                raise
+        # A record of a codec this runtime cannot read: list without payloads and read each
+        # instance alone, so that only the unreadable ones are left out (and reported).
+        lister = cast(InstanceLister, self.store)
+        found: list[InstanceRecord] = []
+        token: str | None = None
+        while True:
+            page = lister.list_page(status=InstanceStatus.RUNNING, limit=1000,
+                                    next_token=token)
+            for summary in page.instances:
+                wid = summary.workflow_id
+                try:
+                    inst = self.store.get_instance(wid)
+                except CodecError as exc:
+                    self.unrecovered[wid] = f"{type(exc).__name__}: {exc}"
+                    _log.error("could not recover workflow instance %r from %s: %s",
+                               wid[:200], self.store_path, self.unrecovered[wid])
+                    continue
+                if inst is not None:
+                    found.append(inst)
+            token = page.next_token
+            if token is None:
+                return found
 
     @property
     def held(self) -> dict[str, list[str]]:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .._runtime.clock import SystemClock
+from ..codecs import PayloadCodec
 from ..models import (
     History,
     InstanceRecord,
@@ -37,34 +38,57 @@ class MemoryStateStore:
     """A :class:`~lambda_workflow.backends.StateStore` in a dict (lost when the process ends).
 
     Records are copied in and out, so callers never share mutable state with the store, as
-    with a real database.
+    with a real database. With a ``codec`` (docs/codecs.md) the copies kept hold encoded
+    payloads, as a database would.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, codec: PayloadCodec | None = None) -> None:
         self._instances: dict[str, InstanceRecord] = {}
         self._ops: dict[str, dict[str, OperationRecord]] = {}
+        self.codec = codec if codec is not None else PayloadCodec()
+
+    def _in_instance(self, inst: InstanceRecord) -> InstanceRecord:
+        c = self.codec
+        return dataclasses.replace(inst, input=c.encode(inst.input),
+                                   result=c.encode_optional(inst.result),
+                                   error=c.encode_optional(inst.error))
+
+    def _out_instance(self, inst: InstanceRecord) -> InstanceRecord:
+        c = self.codec
+        return dataclasses.replace(inst, input=c.decode(inst.input),
+                                   result=c.decode_optional(inst.result),
+                                   error=c.decode_optional(inst.error))
+
+    def _in_op(self, op: OperationRecord) -> OperationRecord:
+        return dataclasses.replace(op, request=self.codec.encode(op.request),
+                                   result=self.codec.encode_optional(op.result))
+
+    def _out_op(self, op: OperationRecord) -> OperationRecord:
+        return dataclasses.replace(op, request=self.codec.decode(op.request),
+                                   result=self.codec.decode_optional(op.result))
+        # (workflow id, callback id) -> (the callback's request digest, last heartbeat)
+        self._beats: dict[tuple[str, str], tuple[str, float]] = {}
 
     def create_instance(self, instance: InstanceRecord,
                         operations: Sequence[OperationRecord] = ()
                         ) -> tuple[InstanceRecord, bool]:
         existing = self._instances.get(instance.workflow_id)
         if existing is not None:
-            return dataclasses.replace(existing), False
-        self._instances[instance.workflow_id] = dataclasses.replace(instance)
-        self._ops[instance.workflow_id] = {op.op_id: dataclasses.replace(op)
-                                           for op in operations}
+            return self._out_instance(existing), False
+        self._instances[instance.workflow_id] = self._in_instance(instance)
+        self._ops[instance.workflow_id] = {op.op_id: self._in_op(op) for op in operations}
         return dataclasses.replace(instance), True
 
     def get_instance(self, workflow_id: str) -> InstanceRecord | None:
         inst = self._instances.get(workflow_id)
-        return None if inst is None else dataclasses.replace(inst)
+        return None if inst is None else self._out_instance(inst)
 
     def load_history(self, workflow_id: str) -> History | None:
         inst = self._instances.get(workflow_id)
         if inst is None:
             return None
         ops = sorted(self._ops[workflow_id].values(), key=lambda op: op.seq)
-        return History(dataclasses.replace(inst), [dataclasses.replace(op) for op in ops])
+        return History(self._out_instance(inst), [self._out_op(op) for op in ops])
 
     def _touch(self, workflow_id: str, activation: int) -> dict[str, OperationRecord]:
         inst = self._instances.get(workflow_id)
@@ -77,7 +101,8 @@ class MemoryStateStore:
                        activation: int) -> None:
         ops = self._touch(workflow_id, activation)
         for op in operations:
-            ops.setdefault(op.op_id, dataclasses.replace(op))
+            if op.op_id not in ops:
+                ops[op.op_id] = self._in_op(op)
 
     def record_outcomes(self, workflow_id: str, outcomes: Sequence[Outcome], activation: int,
                         at: float) -> list[str]:
@@ -88,7 +113,7 @@ class MemoryStateStore:
             if op is None or op.state is not OperationState.PENDING:
                 continue
             op.state, op.result, op.resolved_in, op.resolved_at = (
-                outcome.state, outcome.result, activation, at)
+                outcome.state, self.codec.encode(outcome.result), activation, at)
             recorded.append(outcome.op_id)
         if recorded:
             self._touch(workflow_id, activation)
@@ -114,11 +139,12 @@ class MemoryStateStore:
         if inst is None or inst.status is not InstanceStatus.RUNNING:
             return False
         self._touch(workflow_id, activation)
-        inst.status, inst.result, inst.error, inst.updated_at = status, result, error, at
+        inst.status, inst.result, inst.error, inst.updated_at = (
+            status, self.codec.encode_optional(result), self.codec.encode_optional(error), at)
         return True
 
     def list_instances(self) -> list[InstanceRecord]:
-        return [dataclasses.replace(i) for i in
+        return [self._out_instance(i) for i in
                 sorted(self._instances.values(), key=lambda i: i.created_at)]
 
     def list_page(self, *, status: InstanceStatus | None = None,
@@ -160,7 +186,7 @@ class MemoryStateStore:
         for op_id in drop:
             ops.pop(op_id, None)
         for op in put:
-            ops[op.op_id] = dataclasses.replace(op)
+            ops[op.op_id] = self._in_op(op)
         inst.status, inst.result, inst.error = InstanceStatus.RUNNING, None, None
         inst.updated_at, inst.activations = at, expected_activations + 1
         return True

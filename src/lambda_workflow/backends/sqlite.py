@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..codecs import PayloadCodec
 from ..errors import StateFileInUseError
 from ..models import (
     History,
@@ -75,19 +76,23 @@ _OP_COLS = ("workflow_id, op_id, seq, kind, name, request, request_digest, site,
             "result, created_in, resolved_in, created_at, resolved_at")
 
 
-def _instance(row: Any) -> InstanceRecord:
+_PLAIN = PayloadCodec()
+
+
+def _instance(row: Any, codec: PayloadCodec = _PLAIN) -> InstanceRecord:
     (wid, name, inp, digest, status, result, error, created, updated, activations) = row
-    return InstanceRecord(wid, name, inp, digest, InstanceStatus(status), result, error,
+    return InstanceRecord(wid, name, codec.decode(inp), digest, InstanceStatus(status),
+                          codec.decode_optional(result), codec.decode_optional(error),
                           created, updated, activations)
 
 
-def _operation(row: Any) -> OperationRecord:
+def _operation(row: Any, codec: PayloadCodec = _PLAIN) -> OperationRecord:
     (wid, op_id, seq, kind, name, request, digest, site, state, sent, result, created_in,
      resolved_in, created_at, resolved_at) = row
     return OperationRecord(
-        wid, op_id, seq, kind, name, request, digest, site,
-        OperationState(state), bool(sent), result, created_in, resolved_in,
-        created_at, resolved_at)
+        wid, op_id, seq, kind, name, codec.decode(request), digest, site,
+        OperationState(state), bool(sent), codec.decode_optional(result), created_in,
+        resolved_in, created_at, resolved_at)
 
 
 class StateFileLock:
@@ -131,10 +136,14 @@ class SQLiteStateStore:
 
     Args:
         path: A database file (created if missing; WAL journal) or ``":memory:"``.
+        codec: Encodes every payload written and decodes every payload read
+            (docs/codecs.md); default: payloads stored as they are.
     """
 
-    def __init__(self, path: str | Path = ":memory:") -> None:
+    def __init__(self, path: str | Path = ":memory:", *,
+                 codec: PayloadCodec | None = None) -> None:
         self.path = str(path)
+        self.codec = codec if codec is not None else _PLAIN
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         if self.path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -172,19 +181,21 @@ class SQLiteStateStore:
         with self._transaction() as db:
             cur = db.execute(
                 f"INSERT OR IGNORE INTO instances ({_INSTANCE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (i.workflow_id, i.workflow_name, i.input, i.input_digest, i.status.value,
-                 i.result, i.error, i.created_at, i.updated_at, i.activations))
+                (i.workflow_id, i.workflow_name, self.codec.encode(i.input), i.input_digest,
+                 i.status.value, self.codec.encode_optional(i.result),
+                 self.codec.encode_optional(i.error), i.created_at, i.updated_at,
+                 i.activations))
             created = cur.rowcount == 1
             if created and operations:
                 self._insert_operations(db, i.workflow_id, operations)
             row = db.execute(f"SELECT {_INSTANCE_COLS} FROM instances WHERE workflow_id=?",
                              (i.workflow_id,)).fetchone()
-        return _instance(row), created
+        return _instance(row, self.codec), created
 
     def get_instance(self, workflow_id: str) -> InstanceRecord | None:
         row = self._db.execute(f"SELECT {_INSTANCE_COLS} FROM instances WHERE workflow_id=?",
                                (workflow_id,)).fetchone()
-        return None if row is None else _instance(row)
+        return None if row is None else _instance(row, self.codec)
 
     def load_history(self, workflow_id: str) -> History | None:
         # One read transaction, so the instance and its operations are consistent.
@@ -195,7 +206,8 @@ class SQLiteStateStore:
                 return None
             ops = db.execute(f"SELECT {_OP_COLS} FROM operations WHERE workflow_id=? "
                              "ORDER BY seq", (workflow_id,)).fetchall()
-        return History(_instance(row), [_operation(op) for op in ops])
+        return History(_instance(row, self.codec),
+                       [_operation(op, self.codec) for op in ops])
 
     def _touch(self, db: sqlite3.Connection, workflow_id: str, activation: int) -> None:
         cur = db.execute("UPDATE instances SET activations=MAX(activations, ?) "
@@ -208,8 +220,9 @@ class SQLiteStateStore:
         db.executemany(
             f"INSERT OR IGNORE INTO operations ({_OP_COLS}) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [(workflow_id, o.op_id, o.seq, o.kind, o.name, o.request, o.request_digest,
-              o.site, o.state.value, int(o.sent), o.result, o.created_in, o.resolved_in,
+            [(workflow_id, o.op_id, o.seq, o.kind, o.name, self.codec.encode(o.request),
+              o.request_digest, o.site, o.state.value, int(o.sent),
+              self.codec.encode_optional(o.result), o.created_in, o.resolved_in,
               o.created_at, o.resolved_at) for o in operations])
 
     def _update_outcomes(self, db: sqlite3.Connection, workflow_id: str,
@@ -219,7 +232,8 @@ class SQLiteStateStore:
             cur = db.execute(
                 "UPDATE operations SET state=?, result=?, resolved_in=?, resolved_at=? "
                 "WHERE workflow_id=? AND op_id=? AND state=?",
-                (o.state.value, o.result, activation, at, workflow_id, o.op_id,
+                (o.state.value, self.codec.encode(o.result), activation, at, workflow_id,
+                 o.op_id,
                  OperationState.PENDING.value))
             if cur.rowcount == 1:
                 recorded.append(o.op_id)
@@ -261,14 +275,15 @@ class SQLiteStateStore:
             cur = db.execute(
                 "UPDATE instances SET status=?, result=?, error=?, updated_at=?, "
                 "activations=MAX(activations, ?) WHERE workflow_id=? AND status=?",
-                (status.value, result, error, at, activation, workflow_id,
+                (status.value, self.codec.encode_optional(result),
+                 self.codec.encode_optional(error), at, activation, workflow_id,
                  InstanceStatus.RUNNING.value))
             return cur.rowcount == 1
 
     def list_instances(self) -> list[InstanceRecord]:
         rows = self._db.execute(
             f"SELECT {_INSTANCE_COLS} FROM instances ORDER BY created_at, workflow_id").fetchall()
-        return [_instance(r) for r in rows]
+        return [_instance(r, self.codec) for r in rows]
 
     def list_page(self, *, status: InstanceStatus | None = None,
                   workflow_name: str | None = None, since: float | None = None,
