@@ -20,8 +20,8 @@ from lambda_workflow.testing import implementation
 
 from ._support import activations, failure, recorded, runtime
 
-echo = Service("echo", Any, Any)
-reject = Service("reject", Any, Any)
+echo: Service[Any, Any] = Service("echo", Any, Any)
+reject: Service[Any, Any] = Service("reject", Any, Any)
 CALLS: list[object] = []
 
 
