@@ -18,6 +18,7 @@ import pydantic
 
 from . import _core
 from ._runtime.engine import CANCEL_OP_ID, child_workflow_id, timer_fire_at
+from ._runtime.heartbeats import callback_timed_out
 from .backends.protocols import InstanceLister, InstancePage, InvalidPageTokenError
 from .backends.sqlite import SQLiteStateStore, StateFileLock
 from .errors import InvalidRequestError, WorkflowNotFoundError
@@ -280,11 +281,7 @@ def waiting_on(op: OperationRecord, history: History,
 def _timed_out(op: OperationRecord, history: History) -> bool:
     """A callback whose timeout or heartbeat timer fired: its record stays pending, but the
     workflow no longer waits on it (its ``await`` raised)."""
-    if op.kind != "callback":
-        return False
-    ends = (f"timeout:{op.name}", f"heartbeat:{op.name}")
-    return any(o.kind == "timer" and o.name in ends and o.seq > op.seq
-               and o.state is OperationState.COMPLETED for o in history.operations)
+    return callback_timed_out(op, history.operations)
 
 
 def describe(history: History, out: TextIO, implemented: Callable[[str], bool | None],

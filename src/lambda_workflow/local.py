@@ -473,6 +473,9 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
     def _callback_parts(self) -> tuple[StateStore, CallbackTokens | None, Transport]:
         return self.store, self.tokens, self.transport
 
+    def _callback_now(self) -> float:
+        return self.clock.now()  # heartbeats are recorded on the virtual clock
+
     def dead_letters(self) -> list[DeadLetter]:
         """Messages that were rejected or poison, with the reason, oldest first."""
         out = list(self.queue.dead_letters)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from lambda_workflow import WorkflowFailedError
+from lambda_workflow import BatchResult, WorkflowFailedError
 from lambda_workflow.local import WorkflowHandle
 from lambda_workflow.testing import Implementation, WorkflowTestRuntime
 
@@ -38,3 +38,11 @@ def requests(handle: WorkflowHandle[Any], kind: str) -> list[bytes]:
 def activations(handle: WorkflowHandle[Any]) -> int:
     """How many activations (Lambda invocations on AWS) the instance took."""
     return handle.history().instance.activations
+
+
+def projection(result: BatchResult[Any]) -> dict[str, Any]:
+    """A batch result in the words of AWS's requirements (enum names upper case, as AWS
+    spells them; ours are lower-case values of the same names)."""
+    return {"completionReason": result.completion_reason.name, "status": result.status.name,
+            "successCount": result.success_count, "failureCount": result.failure_count,
+            "totalCount": result.total_count}

@@ -41,6 +41,7 @@ from ..models import (
 )
 from ..service import type_name
 from ..workflow import Workflow
+from .heartbeats import heartbeat_callback_of, heartbeat_timer_result
 from .repair import repair_view
 from .replay import Replayer, StagedResult
 
@@ -323,6 +324,18 @@ class Engine:
         self.transport.send_to_workflow(
             child_id, _core.dedup_id(child_id, "start", f"{op.workflow_id}\0{op.op_id}"), body,
             op.name)
+
+    def _timer_result(self, timer: OperationRecord, ops: Mapping[str, OperationRecord],
+                      now: float) -> bytes:
+        """A timer's recorded result: ``null``, or for a callback's heartbeat timer the
+        heartbeat timeout left after the callback's last heartbeat (heartbeats.py)."""
+        callback_id = heartbeat_callback_of(timer)
+        if callback_id is None:
+            return b"null"
+        last = getattr(self.store, "last_heartbeat", None)
+        callback = ops.get(callback_id)
+        return heartbeat_timer_result(
+            callback, last(timer.workflow_id, callback_id) if last is not None else None, now)
 
     def _withdraw_timers(self, operations: Sequence[OperationRecord],
                          staged: Mapping[str, StagedResult]) -> None:

@@ -3,6 +3,7 @@ and read its typed result."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any, TypeVar
 
@@ -32,6 +33,7 @@ from ..models import (
 from ..service import type_name
 from ..workflow import Workflow
 from .engine import child_workflow_id, current_heartbeat, start_message_body
+from .heartbeats import record_callback_heartbeat
 from .repair import RepairResult, Repairs
 
 __all__ = ["CallbackCompletion", "RepairCommands", "callback_message", "instance_result",
@@ -185,10 +187,17 @@ class CallbackCompletion:
             error={"type": error_type, "message": str(message), "details": details}))
 
     def heartbeat_callback(self, token: str) -> None:
-        """Report progress on the callback: its heartbeat timeout starts again. Raises like
-        :meth:`complete_callback`."""
+        """Report progress on the callback: its heartbeat timeout starts again. The heartbeat
+        is one conditional write of the callback's record (its last heartbeat time): it
+        sends no message and starts no activation (``docs/primitives.md``). Raises like
+        :meth:`complete_callback`, and for a callback that timed out."""
         store, tokens, _ = self._callback_parts()
-        self._send_callback(callback_message(store, tokens, token, "heartbeat"))
+        self._send_callback(record_callback_heartbeat(store, tokens, token,
+                                                      self._callback_now()))
+
+    def _callback_now(self) -> float:
+        """The time a heartbeat is recorded at (the runtime's clock)."""
+        return time.time()
 
     def _send_callback(self, message: tuple[str, str, bytes] | None) -> None:
         if message is not None:

@@ -110,6 +110,11 @@ _NONE: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(None)
 _CALLBACK_REQUEST: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(
     dict[str, float | str | None])
 _HEARTBEAT_REQUEST: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(dict[str, str])
+# A heartbeat timer: {"seconds": s, "callback": "<callback op id>"}; it fires with
+# {"remaining": s}, the heartbeat timeout left after the callback's last heartbeat (0: none
+# came in time), recorded by the activation it fires in (heartbeats.py).
+_BEAT_TIMER_REQUEST: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(dict[str, float | str])
+_BEAT_TIMER_RESULT: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(dict[str, float] | None)
 
 
 _CHILD_ADAPTERS: dict[int, tuple[Workflow[Any, Any], pydantic.TypeAdapter[Any]]] = {}
@@ -471,24 +476,36 @@ class Replayer:
 
     def _heartbeat_period(self, name: str, callback_id: str, seconds: float,
                           frame: FrameType | None
-                          ) -> tuple[asyncio.Future[Any], asyncio.Future[Any]]:
-        timer = self.durable("timer", f"heartbeat:{name}", _TIMER_REQUEST, _NONE,
-                             {"seconds": seconds}, frame)
-        signal = self.durable("heartbeat", name, _HEARTBEAT_REQUEST, _NONE,
-                              {"callback": callback_id}, frame)
-        return timer, signal
+                          ) -> tuple[asyncio.Future[Any], asyncio.Future[Any] | None]:
+        """The heartbeat timer of a callback: heartbeats are recorded on the callback's
+        record by the client, and the timer reads the last one when it fires. A history
+        recorded before that has a plain timer and a ``heartbeat`` operation that each
+        heartbeat message completed: it replays (and continues) that way."""
+        seq = self._index.seq
+        rec = self._history[seq] if seq < len(self._history) else None
+        if (rec is not None and rec.kind == "timer" and not self._index.sealed
+                and "callback" not in orjson.loads(rec.request)):
+            timer = self.durable("timer", f"heartbeat:{name}", _TIMER_REQUEST, _NONE,
+                                 {"seconds": seconds}, frame)
+            signal = self.durable("heartbeat", name, _HEARTBEAT_REQUEST, _NONE,
+                                  {"callback": callback_id}, frame)
+            return timer, signal
+        timer = self.durable("timer", f"heartbeat:{name}", _BEAT_TIMER_REQUEST,
+                             _BEAT_TIMER_RESULT, {"seconds": seconds, "callback": callback_id},
+                             frame)
+        return timer, None
 
     async def _await_callback(self, name: str, callback_id: str, future: asyncio.Future[Any],
                               deadline: asyncio.Future[Any] | None, timeout: float | None,
                               heartbeat_timeout: float | None,
-                              beat: tuple[asyncio.Future[Any], asyncio.Future[Any]] | None,
-                              frame: FrameType | None) -> Any:
+                              beat: tuple[asyncio.Future[Any], asyncio.Future[Any] | None]
+                              | None, frame: FrameType | None) -> Any:
         while True:
             waits: set[asyncio.Future[Any]] = {future}
             if deadline is not None:
                 waits.add(deadline)
             if beat is not None:
-                waits.update(beat)
+                waits.update(f for f in beat if f is not None)
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if future in done:
                 try:
@@ -500,7 +517,17 @@ class Replayer:
                 raise CallbackTimeoutError(name, "CallbackTimeout",
                                            f"not completed within {timeout:g} s")
             assert beat is not None and heartbeat_timeout is not None
-            signal = beat[1]
+            timer, signal = beat
+            if signal is None:
+                # The timer fired with the time left after the last heartbeat: wait for
+                # that long again (a timer for the remainder), or time out.
+                remaining = float((timer.result() or {}).get("remaining", 0.0))
+                if remaining <= 0:
+                    raise CallbackHeartbeatTimeoutError(
+                        name, "CallbackHeartbeatTimeout",
+                        f"no heartbeat within {heartbeat_timeout:g} s")
+                beat = self._heartbeat_period(name, callback_id, remaining, frame)
+                continue
             if not signal.done():
                 raise CallbackHeartbeatTimeoutError(
                     name, "CallbackHeartbeatTimeout",

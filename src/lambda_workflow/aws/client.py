@@ -222,6 +222,9 @@ class WorkflowClient(CallbackCompletion, RepairCommands):
         d = self.deployment
         return d.store, d.tokens, self._transport
 
+    def _callback_now(self) -> float:
+        return self.deployment.clock.now()
+
     def list_instances(self) -> list[InstanceRecord]:
         """Every instance in the table, oldest first (a Scan: for tooling, not hot paths;
         :meth:`list_page` reads through the listing index instead)."""

@@ -45,6 +45,8 @@ class MemoryStateStore:
     def __init__(self, *, codec: PayloadCodec | None = None) -> None:
         self._instances: dict[str, InstanceRecord] = {}
         self._ops: dict[str, dict[str, OperationRecord]] = {}
+        # (workflow id, callback id) -> (the callback's request digest, last heartbeat)
+        self._beats: dict[tuple[str, str], tuple[str, float]] = {}
         self.codec = codec if codec is not None else PayloadCodec()
 
     def _in_instance(self, inst: InstanceRecord) -> InstanceRecord:
@@ -66,8 +68,6 @@ class MemoryStateStore:
     def _out_op(self, op: OperationRecord) -> OperationRecord:
         return dataclasses.replace(op, request=self.codec.decode(op.request),
                                    result=self.codec.decode_optional(op.result))
-        # (workflow id, callback id) -> (the callback's request digest, last heartbeat)
-        self._beats: dict[tuple[str, str], tuple[str, float]] = {}
 
     def create_instance(self, instance: InstanceRecord,
                         operations: Sequence[OperationRecord] = ()
@@ -126,6 +126,30 @@ class MemoryStateStore:
         if operations:
             self.add_operations(workflow_id, operations, activation)
         return recorded
+
+    def record_heartbeat(self, workflow_id: str, callback_id: str, request_digest: str,
+                         at: float) -> str | None:
+        inst = self._instances.get(workflow_id)
+        op = self._ops.get(workflow_id, {}).get(callback_id)
+        if (inst is None or op is None or op.kind != "callback"
+                or op.request_digest != request_digest):
+            return "unknown"
+        if op.state is not OperationState.PENDING:
+            return "completed"
+        if inst.status is not InstanceStatus.RUNNING:
+            return "ended"
+        key = (workflow_id, callback_id)
+        before = self._beats.get(key)
+        if before is None or before[0] != request_digest or before[1] < at:
+            self._beats[key] = (request_digest, at)
+        return None
+
+    def last_heartbeat(self, workflow_id: str, callback_id: str) -> float | None:
+        op = self._ops.get(workflow_id, {}).get(callback_id)
+        beat = self._beats.get((workflow_id, callback_id))
+        if op is None or beat is None or beat[0] != op.request_digest:
+            return None  # none, or one of a callback a reset replaced
+        return beat[1]
 
     def mark_sent(self, workflow_id: str, op_ids: Sequence[str]) -> None:
         ops = self._ops.get(workflow_id, {})

@@ -11,8 +11,9 @@ from typing import Any, Protocol
 
 from ..models import History, InstanceRecord, InstanceStatus, OperationRecord, Outcome
 
-__all__ = ["Clock", "FifoQueue", "InstanceLister", "InstancePage", "InstanceSummary",
-           "InvalidPageTokenError", "QueueMessage", "StateStore", "TimerService", "Transport"]
+__all__ = ["HEARTBEAT_REFUSALS", "Clock", "FifoQueue", "HeartbeatStore", "InstanceLister",
+           "InstancePage", "InstanceSummary", "InvalidPageTokenError", "QueueMessage",
+           "StateStore", "TimerService", "Transport"]
 
 
 class Clock(Protocol):
@@ -97,6 +98,28 @@ class StateStore(Protocol):
         more than one transaction holds) deletes the first ones with it and the rest after
         it: the ids a reset drops are fenced in its record, and the engine ignores records
         with a fenced id."""
+        ...
+
+
+HEARTBEAT_REFUSALS = ("unknown", "completed", "ended")
+
+
+class HeartbeatStore(Protocol):
+    """A store that records callback heartbeats without an activation: the client writes the
+    callback's last heartbeat time, and the heartbeat timer reads it when it fires."""
+
+    def record_heartbeat(self, workflow_id: str, callback_id: str, request_digest: str,
+                         at: float) -> str | None:
+        """Record ``at`` as the last heartbeat of callback ``callback_id``, in one conditional
+        write: the instance is running, and the callback is pending with this request digest
+        (the request holds the token). A later heartbeat already recorded stands. Returns
+        ``None`` when recorded, else why not: ``"unknown"`` (no such callback, or another one
+        under that id), ``"completed"`` (the callback) or ``"ended"`` (the instance)."""
+        ...
+
+    def last_heartbeat(self, workflow_id: str, callback_id: str) -> float | None:
+        """The last heartbeat recorded for the callback as it is now, if any (strongly
+        consistent: a heartbeat recorded before the call is seen)."""
         ...
 
 

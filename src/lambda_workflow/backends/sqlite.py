@@ -64,6 +64,13 @@ CREATE TABLE IF NOT EXISTS operations (
     PRIMARY KEY (workflow_id, op_id)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS operations_by_seq ON operations (workflow_id, seq);
+CREATE TABLE IF NOT EXISTS heartbeats (
+    workflow_id    TEXT NOT NULL,
+    op_id          TEXT NOT NULL,
+    request_digest TEXT NOT NULL,
+    at             REAL NOT NULL,
+    PRIMARY KEY (workflow_id, op_id)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS instances_by_status ON instances (status, created_at, workflow_id);
 CREATE INDEX IF NOT EXISTS instances_by_created ON instances (created_at, workflow_id);
 """
@@ -263,6 +270,37 @@ class SQLiteStateStore:
             if recorded or operations:
                 self._touch(db, workflow_id, activation)
         return recorded
+
+    def record_heartbeat(self, workflow_id: str, callback_id: str, request_digest: str,
+                         at: float) -> str | None:
+        # The checks and the write in one IMMEDIATE transaction: nothing changes in between.
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT i.status, o.kind, o.state, o.request_digest FROM operations o "
+                "JOIN instances i ON i.workflow_id = o.workflow_id "
+                "WHERE o.workflow_id=? AND o.op_id=?", (workflow_id, callback_id)).fetchone()
+            if row is None or row[1] != "callback" or row[3] != request_digest:
+                return "unknown"
+            if row[2] != OperationState.PENDING.value:
+                return "completed"
+            if row[0] != InstanceStatus.RUNNING.value:
+                return "ended"
+            db.execute(
+                "INSERT INTO heartbeats (workflow_id, op_id, request_digest, at) "
+                "VALUES (?,?,?,?) ON CONFLICT (workflow_id, op_id) DO UPDATE SET "
+                "at = CASE WHEN request_digest = excluded.request_digest "
+                "THEN MAX(at, excluded.at) ELSE excluded.at END, "
+                "request_digest = excluded.request_digest",
+                (workflow_id, callback_id, request_digest, at))
+        return None
+
+    def last_heartbeat(self, workflow_id: str, callback_id: str) -> float | None:
+        # A heartbeat of a callback a reset replaced (another digest) does not count.
+        row = self._db.execute(
+            "SELECT h.at FROM heartbeats h JOIN operations o ON o.workflow_id = h.workflow_id "
+            "AND o.op_id = h.op_id AND o.request_digest = h.request_digest "
+            "WHERE h.workflow_id=? AND h.op_id=?", (workflow_id, callback_id)).fetchone()
+        return None if row is None else float(row[0])
 
     def mark_sent(self, workflow_id: str, op_ids: Sequence[str]) -> None:
         with self._transaction() as db:

@@ -33,6 +33,7 @@ from ...models import (
     InstanceRecord,
     InstanceStatus,
     OperationRecord,
+    OperationState,
     Outcome,
 )
 from ..config import (
@@ -311,6 +312,63 @@ class DynamoDBStateStore:
                           operations: Sequence[OperationRecord], activation: int,
                           at: float) -> list[str]:
         return self._commit(workflow_id, outcomes, operations, activation, at)
+
+    def record_heartbeat(self, workflow_id: str, callback_id: str, request_digest: str,
+                         at: float) -> str | None:
+        """One ``TransactWriteItems`` (4 WRU): a ``ConditionCheck`` that the instance is
+        running, and an ``Update`` of the callback's item, ``SET heartbeat_at``, on condition
+        that it is a pending callback with this request digest and no later heartbeat is
+        recorded. The write leaves ``activations`` alone: an activation running meanwhile
+        keeps its commit. When a condition fails, one consistent read of each item says
+        which (a later heartbeat already recorded is not a refusal)."""
+        op_key = _op_key(workflow_id, callback_id)
+        try:
+            self.client.transact_write_items(TransactItems=[
+                {"ConditionCheck": {
+                    "TableName": self.table, "Key": _instance_key(workflow_id),
+                    "ConditionExpression": "#status = :running",
+                    "ExpressionAttributeNames": _names("status"),
+                    "ExpressionAttributeValues": {":running": _s(InstanceStatus.RUNNING.value)},
+                }},
+                {"Update": {
+                    "TableName": self.table, "Key": op_key,
+                    "UpdateExpression": "SET #heartbeat_at = :at",
+                    "ConditionExpression": (
+                        "#kind = :callback AND #state = :pending AND #request_digest = :digest "
+                        "AND (attribute_not_exists(#heartbeat_at) OR #heartbeat_at < :at)"),
+                    "ExpressionAttributeNames": _names("heartbeat_at", "kind", "state",
+                                                       "request_digest"),
+                    "ExpressionAttributeValues": {
+                        ":at": _float(at), ":callback": _s("callback"),
+                        ":pending": _s(OperationState.PENDING.value),
+                        ":digest": _s(request_digest)},
+                }},
+            ])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                raise
+        else:
+            return None
+        op = self.client.get_item(TableName=self.table, Key=op_key,
+                                  ConsistentRead=True).get("Item")
+        if (op is None or op.get("kind", {}).get("S") != "callback"
+                or op.get("request_digest", {}).get("S") != request_digest):
+            return "unknown"
+        if op.get("state", {}).get("S") != OperationState.PENDING.value:
+            return "completed"
+        inst = self.client.get_item(TableName=self.table, Key=_instance_key(workflow_id),
+                                    ConsistentRead=True).get("Item")
+        if inst is None or inst.get("status", {}).get("S") != InstanceStatus.RUNNING.value:
+            return "ended"
+        return None  # a heartbeat at the same time or later is recorded: it stands
+
+    def last_heartbeat(self, workflow_id: str, callback_id: str) -> float | None:
+        """The callback item's ``heartbeat_at`` (one consistent ``GetItem``, 0.5 RRU)."""
+        got = self.client.get_item(TableName=self.table, Key=_op_key(workflow_id, callback_id),
+                                   ConsistentRead=True, ProjectionExpression="#heartbeat_at",
+                                   ExpressionAttributeNames=_names("heartbeat_at"))
+        value = got.get("Item", {}).get("heartbeat_at")
+        return None if value is None else float(value["N"])
 
     def mark_sent(self, workflow_id: str, op_ids: Sequence[str]) -> None:
         """Record that the requests of ``op_ids`` left: one ``UpdateItem`` of the instance
