@@ -450,7 +450,8 @@ class Engine:
                 elif op.state is not OperationState.PENDING or msg.timer_id in staged:
                     report.duplicates.append(msg.timer_id)
                 else:
-                    staged[msg.timer_id] = StagedResult(OperationState.COMPLETED, b"null", i)
+                    staged[msg.timer_id] = StagedResult(
+                        OperationState.COMPLETED, self._timer_result(op, ops, now), i)
             elif isinstance(msg, CallbackCompletedMessage | CallbackHeartbeatMessage):
                 target = self._callback_target(msg.token, workflow_id, ops, report, i,
                                                repairs.fenced)
