@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from lambda_workflow import WorkflowContext, workflow
+from lambda_workflow import StepError, WorkflowContext, workflow
 
 from ._support import activations, failure, recorded, requests, runtime
 
@@ -132,6 +132,45 @@ def test_wait_for_condition_6_6_max_attempts_exceeded_fails_the_execution() -> N
         assert [kind for kind, _, _ in recorded(handle) if kind == "step"] == ["step"] * 3
     assert error.error_type == "ConditionNotMetError"
     assert CHECKS == [0, 1, 2]
+
+
+def broken_check(state: int) -> int:
+    CHECKS.append(state)
+    raise RuntimeError("the status endpoint is down")
+
+
+@workflow
+async def check_raises(ctx: WorkflowContext[None]) -> int:
+    return await ctx.wait_for_condition(broken_check, 0, lambda state, attempt: 1)
+
+
+def test_wait_for_condition_6_7_a_check_that_raises_fails_it_without_retrying() -> None:
+    with runtime(check_raises) as rt:
+        handle = rt.start(check_raises, None)
+        rt.run_until_idle()
+        error = failure(handle)
+        assert recorded(handle) == [("step", "broken_check", "failed")]
+    assert CHECKS == [0]  # no internal retry, as on AWS
+    assert error.error_type == "StepError"
+    assert "RuntimeError: the status endpoint is down" in error.message
+
+
+@workflow
+async def check_raises_caught(ctx: WorkflowContext[None]) -> str:
+    try:
+        await ctx.wait_for_condition(broken_check, 0, lambda state, attempt: 1)
+    except StepError:
+        return "recovered"
+    return "not reached"
+
+
+def test_wait_for_condition_6_8_a_caught_check_failure_recovers() -> None:
+    with runtime(check_raises_caught) as rt:
+        handle = rt.start(check_raises_caught, None)
+        rt.run_until_idle()
+        assert handle.result() == "recovered"
+        assert activations(handle) == 1
+    assert CHECKS == [0]
 
 
 def progress(state: dict[str, Any]) -> dict[str, Any]:
