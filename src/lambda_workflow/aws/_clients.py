@@ -66,6 +66,11 @@ class AwsClients:
         return self._client("ssm")
 
     @cached_property
+    def kms(self) -> Any:
+        """KMS (the payload codec's data keys, when ``LAMBDA_WORKFLOW_CODEC`` uses kms)."""
+        return self._client("kms")
+
+    @cached_property
     def lambda_(self) -> LambdaClient:
         client: LambdaClient = self._client("lambda")
         return client

@@ -42,6 +42,9 @@ Every Lambda function of a deployment reads the same variables (the SAM template
                                     or ``"lambda:<function name or ARN>"``
 ``LAMBDA_WORKFLOW_SERVICE_<NAME>``  one service's target (name upper-cased, ``-`` as ``_``);
                                     wins over ``LAMBDA_WORKFLOW_SERVICES``
+``LAMBDA_WORKFLOW_CODEC``           the payload codec of everything stored (docs/codecs.md):
+                                    ``identity`` (default), ``zlib``, ``kms:<key ARN>``,
+                                    ``zlib+kms:<key ARN>``
 ``AWS_ENDPOINT_URL``                boto3's own: an alternative endpoint (tests use moto's)
 =================================== ========================================================
 """
@@ -55,6 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..callbacks import CallbackKeyRing
+from ..codecs import codec_from_spec
 from ..errors import WorkflowError
 
 __all__ = ["DEFAULT_PAYLOAD_THRESHOLD", "AwsConfig", "ConfigurationError", "ServiceTarget"]
@@ -161,7 +165,18 @@ def _problems(config: AwsConfig) -> list[str]:
         problems.append(f"retention_days={config.retention_days} must be >= 0")
     if config.max_receives < 1:
         problems.append(f"max_receives={config.max_receives} must be >= 1")
+    try:
+        codec_from_spec(config.codec, kms=_NO_KMS_CALLS)
+    except ValueError as exc:
+        problems.append(f"{exc} ({_ENV}CODEC)")
     return problems
+
+
+def _no_kms_calls() -> Any:
+    raise AssertionError("the configuration check makes no KMS call")
+
+
+_NO_KMS_CALLS = _no_kms_calls
 
 
 def raise_problems(problems: list[str]) -> None:
@@ -196,6 +211,7 @@ class AwsConfig:
     workflow_queues: Mapping[str, str] = field(default_factory=dict)
     endpoint_url: str | None = None
     region: str | None = None
+    codec: str = "identity"
 
     def __post_init__(self) -> None:
         raise_problems(_problems(self))
@@ -240,6 +256,7 @@ class AwsConfig:
             "workflow_queues": _workflow_queues(env, problems),
             "endpoint_url": env.get("AWS_ENDPOINT_URL") or None,
             "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+            "codec": env.get(_ENV + "CODEC") or "identity",
         }
         values.update(overrides)
         for service in required:

@@ -10,6 +10,7 @@ from .._runtime.clock import SystemClock
 from .._runtime.engine import Engine
 from ..backends.protocols import Clock
 from ..callbacks import CallbackTokens
+from ..codecs import PayloadCodec, codec_from_spec
 from ..workflow import Workflow
 from ._clients import AwsClients
 from .callback_keys import callback_tokens
@@ -46,11 +47,18 @@ class AwsDeployment:
         return S3PayloadStore(self.clients.s3, self.config.bucket)
 
     @cached_property
+    def codec(self) -> PayloadCodec:
+        """The payload codec (``LAMBDA_WORKFLOW_CODEC``; the KMS client is made on first
+        use)."""
+        return codec_from_spec(self.config.codec, kms=lambda: self.clients.kms)
+
+    @cached_property
     def store(self) -> DynamoDBStateStore:
         return DynamoDBStateStore(
             self.clients.dynamodb, self.config.table, payloads=self.payloads,
             payload_threshold=self.config.payload_threshold,
-            retention_days=self.config.retention_days, clock=self.clock.now)
+            retention_days=self.config.retention_days, clock=self.clock.now,
+            codec=self.codec)
 
     @cached_property
     def transport(self) -> SqsFifoTransport:

@@ -13,12 +13,14 @@ transparently.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ...codecs import CodecError, PayloadCodec
 from ...errors import PayloadTooLargeError
 from ...models import (
     InstanceRecord,
@@ -175,11 +177,15 @@ def _is_size_error(message: str) -> bool:
 
 class _Items:
     """Encodes records as items and decodes them back, placing each payload inline (Binary)
-    or in S3 (``payloads``) by ``payload_threshold`` and the 400 KB item limit."""
+    or in S3 (``payloads``) by ``payload_threshold`` and the 400 KB item limit. Every payload
+    is encoded by ``codec`` before it is placed (so sizes and S3 objects are the encoded
+    bytes) and decoded when read."""
 
-    def __init__(self, payloads: S3PayloadStore | None, payload_threshold: int) -> None:
+    def __init__(self, payloads: S3PayloadStore | None, payload_threshold: int,
+                 codec: PayloadCodec | None = None) -> None:
         self.payloads = payloads
         self.payload_threshold = payload_threshold
+        self.codec = codec if codec is not None else PayloadCodec()
 
     def instance_estimate(self) -> int:
         return min(3 * self.payload_threshold + 4096, DYNAMODB_MAX_ITEM_BYTES)
@@ -199,6 +205,7 @@ class _Items:
         store = self.payloads
         offload: dict[str, _Payload] = {}
         inline: dict[str, _Payload] = {}
+        payloads = [dataclasses.replace(p, data=self.codec.encode(p.data)) for p in payloads]
         for p in payloads:
             if require_room(len(p.data), self.payload_threshold, p.what, store):
                 offload[p.field] = p
@@ -236,7 +243,7 @@ class _Items:
         value = item.get(name)
         if value is not None:
             data: bytes = value["B"]
-            return data
+            return self._decode(data, what)
         pointer = item.get(f"{name}_s3")
         if pointer is None:
             return None
@@ -244,7 +251,14 @@ class _Items:
             raise ConfigurationError(
                 f"{what} is stored in S3 (key {pointer['S']!r}) but this store has no bucket "
                 "configured (LAMBDA_WORKFLOW_BUCKET)")
-        return self.payloads.get(pointer["S"], what=what)
+        return self._decode(self.payloads.get(pointer["S"], what=what), what)
+
+    def _decode(self, data: bytes, what: str) -> bytes:
+        try:
+            return self.codec.decode(data)
+        except CodecError as exc:
+            exc.args = (f"{what}: {exc}",)
+            raise
 
     def instance(self, item: Item, *, missing_ok: bool = False) -> InstanceRecord:
         """An instance item as a record. With ``missing_ok`` (describing, listing, marking

@@ -28,6 +28,7 @@ from ...backends.protocols import (
     decode_page_token,
     encode_page_token,
 )
+from ...codecs import PayloadCodec, codec_from_spec
 from ...models import (
     History,
     InstanceRecord,
@@ -103,6 +104,8 @@ class DynamoDBStateStore:
             keeps them for ever.
         clock: The time source for ``sent_at`` (when :meth:`mark_sent` last recorded sent
             requests).
+        codec: Encodes every payload written (inline and in S3) and decodes every payload
+            read (docs/codecs.md); default: payloads stored as they are.
 
     One store object may serve many workflows (a Lambda container keeps it across
     invocations). It remembers, for the workflows it read recently, the ``activations``
@@ -113,7 +116,8 @@ class DynamoDBStateStore:
     def __init__(self, client: DynamoDBClient, table: str, *,
                  payloads: S3PayloadStore | None = None,
                  payload_threshold: int = DEFAULT_PAYLOAD_THRESHOLD, retention_days: int = 30,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 codec: PayloadCodec | None = None) -> None:
         if payload_threshold < 1:
             raise ConfigurationError(f"payload_threshold={payload_threshold} must be >= 1")
         if retention_days < 0:
@@ -126,7 +130,8 @@ class DynamoDBStateStore:
         self.clock = clock
         self._known: OrderedDict[str, _Known] = OrderedDict()
         self._lock = threading.Lock()
-        self._items = _Items(payloads, payload_threshold)
+        self.codec = codec if codec is not None else PayloadCodec()
+        self._items = _Items(payloads, payload_threshold, self.codec)
         self._parts = _Parts(table, self._items)
 
     @classmethod
@@ -137,7 +142,8 @@ class DynamoDBStateStore:
                     if config.bucket is not None else None)
         return cls(clients.dynamodb, config.table, payloads=payloads,
                    payload_threshold=config.payload_threshold,
-                   retention_days=config.retention_days)
+                   retention_days=config.retention_days,
+                   codec=codec_from_spec(config.codec, kms=lambda: clients.kms))
 
     def _memory(self, workflow_id: str) -> _Known | None:
         with self._lock:
