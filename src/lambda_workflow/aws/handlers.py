@@ -598,9 +598,10 @@ class _ServiceFunction:
             payloads = self.deployment.payloads
             if payloads is None:
                 raise InvalidMessageError("a stored reply is in S3 but no bucket is configured")
-            return payloads.get(item["reply_s3"]["S"], what="a recorded reply")
+            return self.deployment.codec.decode(
+                payloads.get(item["reply_s3"]["S"], what="a recorded reply"))
         reply: bytes = item["reply"]["B"]
-        return reply
+        return self.deployment.codec.decode(reply)
 
     def _record_reply(self, request: CallRequestMessage, body: bytes) -> bytes:
         """Record the reply for the call id (replacing the claim); if another run recorded
@@ -608,11 +609,12 @@ class _ServiceFunction:
         config = self.deployment.config
         item: dict[str, Any] = self._reply_key(request)
         payloads = self.deployment.payloads
-        if len(body) > config.payload_threshold and payloads is not None:
+        stored = self.deployment.codec.encode(body)  # the codec's, as every stored payload
+        if len(stored) > config.payload_threshold and payloads is not None:
             item["reply_s3"] = {"S": payloads.put(
-                reply_owner(self.service.name, request.workflow_id), body)}
+                reply_owner(self.service.name, request.workflow_id), stored)}
         else:
-            item["reply"] = {"B": body}
+            item["reply"] = {"B": stored}
         now = self.deployment.clock.now()
         item["created_at"] = {"N": repr(now)}
         if config.retention_days:
