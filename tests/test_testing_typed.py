@@ -128,8 +128,9 @@ def test_call_with_a_wrong_arity_is_a_type_error() -> None:
         with pytest.raises(WorkflowFailedError) as failed:
             rt.run(no_request, tx)
         assert failed.value.error_type == "TypeError"
-        assert ("ctx.call takes (service, request, /, *, timeout=None): the service, then one "
-                "request; got 0 positional arguments after the service") in str(failed.value)
+        assert ("ctx.call takes (service, request, /, *, timeout=None, name=None): the service, "
+                "then one request; got 0 positional arguments after the service"
+                ) in str(failed.value)
         with pytest.raises(WorkflowFailedError) as failed:
             rt.run(bad_keyword, tx)
         assert "got 1 positional argument and keyword argument 'deadline'" in str(failed.value)

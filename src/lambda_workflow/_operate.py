@@ -17,6 +17,7 @@ import orjson
 import pydantic
 
 from . import _core
+from ._opnames import display, label_of, service_of
 from ._runtime.engine import CANCEL_OP_ID, child_workflow_id, timer_fire_at
 from ._runtime.heartbeats import callback_timed_out
 from .backends.protocols import InstanceLister, InstancePage, InvalidPageTokenError
@@ -220,7 +221,8 @@ def print_history(history: History, out: TextIO, *, full: bool) -> None:
         resolved = (f"resolved {format_time(op.resolved_at)} (activation {op.resolved_in})"
                     if op.resolved_in else "")
         what = _what(op, full)
-        print(f"  #{op.op_id:<4} {op.kind} {op.name:<14} {op.state.value:<9} "
+        shown_name = display(op.kind, op.name)
+        print(f"  #{op.op_id:<4} {op.kind} {shown_name:<14} {op.state.value:<9} "
               f"created {format_time(op.created_at)} (activation {op.created_in})"
               f"{'; ' + what if what else ''}{'; ' + resolved if resolved else ''}", file=out)
         if op.kind in ("call", "step", "child") or full:
@@ -259,11 +261,14 @@ def waiting_on(op: OperationRecord, history: History,
     """What a pending operation waits on. ``implemented(service)``: ``True``/``False`` when
     it is known whether something implements the service, ``None`` when it is not."""
     if op.kind == "call":
-        known = implemented(op.name)
+        service = service_of(op.name)
+        label = "" if service == op.name else f" {label_of(op.name)!r}"
+        known = implemented(service)
         if known is False:
-            return f"call {op.op_id}: service {op.name!r}, and no service implements {op.name}"
+            return (f"call {op.op_id}{label}: service {service!r}, and no service implements "
+                    f"{service}")
         sent = "request sent" if op.sent else "request not sent yet"
-        return f"call {op.op_id}: service {op.name!r} ({sent})"
+        return f"call {op.op_id}{label}: service {service!r} ({sent})"
     if op.kind == "timer":
         return f"timer {op.op_id} {op.name!r}: {_what(op, False)}"
     if op.kind == "callback":

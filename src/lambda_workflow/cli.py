@@ -17,6 +17,7 @@ import orjson
 import pydantic
 
 from . import _operate, _package, _template
+from ._opnames import display, service_of
 from ._runtime.engine import ActivationReport
 from ._runtime.history import history_from_json, history_to_json
 from ._runtime.repair import RepairResult
@@ -172,9 +173,10 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
             code = 1
             pending = [op for op in handle.history().operations if op.state == "pending"]
             shown = "waiting on " + ", ".join(
-                f"call {op.op_id} {op.name}" + (
-                    f" (no service {op.name!r} is implemented here)"
-                    if op.kind == "call" and op.name not in runtime.implemented else "")
+                f"call {op.op_id} {display(op.kind, op.name)}" + (
+                    f" (no service {service_of(op.name)!r} is implemented here)"
+                    if op.kind == "call" and service_of(op.name) not in runtime.implemented
+                    else "")
                 for op in pending)
         else:
             code = 1

@@ -37,7 +37,7 @@ def _limit(value: float | timedelta, what: str) -> float:
 
 
 async def _first_of(reply: Awaitable[CallRespT], timer: Awaitable[None], service: str,
-                    seconds: float) -> CallRespT:
+                    seconds: float, label: str | None = None) -> CallRespT:
     import asyncio
 
     reply_f = asyncio.ensure_future(reply)
@@ -47,7 +47,37 @@ async def _first_of(reply: Awaitable[CallRespT], timer: Awaitable[None], service
         return reply_f.result()
     from .errors import CallTimeoutError
 
-    raise CallTimeoutError(f"call to service {service!r} got no reply within {seconds:g} s")
+    what = f"call {label!r} to service {service!r}" if label else f"call to service {service!r}"
+    raise CallTimeoutError(f"{what} got no reply within {seconds:g} s")
+
+
+class _NamedCall:
+    """A service as the replay core sees a call given a name: the recorded name carries the
+    service and the call's name (``_opnames``); the rest is the service's."""
+
+    __slots__ = ("name", "request_adapter", "request_model", "request_type", "response_adapter",
+                 "response_type")
+
+    def __init__(self, service: Service[Any, Any], label: str) -> None:
+        from ._opnames import call_name
+
+        self.name = call_name(service.name, label)
+        self.request_adapter = service.request_adapter
+        self.request_model = service.request_model
+        self.request_type = service.request_type
+        self.response_adapter = service.response_adapter
+        self.response_type = service.response_type
+
+
+async def _service_named(reply: Awaitable[CallRespT], service: str) -> CallRespT:
+    """The reply of a named call, its service's errors naming the service itself."""
+    from .errors import ServiceError
+
+    try:
+        return await reply
+    except ServiceError as exc:
+        raise ServiceError(exc.error_type, exc.message, exc.details, service=service,
+                           call_id=exc.call_id) from None
 
 
 ReqT = TypeVar("ReqT")
@@ -136,13 +166,13 @@ class WorkflowContext(Generic[ReqT]):
 
     def call(self, service: ServiceCall[P, CallRespT], /, *args: P.args,
              **kwargs: P.kwargs) -> Awaitable[CallRespT]:
-        """``ctx.call(service, request, /, *, timeout=None)``: call an asynchronous service and
-        return an awaitable of its typed reply.
+        """``ctx.call(service, request, /, *, timeout=None, name=None)``: call an asynchronous
+        service and return an awaitable of its typed reply.
 
         The parameters after ``service`` are the service's (its request type, then the
-        keyword-only ``timeout``), so a type checker takes the request type from the service
-        alone and reports a wrong request as ``Argument 2 to "call" of "WorkflowContext" has
-        incompatible type "X"; expected "Y"``.
+        keyword-only ``timeout`` and ``name``), so a type checker takes the request type from
+        the service alone and reports a wrong request as ``Argument 2 to "call" of
+        "WorkflowContext" has incompatible type "X"; expected "Y"``.
 
         The call is created (and its id fixed) when ``call`` is invoked, not when it is
         awaited, so calls passed to ``asyncio.gather`` get ids in program order and all leave
@@ -160,41 +190,67 @@ class WorkflowContext(Generic[ReqT]):
             after the call; whichever of the reply and the timer arrives first decides, on
             every replay.
 
+            ``name`` (default: the service's name) names the operation in the history, the
+            CLI and errors (``<name> (service <service>)``; the timeout's timer is
+            ``timeout:<name>``). It is part of what a replay matches: a call whose name
+            changed at the same point raises :class:`~lambda_workflow.NonDeterminismError`,
+            as a renamed step does.
+
         Raises:
             ServiceError: when awaited, if the service replied with an error.
             CallTimeoutError: when awaited, if ``timeout`` passed before the reply (a reply
                 that comes later is recorded and ignored).
             InvalidRequestError: if ``request`` does not validate against the service's
                 request type.
+            ValueError: ``name`` is not a non-empty printable string (before anything is
+                recorded).
         """
         # Anything may arrive here at run time: the driver reports what is not a Service.
         svc: Service[Any, CallRespT] = service  # type: ignore[assignment]
         if not kwargs and len(args) == 1:  # the common case, with no timeout: no parsing
             return self._driver.call(svc, args[0], sys._getframe(1))
-        request, timeout = _call_arguments(args, kwargs)
+        request, timeout, label = _call_arguments(args, kwargs)
         frame = sys._getframe(1)
-        if timeout is None:
-            return self._driver.call(svc, request, frame)
-        seconds = _limit(timeout, "timeout")
-        reply = self._driver.call(svc, request, frame)
-        timer = self._driver.sleep(seconds, frame, f"timeout:{svc.name}")
-        return _first_of(reply, timer, svc.name, seconds)
+        seconds = None if timeout is None else _limit(timeout, "timeout")
+        if label is None:
+            reply = self._driver.call(svc, request, frame)
+        else:
+            from ._opnames import check_label
+            from .service import Service as _Service
 
-    def sleep(self, duration: float | timedelta, /) -> Awaitable[None]:
+            check_label(label, "ctx.call's name")
+            if not isinstance(svc, _Service):  # the driver reports it
+                return self._driver.call(svc, request, frame)
+            named: Any = _NamedCall(svc, label)
+            reply = _service_named(self._driver.call(named, request, frame), svc.name)
+        if seconds is None:
+            return reply
+        timer = self._driver.sleep(seconds, frame, f"timeout:{label or svc.name}")
+        return _first_of(reply, timer, svc.name, seconds, label)
+
+    def sleep(self, duration: float | timedelta, /, *, name: str = "sleep") -> Awaitable[None]:
         """Wait ``duration`` (seconds, or a ``timedelta``) durably: the Lambda suspends and a
         timer wakes the workflow, so a sleep of a month costs nothing while it waits.
 
+        ``name`` (default ``sleep``) names the timer in the history, the CLI and errors.
+
         Replay behaviour:
-            Recorded: a ``timer`` operation with the duration in seconds; it fires at the time
-            of the activation that created it plus the duration. On replay a timer that fired
-            returns at once; one that has not fired suspends the workflow again. A different
-            duration at the same point raises :class:`~lambda_workflow.NonDeterminismError`.
+            Recorded: a ``timer`` operation named ``name`` with the duration in seconds; it
+            fires at the time of the activation that created it plus the duration. On replay
+            a timer that fired returns at once; one that has not fired suspends the workflow
+            again. A different duration or name at the same point raises
+            :class:`~lambda_workflow.NonDeterminismError`.
 
         Raises:
-            ValueError: ``duration`` is under 1 second or over 366 days (checked before
-                anything is recorded).
+            ValueError: ``duration`` is under 1 second or over 366 days, or ``name`` is not a
+                non-empty printable string (checked before anything is recorded).
         """
-        return self._driver.sleep(_limit(duration, "ctx.sleep's duration"), sys._getframe(1))
+        if name != "sleep":
+            from ._opnames import check_label
+
+            check_label(name, "ctx.sleep's name")
+        return self._driver.sleep(_limit(duration, "ctx.sleep's duration"), sys._getframe(1),
+                                  name)
 
     def now(self) -> datetime:
         """The current time, deterministically: the time at which this point of the workflow
@@ -464,17 +520,17 @@ class WorkflowContext(Generic[ReqT]):
         raise ConditionNotMetError(f"condition {label!r} not met after {max_attempts} checks")
 
 
-def _call_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
-    """``(request, timeout)`` from what ``ctx.call`` received after the service."""
-    unexpected = sorted(set(kwargs) - {"timeout"})
+def _call_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """``(request, timeout, name)`` from what ``ctx.call`` received after the service."""
+    unexpected = sorted(set(kwargs) - {"timeout", "name"})
     if len(args) != 1 or unexpected:
         got = f"{len(args)} positional argument{'s' if len(args) != 1 else ''}"
         if unexpected:
             got += f" and keyword argument{'s' if len(unexpected) != 1 else ''} " + ", ".join(
                 repr(k) for k in unexpected)
-        raise TypeError(f"ctx.call takes (service, request, /, *, timeout=None): the service, "
-                        f"then one request; got {got} after the service")
-    return args[0], kwargs.get("timeout")
+        raise TypeError(f"ctx.call takes (service, request, /, *, timeout=None, name=None): the "
+                        f"service, then one request; got {got} after the service")
+    return args[0], kwargs.get("timeout"), kwargs.get("name")
 
 
 def _check_batch(max_concurrency: int | None, completion: object) -> None:

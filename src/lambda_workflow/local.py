@@ -20,6 +20,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, cast
 import orjson
 
 from . import _core
+from ._opnames import service_of
 from ._runtime.clock import VirtualClock
 from ._runtime.engine import (
     ActivationReport,
@@ -403,7 +404,7 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
                 self.engine.start_child(op, inst.workflow_name)
             elif op.state is OperationState.PENDING and op.kind == "call":
                 self.transport.send_to_service(
-                    op.name, _core.dedup_id(wid, "call", op.op_id),
+                    service_of(op.name), _core.dedup_id(wid, "call", op.op_id),
                     call_request_body(op, self.transport.reply_address))
                 sent += 1
         return sent

@@ -57,9 +57,10 @@ class Service(Generic[ReqT, RespT]):
     ) -> None: ...
 
     def __init__(self, name: str, request_type: Any, response_type: Any, /) -> None:
-        if not isinstance(name, str) or not name or len(name) > 80:
-            raise ValueError(f"a service name must be a non-empty string of at most 80 characters, "
-                             f"got {name!r}")
+        # Printable: a named call records "<service>\x1f<name>" (see _opnames).
+        if not isinstance(name, str) or not name or len(name) > 80 or not name.isprintable():
+            raise ValueError(f"a service name must be a non-empty printable string of at most 80 "
+                             f"characters, got {name!r}")
         self.name = name
         self.request_type: object = request_type
         self.response_type: object = response_type
@@ -74,12 +75,13 @@ class Service(Generic[ReqT, RespT]):
 
     if TYPE_CHECKING:
         # For type checkers only (no such method exists at run time): the signature of
-        # ``ctx.call(service, request, *, timeout=...)`` once the service is given. ``ctx.call``
-        # takes its parameters from here, so the service alone fixes the request type and a
-        # wrong request is reported as "Argument 2 ... has incompatible type X; expected Y"
-        # rather than as a type variable mypy cannot solve.
+        # ``ctx.call(service, request, *, timeout=..., name=...)`` once the service is given.
+        # ``ctx.call`` takes its parameters from here, so the service alone fixes the request
+        # type and a wrong request is reported as "Argument 2 ... has incompatible type X;
+        # expected Y" rather than as a type variable mypy cannot solve.
         def _call_signature(self, request: ReqT, /, *,
-                            timeout: float | timedelta | None = None) -> RespT: ...
+                            timeout: float | timedelta | None = None,
+                            name: str | None = None) -> RespT: ...
 
     def __repr__(self) -> str:
         return (f"Service({self.name!r}, {type_name(self.request_type)}, "

@@ -11,6 +11,7 @@ import pydantic
 import pydantic_core
 
 from .. import _core
+from .._opnames import service_of
 from ..backends.protocols import Clock, StateStore, TimerService, Transport
 from ..callbacks import CallbackTokens
 from ..errors import (
@@ -89,7 +90,8 @@ def start_message_body(workflow_id: str, workflow_name: str, input_payload: byte
 def call_request_body(op: OperationRecord, reply_to: str) -> bytes:
     """The JSON of a call request message, embedding the recorded request bytes."""
     return orjson.dumps({"v": 1, "kind": "call", "workflow_id": op.workflow_id,
-                         "call_id": op.op_id, "service": op.name, "reply_to": reply_to,
+                         "call_id": op.op_id, "service": service_of(op.name),
+                         "reply_to": reply_to,
                          "request": orjson.Fragment(op.request)})
 
 
@@ -554,7 +556,7 @@ class Engine:
                     self.start_child(op, inst.workflow_name)
                     continue
                 self.transport.send_to_service(
-                    op.name, _core.dedup_id(workflow_id, "call", op.op_id),
+                    service_of(op.name), _core.dedup_id(workflow_id, "call", op.op_id),
                     call_request_body(op, reply_to))
             self.store.mark_sent(workflow_id, [op.op_id for op in outbox])
             report.sent = outbox

@@ -18,6 +18,7 @@ import pydantic
 import pydantic_core
 
 from .. import _core
+from .._opnames import display, service_of
 from ..callbacks import Callback, CallbackTokens, recorded_token
 from ..context import WorkflowContext
 from ..errors import (
@@ -577,7 +578,7 @@ class Replayer:
     def bad_request(self, exc: Exception, service: Any, frame: FrameType | None) -> BaseException:
         return InvalidRequestError(
             f"workflow {self.workflow.name!r} ({self.workflow_id}): the request to service "
-            f"{service.name!r} at {site_of(frame)} is not a valid "
+            f"{service_of(service.name)!r} at {site_of(frame)} is not a valid "
             f"{type_name(service.request_type)}: {describe_validation_error(exc)}")
 
     def mismatch(self, exc: _core.ReplayMismatch, kind: str, name: str,
@@ -591,7 +592,8 @@ class Replayer:
         self._replaying = False
         if self._payload_limit is not None and len(payload) > self._payload_limit:
             self._fatal = PayloadTooLargeError(
-                f"the request of call {_core.operation_id('', seq)} (service {name!r}, at "
+                f"the request of call {_core.operation_id('', seq)} (service "
+                f"{display(kind, name)!r}, at "
                 f"{site_of(frame)}) of workflow {self.workflow_id!r}", len(payload),
                 self._payload_limit, self._payload_hint)
             raise self._fatal
@@ -628,7 +630,8 @@ class Replayer:
                              frame: FrameType | None) -> NonDeterminismError:
         self._mismatch = NonDeterminismError(
             f"workflow {self.workflow.name!r} ({self.workflow_id}) no longer matches its "
-            f"history: the code at {site_of(frame)} created {kind} {name!r} as operation "
+            f"history: the code at {site_of(frame)} created {kind} {display(kind, name)!r} as "
+            f"operation "
             f"#{seq + 1} before the recorded replies were replayed, but the history recorded "
             f"only {len(self._history)} operations at that point")
         return self._mismatch
@@ -638,12 +641,13 @@ class Replayer:
         rec = self._history[mismatch.seq]
         head = (f"workflow {self.workflow.name!r} ({self.workflow_id}) no longer matches its "
                 f"history at operation #{mismatch.seq + 1}: the code at {site_of(frame)} "
-                f"created {kind} {name!r}, but the history recorded {rec.kind} {rec.name!r} "
+                f"created {kind} {display(kind, name)!r}, but the history recorded {rec.kind} "
+                f"{display(rec.kind, rec.name)!r} "
                 f"(created at {rec.site or 'an unknown site'})")
         if mismatch.field == "request":
             what = "the timer's duration" if rec.kind == "timer" else "the request"
             head = (f"workflow {self.workflow.name!r} ({self.workflow_id}) no longer matches its "
-                    f"history at operation #{mismatch.seq + 1} ({kind} {name!r} at "
+                    f"history at operation #{mismatch.seq + 1} ({kind} {display(kind, name)!r} at "
                     f"{site_of(frame)}): {what} differs from the recorded one: "
                     f"{_diff(rec.request, mismatch.payload)}")
         # The advice (ctx.patched, docs/versioning.md) comes from the replay core.

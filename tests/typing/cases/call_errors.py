@@ -30,6 +30,8 @@ async def make_transaction(ctx: WorkflowContext[BankTransaction]) -> str:
     await ctx.call(balance_service, "alice")  # E: arg-type Argument 2 to "call" of "WorkflowContext" has incompatible type "str"; expected "BankTransaction"
     await ctx.call(balance_service, Balance(balance=1))  # E: arg-type Argument 2 to "call" of "WorkflowContext" has incompatible type "Balance"; expected "BankTransaction"
     await ctx.call(balance_service, tx, timeout="soon")  # E: arg-type Argument "timeout" to "call" of "WorkflowContext" has incompatible type "str"; expected "float | timedelta | None"
+    await ctx.call(balance_service, tx, name=3)  # E: arg-type Argument "name" to "call" of "WorkflowContext" has incompatible type "int"; expected "str | None"
+    await ctx.sleep(60, name=None)  # E: arg-type Argument "name" to "sleep" of "WorkflowContext" has incompatible type "None"; expected "str"
     await ctx.call(balance_service, tx, deadline=5)  # E: call-arg Unexpected keyword argument "deadline" for "call" of "WorkflowContext"
     await ctx.call(balance_service, request=tx)  # E: call-arg Unexpected keyword argument "request" for "call" of "WorkflowContext"
     await ctx.call("balance", tx)  # E: arg-type Argument 1 to "call" of "WorkflowContext" has incompatible type "str"; expected "ServiceCall[[BankTransaction], Never]"

@@ -43,6 +43,9 @@ async def make_transaction(ctx: WorkflowContext[BankTransaction]) -> str:
     both = asyncio.gather(ctx.call(balance_service, tx), ctx.call(fraud_service, tx))
     reveal_type(await both)  # R: tuple[Balance, FraudCheck]
     reveal_type(await ctx.call(transaction_service, tx))  # R: None
+    reveal_type(await ctx.call(balance_service, tx, name="check-balance"))  # R: Balance
+    reveal_type(await ctx.call(balance_service, tx, timeout=30, name="check"))  # R: Balance
+    reveal_type(await ctx.sleep(60, name="cool-off"))  # R: None
     if balance.balance < tx.amount or fraud.is_likely_fraud:
         return "failure"
     await ctx.call(transaction_service, tx)
