@@ -787,6 +787,15 @@ def build(app: App) -> dict[str, Any]:
                        {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["wf#*"]}}),
             _statement("ListInstances", ["dynamodb:Query"],
                        _sub(f"${{WorkflowTable.Arn}}/index/{index}")),
+            # heartbeat_callback: one TransactWriteItems, a ConditionCheck of the instance and
+            # an Update of the callback's heartbeat_at (docs/primitives.md, callbacks)
+            _statement("CallbackHeartbeats", ["dynamodb:ConditionCheckItem",
+                                              "dynamodb:UpdateItem"],
+                       _arn("WorkflowTable"), {
+                           "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["wf#*"]},
+                           "ForAllValues:StringEquals": {"dynamodb:Attributes": [
+                               "pk", "sk", "heartbeat_at", "kind", "state", "request_digest",
+                               "status"]}}),
             _statement("LargeInputsAndResults", ["s3:GetObject", "s3:PutObject"],
                        _sub(f"${{PayloadBucket.Arn}}/{DEFAULT_PREFIX}*")),
             _statement("CallbackKeys", ["secretsmanager:GetSecretValue"],
