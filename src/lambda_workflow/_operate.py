@@ -568,8 +568,10 @@ def _cancel_and_run(args: argparse.Namespace, out: TextIO,
         runtime.close()
 
 
-# A heartbeat to a callback without a heartbeat timeout is accepted and sends nothing.
-_HEARTBEAT_NOTE = "sent if the callback has a heartbeat timeout (else there is nothing to send)"
+# A heartbeat is a write of the callback's record, not a message (no activation); to a
+# callback without a heartbeat timeout it is accepted and records nothing.
+_HEARTBEAT_NOTE = ("recorded on the callback if it has a heartbeat timeout (no message: the "
+                   "workflow is not activated)")
 
 
 def cmd_callback(args: argparse.Namespace, out: TextIO, table_client: TableClient,
@@ -602,10 +604,10 @@ def cmd_callback(args: argparse.Namespace, out: TextIO, table_client: TableClien
         tokens = client.deployment.tokens  # it verified the token: it is there
         workflow_id = tokens.verify(args.token)[0] if tokens is not None else "its instance"
         print(f"callback {args.action} of {workflow_id} accepted: "
-              f"{_HEARTBEAT_NOTE if args.action == 'heartbeat' else 'sent'} to "
-              f"{client.deployment.config.queue_url}", file=out)
+              + (_HEARTBEAT_NOTE if args.action == "heartbeat"
+                 else f"sent to {client.deployment.config.queue_url}"), file=out)
         return 0
-    if not args.run:
+    if not args.run and args.action != "heartbeat":
         raise UsageError("on --db, the callback's message is applied by an activation, which "
                          "needs the workflow's module: give it with --run FILE.py")
     runtime, _ = _local_runtime(args, out, printer)
@@ -614,6 +616,8 @@ def cmd_callback(args: argparse.Namespace, out: TextIO, table_client: TableClien
         send(runtime)
         print(f"callback {args.action} of {workflow_id} accepted: "
               f"{_HEARTBEAT_NOTE if args.action == 'heartbeat' else 'sent'}", file=out)
+        if not args.run:
+            return 0  # a heartbeat needs no activation
         return _run_and_report(runtime, workflow_id, out)
     finally:
         runtime.close()

@@ -385,3 +385,25 @@ def test_a_history_recorded_with_heartbeat_operations_goes_on() -> None:
         rt.complete_callback(token, 3)
         rt.run_until_idle(skip_time=False)
         assert rt.result(wid) == "rows 3"
+
+
+def test_the_cli_heartbeat_on_a_state_file_needs_no_module_and_no_activation(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`callback heartbeat TOKEN --db FILE` records the heartbeat on the callback without
+    --run (before, the CLI refused: the heartbeat was a message for an activation to apply);
+    the instance's activation counter does not move."""
+    from lambda_workflow.cli import main
+
+    path = tmp_path / "state.sqlite3"
+    with LocalRuntime(path, clock=VirtualClock(T0)) as rt:
+        rt.register(export)
+        rt.start(export, "x", workflow_id="h11")
+        rt.run_until_idle(skip_time=False)
+        activations = rt.history("h11").instance.activations
+    assert main(["callback", "heartbeat", TOKENS["h11"], "--db", str(path)]) == 0
+    assert "callback heartbeat of h11 accepted: recorded on the callback" in (
+        capsys.readouterr().out)
+    store = SQLiteStateStore(path)
+    history = store.load_history("h11")
+    assert history is not None and history.instance.activations == activations
+    assert store.last_heartbeat("h11", "1") is not None
