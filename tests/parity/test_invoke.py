@@ -75,6 +75,22 @@ def test_invoke_5_1_the_target_echoes_the_input(wf: Any) -> None:
         assert ops[0].result == b'"abcdefgh"'
 
 
+@workflow
+async def invoke_named(ctx: WorkflowContext[dict[str, str]]) -> Any:
+    return await ctx.call(echo, ctx.request["payload"], name=ctx.request["name"])
+
+
+def test_invoke_5_2_an_invokes_explicit_name_is_recorded() -> None:
+    """The recorded name carries the service and the call's name (shown as
+    ``<name> (service echo)`` by the CLI)."""
+    with runtime(invoke_named, services=SERVICES) as rt:
+        handle = rt.start(invoke_named, {"name": "nm1234", "payload": "abcdefgh"})
+        rt.run_until_idle()
+        assert handle.result() == "abcdefgh"
+        assert recorded(handle) == [("call", "echo\x1fnm1234", "completed")]
+    assert CALLS == ["abcdefgh"]
+
+
 def test_invoke_5_3_a_nested_object_comes_back_unchanged() -> None:
     value = {"nested": {"key": "value", "items": [1, 2, 3]}, "source": "test"}
     with runtime(invoke_call, services=SERVICES) as rt:

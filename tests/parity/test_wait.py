@@ -30,19 +30,38 @@ def test_wait_2_1_a_wait_suspends_and_the_execution_succeeds_after_it() -> None:
 
 
 @workflow
+async def named_wait(ctx: WorkflowContext[None]) -> None:
+    await ctx.sleep(2, name="custom_wait_name")
+
+
+def test_wait_2_2_a_waits_explicit_name_is_recorded() -> None:
+    with runtime(named_wait) as rt:
+        handle = rt.start(named_wait, None)
+        rt.run_until_idle()
+        assert handle.status() is InstanceStatus.COMPLETED
+        assert recorded(handle) == [("timer", "custom_wait_name", "completed")]
+        assert requests(handle, "timer") == [b'{"seconds":2.0}']
+
+
+@workflow
 async def two_waits(ctx: WorkflowContext[None]) -> dict[str, int]:
-    await ctx.sleep(2)
-    await ctx.sleep(2)
+    await ctx.sleep(2, name="wait-1")
+    await ctx.sleep(2, name="wait-2")
     return {"completedWaits": 2}
 
 
 def test_wait_2_3_two_sequential_waits_each_suspend_and_resume() -> None:
-    """The requirement's names (wait-1, wait-2) need item 2 (names for ctx.sleep)."""
     with runtime(two_waits) as rt:
         handle = rt.start(two_waits, None)
-        rt.run_until_idle()
+        rt.run_until_idle(skip_time=False)
+        assert recorded(handle) == [("timer", "wait-1", "pending")]
+        rt.advance_time(2)
+        rt.run_until_idle(skip_time=False)
+        assert recorded(handle) == [("timer", "wait-1", "completed"),
+                                    ("timer", "wait-2", "pending")]
+        rt.advance_time(2)
+        rt.run_until_idle(skip_time=False)
         assert handle.result() == {"completedWaits": 2}
-        assert recorded(handle) == [("timer", "sleep", "completed")] * 2
         assert requests(handle, "timer") == [b'{"seconds":2.0}'] * 2
         assert activations(handle) == 3
 
