@@ -4,9 +4,12 @@ plaintext, LAMBDA_WORKFLOW_CODEC, and a workflow end to end with zlib+kms."""
 
 from __future__ import annotations
 
+import base64
+import os
 from dataclasses import replace
 from typing import Any
 
+import orjson
 import pytest
 from backends.contract import StateStoreContract, StoreFactory
 
@@ -15,6 +18,7 @@ from lambda_workflow.aws import AwsDeployment, WorkflowClient, service_handler, 
 from lambda_workflow.aws.config import AwsConfig, ConfigurationError
 from lambda_workflow.aws.dynamodb import DynamoDBStateStore
 from lambda_workflow.aws.payloads import S3PayloadStore
+from lambda_workflow.aws.sqs import ENCODED_BODY_PREFIX, decode_body, resolve_body
 from lambda_workflow.backends.protocols import StateStore
 from lambda_workflow.codecs import (
     ENVELOPE_MAGIC,
@@ -290,3 +294,59 @@ def test_chain_of_zlib_and_kms_compresses_before_encrypting(aws: Aws) -> None:
     both = PayloadCodec(ChainCodec(ZlibCodec(), KmsCodec(kms, key))).encode(text)
     alone = PayloadCodec(KmsCodec(kms, key)).encode(text)
     assert len(both) < 400 < len(alone)
+
+
+# -- queue messages --------------------------------------------------------------------------
+def test_queue_bodies_are_encoded_and_read_back(aws: Aws) -> None:
+    """Under a codec, a message to a workflow and a request to a service (SQS and Lambda
+    targets) carry the codec's envelope in base64, large ones through S3 too; receivers
+    decode them, and plain JSON bodies (services built without this SDK) still read."""
+    bucket = aws.create_bucket()
+    fn = aws.create_function()
+    config = replace(aws.config(services={"svc": f"sqs:{aws.create_queue(aws.name('s'))}",
+                                          "fn": f"lambda:{fn}"}, bucket=bucket),
+                     codec=f"zlib+kms:{_key(aws)}", payload_threshold=1024)
+    deployment = AwsDeployment(config, session=aws.session)
+    transport, codec, sqs = deployment.transport, deployment.codec, aws.client("sqs")
+    small = b'{"v":1,"kind":"cancel","workflow_id":"q-1","card":"4111"}'
+    large = b'{"rows":"' + os.urandom(3000).hex().encode() + b'4111"}'  # incompressible
+    transport.send_to_workflow("q-1", "d1", small)
+    transport.send_to_workflow("q-1", "d2", large)
+    transport.send_to_service("svc", "d3", small)
+    transport.send_to_service("fn", "d4", small)
+    got = sqs.receive_message(QueueUrl=config.queue_url, MaxNumberOfMessages=10,
+                              MessageAttributeNames=["All"])["Messages"]
+    got += sqs.receive_message(QueueUrl=config.services["svc"].address,
+                               MessageAttributeNames=["All"])["Messages"]
+    bodies = [m["Body"] for m in got]
+    assert len(bodies) == 3
+    assert bodies[0].encode().startswith(ENCODED_BODY_PREFIX) and "4111" not in bodies[0]
+    assert "PayloadS3Pointer" in bodies[1]  # offloaded: the S3 object is the encoded body
+    key = bodies[1].split('"s3Key":"')[1].split('"')[0]
+    obj = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert obj.startswith(ENCODED_BODY_PREFIX) and b"4111" not in obj
+    decoded = [resolve_body(m["Body"], {k: {"stringValue": v.get("StringValue"),
+                                            "dataType": v["DataType"]}
+                                        for k, v in m.get("MessageAttributes", {}).items()},
+                            deployment.payloads, codec) for m in got]
+    assert decoded == [small, large, small]
+    ((name, event),) = aws.invocations.take()
+    assert name == fn and event.startswith(b'"' + ENCODED_BODY_PREFIX)
+    assert decode_body(event[1:-1], codec) == small
+    assert decode_body(small, codec) == small  # plain JSON is read as it is
+
+
+def test_an_encoded_request_reaches_a_lambda_service(aws: Aws) -> None:
+    """A service function invoked asynchronously with an encoded request (a JSON string
+    event) decodes it, runs and replies through the codec."""
+    fn = aws.create_function()
+    config = replace(aws.config(services={"add": f"lambda:{fn}"}), codec="zlib")
+    deployment = AwsDeployment(config, session=aws.session)
+    body = (b'{"v":1,"kind":"call","workflow_id":"l-1","call_id":"1","service":"add",'
+            b'"reply_to":"' + config.queue_url.encode() + b'","request":[40,2]}')
+    deployment.transport.send_to_service("add", "d", body)
+    ((_, event),) = aws.invocations.take()
+    service_handler(add, _add, deployment=deployment)(orjson.loads(event), None)
+    (reply,) = aws.client("sqs").receive_message(QueueUrl=config.queue_url)["Messages"]
+    assert PayloadCodec().codec_of(base64.b64decode(reply["Body"])) == "zlib"
+    assert orjson.loads(decode_body(reply["Body"].encode(), deployment.codec))["value"] == 42

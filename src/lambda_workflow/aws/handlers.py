@@ -44,7 +44,7 @@ from .payloads import (
     reply_owner,
 )
 from .runtime import AwsDeployment
-from .sqs import dead_letter_attributes, resolve_body, send_message
+from .sqs import dead_letter_attributes, decode_body, resolve_body, send_message
 from .timers import parse_timer
 
 if TYPE_CHECKING:
@@ -233,7 +233,7 @@ class _WorkflowFunction:
                 the message may be readable on a later delivery.
         """
         return resolve_body(record["body"], record.get("messageAttributes"),
-                            self.deployment.payloads)
+                            self.deployment.payloads, self.deployment.codec)
 
     def _activate(self, group: str, batch: list[Mapping[str, Any]]) -> list[str]:
         parsed: list[WorkflowMessage] = []
@@ -485,7 +485,7 @@ class _ServiceFunction:
                 body: bytes | None = None
                 try:
                     body = resolve_body(record["body"], record.get("messageAttributes"),
-                                        self.deployment.payloads)
+                                        self.deployment.payloads, self.deployment.codec)
                     self.handle(parse_call_request(body), lease=lease)
                 except CallInProgressError as exc:
                     # Another delivery of this request is running it: this one backs off and
@@ -505,9 +505,13 @@ class _ServiceFunction:
             return {"batchItemFailures": [{"itemIdentifier": m} for m in failures]}
         # An asynchronous invocation: the event is the request (or an S3 pointer to it). A
         # CallInProgressError raised here makes Lambda retry the invocation later.
-        raw = orjson.dumps(event)
-        body = resolve_body(raw.decode(), None, self.deployment.payloads) if (
-            message_pointer(raw, None) is not None) else raw
+        if isinstance(event, str):  # an encoded request (docs/codecs.md)
+            body = decode_body(event.encode(), self.deployment.codec)
+        else:
+            raw = orjson.dumps(event)
+            body = resolve_body(raw.decode(), None, self.deployment.payloads,
+                                self.deployment.codec) if (
+                message_pointer(raw, None) is not None) else raw
         self.handle(parse_call_request(body), lease=lease)
         return None
 
@@ -545,7 +549,8 @@ class _ServiceFunction:
             what=f"the reply to call {request.call_id} of workflow {request.workflow_id!r}",
             payloads=self.deployment.payloads,
             threshold=self.deployment.config.payload_threshold,
-            owner=reply_owner(self.service.name, request.workflow_id))
+            owner=reply_owner(self.service.name, request.workflow_id),
+            codec=self.deployment.codec)
 
     def _claim(self, request: CallRequestMessage, lease: float) -> bytes | None:
         """Claim the call until ``now + lease``: ``None`` when this delivery may run it, the

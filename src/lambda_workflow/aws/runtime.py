@@ -62,7 +62,7 @@ class AwsDeployment:
 
     @cached_property
     def transport(self) -> SqsFifoTransport:
-        return SqsFifoTransport(self.config, self.clients, self.payloads)
+        return SqsFifoTransport(self.config, self.clients, self.payloads, self.codec)
 
     @cached_property
     def timers(self) -> SqsDelayTimers:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -11,6 +13,7 @@ import orjson
 
 from ..backends.memory import DeadLetter
 from ..backends.protocols import QueueMessage
+from ..codecs import ENVELOPE_MAGIC, PayloadCodec
 from ..errors import InvalidMessageError, PayloadTooLargeError
 from .config import (
     LAMBDA_MAX_ASYNC_PAYLOAD_BYTES,
@@ -44,17 +47,54 @@ def _check_id(what: str, value: str) -> None:
         raise ValueError(f"{what} must be 1 to 128 characters, got {len(value)}")
 
 
+#: An encoded message body is the base64 of the codec's envelope, so it starts with these
+#: characters (the base64 of ``ENVELOPE_MAGIC`` and the envelope's version); a JSON body
+#: never does.
+ENCODED_BODY_PREFIX = base64.b64encode(ENVELOPE_MAGIC + b"\x01")[:7]
+_PLAIN = PayloadCodec()
+
+
+def encode_body(body: bytes, codec: PayloadCodec | None) -> bytes:
+    """A message body as sent under ``codec``: unchanged for identity (or no codec), else
+    the base64 of the codec's envelope (SQS bodies are text; docs/codecs.md)."""
+    if codec is None or codec.name == "identity":
+        return body
+    return base64.b64encode(codec.encode(body))
+
+
+def decode_body(body: bytes, codec: PayloadCodec | None) -> bytes:
+    """A received body as the JSON message it carries: an encoded body (any codec
+    ``codec`` reads) is decoded, a JSON body is returned as it is (services not built with
+    this SDK reply in plain JSON).
+
+    Raises:
+        InvalidMessageError: the body starts like an encoded one but is not base64.
+        CodecError: the envelope does not decode (names the codec and why).
+    """
+    if not body.startswith(ENCODED_BODY_PREFIX):
+        return body
+    try:
+        raw = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidMessageError("message body starts like an encoded body but is not "
+                                  "base64") from None
+    return (codec or _PLAIN).decode(raw)
+
+
 def send_message(sqs: SQSClient, queue_url: str, body: bytes, *, group_id: str | None,
                  dedup_id: str | None, what: str, payloads: S3PayloadStore | None,
                  threshold: int, owner: str,
-                 attributes: Mapping[str, Any] | None = None) -> str:
+                 attributes: Mapping[str, Any] | None = None,
+                 codec: PayloadCodec | None = None) -> str:
     """Send one message, offloading its body to S3 when it exceeds ``threshold`` bytes
     (counted as SQS counts them: UTF-8 body plus attributes).
 
     Without a bucket, a message up to SQS's own limit is still sent; over it,
     :class:`PayloadTooLargeError` names ``what``. ``group_id``/``dedup_id`` are given for a
-    FIFO queue only. Returns the message id.
+    FIFO queue only. ``codec`` encodes the body first (:func:`encode_body`). Returns the
+    message id.
     """
+    body = encode_body(body, codec)
     text = body.decode()
     attrs = dict(attributes or {})
     size = sqs_message_size(text, attrs)
@@ -74,16 +114,17 @@ def send_message(sqs: SQSClient, queue_url: str, body: bytes, *, group_id: str |
 
 
 def resolve_body(body: str, attributes: Mapping[str, Any] | None,
-                 payloads: S3PayloadStore | None) -> bytes:
-    """A received message's real body: loaded from S3 when the body is a pointer."""
+                 payloads: S3PayloadStore | None, codec: PayloadCodec | None = None) -> bytes:
+    """A received message's real body: loaded from S3 when the body is a pointer, and
+    decoded (:func:`decode_body`) when it is encoded."""
     pointer = message_pointer(body, attributes)
     if pointer is None:
-        return body.encode()
+        return decode_body(body.encode(), codec)
     if payloads is None:
         raise InvalidMessageError(
             f"message body is an S3 pointer (s3://{pointer[0]}/{pointer[1]}) but no payload "
             "bucket is configured (LAMBDA_WORKFLOW_BUCKET)")
-    return payloads.get(pointer[1], bucket=pointer[0])
+    return decode_body(payloads.get(pointer[1], bucket=pointer[0]), codec)
 
 
 def _started_workflow(body: bytes) -> str | None:
@@ -111,10 +152,12 @@ class SqsFifoTransport:
     """
 
     def __init__(self, config: AwsConfig, clients: AwsClients,
-                 payloads: S3PayloadStore | None = None) -> None:
+                 payloads: S3PayloadStore | None = None,
+                 codec: PayloadCodec | None = None) -> None:
         self.config = config
         self.clients = clients
         self.payloads = payloads
+        self.codec = codec
 
     @property
     def reply_address(self) -> str:
@@ -141,7 +184,8 @@ class SqsFifoTransport:
         send_message(self.clients.sqs, self.workflow_queue(workflow_id, body, workflow), body,
                      group_id=workflow_id, dedup_id=dedup_id,
                      what=f"a message to workflow {workflow_id!r}", payloads=self.payloads,
-                     threshold=self.config.payload_threshold, owner=f"{workflow_id}/messages")
+                     threshold=self.config.payload_threshold, owner=f"{workflow_id}/messages",
+                     codec=self.codec)
 
     def send_to_service(self, service: str, dedup_id: str, body: bytes) -> None:
         target = self.config.service_target(service)
@@ -158,11 +202,13 @@ class SqsFifoTransport:
                          group_id=dedup_id if fifo else None,
                          dedup_id=dedup_id if fifo else None, what=what,
                          payloads=self.payloads, threshold=self.config.payload_threshold,
-                         owner=owner)
+                         owner=owner, codec=self.codec)
             return
-        payload = body
+        encoded = encode_body(body, self.codec)
+        # An event is JSON: an encoded request travels as a JSON string.
+        payload = encoded if encoded is body else orjson.dumps(encoded.decode())
         if len(payload) > self.config.payload_threshold and self.payloads is not None:
-            pointer, _ = self.payloads.offload_message(owner, body)
+            pointer, _ = self.payloads.offload_message(owner, encoded)
             payload = pointer.encode()
         if len(payload) > LAMBDA_MAX_ASYNC_PAYLOAD_BYTES:
             raise PayloadTooLargeError(what, len(payload), LAMBDA_MAX_ASYNC_PAYLOAD_BYTES,
