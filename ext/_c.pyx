@@ -151,6 +151,7 @@ cdef class ReplayIndex:
     cdef public object loop
     cdef public object hooks
     cdef public Py_ssize_t seq
+    cdef public Py_ssize_t bound
     cdef public bint sealed
     cdef public Py_ssize_t barrier
     cdef public dict waiting
@@ -168,13 +169,20 @@ cdef class ReplayIndex:
         self.loop = loop
         self.hooks = hooks
         self.seq = 0
+        # Root operations are at positions 0..bound-1 (see _py.py).
+        self.bound = len(self._ops)
         self.sealed = False
         by_stage = {}
+        contexts = {}
         for seq in range(len(self._ops)):
             stage = self._stage_of(self._ops[seq])
             # Steps and patch markers resolve where the code reaches them (see _py.py).
             if stage >= 0 and self._ops[seq].kind not in _RESOLVED_AT_CREATION:
-                by_stage.setdefault(stage, []).append(seq)
+                (contexts if self._ops[seq].kind == "context" else by_stage).setdefault(
+                    stage, []).append(seq)
+        # A finished child context is delivered after the other outcomes of its stage.
+        for stage_key, seqs in contexts.items():
+            by_stage.setdefault(stage_key, []).extend(seqs)
         self._by_stage = by_stage
         schedule = sorted([s for s in by_stage if s != activation or not self._staged])
         self.n_recorded_stages = len(schedule)
@@ -274,8 +282,10 @@ cdef class ReplayIndex:
             raise self.hooks.not_a_service(service, frame) from None
         cdef Py_ssize_t seq = self.seq
         self.seq = seq + 1
+        # past the recorded root operations: a position no record has (a new operation)
+        cdef Py_ssize_t pos = seq if seq < self.bound else seq + len(self._ops)
         try:
-            result = self._step(seq, "call", name, request_adapter, request_model,
+            result = self._step(pos, "call", name, request_adapter, request_model,
                                 response_adapter, request, service)
         except ReplayMismatch as exc:
             raise self.hooks.mismatch(exc, "call", name, frame) from None
@@ -353,12 +363,14 @@ cdef class ReplayIndex:
         return True
 
     def settle_unreached(self):
-        for rec in self._ops:
+        cdef Py_ssize_t pos
+        for pos in range(len(self._ops)):
+            rec = self._ops[pos]
             staged = self._staged.get(rec.op_id) if rec.state == _PENDING_STATE else None
             if staged is None or rec.op_id in self.consumed:
                 continue
             self.consumed.add(rec.op_id)
-            future = self.waiting.get(rec.seq)
+            future = self.waiting.get(pos)
             if future is not None and staged[0]:
                 try:
                     future.adapter.validate_json(staged[1])

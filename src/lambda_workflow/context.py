@@ -128,6 +128,12 @@ class _Driver(Protocol):
 
     def deprecate_patch(self, patch_id: str) -> None: ...
 
+    def run_context(self, name: str, index: int | None, body: Callable[[], Awaitable[Any]],
+                    adapter: pydantic.TypeAdapter[Any], frame: FrameType | None
+                    ) -> Awaitable[Any]: ...
+
+    def recorded_flat(self) -> bool: ...
+
 
 class WorkflowContext(Generic[ReqT]):
     """The handle a workflow uses to read its input and run durable operations.
@@ -390,9 +396,48 @@ class WorkflowContext(Generic[ReqT]):
         await self._driver.run_step(submit, (callback.token,), {}, sys._getframe(1))
         return await callback
 
+    async def run_in_child_context(self, fn: Callable[..., Awaitable[R]], /, *args: Any,
+                                   name: str | None = None) -> R:
+        """Run ``await fn(child_ctx, *args)`` as a child context of this instance: its
+        operations are grouped under it, and its result is recorded when it finishes.
+
+        Unlike :meth:`child` (a separate instance, with its own id, history and activations),
+        a child context costs no activation and no message: it runs here, now. ``name``
+        (default: ``fn``'s name) names it in the history, the CLI and errors. The result
+        goes through ``fn``'s return annotation, so the first execution returns what every
+        replay returns. Child contexts nest.
+
+        Replay behaviour:
+            Recorded: a ``context`` operation (its name), created when the body starts and
+            completed with the body's result (or failed with its error) when it ends. The
+            body's operations get ids within it (``<context id>.1``, ``.2``, ...), so the ids
+            of what follows do not depend on whether the body ran. On replay a finished
+            context returns its recorded result (or raises its recorded failure) without
+            running the body; an unfinished one runs the body again, which replays its
+            recorded operations. A result too large to record (over the payload limit, with
+            no payload bucket) is recorded as such and the body runs again on every replay.
+
+        Raises:
+            ChildContextError: the body raised; carries the error's type name and message
+                (the same on every replay).
+            ValueError: ``name`` is empty or not a string (before anything runs).
+        """
+        from ._runtime.contexts import adapter_for
+        from .steps import _result_type
+
+        label = _context_name(fn, name, "ctx.run_in_child_context")
+        adapter = adapter_for(_result_type(fn))
+        child: WorkflowContext[ReqT] = WorkflowContext(self._driver, self._request,
+                                                       self._workflow_id)
+        result: R = await self._driver.run_context(label, None, lambda: fn(child, *args),
+                                                   adapter, sys._getframe(1))
+        return result
+
     async def parallel(self, branches: Sequence[Callable[[], Awaitable[R]]], /, *,
                        max_concurrency: int | None = None,
-                       completion: Completion | None = None) -> BatchResult[R]:
+                       completion: Completion | None = None,
+                       names: Sequence[str] | None = None, flat: bool = False,
+                       result_type: Any = None) -> BatchResult[R]:
         """Run branches (zero-argument async callables) concurrently and return their
         :class:`~lambda_workflow.BatchResult`, in branch order.
 
@@ -400,42 +445,104 @@ class WorkflowContext(Generic[ReqT]):
         batch is complete (default: all successful, stopping at the first failure; or a
         minimum successful, a tolerated failure count or percentage, or all completed).
         Branches still running when it completes are cancelled; branches never started are
-        reported ``not_started``.
+        reported ``not_started``. ``names`` names the branches (default ``parallel[<i>]``) in
+        the history, the CLI and errors. Each branch's value goes through ``result_type``
+        (default: the branch's return annotation, else it is kept as JSON data).
 
         Replay behaviour:
-            Nothing of its own is recorded: each branch's operations are, in the order the
-            branches create them. A branch that waits suspends the workflow; on replay,
-            finished branches return their recorded results at once and nothing they did is
-            repeated.
+            Nested (the default): each branch runs as a child context (see
+            :meth:`run_in_child_context`): a ``context`` operation per started branch, its
+            operations grouped under it, its value recorded when it finishes. On replay a
+            finished branch returns its recorded value and its code does not run again.
+            Flat (``flat=True``, and every batch recorded before branches were nested): no
+            operation of its own; each branch's operations are recorded directly in the
+            enclosing scope, in the order the branches create them, and every replay runs
+            every started branch's code again (its operations return their recorded
+            outcomes).
 
         Raises:
-            ValueError: ``max_concurrency`` below 1 (before anything runs).
+            ValueError: ``max_concurrency`` below 1, or ``names`` not one non-empty string per
+                branch (before anything runs).
         """
-        from .batch import Completion, run_batch
-
         _check_batch(max_concurrency, completion)
         branches = list(branches)
         for branch in branches:
             if not callable(branch):
                 raise TypeError(f"ctx.parallel takes callables returning awaitables, got "
                                 f"{branch!r}")
-        return await run_batch(branches, max_concurrency=max_concurrency,
-                               completion=completion or Completion())
+        if names is None:
+            labels = [f"parallel[{i}]" for i in range(len(branches))]
+        else:
+            labels = list(names)
+            if len(labels) != len(branches):
+                raise ValueError(f"ctx.parallel got {len(labels)} names for {len(branches)} "
+                                 "branches")
+            for label in labels:
+                _context_name(None, label, "a parallel branch's name")
+        return await self._batch(branches, labels, result_type, max_concurrency, completion,
+                                 flat)
 
     async def map(self, items: Sequence[ItemT], fn: Callable[[ItemT], Awaitable[R]], /, *,
                   max_concurrency: int | None = None,
-                  completion: Completion | None = None) -> BatchResult[R]:
+                  completion: Completion | None = None,
+                  item_name: Callable[[ItemT, int], str] | None = None,
+                  flat: bool = False, result_type: Any = None) -> BatchResult[R]:
         """``await fn(item)`` for every item, concurrently (see :meth:`parallel`); the
-        result's items are in the order of ``items``."""
-        from .batch import Completion, run_batch
+        result's items are in the order of ``items``.
 
+        ``item_name(item, index)`` names each item (default ``map[<index>]``) in the history,
+        the CLI and errors. Items run nested (each a child context: a finished item returns
+        its recorded value and ``fn`` never runs for it again) unless ``flat=True``; values go
+        through ``result_type`` (default: ``fn``'s return annotation).
+
+        Raises:
+            ValueError: ``max_concurrency`` below 1, or ``item_name`` returned something
+                other than a non-empty string (before anything runs).
+        """
         _check_batch(max_concurrency, completion)
         values = list(items)
+        labels = [f"map[{i}]" for i in range(len(values))]
+        if item_name is not None:
+            labels = [_context_name(None, item_name(item, i), f"item_name(item {i})")
+                      for i, item in enumerate(values)]
 
         def branch(item: ItemT) -> Callable[[], Awaitable[R]]:
             return lambda: fn(item)
 
-        return await run_batch([branch(item) for item in values],
+        if result_type is None:
+            from .steps import _result_type
+
+            result_type = _result_type(fn)
+        return await self._batch([branch(item) for item in values], labels, result_type,
+                                 max_concurrency, completion, flat)
+
+    async def _batch(self, branches: list[Callable[[], Awaitable[R]]], labels: list[str],
+                     result_type: Any, max_concurrency: int | None,
+                     completion: Completion | None, flat: bool) -> BatchResult[R]:
+        """Run a batch: each branch a child context, or flat (see :meth:`parallel`)."""
+        from ._runtime.contexts import adapter_for
+        from .batch import Completion, run_batch
+
+        if not isinstance(flat, bool):
+            raise TypeError(f"flat must be a bool, got {flat!r}")
+        if flat or not branches or self._driver.recorded_flat():
+            return await run_batch(branches, max_concurrency=max_concurrency,
+                                   completion=completion or Completion())
+        frame = sys._getframe(2)
+        driver = self._driver
+        fixed = None if result_type is None else adapter_for(result_type)
+
+        def nested(i: int) -> Callable[[], Awaitable[R]]:
+            branch = branches[i]
+            if fixed is not None:
+                adapter = fixed
+            else:
+                from .steps import _result_type
+
+                adapter = adapter_for(_result_type(branch))
+            return lambda: driver.run_context(labels[i], i, branch, adapter, frame)
+
+        return await run_batch([nested(i) for i in range(len(branches))],
                                max_concurrency=max_concurrency,
                                completion=completion or Completion())
 
@@ -531,6 +638,15 @@ def _call_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any,
         raise TypeError(f"ctx.call takes (service, request, /, *, timeout=None, name=None): the "
                         f"service, then one request; got {got} after the service")
     return args[0], kwargs.get("timeout"), kwargs.get("name")
+
+
+def _context_name(fn: object, name: object, what: str) -> str:
+    """The name of a child context: ``name``, else ``fn``'s name."""
+    if name is None:
+        name = getattr(fn, "__name__", None) or "context"
+    if not isinstance(name, str) or not name or not name.isprintable():
+        raise ValueError(f"{what} must be a non-empty printable string, got {name!r}")
+    return name
 
 
 def _check_batch(max_concurrency: int | None, completion: object) -> None:

@@ -10,6 +10,7 @@ __all__ = [
     "CallbackFailedError",
     "CallbackHeartbeatTimeoutError",
     "CallbackTimeoutError",
+    "ChildContextError",
     "ChildWorkflowError",
     "ConditionNotMetError",
     "InvalidCallbackTokenError",
@@ -152,6 +153,26 @@ class ChildWorkflowError(WorkflowError):
     def __reduce__(self) -> tuple[Any, ...]:
         return (ChildWorkflowError, (self.workflow_id, self.error_type, self.message,
                                      self.details))
+
+
+class ChildContextError(WorkflowError):
+    """A child context's body raised (raised at ``await ctx.run_in_child_context(...)``, on
+    the first execution and, from the recorded failure, on every replay).
+
+    Attributes:
+        name: The child context's name.
+        error_type: The class name of the exception the body raised.
+        message: Its message.
+    """
+
+    def __init__(self, name: str, error_type: str, message: str) -> None:
+        self.name = name
+        self.error_type = error_type
+        self.message = message
+        super().__init__(f"child context {name!r} failed with {error_type}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ChildContextError, (self.name, self.error_type, self.message))
 
 
 class ConditionNotMetError(WorkflowError):

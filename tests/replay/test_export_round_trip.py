@@ -44,7 +44,8 @@ ELSEWHERE = {
 }
 # Every kind the histories of every_kind.py must hold, and the timers by name. ("heartbeat"
 # operations are in histories recorded before heartbeats were recorded on the callback only.)
-OPERATION_KINDS = {"call", "step", "timer", "callback", "child", "parent", "patch", "cancel"}
+OPERATION_KINDS = {"call", "step", "timer", "callback", "child", "parent", "patch", "cancel",
+                   "context"}
 TIMER_NAMES = {"sleep", "retry:weigh", "timeout:slow", "poll:stock", "timeout:approve",
                "heartbeat:approve", "timeout:late"}
 

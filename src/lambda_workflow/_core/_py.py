@@ -203,6 +203,7 @@ class ReplayIndex:
         "accepted",
         "activation",
         "barrier",
+        "bound",
         "consumed",
         "hooks",
         "loop",
@@ -224,15 +225,24 @@ class ReplayIndex:
         self.loop = loop
         self.hooks = hooks
         self.seq = 0
+        # Root operations are at positions 0..bound-1 (position = their seq); operations of
+        # child contexts follow them (the runtime matches those by position itself).
+        self.bound = len(self._ops)
         self.sealed = False
         by_stage: dict[int, list[int]] = {}
+        contexts: dict[int, list[int]] = {}
         for seq, rec in enumerate(self._ops):
             stage = self._stage_of(rec)
             # Steps and patch markers resolve where the code reaches them, not at a stage:
             # an activation that recorded only those (saved mid-activation, then crashed)
             # delivered nothing, and must not hold back the operations made after them.
             if stage >= 0 and rec.kind not in RESOLVED_AT_CREATION:
-                by_stage.setdefault(stage, []).append(seq)
+                (contexts if rec.kind == "context" else by_stage).setdefault(
+                    stage, []).append(seq)
+        # A child context finished after the outcome its body waited on last: its result is
+        # delivered after the other outcomes of its stage.
+        for stage, seqs in contexts.items():
+            by_stage.setdefault(stage, []).extend(seqs)
         self._by_stage = by_stage
         schedule = sorted(s for s in by_stage if s != activation or not self._staged)
         self.n_recorded_stages = len(schedule)
@@ -355,8 +365,10 @@ class ReplayIndex:
             raise self.hooks.not_a_service(service, frame) from None
         seq = self.seq
         self.seq = seq + 1
+        # past the recorded root operations: a position no record has (a new operation)
+        pos = seq if seq < self.bound else seq + len(self._ops)
         try:
-            decision, future, _, payload = self.step(seq, "call", name, request_adapter,
+            decision, future, _, payload = self.step(pos, "call", name, request_adapter,
                                                      request_model, response_adapter, request,
                                                      service)
         except ReplayMismatch as exc:
@@ -440,12 +452,12 @@ class ReplayIndex:
         """Accept this activation's replies that the replay never delivered (the workflow
         ended at an earlier stage, or never made the call again): valid replies to pending
         calls are recorded, so nothing that arrived is lost. Invalid ones are reported."""
-        for rec in self._ops:
+        for pos, rec in enumerate(self._ops):
             staged = self._staged.get(rec.op_id) if rec.state == _PENDING_STATE else None
             if staged is None or rec.op_id in self.consumed:
                 continue
             self.consumed.add(rec.op_id)
-            future = self.waiting.get(rec.seq)
+            future = self.waiting.get(pos)
             if future is not None and staged[0]:
                 try:
                     future.adapter.validate_json(staged[1])  # type: ignore[union-attr]

@@ -41,6 +41,7 @@ from ..models import (
 from ..service import Service, type_name
 from ..steps import Semantics, Step, StepError, StepInfo
 from ..workflow import Workflow
+from .contexts import CURRENT, SCOPED_SEQ_BASE, scoped_layout
 from .history import request_difference
 from .loop import ReplayLoop
 
@@ -224,6 +225,13 @@ class Replayer:
         # one after the reset point may appear before later recorded outcomes are delivered.
         self._scope = scope
         self._relaxed = relaxed
+        # Child contexts (contexts.py): the history's root operations come first, then those
+        # of child contexts, grouped here by context id.
+        self._n_root, self._scoped = scoped_layout(history)
+        self._index.bound = self._n_root
+        self._n_scoped_new = 0
+        if self._scoped:
+            self.call = self._scoped_call
 
     @property
     def accepted(self) -> list[str]:
@@ -264,16 +272,16 @@ class Replayer:
             future: asyncio.Future[Any] = self._loop.create_future()
             future.cancel()
             return future
-        seq = idx.seq
-        idx.seq = seq + 1
+        seq, op_id, record_seq = self._next_operation()
         try:
             decision, future, _, payload = idx.step(seq, kind, name, request_adapter, None,
                                                     response_adapter, request, None)
         except _core.ReplayMismatch as exc:
             raise self._nondeterminism(exc, kind, name, frame) from None
         if decision == _core.NEW:
-            self.new_operation(seq, kind, name, payload, frame)
-            idx.pending.append(_core.operation_id(self._scope, seq))
+            self.new_operation(seq, kind, name, payload, frame, op_id=op_id,
+                               record_seq=record_seq)
+            idx.pending.append(op_id)
         return future
 
     def sleep(self, seconds: float, frame: FrameType | None,
@@ -311,13 +319,13 @@ class Replayer:
         workflow runs code the history has not reached (the marker is recorded then);
         ``False`` where the history was recorded by the code before the patch."""
         idx = self._index
-        seq = idx.seq
-        if seq < len(self._history):
+        if self._peek()[0] is not None:
             return self._consume_patch_marker(patch_id)
         if idx.sealed:
             return True
-        idx.seq = seq + 1
-        self.new_operation(seq, "patch", patch_id, b"null", frame)
+        seq, op_id, record_seq = self._next_operation()
+        self.new_operation(seq, "patch", patch_id, b"null", frame, op_id=op_id,
+                           record_seq=record_seq)
         marker = self.new_operations[-1]
         marker.state = OperationState.COMPLETED
         marker.result = b"null"
@@ -357,8 +365,7 @@ class Replayer:
         idx = self._index
         if idx.sealed:
             raise asyncio.CancelledError
-        seq = idx.seq
-        idx.seq = seq + 1
+        seq, op_id, record_seq = self._next_operation()
         # {"args": [...], "kwargs": {...}, "attempt": n}
         request = arguments[:-1] + b',"attempt":' + str(attempt).encode() + b"}"
         try:
@@ -375,7 +382,8 @@ class Replayer:
                 st.retry.retries(None, "StepInterrupted"))
             self.step_outcomes.append(Outcome(rec.op_id, OperationState.FAILED, error))
             return False, error
-        self.new_operation(seq, "step", st.name, request, frame)
+        self.new_operation(seq, "step", st.name, request, frame, op_id=op_id,
+                           record_seq=record_seq)
         op = self.new_operations[-1]
         if st.semantics is Semantics.AT_MOST_ONCE:
             if self._checkpoint_to is None:
@@ -443,10 +451,7 @@ class Replayer:
         A new callback gets a new token (a fresh nonce, the current key), recorded in its
         request; a replayed one returns the recorded token, so replay never depends on the
         key. A callback recorded before tokens were recorded keeps its derived token."""
-        seq = self._index.seq
-        callback_id = (self._history[seq].op_id if seq < len(self._history)
-                       else _core.operation_id(self._scope, seq))
-        rec = self._history[seq] if seq < len(self._history) else None
+        rec, callback_id = self._peek()
         token = recorded_token(rec.request) if rec is not None and rec.kind == "callback" else None
         request: dict[str, object] = {"timeout": timeout, "heartbeat_timeout": heartbeat_timeout}
         if token is not None:
@@ -482,8 +487,7 @@ class Replayer:
         record by the client, and the timer reads the last one when it fires. A history
         recorded before that has a plain timer and a ``heartbeat`` operation that each
         heartbeat message completed: it replays (and continues) that way."""
-        seq = self._index.seq
-        rec = self._history[seq] if seq < len(self._history) else None
+        rec = self._peek()[0]  # the next operation of the running scope
         if (rec is not None and rec.kind == "timer" and not self._index.sealed
                 and "callback" not in orjson.loads(rec.request)):
             timer = self.durable("timer", f"heartbeat:{name}", _TIMER_REQUEST, _NONE,
@@ -561,14 +565,95 @@ class Replayer:
 
     def _consume_patch_marker(self, patch_id: str) -> bool:
         """If the next recorded operation is this patch's marker, step past it (``True``)."""
-        idx = self._index
-        seq = idx.seq
-        if seq < len(self._history):
-            rec = self._history[seq]
-            if rec.kind == "patch" and rec.name == patch_id:
-                idx.seq = seq + 1
-                return True
+        rec = self._peek()[0]
+        if rec is not None and rec.kind == "patch" and rec.name == patch_id:
+            self._next_operation()
+            return True
         return False
+
+    # -- child contexts (contexts.py) ----------------------------------------------------------
+    def _next_operation(self) -> tuple[int, str, int]:
+        """Take the next operation of the running scope: ``(position, id, seq)``. The
+        position is the recorded operation's in the replay core, or one past every record
+        (a new operation, whose id and seq are the other two)."""
+        scope = CURRENT.get()
+        idx = self._index
+        if scope is None or scope.owner is not self:
+            seq = idx.seq
+            idx.seq = seq + 1
+            pos = seq if seq < self._n_root else seq + len(self._history)
+            return pos, _core.operation_id(self._scope, seq), seq
+        local = scope.count
+        scope.count = local + 1
+        if local < len(scope.recorded):
+            pos = scope.recorded[local]
+            return pos, self._history[pos].op_id, self._history[pos].seq
+        record_seq = SCOPED_SEQ_BASE + len(self._history) - self._n_root + self._n_scoped_new
+        return (len(self._history) + record_seq, _core.operation_id(scope.prefix, local),
+                record_seq)
+
+    def _peek(self) -> tuple[OperationRecord | None, str]:
+        """The recorded next operation of the running scope (``None``: it is new) and its
+        id, without taking it."""
+        scope = CURRENT.get()
+        if scope is None or scope.owner is not self:
+            seq = self._index.seq
+            if seq < self._n_root:
+                return self._history[seq], self._history[seq].op_id
+            return None, _core.operation_id(self._scope, seq)
+        if scope.count < len(scope.recorded):
+            rec = self._history[scope.recorded[scope.count]]
+            return rec, rec.op_id
+        return None, _core.operation_id(scope.prefix, scope.count)
+
+    def _scoped_call(self, service: Service[Any, Any], request: Any,
+                     frame: FrameType | None) -> asyncio.Future[Any]:
+        """``ctx.call`` once child contexts exist: in the root scope the core's call, in a
+        child context a call matched within it."""
+        scope = CURRENT.get()
+        idx = self._index
+        if scope is None or scope.owner is not self:
+            return idx.call_service(service, request, frame)
+        if idx.sealed:
+            future: asyncio.Future[Any] = self._loop.create_future()
+            future.cancel()
+            return future
+        try:
+            name = service.name
+            request_adapter = service.request_adapter
+            request_model = service.request_model
+            response_adapter = service.response_adapter
+        except AttributeError:
+            raise self.not_a_service(service, frame) from None
+        seq, op_id, record_seq = self._next_operation()
+        try:
+            decision, future, _, payload = idx.step(seq, "call", name, request_adapter,
+                                                    request_model, response_adapter, request,
+                                                    service)
+        except _core.ReplayMismatch as exc:
+            raise self._nondeterminism(exc, "call", name, frame) from None
+        except (pydantic.ValidationError, pydantic_core.PydanticSerializationError, TypeError,
+                ValueError) as exc:
+            raise self.bad_request(exc, service, frame) from None
+        if decision == _core.NEW:
+            self.new_operation(seq, "call", name, payload, frame, op_id=op_id,
+                               record_seq=record_seq)
+            idx.pending.append(op_id)
+        return future
+
+    def run_context(self, name: str, index: int | None, body: Callable[[], Awaitable[Any]],
+                    adapter: pydantic.TypeAdapter[Any], frame: FrameType | None
+                    ) -> Awaitable[Any]:
+        """``ctx.run_in_child_context`` and each nested batch branch (contexts.py)."""
+        from .contexts import run_context
+
+        return run_context(self, name, index, body, adapter, frame)
+
+    def recorded_flat(self) -> bool:
+        """Whether the history has an operation other than a child context next: a batch
+        recorded before branches ran as child contexts (or with ``flat=True``)."""
+        rec = self._peek()[0]
+        return rec is not None and rec.kind != "context"
 
     # -- the hooks of the replay core ---------------------------------------------------------
     def not_a_service(self, obj: object, frame: FrameType | None) -> BaseException:
@@ -586,19 +671,26 @@ class Replayer:
         return self._nondeterminism(exc, kind, name, frame)
 
     def new_operation(self, seq: int, kind: str, name: str, payload: bytes,
-                      frame: FrameType | None) -> None:
+                      frame: FrameType | None, op_id: str | None = None,
+                      record_seq: int | None = None) -> None:
+        """Record a new operation: ``seq`` is its root position (the core's ``ctx.call``);
+        ``op_id`` and ``record_seq`` are given for others (:meth:`_next_operation`)."""
+        if op_id is None or record_seq is None:
+            op_id, record_seq = _core.operation_id(self._scope, seq), seq
         if not self._index.new_allowed and not self._relaxed:
             raise self._early_new_operation(seq, kind, name, frame)
         self._replaying = False
         if self._payload_limit is not None and len(payload) > self._payload_limit:
             self._fatal = PayloadTooLargeError(
-                f"the request of call {_core.operation_id('', seq)} (service "
+                f"the request of call {op_id} (service "
                 f"{display(kind, name)!r}, at "
                 f"{site_of(frame)}) of workflow {self.workflow_id!r}", len(payload),
                 self._payload_limit, self._payload_hint)
             raise self._fatal
+        if record_seq >= SCOPED_SEQ_BASE:
+            self._n_scoped_new += 1
         self.new_operations.append(OperationRecord(
-            workflow_id=self.workflow_id, op_id=_core.operation_id(self._scope, seq), seq=seq,
+            workflow_id=self.workflow_id, op_id=op_id, seq=record_seq,
             kind=kind,
             name=name, request=payload, request_digest=_core.digest(payload),
             site=site_of(frame), created_in=self._activation, created_at=self._now))
@@ -615,7 +707,8 @@ class Replayer:
                       f"{owner.name!r}) is not a valid {type_name(owner.response_type)}: "
                       f"{describe_validation_error(exc)}")
         else:
-            reason = (f"the value completing {record.kind} {record.name!r} ({record.op_id}) of "
+            reason = (f"the value completing {record.kind} "
+                      f"{display(record.kind, record.name)!r} ({record.op_id}) of "
                       f"workflow {self.workflow_id!r} is not valid: "
                       f"{describe_validation_error(exc)}")
         self._index.pending.append(record.op_id)
@@ -710,12 +803,13 @@ class Replayer:
             return self._finish_failed(self._fatal)
         if exc is not None:
             return self._finish_failed(exc)
-        if self._index.seq < len(self._history):
+        if self._index.seq < self._n_root:
             missing = self._history[self._index.seq]
             return self._finish_failed(NonDeterminismError(
                 f"workflow {wf.name!r} ({self.workflow_id}) finished after creating "
                 f"{_count(self._index.seq)}, but its history recorded {len(self._history)}; the "
-                f"first missing one is #{missing.seq + 1}, {missing.kind} {missing.name!r} "
+                f"first missing one is #{missing.seq + 1}, {missing.kind} "
+                f"{display(missing.kind, missing.name)!r} "
                 f"(created at {missing.site or 'an unknown site'})"))
         try:
             result = _core.encode_value(wf.result_adapter, task.result())
@@ -742,13 +836,13 @@ class Replayer:
             return self._finish_failed(self._mismatch)
         if self._fatal is not None:
             return self._finish_failed(self._fatal)
-        if self._index.seq < len(self._history):
+        if self._index.seq < self._n_root:
             missing = self._history[self._index.seq]
             return self._finish_failed(NonDeterminismError(
                 f"workflow {self.workflow.name!r} ({self.workflow_id}) suspended after "
                 f"creating {_count(self._index.seq)}, but its history recorded "
                 f"{len(self._history)}; the first not created again is #{missing.seq + 1}, "
-                f"{missing.kind} {missing.name!r} (created at "
+                f"{missing.kind} {display(missing.kind, missing.name)!r} (created at "
                 f"{missing.site or 'an unknown site'})"))
         return ReplayResult("suspended", self.new_operations, accepted=self.accepted,
                             rejected=self.rejected, pending=self.pending,
