@@ -321,8 +321,8 @@ class DynamoDBStateStore:
 
     def record_heartbeat(self, workflow_id: str, callback_id: str, request_digest: str,
                          at: float) -> str | None:
-        """One ``TransactWriteItems`` (4 WRU): a ``ConditionCheck`` that the instance is
-        running, and an ``Update`` of the callback's item, ``SET heartbeat_at``, on condition
+        """One ``TransactWriteItems``: a ``ConditionCheck`` that the instance is running,
+        and an ``Update`` of the callback's item, ``SET heartbeat_at``, on condition
         that it is a pending callback with this request digest and no later heartbeat is
         recorded. The write leaves ``activations`` alone: an activation running meanwhile
         keeps its commit. When a condition fails, one consistent read of each item says
