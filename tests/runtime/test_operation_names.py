@@ -220,3 +220,23 @@ def test_cli_history_and_describe_show_the_names(tmp_path: Path) -> None:
         rt.register(flow.named_flow)
         rt.run_until_idle()
         assert rt.result("n-1") == 31
+
+
+def test_a_named_call_removed_from_the_code_is_named_in_the_error() -> None:
+    """The replay of code that no longer makes a recorded named call names it as
+    ``<name> (service <service>)``."""
+    with _runtime(named) as rt:
+        rt.start(_swap(rt, lambda ctx: ctx.call(square, 1, name="lookup")), 1,
+                 workflow_id="removed")
+        rt.run_until_idle(skip_time=False)
+        @workflow(name="named")
+        async def gone(ctx: WorkflowContext[int]) -> int:
+            return 0  # the call and the sleep are gone
+
+        rt._workflows["named"] = gone
+        rt.run_until_idle()
+        with pytest.raises(WorkflowFailedError) as failed:
+            rt.result("removed")
+    assert failed.value.error_type == NonDeterminismError.__name__
+    assert ("the first missing one is #1, call 'lookup (service square)'"
+            in failed.value.message), failed.value.message

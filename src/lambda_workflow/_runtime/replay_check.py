@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from .._opnames import display
 from ..callbacks import CallbackTokens
 from ..errors import NonDeterminismError
 from ..models import History, InstanceStatus, OperationRecord, OperationState
@@ -123,7 +124,8 @@ def _recorded(history: History) -> str:
     """How the history says the instance ended, for messages."""
     inst = history.instance
     if inst.status is InstanceStatus.RUNNING:
-        pending = [f"{op.kind} {op.op_id} {op.name!r}" for op in history.operations
+        pending = [f"{op.kind} {op.op_id} {display(op.kind, op.name)!r}"
+                   for op in history.operations
                    if op.state is OperationState.PENDING]
         waiting = f"waiting on {', '.join(pending)}" if pending else "waiting on nothing"
         return f"still running ({waiting})"
