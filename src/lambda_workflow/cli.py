@@ -89,7 +89,8 @@ class _Printer:
             if event.duplicates:
                 parts.append(f"dropped duplicate replies to {', '.join(event.duplicates)};")
             if event.sent:
-                calls = ", ".join(f"{op.kind} {op.op_id} {op.name}" for op in event.sent)
+                calls = ", ".join(f"{op.kind} {op.op_id} {display(op.kind, op.name)}"
+                                  for op in event.sent)
                 parts.append(f"sent {calls};")
             if event.status == "completed":
                 parts.append(f"completed -> {_short(event.result)}")

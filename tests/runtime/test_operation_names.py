@@ -203,7 +203,8 @@ def test_cli_history_and_describe_show_the_names(tmp_path: Path) -> None:
         main(list(argv), out=out)
         return out.getvalue()
 
-    cli("start", str(module), "--db", db, "--id", "n-1", "--input", "3", "--run", "--quiet")
+    started = cli("start", str(module), "--db", db, "--id", "n-1", "--input", "3", "--run")
+    assert "sent call 2 audit-order (service audit)" in started, started
     history = cli("history", "--db", db, "n-1")
     assert "timer cool-off" in history, history
     assert "call audit-order (service audit)" in history, history
