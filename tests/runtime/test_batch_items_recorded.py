@@ -1,0 +1,186 @@
+"""Map items and parallel branches run as child contexts (issue 12 items 4 and 8), on the
+embedded runtime: a finished item returns its recorded value and its code never runs again;
+``flat=True`` (and every batch recorded before nesting) keeps today's shape."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from lambda_workflow import (
+    BatchError,
+    Completion,
+    Service,
+    ServiceError,
+    WorkflowContext,
+    WorkflowFailedError,
+    workflow,
+)
+from lambda_workflow._runtime.clock import VirtualClock
+from lambda_workflow.local import LocalRuntime
+
+square = Service("square", int, int)
+RUNS: Counter[int] = Counter()
+FLAT = {"flat": False}
+
+
+async def _square(n: int) -> int:
+    if n < 0:
+        raise ServiceError("Negative", f"{n} is negative")
+    return n * n
+
+
+def _runtime(*workflows: Any) -> LocalRuntime:
+    rt = LocalRuntime(clock=VirtualClock(1_700_000_000.0))
+    rt.register(*workflows)
+    rt.implement(square, _square)
+    return rt
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    RUNS.clear()
+    FLAT["flat"] = False
+
+
+@workflow
+async def squares(ctx: WorkflowContext[list[int]]) -> list[int]:
+    async def item(n: int) -> int:
+        RUNS[n] += 1
+        return await ctx.call(square, n)
+
+    result = await ctx.map(ctx.request, item, max_concurrency=3, flat=FLAT["flat"])
+    result.raise_if_error()
+    return result.values()
+
+
+def _run(items: list[int]) -> tuple[list[int], int, list[Any]]:
+    with _runtime(squares) as rt:
+        handle = rt.start(squares, items)
+        activations = len([r for r in rt.run_until_idle() if r.workflow_name == "squares"])
+        return handle.result(), activations, handle.history().operations
+
+
+def test_a_finished_item_never_runs_again() -> None:
+    """Nested (the default): each item's function runs in the activation that starts it and
+    in the one that delivers its reply, never after, however many activations follow."""
+    items = list(range(1, 13))
+    values, activations, ops = _run(items)
+    assert values == [n * n for n in items]
+    assert activations > 3
+    assert Counter(dict.fromkeys(items, 2)) == RUNS
+    contexts = [op for op in ops if op.kind == "context"]
+    assert [op.name for op in contexts] == [f"map[{i}]" for i in range(12)]
+    assert all(op.state.value == "completed" for op in contexts)
+    assert {op.op_id.rpartition(".")[0] for op in ops if op.kind == "call"} == {
+        op.op_id for op in contexts}
+
+
+def test_flat_items_run_again_on_every_replay() -> None:
+    """flat=True: no context operations; the calls are the parent's own, and every started
+    item's function runs again in every activation after it started."""
+    FLAT["flat"] = True
+    items = list(range(1, 13))
+    values, activations, ops = _run(items)
+    assert values == [n * n for n in items]
+    assert {op.kind for op in ops} == {"call"}
+    assert [op.op_id for op in ops] == [str(i) for i in range(1, 13)]
+    assert sum(RUNS.values()) > 2 * len(items)
+    assert RUNS[1] == activations  # the first item ran in every activation
+
+
+def test_a_batch_recorded_flat_replays_flat_under_nested_code() -> None:
+    """A history whose batch recorded its branches' operations directly (flat, as every
+    batch before nesting did) goes on flat when the code's default is nested."""
+    FLAT["flat"] = True
+    with _runtime(squares) as rt:
+        handle = rt.start(squares, [1, 2, 3, 4, 5])
+        assert rt.step_workflows()  # the start: three calls recorded flat
+        assert rt.step_services()
+        assert rt.step_workflows()  # their replies: two more calls, still flat
+        FLAT["flat"] = False
+        rt.run_until_idle()
+        assert handle.result() == [1, 4, 9, 16, 25]
+        assert {op.kind for op in handle.history().operations} == {"call"}
+
+
+@workflow
+async def named(ctx: WorkflowContext[None]) -> list[int]:
+    result = await ctx.parallel([lambda: ctx.call(square, 2), lambda: ctx.call(square, -3)],
+                                names=["two", "minus three"],
+                                completion=Completion(all_completed=True))
+    try:
+        result.raise_if_error()
+    except BatchError as exc:
+        assert "minus three" not in str(exc)  # the branch's error is the service's
+        return [[e.status.value == "failed" for e in result.items].count(True), 0]
+    return [0]
+
+
+def test_branch_names_are_recorded_and_errors_stay_the_services() -> None:
+    with _runtime(named) as rt:
+        handle = rt.start(named, None)
+        rt.run_until_idle()
+        assert handle.result() == [1, 0]
+        ops = handle.history().operations
+    assert [(op.op_id, op.name) for op in ops if op.kind == "context"] == [
+        ("1", "two"), ("2", "minus three")]
+    failed = next(op for op in ops if op.name == "minus three")
+    assert failed.state.value == "failed"
+
+
+@workflow
+async def item_named(ctx: WorkflowContext[list[str]]) -> list[str]:
+    async def shout(word: str) -> str:
+        await ctx.sleep(5)
+        return word.upper()
+
+    result = await ctx.map(ctx.request, shout, item_name=lambda word, i: f"{i}:{word}")
+    return result.values()
+
+
+def test_map_takes_an_item_namer() -> None:
+    with _runtime(item_named) as rt:
+        handle = rt.start(item_named, ["a", "b"])
+        rt.run_until_idle()
+        assert handle.result() == ["A", "B"]
+        ops = handle.history().operations
+    assert [(op.op_id, op.kind, op.name) for op in ops] == [
+        ("1", "context", "0:a"), ("2", "context", "1:b"),
+        ("1.1", "timer", "sleep"), ("2.1", "timer", "sleep")]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"names": ["only one"]}, "ctx.parallel got 1 names for 2 branches"),
+    ({"names": ["a", ""]}, "a parallel branch's name must be a non-empty printable string"),
+    ({"flat": "yes"}, "flat must be a bool, got 'yes'"),
+])
+def test_bad_batch_options_are_named(kwargs: dict[str, Any], message: str) -> None:
+    @workflow
+    async def bad(ctx: WorkflowContext[None]) -> int:
+        await ctx.parallel([lambda: ctx.call(square, 1), lambda: ctx.call(square, 2)],
+                           **kwargs)
+        return 0
+
+    with _runtime(bad) as rt:
+        handle = rt.start(bad, None)
+        rt.run_until_idle()
+        with pytest.raises(WorkflowFailedError, match=message):
+            handle.result()
+
+
+def test_an_item_namer_returning_a_non_string_is_named() -> None:
+    @workflow
+    async def bad(ctx: WorkflowContext[None]) -> int:
+        namer: Any = lambda n, i: n  # noqa: E731
+        await ctx.map([1], lambda n: ctx.call(square, n), item_name=namer)
+        return 0
+
+    with _runtime(bad) as rt:
+        handle = rt.start(bad, None)
+        rt.run_until_idle()
+        with pytest.raises(WorkflowFailedError, match=r"item_name\(item 0\) must be a "
+                                                      r"non-empty printable string, got 1"):
+            handle.result()
