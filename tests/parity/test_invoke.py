@@ -249,3 +249,22 @@ def test_invoke_5_14_two_invokes_in_sequence() -> None:
         assert handle.result() == ["one", "two"]
         assert recorded(handle) == [("call", "echo", "completed"),
                                     ("child", "echo_target", "completed")]
+
+
+async def invoke_inside(c: WorkflowContext[Any]) -> Any:
+    return await c.call(echo, c.request)
+
+
+@workflow
+async def invoke_in_child(ctx: WorkflowContext[str]) -> Any:
+    return await ctx.run_in_child_context(invoke_inside)
+
+
+def test_invoke_5_13_an_invoke_inside_a_child_context() -> None:
+    with runtime(invoke_in_child, services=SERVICES) as rt:
+        handle = rt.start(invoke_in_child, "abcdefgh")
+        rt.run_until_idle()
+        assert handle.result() == "abcdefgh"
+        ops = {op.kind: op for op in handle.history().operations}
+        assert ops["call"].op_id.startswith(ops["context"].op_id + ".")
+        assert ops["context"].state.value == "completed"

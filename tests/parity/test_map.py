@@ -249,3 +249,43 @@ def test_map_9_18_a_wait_after_a_map_that_completed_with_a_failure() -> None:
         assert handle.result() == {"completionReason": "ALL_COMPLETED", "status": "FAILED",
                                    "successCount": 1, "failureCount": 1, "totalCount": 2}
         assert activations(handle) == 2
+
+
+def label_flat(item: str) -> str:
+    return item
+
+
+@workflow
+async def map_flat(ctx: WorkflowContext[list[str]]) -> list[str]:
+    result = await ctx.map(ctx.request, lambda item: ctx.step(label_flat, item),
+                           max_concurrency=1, flat=True)
+    return result.values()
+
+
+def test_map_9_12_flat_items_record_their_steps_directly() -> None:
+    with runtime(map_flat) as rt:
+        handle = rt.start(map_flat, ["fa", "fb"])
+        rt.run_until_idle()
+        assert handle.result() == ["fa", "fb"]
+        assert [(op.kind, op.name) for op in handle.history().operations] == [
+            ("step", "label_flat")] * 2
+
+
+async def times_ten(item: int) -> int:
+    return item * 10
+
+
+@workflow
+async def map_named_items(ctx: WorkflowContext[list[int]]) -> list[int]:
+    result = await ctx.map(ctx.request, times_ten, max_concurrency=1,
+                           item_name=lambda item, index: f"item-{item}")
+    return result.values()
+
+
+def test_map_9_13_an_item_namer_names_each_items_context() -> None:
+    with runtime(map_named_items) as rt:
+        handle = rt.start(map_named_items, [1, 2])
+        rt.run_until_idle()
+        assert handle.result() == [10, 20]
+        assert [(op.kind, op.name) for op in handle.history().operations] == [
+            ("context", "item-1"), ("context", "item-2")]

@@ -301,3 +301,34 @@ def test_parallel_8_22_failures_at_exactly_the_tolerated_percentage_run_every_br
                         Completion(tolerated_failure_percentage=25))
     assert result == {"completionReason": "ALL_COMPLETED", "status": "FAILED",
                       "successCount": 3, "failureCount": 1, "totalCount": 4}
+
+
+@workflow
+async def parallel_named(ctx: WorkflowContext[None]) -> list[str]:
+    result = await ctx.parallel([returns("one"), returns("two")], max_concurrency=1,
+                                names=["first", "second"])
+    return result.values()
+
+
+def test_parallel_8_3_named_branches_record_their_names() -> None:
+    with runtime(parallel_named) as rt:
+        handle = rt.start(parallel_named, None)
+        rt.run_until_idle()
+        assert handle.result() == ["one", "two"]
+        assert recorded(handle) == [("context", "first", "completed"),
+                                    ("context", "second", "completed")]
+
+
+@workflow
+async def parallel_flat(ctx: WorkflowContext[None]) -> list[str]:
+    result = await ctx.parallel([lambda: ctx.step(task, "fa"), lambda: ctx.step(task, "fb")],
+                                max_concurrency=1, flat=True)
+    return result.values()
+
+
+def test_parallel_8_12_flat_branches_record_their_steps_directly() -> None:
+    with runtime(parallel_flat) as rt:
+        handle = rt.start(parallel_flat, None)
+        rt.run_until_idle()
+        assert handle.result() == ["fa", "fb"]
+        assert recorded(handle) == [("step", "task", "completed")] * 2

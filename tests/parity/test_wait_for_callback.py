@@ -259,3 +259,26 @@ def test_wait_for_callback_7_15_a_success_without_a_payload_returns_null() -> No
         assert handle.status() is InstanceStatus.COMPLETED
 
 
+
+
+async def wrapped_wait(c: WorkflowContext[str]) -> str:
+    return await c.wait_for_callback(c.request, submit, str)
+
+
+@workflow
+async def wfc_in_child(ctx: WorkflowContext[str]) -> str:
+    return await ctx.run_in_child_context(wrapped_wait, name="wrapper")
+
+
+def test_wait_for_callback_7_8_inside_a_child_context() -> None:
+    with runtime(wfc_in_child) as rt:
+        handle = rt.start(wfc_in_child, "wfc-in-child")
+        rt.run_until_idle(skip_time=False)
+        ops = {op.kind: op for op in handle.history().operations}
+        assert ops["context"].name == "wrapper"
+        assert ops["callback"].op_id.startswith(ops["context"].op_id + ".")
+        rt.complete_callback(SUBMITTED[0], "payload")
+        rt.run_until_idle(skip_time=False)
+        assert handle.result() == "payload"
+        assert ops["context"].op_id in {op.op_id for op in handle.history().operations
+                                        if op.state.value == "completed"}
