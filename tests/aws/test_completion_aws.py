@@ -1,13 +1,21 @@
-"""Completion rules and named operations on AWS (moto's server over HTTP): batches over a
-service on SQS report AWS's completion reason and counts (parallel 8.10, 8.17), a named call
-is routed to its service's queue, and the names come back from DynamoDB's history."""
+"""Completion rules, condition checks and named operations on AWS (moto's server over
+HTTP): batches over a service on SQS report AWS's completion reason and counts (parallel
+8.10, 8.17), a named call is routed to its service's queue, the names come back from
+DynamoDB's history, and a failing condition check is not retried (wait_for_condition 6.8)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
 
-from lambda_workflow import Completion, Service, ServiceError, WorkflowContext, workflow
+from lambda_workflow import (
+    Completion,
+    Service,
+    ServiceError,
+    StepError,
+    WorkflowContext,
+    workflow,
+)
 from lambda_workflow._opnames import display
 from lambda_workflow.aws import (
     AwsDeployment,
@@ -86,3 +94,49 @@ def test_completion_and_names_on_aws(aws: Aws, clock: ShiftedClock) -> None:  # 
     shown = [(op.kind, display(op.kind, op.name)) for op in handle.history().operations]
     assert ("timer", "cool-off") in shown
     assert ("call", "final-check (service check)") in shown
+
+
+CHECKS: list[int] = []
+
+
+def _failing_check(state: int) -> int:
+    CHECKS.append(state)
+    raise ConnectionError("status service down")
+
+
+@workflow
+async def condition(ctx: WorkflowContext[None]) -> str:
+    try:
+        await ctx.wait_for_condition(_failing_check, 0, lambda s, a: None, name="status")
+    except StepError as exc:
+        await ctx.sleep(60, name="after")  # the replay after it must not check again
+        return f"recovered from {exc.error_type}"
+    return "no error"
+
+
+def test_a_failing_condition_check_is_not_retried_on_aws(aws: Aws,
+                                                         clock: ShiftedClock) -> None:  # noqa: F811
+    """wait_for_condition 6.8 on DynamoDB: the check raised once, was not retried, and the
+    replay after the sleep returned the recorded failure without checking again."""
+    config = replace(aws.config(), timer_queue_url=aws.create_queue(aws.name("timers")))
+    deployment = AwsDeployment(config, session=aws.session, clock=clock)
+    sqs = aws.client("sqs")
+    pollers = [
+        EventSourceMapping(sqs, config.queue_url,
+                           workflow_handler(condition, deployment=deployment)),
+        EventSourceMapping(sqs, config.timer_queue_url or "",
+                           timer_handler(deployment=deployment)),
+    ]
+    client = WorkflowClient(config, session=aws.session, clock=clock)
+    CHECKS.clear()
+    handle = client.start(condition, None, workflow_id="condition-aws")
+    drain(pollers)
+    for _ in range(4):
+        if handle.status().value != "running":
+            break
+        clock.offset += 60
+        drain(pollers)
+    assert handle.result() == "recovered from ConnectionError"
+    assert CHECKS == [0]
+    assert [(op.kind, op.name) for op in handle.history().operations] == [
+        ("step", "status"), ("timer", "after")]
