@@ -536,10 +536,19 @@ def build(app: App) -> dict[str, Any]:
             "Type": "String", "Default": "",
             "Description": "An SNS topic the dead-letter queues' alarms notify (empty: the "
                            "alarms notify no one)."},
+        "KmsKeyArn": {
+            "Type": "String", "Default": "",
+            "AllowedPattern": r"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/\S+)?$",
+            "ConstraintDescription": "empty, or the ARN of a KMS key",
+            "Description": "A symmetric KMS key that encrypts every stored and sent payload "
+                           "(LAMBDA_WORKFLOW_CODEC zlib+kms:<this>, docs/codecs.md); the "
+                           "functions and ClientRole get kms:GenerateDataKey and kms:Decrypt "
+                           "on it (empty: payloads are stored as they are)."},
     }
     conditions: dict[str, Any] = {
         "KeepForever": {"Fn::Equals": [_ref("RetentionDays"), "0"]},
         "HasAlarmTopic": {"Fn::Not": [{"Fn::Equals": [_ref("AlarmTopicArn"), ""]}]},
+        "HasKmsKey": {"Fn::Not": [{"Fn::Equals": [_ref("KmsKeyArn"), ""]}]},
     }
     for ext in app.external:
         stem = ids[ext.service]
@@ -800,6 +809,17 @@ def build(app: App) -> dict[str, Any]:
                        _sub(f"${{PayloadBucket.Arn}}/{DEFAULT_PREFIX}*")),
             _statement("CallbackKeys", ["secretsmanager:GetSecretValue"],
                        _ref("CallbackKeySecret"))])}]}}
+    # The payload key (KmsKeyArn): every role that reads or writes payloads, i.e. the
+    # workflow functions, the services built with the SDK and clients; not the timer
+    # function (it reads instance status only) nor plain services (they send plain JSON).
+    resources["PayloadKeyPolicy"] = {"Type": "AWS::IAM::Policy", "Condition": "HasKmsKey",
+                                     "Properties": {
+        "PolicyName": "payload-key",
+        "Roles": [_ref(f"{stem}Role") for stem in modules]
+                 + [_ref(f"{ids[s.service]}Role") for s in app.services if s.sdk]
+                 + [_ref("ClientRole")],
+        "PolicyDocument": _document([_statement(
+            "PayloadKey", ["kms:GenerateDataKey", "kms:Decrypt"], _ref("KmsKeyArn"))])}}
 
     # functions
     def queues_json(route: Mapping[str, str]) -> dict[str, Any]:
@@ -818,6 +838,10 @@ def build(app: App) -> dict[str, Any]:
                 environment[_SETTINGS + "WORKFLOW_QUEUES"] = queues_json(routes[wm.module])
         if targets:
             environment[_SETTINGS + "SERVICES"] = _sub(json.dumps(targets, sort_keys=True))
+        plain = sorted([s.service for s in reaches(stem) if not s.sdk]
+                       + [e.service for e in reaches_external(stem)])
+        if plain:  # requests they read as plain JSON under any codec (docs/codecs.md)
+            environment[_SETTINGS + "PLAIN_SERVICES"] = ",".join(plain)
         environment |= {
             _SETTINGS + "SCHEDULER_ROLE_ARN": _arn("SchedulerRole"),
             _SETTINGS + "SCHEDULER_GROUP": _ref("TimerScheduleGroup"),
@@ -924,7 +948,9 @@ def build(app: App) -> dict[str, Any]:
                 _SETTINGS + "TIMER_QUEUE_URL": _ref("TimerQueue"),
                 _SETTINGS + "PAYLOAD_THRESHOLD": _ref("PayloadThreshold"),
                 _SETTINGS + "RETENTION_DAYS": _ref("RetentionDays"),
-                _SETTINGS + "MAX_RECEIVES": _ref("MaxReceives")}}}},
+                _SETTINGS + "MAX_RECEIVES": _ref("MaxReceives"),
+                _SETTINGS + "CODEC": {"Fn::If": [
+                    "HasKmsKey", _sub("zlib+kms:${KmsKeyArn}"), "identity"]}}}}},
         "Resources": {name: resources[name] for name in _ordered(resources)},
         "Outputs": {name: outputs[name] for name in sorted(outputs)},
     }
@@ -937,7 +963,7 @@ _SECTIONS = [
     ("who may send, over TLS only", ("AWS::SQS::QueuePolicy",)),
     ("alarms on the dead-letter queues", ("AWS::CloudWatch::Alarm",)),
     ("logs", ("AWS::Logs::LogGroup",)),
-    ("permissions", ("AWS::IAM::Role", "AWS::IAM::ManagedPolicy")),
+    ("permissions", ("AWS::IAM::Role", "AWS::IAM::ManagedPolicy", "AWS::IAM::Policy")),
     ("functions", ("AWS::Serverless::Function",)),
 ]
 
@@ -1081,6 +1107,8 @@ def _notes(app: App) -> dict[str, str]:
         "CallbackKeySecret": "The keys that sign and verify callback tokens (docs/aws.md, "
                              "\"Callback keys and rotation\"): read by the workflow function "
                              "and ClientRole only.",
+        "PayloadKeyPolicy": "With KmsKeyArn set: data keys of the payload codec (docs/codecs.md) "
+                            "for the roles that read or write payloads.",
         "WorkflowTable": "Workflow state: the DynamoDB backend's table_definition() (the "
                          "by_status index lists instances) and TTL on expires_at. Kept when the "
                          "stack is deleted.",

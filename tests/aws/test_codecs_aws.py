@@ -350,3 +350,62 @@ def test_an_encoded_request_reaches_a_lambda_service(aws: Aws) -> None:
     (reply,) = aws.client("sqs").receive_message(QueueUrl=config.queue_url)["Messages"]
     assert PayloadCodec().codec_of(base64.b64decode(reply["Body"])) == "zlib"
     assert orjson.loads(decode_body(reply["Body"].encode(), deployment.codec))["value"] == 42
+
+
+# -- the template ----------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:Tried to parse:UserWarning")
+def test_the_bank_stack_with_a_kms_key_runs_encrypted(aws: Aws,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/template.yaml with KmsKeyArn set, on moto's CloudFormation: every function
+    reads LAMBDA_WORKFLOW_CODEC zlib+kms:<key>, the key policy attaches to the roles that
+    read or write payloads (not the timer's nor the plain service's), the workflow function
+    sends the plain service plain JSON, and a transaction completes with every workflow
+    record in the table encrypted."""
+    import bank_transaction as bank
+    from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-untyped]
+
+    from .harness import AsyncInvoker
+    from .test_template_generator import (
+        BANK_TEMPLATE,
+        ROOT,
+        _deploy,
+        _run_until_done,
+        translate,
+    )
+
+    monkeypatch.setattr(bank, "BALANCES", dict(bank.BALANCES))
+    key = _key(aws)
+    sam = yaml_parse(BANK_TEMPLATE.read_text(encoding="utf-8"))
+    cfn = translate(sam, parameters={"KmsKeyArn": key})
+    policy = cfn["Resources"]["PayloadKeyPolicy"]
+    assert policy["Condition"] == "HasKmsKey"
+    assert sorted(r["Ref"] for r in policy["Properties"]["Roles"]) == [
+        "BalanceRole", "ClientRole", "FraudRole", "WorkflowRole"]
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Action"] == ["kms:GenerateDataKey", "kms:Decrypt"]
+    assert statement["Resource"] == {"Ref": "KmsKeyArn"}
+    examples = ROOT / "examples"
+    deployed = _deploy(aws, sam, "bankkms", {f"{m}.py": examples / f"{m}.py" for m in (
+        "bank_lambda", "bank_transaction", "plain_transaction_service")}, {"KmsKeyArn": key})
+    for env in deployed.environments.values():
+        assert env["LAMBDA_WORKFLOW_CODEC"] == f"zlib+kms:{key}"
+    assert deployed.environments["WorkflowFunctionName"][
+        "LAMBDA_WORKFLOW_PLAIN_SERVICES"] == "transaction"
+    outputs = deployed.outputs
+    client = WorkflowClient(AwsConfig(
+        table=outputs["TableName"], queue_url=outputs["WorkflowQueueUrl"],
+        bucket=outputs["PayloadBucketName"], endpoint_url=aws.endpoint, region="us-east-1",
+        codec=f"zlib+kms:{key}"), session=aws.session)
+    handle = client.start(bank.make_transaction,
+                          bank.BankTransaction(account_id="alice", amount=30),
+                          workflow_id="tx-kms")
+    _run_until_done([*deployed.pollers, AsyncInvoker(aws.invocations,
+                                                     deployed.async_functions)], handle)
+    assert handle.result() == "success"
+    items = aws.client("dynamodb").scan(TableName=outputs["TableName"])["Items"]
+    ours = [v["B"] for i in items if not i["pk"]["S"].startswith("svc#transaction#")
+            for v in i.values() if "B" in v]
+    assert len(ours) >= 6
+    assert {PayloadCodec().codec_of(r) for r in ours} == {"zlib+kms"}
+    assert deployed.modules["TransactionFunctionName"].LEDGER == [
+        {"account_id": "alice", "amount": 30}]

@@ -189,7 +189,9 @@ def _fake(value: Any, params: Mapping[str, str], conditions: Mapping[str, bool])
     if key == "Fn::GetAtt":
         return f"arn:aws:iam::{ACCOUNT}:role/stack-{arg[0]}"
     if key == "Fn::If":
-        return _fake(arg[1] if conditions[arg[0]] else arg[2], params, conditions)
+        # HasKmsKey holds when the KmsKeyArn parameter is set (docs/codecs.md)
+        holds = bool(params.get("KmsKeyArn")) if arg[0] == "HasKmsKey" else conditions[arg[0]]
+        return _fake(arg[1] if holds else arg[2], params, conditions)
     if key == "Fn::Select":
         return _fake(arg[1], params, conditions)[int(arg[0])]
     if key == "Fn::Split":
@@ -745,7 +747,10 @@ def _deploy(aws: Aws, sam: Template, stack: str, code: Mapping[str, Path],
     outputs = {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]}
     created = {r["LogicalResourceId"]
                for r in cfn.list_stack_resources(StackName=stack)["StackResourceSummaries"]}
-    skipped = {name for name in template["Resources"] if name not in created}
+    # A resource on HasKmsKey is not created without a KmsKeyArn (CloudFormation's rule).
+    skipped = {name for name in template["Resources"] if name not in created
+               and not (template["Resources"][name].get("Condition") == "HasKmsKey"
+                        and not parameters.get("KmsKeyArn"))}
     kinds = {r["Type"] for r in template["Resources"].values()}
     assert {template["Resources"][n]["Type"] for n in skipped} == MOTO_UNSUPPORTED & kinds
     assert not {"CallbackKeySecretArn", "TimerScheduleGroupName"} & set(outputs)

@@ -45,6 +45,8 @@ Every Lambda function of a deployment reads the same variables (the SAM template
 ``LAMBDA_WORKFLOW_CODEC``           the payload codec of everything stored (docs/codecs.md):
                                     ``identity`` (default), ``zlib``, ``kms:<key ARN>``,
                                     ``zlib+kms:<key ARN>``
+``LAMBDA_WORKFLOW_PLAIN_SERVICES``  services written without this SDK, comma-separated: their
+                                    requests are sent as plain JSON under any codec
 ``AWS_ENDPOINT_URL``                boto3's own: an alternative endpoint (tests use moto's)
 =================================== ========================================================
 """
@@ -212,6 +214,7 @@ class AwsConfig:
     endpoint_url: str | None = None
     region: str | None = None
     codec: str = "identity"
+    plain_services: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         raise_problems(_problems(self))
@@ -257,6 +260,9 @@ class AwsConfig:
             "endpoint_url": env.get("AWS_ENDPOINT_URL") or None,
             "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             "codec": env.get(_ENV + "CODEC") or "identity",
+            "plain_services": frozenset(
+                name.strip() for name in env.get(_ENV + "PLAIN_SERVICES", "").split(",")
+                if name.strip()),
         }
         values.update(overrides)
         for service in required:

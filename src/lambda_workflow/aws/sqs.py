@@ -196,15 +196,17 @@ class SqsFifoTransport:
         """Send one request body to ``target``."""
         owner = request_owner(service)
         what = f"a request to service {service!r}"
+        # A service written without this SDK reads plain JSON (LAMBDA_WORKFLOW_PLAIN_SERVICES).
+        codec = None if service in self.config.plain_services else self.codec
         if target.kind == "sqs":
             fifo = target.fifo
             send_message(self.clients.sqs, target.address, body,
                          group_id=dedup_id if fifo else None,
                          dedup_id=dedup_id if fifo else None, what=what,
                          payloads=self.payloads, threshold=self.config.payload_threshold,
-                         owner=owner, codec=self.codec)
+                         owner=owner, codec=codec)
             return
-        encoded = encode_body(body, self.codec)
+        encoded = encode_body(body, codec)
         # An event is JSON: an encoded request travels as a JSON string.
         payload = encoded if encoded is body else orjson.dumps(encoded.decode())
         if len(payload) > self.config.payload_threshold and self.payloads is not None:
