@@ -183,3 +183,13 @@ def test_the_protocol_is_runtime_checkable() -> None:
     for codec in (IdentityCodec(), ZlibCodec(), Reverse(), ChainCodec(Reverse())):
         assert isinstance(codec, Codec)
     assert not isinstance(object(), Codec)
+
+
+def test_kms_without_cryptography_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "cryptography" else real(name, *a))
+    with pytest.raises(ValueError, match=r"lambda-workflow\[kms\]"):
+        codec_from_spec("kms:alias/payloads", kms=object())

@@ -16,6 +16,7 @@ those of a deployment without a codec), :class:`ZlibCodec` (compression),
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import struct
 import threading
@@ -428,6 +429,10 @@ def codec_from_spec(spec: str, kms: Any = None) -> PayloadCodec:
                 problems.append("kms needs a key: kms:<key ARN, id or alias>")
             elif kms is None:
                 problems.append("kms needs a KMS client (none was given)")
+            elif importlib.util.find_spec("cryptography") is None:
+                problems.append("kms needs the cryptography package: pip install "
+                                "'lambda-workflow[kms]' (and add cryptography to the "
+                                "functions' requirements)")
             else:
                 parts.append(KmsCodec(kms, arg))
         else:
