@@ -11,10 +11,12 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import BaseModel
 
 from lambda_workflow import (
     CallbackHeartbeatTimeoutError,
     InvalidCallbackTokenError,
+    Service,
     WorkflowContext,
     workflow,
 )
@@ -407,3 +409,64 @@ def test_the_cli_heartbeat_on_a_state_file_needs_no_module_and_no_activation(
     history = store.load_history("h11")
     assert history is not None and history.instance.activations == activations
     assert store.last_heartbeat("h11", "1") is not None
+
+
+# -- the recipe of docs/primitives.md (callbacks, heartbeats) -----------------------------
+class ExportJob(BaseModel):
+    token: str
+    table: str
+
+
+class Queued(BaseModel):
+    job_id: str
+
+
+class ExportDone(BaseModel):
+    rows: int
+
+
+export_service = Service("export-jobs", ExportJob, Queued)
+
+
+@workflow
+async def nightly_export(ctx: WorkflowContext[str]) -> str:
+    job = ctx.create_callback("export", ExportDone, timeout=6 * 3600, heartbeat_timeout=300)
+    await ctx.call(export_service, ExportJob(token=job.token, table=ctx.request))
+    try:
+        done = await job
+    except CallbackHeartbeatTimeoutError:
+        return "the export worker stopped reporting"
+    return f"exported {done.rows} rows"
+
+
+def test_recipe_a_worker_heartbeats_a_long_export() -> None:
+    """The worker that took the job heartbeats after each chunk (every minute, under the
+    5-minute heartbeat timeout) for half an hour, then completes the callback: the export is
+    not timed out; the 30 heartbeats start no activation, and the heartbeat timer fires 7
+    times (re-armed each time for the time left after the last heartbeat)."""
+    jobs: list[ExportJob] = []
+    with LocalRuntime(clock=VirtualClock(T0)) as rt:
+        rt.register(nightly_export)
+
+        def take(job: ExportJob) -> Queued:  # the job queue hands it to a worker
+            jobs.append(job)
+            return Queued(job_id=f"j-{len(jobs)}")
+
+        rt.implement(export_service, take)
+        handle = rt.start(nightly_export, "orders", workflow_id="export-1")
+        rt.run_until_idle(skip_time=False)
+        (job,) = jobs
+        for _ in range(30):  # the worker: one chunk a minute
+            rt.advance_time(60)
+            rt.run_until_idle(skip_time=False)
+            rt.heartbeat_callback(job.token)
+        rt.complete_callback(job.token, ExportDone(rows=1_500_000))
+        rt.run_until_idle(skip_time=False)
+        assert handle.result() == "exported 1500000 rows"
+        fired = [op for op in handle.history().operations
+                 if op.kind == "timer" and op.state is OperationState.COMPLETED]
+        # at 300 s, then every 240 s: when it fires, the last heartbeat is 60 s old
+        assert [op.resolved_at - T0 for op in fired if op.resolved_at] == [
+            300, 540, 780, 1020, 1260, 1500, 1740]
+        # start, the call's reply, the timer's firings, the completion
+        assert handle.history().instance.activations == 3 + len(fired)
