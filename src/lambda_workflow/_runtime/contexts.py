@@ -97,6 +97,24 @@ def adapter_for(result_type: Any) -> pydantic.TypeAdapter[Any]:
     return cached
 
 
+def _woken(r: Replayer) -> set[str]:
+    """The contexts with an operation (at any depth) whose outcome arrived in this
+    activation, that was recorded by an earlier attempt of it (saved mid-activation, then
+    crashed: the body may not have reached its waiting point), or that is a step attempt
+    interrupted by a crash (only running the body records it as interrupted)."""
+    woken = r._woken_contexts
+    if woken is None:
+        woken = r._woken_contexts = set()
+        touched = [rec.op_id for rec in r._history if rec.created_in >= r._activation or (
+            rec.kind == "step" and rec.state is OperationState.PENDING)]
+        for op_id in [*r._staged, *touched]:
+            parent = op_id.rpartition(".")[0]
+            while parent and parent not in woken:
+                woken.add(parent)
+                parent = parent.rpartition(".")[0]
+    return woken
+
+
 def _error_payload(exc: BaseException) -> bytes:
     """The recorded failure of a context whose body raised ``exc``. A service's error keeps
     what :class:`ServiceError` carries, so it is raised again as one."""
@@ -139,6 +157,10 @@ async def run_context(r: Replayer, name: str, index: int | None,
         r.new_operation(pos, "context", name, payload, frame, op_id=op_id, record_seq=rseq)
     elif decision == _core.PENDING:
         idx.pending.remove(op_id)  # a context waits on its body, not on a reply
+        if op_id not in _woken(r) and rec.created_in < r._activation and not r._relaxed:
+            # Nothing under it got an outcome in this activation: its body would replay to
+            # the same point and wait again. It waits without running.
+            await r._loop.create_future()
     elif rec.state is OperationState.COMPLETED and rec.result == REPLAY_CHILDREN:
         idx.waiting.pop(pos, None)
         replay_children = True

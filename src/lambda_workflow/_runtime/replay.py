@@ -230,6 +230,7 @@ class Replayer:
         self._n_root, self._scoped = scoped_layout(history)
         self._index.bound = self._n_root
         self._n_scoped_new = 0
+        self._woken_contexts: set[str] | None = None
         if self._scoped:
             self.call = self._scoped_call
 
@@ -347,6 +348,8 @@ class Replayer:
         for attempt in range(1, st.retry.max_attempts + 1):
             ok, payload = self._attempt(st, attempt, arguments, args, kwargs, frame)
             if ok:
+                if st.serdes is not None:
+                    return self._read_serdes(st, payload, frame)
                 return st.result_adapter.validate_json(payload)
             error = orjson.loads(payload)
             retry = (error.get("details") or {}).get("retry", False)
@@ -355,6 +358,20 @@ class Replayer:
             await self.durable("timer", f"retry:{st.name}", _TIMER_REQUEST, _NONE,
                                {"seconds": st.retry.delay(attempt, key)}, frame)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _read_serdes(self, st: Step[Any, Any], payload: bytes, frame: FrameType | None) -> Any:
+        """A step's recorded result read back by its serdes. The first run checked the round
+        trip before recording, so this fails only when the serdes changed under a running
+        instance (another name, or it no longer reads what it wrote)."""
+        try:
+            return st.result_adapter.validate_json(payload)
+        except pydantic.ValidationError as exc:
+            self._mismatch = NonDeterminismError(
+                f"workflow {self.workflow.name!r} ({self.workflow_id}): the recorded result of "
+                f"step {st.name!r} at {site_of(frame)} cannot be read back: "
+                f"{describe_validation_error(exc)}; did its serdes change while the workflow "
+                "ran? (use ctx.patched to change it)")
+            raise self._mismatch from None
 
     def _attempt(self, st: Step[Any, Any], attempt: int, arguments: bytes,
                  args: tuple[Any, ...], kwargs: dict[str, Any], frame: FrameType | None
@@ -397,6 +414,8 @@ class Replayer:
         info = StepInfo(st.name, attempt, self.workflow_id)
         try:
             payload = _core.encode_value(st.result_adapter, st.run(info, args, kwargs))
+            if st.serdes is not None:  # the round trip fails here, recorded, or never
+                st.result_adapter.validate_json(payload)
         except (pydantic.ValidationError, pydantic_core.PydanticSerializationError) as exc:
             ok, payload = False, _step_error(
                 "StepResultError", f"step {st.name!r} returned a value that is not a valid "
