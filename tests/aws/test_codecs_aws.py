@@ -409,3 +409,11 @@ def test_the_bank_stack_with_a_kms_key_runs_encrypted(aws: Aws,
     assert {PayloadCodec().codec_of(r) for r in ours} == {"zlib+kms"}
     assert deployed.modules["TransactionFunctionName"].LEDGER == [
         {"account_id": "alice", "amount": 30}]
+
+
+def test_a_body_that_looks_encoded_but_is_not_base64_is_invalid() -> None:
+    """Dead-lettered at once with the reason (InvalidMessageError), never retried."""
+    from lambda_workflow.errors import InvalidMessageError
+
+    with pytest.raises(InvalidMessageError, match="not base64"):
+        decode_body(ENCODED_BODY_PREFIX + b"!!! not base64", PayloadCodec())
