@@ -38,6 +38,7 @@ from .errors import (
     WorkflowNotFinishedError,
     WorkflowNotFoundError,
 )
+from .serdes import Serdes
 from .service import Service
 from .steps import (
     Jitter,
@@ -80,6 +81,7 @@ __all__ = [
     "RepairError",
     "RetryPolicy",
     "Semantics",
+    "Serdes",
     "Service",
     "ServiceError",
     "StateFileInUseError",

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from .batch import BatchResult, Completion
     from .callbacks import Callback
+    from .serdes import Serdes
     from .service import Service, ServiceCall
     from .steps import RetryPolicy, Step
     from .workflow import Workflow, WorkflowStart
@@ -333,15 +334,16 @@ class WorkflowContext(Generic[ReqT]):
     @overload
     def create_callback(self, name: str, result_type: type[CbT], /, *,
                         timeout: float | timedelta | None = None,
-                        heartbeat_timeout: float | timedelta | None = None
-                        ) -> Callback[CbT]: ...
+                        heartbeat_timeout: float | timedelta | None = None,
+                        serdes: Serdes[CbT] | None = None) -> Callback[CbT]: ...
     @overload
     def create_callback(self, name: str, /, *, timeout: float | timedelta | None = None,
-                        heartbeat_timeout: float | timedelta | None = None
-                        ) -> Callback[Any]: ...
+                        heartbeat_timeout: float | timedelta | None = None,
+                        serdes: Serdes[Any] | None = None) -> Callback[Any]: ...
     def create_callback(self, name: str, result_type: Any = Any, /, *,
                         timeout: float | timedelta | None = None,
-                        heartbeat_timeout: float | timedelta | None = None) -> Callback[Any]:
+                        heartbeat_timeout: float | timedelta | None = None,
+                        serdes: Serdes[Any] | None = None) -> Callback[Any]:
         """Create a callback an external system completes, and return it at once.
 
         Hand ``cb.token`` to the external system (an approver's e-mail, a payment provider's
@@ -349,6 +351,8 @@ class WorkflowContext(Generic[ReqT]):
         ``fail_callback(token, error_type, message)`` or ``heartbeat_callback(token)`` of the
         client or the local runtime. ``await cb`` returns the value, validated as
         ``result_type``. Several callbacks may be outstanding and awaited in any order.
+        With ``serdes`` (a :class:`~lambda_workflow.Serdes`), ``await cb`` returns
+        ``serdes.deserialize`` of the completion's JSON text instead (callback 4.15, 4.16).
 
         Replay behaviour:
             Recorded: a ``callback`` operation (name and timeouts), and a ``timer`` for each
@@ -368,16 +372,21 @@ class WorkflowContext(Generic[ReqT]):
         beat = None if heartbeat_timeout is None else _limit(heartbeat_timeout,
                                                              "heartbeat_timeout")
         adapter: _pydantic.TypeAdapter[Any] = _pydantic.TypeAdapter(result_type)
+        if serdes is not None:
+            from .serdes import with_serdes
+
+            adapter = with_serdes(serdes, adapter, external=True)
         return self._driver.create_callback(name, adapter, limit, beat, sys._getframe(1))
 
     async def wait_for_callback(
         self, name: str, submitter: Callable[[str], Any], result_type: type[CbT], /,
         *, timeout: float | timedelta | None = None,
         heartbeat_timeout: float | timedelta | None = None,
-        retry: RetryPolicy | None = None,
+        retry: RetryPolicy | None = None, serdes: Serdes[CbT] | None = None,
     ) -> CbT:
         """Create a callback, run ``submitter(token)`` as a retryable step (send the token
-        to the external system), then wait for the callback's value.
+        to the external system), then wait for the callback's value (read by ``serdes``
+        when given, as :meth:`create_callback` does).
 
         Raises:
             StepError: the submitter failed on its last attempt.
@@ -388,7 +397,7 @@ class WorkflowContext(Generic[ReqT]):
         from .steps import Step
 
         callback = self.create_callback(name, result_type, timeout=timeout,
-                                        heartbeat_timeout=heartbeat_timeout)
+                                        heartbeat_timeout=heartbeat_timeout, serdes=serdes)
         # The callback must exist in the state before the submitter hands out its token: an
         # external system may answer at once.
         self._driver.persist_new_operations()
@@ -397,7 +406,8 @@ class WorkflowContext(Generic[ReqT]):
         return await callback
 
     async def run_in_child_context(self, fn: Callable[..., Awaitable[R]], /, *args: Any,
-                                   name: str | None = None) -> R:
+                                   name: str | None = None,
+                                   serdes: Serdes[R] | None = None) -> R:
         """Run ``await fn(child_ctx, *args)`` as a child context of this instance: its
         operations are grouped under it, and its result is recorded when it finishes.
 
@@ -416,6 +426,8 @@ class WorkflowContext(Generic[ReqT]):
             running the body; an unfinished one runs the body again, which replays its
             recorded operations. A result too large to record (over the payload limit, with
             no payload bucket) is recorded as such and the body runs again on every replay.
+            With ``serdes`` (a :class:`~lambda_workflow.Serdes`) the result is recorded as its
+            ``serialize`` output and the first run returns it after a round trip too.
 
         Raises:
             ChildContextError: the body raised; carries the error's type name and message
@@ -427,6 +439,10 @@ class WorkflowContext(Generic[ReqT]):
 
         label = _context_name(fn, name, "ctx.run_in_child_context")
         adapter = adapter_for(_result_type(fn))
+        if serdes is not None:  # ``serdes`` records the result (child 3.14)
+            from .serdes import with_serdes
+
+            adapter = with_serdes(serdes, adapter)
         child: WorkflowContext[ReqT] = WorkflowContext(self._driver, self._request,
                                                        self._workflow_id)
         result: R = await self._driver.run_context(label, None, lambda: fn(child, *args),
@@ -437,7 +453,8 @@ class WorkflowContext(Generic[ReqT]):
                        max_concurrency: int | None = None,
                        completion: Completion | None = None,
                        names: Sequence[str] | None = None, flat: bool = False,
-                       result_type: Any = None) -> BatchResult[R]:
+                       result_type: Any = None,
+                       item_serdes: Serdes[R] | None = None) -> BatchResult[R]:
         """Run branches (zero-argument async callables) concurrently and return their
         :class:`~lambda_workflow.BatchResult`, in branch order.
 
@@ -447,7 +464,9 @@ class WorkflowContext(Generic[ReqT]):
         Branches still running when it completes are cancelled; branches never started are
         reported ``not_started``. ``names`` names the branches (default ``parallel[<i>]``) in
         the history, the CLI and errors. Each branch's value goes through ``result_type``
-        (default: the branch's return annotation, else it is kept as JSON data).
+        (default: the branch's return annotation, else it is kept as JSON data), or is
+        recorded through ``item_serdes`` (a :class:`~lambda_workflow.Serdes`, nested branches
+        only; parallel 8.15).
 
         Replay behaviour:
             Nested (the default): each branch runs as a child context (see
@@ -480,20 +499,22 @@ class WorkflowContext(Generic[ReqT]):
             for label in labels:
                 _context_name(None, label, "a parallel branch's name")
         return await self._batch(branches, labels, result_type, max_concurrency, completion,
-                                 flat)
+                                 flat, item_serdes)
 
     async def map(self, items: Sequence[ItemT], fn: Callable[[ItemT], Awaitable[R]], /, *,
                   max_concurrency: int | None = None,
                   completion: Completion | None = None,
                   item_name: Callable[[ItemT, int], str] | None = None,
-                  flat: bool = False, result_type: Any = None) -> BatchResult[R]:
+                  flat: bool = False, result_type: Any = None,
+                  item_serdes: Serdes[R] | None = None) -> BatchResult[R]:
         """``await fn(item)`` for every item, concurrently (see :meth:`parallel`); the
         result's items are in the order of ``items``.
 
         ``item_name(item, index)`` names each item (default ``map[<index>]``) in the history,
         the CLI and errors. Items run nested (each a child context: a finished item returns
         its recorded value and ``fn`` never runs for it again) unless ``flat=True``; values go
-        through ``result_type`` (default: ``fn``'s return annotation).
+        through ``result_type`` (default: ``fn``'s return annotation), or are recorded
+        through ``item_serdes`` (map 9.14).
 
         Raises:
             ValueError: ``max_concurrency`` below 1, or ``item_name`` returned something
@@ -514,17 +535,25 @@ class WorkflowContext(Generic[ReqT]):
 
             result_type = _result_type(fn)
         return await self._batch([branch(item) for item in values], labels, result_type,
-                                 max_concurrency, completion, flat)
+                                 max_concurrency, completion, flat, item_serdes)
 
     async def _batch(self, branches: list[Callable[[], Awaitable[R]]], labels: list[str],
                      result_type: Any, max_concurrency: int | None,
-                     completion: Completion | None, flat: bool) -> BatchResult[R]:
+                     completion: Completion | None, flat: bool,
+                     item_serdes: Serdes[Any] | None = None) -> BatchResult[R]:
         """Run a batch: each branch a child context, or flat (see :meth:`parallel`)."""
         from ._runtime.contexts import adapter_for
         from .batch import Completion, run_batch
 
         if not isinstance(flat, bool):
             raise TypeError(f"flat must be a bool, got {flat!r}")
+        if item_serdes is not None:
+            from .serdes import with_serdes
+
+            if flat:
+                raise ValueError("item_serdes records each item's value, and a flat batch "
+                                 "records none: use item_serdes without flat=True")
+            with_serdes(item_serdes, adapter_for(Any))  # checked before anything runs
         if flat or not branches or self._driver.recorded_flat():
             return await run_batch(branches, max_concurrency=max_concurrency,
                                    completion=completion or Completion())
@@ -540,6 +569,8 @@ class WorkflowContext(Generic[ReqT]):
                 from .steps import _result_type
 
                 adapter = adapter_for(_result_type(branch))
+            if item_serdes is not None:
+                adapter = with_serdes(item_serdes, adapter)
             return lambda: driver.run_context(labels[i], i, branch, adapter, frame)
 
         return await run_batch([nested(i) for i in range(len(branches))],
@@ -582,6 +613,7 @@ class WorkflowContext(Generic[ReqT]):
         self, check: Callable[[StateT], StateT] | Callable[[StateT], Awaitable[StateT]],
         initial_state: StateT, wait_strategy: Callable[[StateT, int], float | None], /, *,
         name: str | None = None, max_attempts: int = 60, retry: RetryPolicy | None = None,
+        serdes: Serdes[StateT] | None = None,
     ) -> StateT:
         """Poll until a condition holds: ``state = check(state)`` runs as a recorded step,
         then ``wait_strategy(state, attempt)`` returns the seconds to wait before the next
@@ -595,7 +627,9 @@ class WorkflowContext(Generic[ReqT]):
             Each check is a ``step`` operation (its state recorded) and each wait a
             ``timer``; a replay returns recorded states without checking again. With
             ``retry``, each delay between attempts of a check is a ``timer``
-            (``retry:<name>``).
+            (``retry:<name>``). With ``serdes`` (a :class:`~lambda_workflow.Serdes`) each
+            recorded state is its ``serialize`` output, and every check, on the first run and
+            on replay, sees the state after a round trip (wait_for_condition 6.11).
 
         Raises:
             ConditionNotMetError: ``max_attempts`` checks did not satisfy it.
@@ -613,7 +647,7 @@ class WorkflowContext(Generic[ReqT]):
             raise TypeError(f"wait_for_condition's retry must be a RetryPolicy or None (no "
                             f"retry), got {retry!r}")
         label = name or getattr(check, "__qualname__", "condition")
-        st = Step(check, name=label, retry=retry or RetryPolicy(max_attempts=1))
+        st = Step(check, name=label, retry=retry or RetryPolicy(max_attempts=1), serdes=serdes)
         frame = sys._getframe(1)
         state = initial_state
         for attempt in range(1, max_attempts + 1):

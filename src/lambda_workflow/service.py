@@ -9,6 +9,8 @@ import pydantic
 if TYPE_CHECKING:
     from datetime import timedelta
 
+    from .serdes import Serdes
+
 __all__ = ["Service"]
 
 ReqT = TypeVar("ReqT")
@@ -41,6 +43,10 @@ class Service(Generic[ReqT, RespT]):
         name: The service's name; requests are routed by it.
         request_type: The type of the requests the service accepts.
         response_type: The type of its replies, ``None`` for a service that returns nothing.
+        request_serdes: A :class:`~lambda_workflow.Serdes` that records and sends requests
+            instead of JSON through the request type (invoke 5.15); the service, built with
+            the same ``Service``, reads them back with it.
+        response_serdes: A :class:`~lambda_workflow.Serdes` for replies (invoke 5.16).
     """
 
     __slots__ = ("name", "request_adapter", "request_model", "request_type", "response_adapter",
@@ -48,15 +54,20 @@ class Service(Generic[ReqT, RespT]):
 
     @overload
     def __init__(
-        self: Service[ReqT, None], name: str, request_type: type[ReqT], response_type: None, /
+        self: Service[ReqT, None], name: str, request_type: type[ReqT], response_type: None, /,
+        *, request_serdes: Serdes[ReqT] | None = None, response_serdes: None = None
     ) -> None: ...
 
     @overload
     def __init__(
-        self, name: str, request_type: type[ReqT], response_type: type[RespT], /
+        self, name: str, request_type: type[ReqT], response_type: type[RespT], /,
+        *, request_serdes: Serdes[ReqT] | None = None,
+        response_serdes: Serdes[RespT] | None = None
     ) -> None: ...
 
-    def __init__(self, name: str, request_type: Any, response_type: Any, /) -> None:
+    def __init__(self, name: str, request_type: Any, response_type: Any, /, *,
+                 request_serdes: Serdes[Any] | None = None,
+                 response_serdes: Serdes[Any] | None = None) -> None:
         # Printable: a named call records "<service>\x1f<name>" (see _opnames).
         if not isinstance(name, str) or not name or len(name) > 80 or not name.isprintable():
             raise ValueError(f"a service name must be a non-empty printable string of at most 80 "
@@ -67,10 +78,15 @@ class Service(Generic[ReqT, RespT]):
         # Adapters are built once per service, never per call.
         self.request_adapter: pydantic.TypeAdapter[ReqT] = pydantic.TypeAdapter(request_type)
         self.response_adapter: pydantic.TypeAdapter[RespT] = pydantic.TypeAdapter(response_type)
+        if request_serdes is not None or response_serdes is not None:
+            from .serdes import with_serdes
+
+            self.request_adapter = with_serdes(request_serdes, self.request_adapter)
+            self.response_adapter = with_serdes(response_serdes, self.response_adapter)
         # An instance of exactly this model class passes pydantic's validation unchanged
         # (instances are not revalidated), so the replay core skips validating it.
         self.request_model: type | None = (
-            request_type if isinstance(request_type, type)
+            request_type if isinstance(request_type, type) and request_serdes is None
             and issubclass(request_type, pydantic.BaseModel) else None)
 
     if TYPE_CHECKING:

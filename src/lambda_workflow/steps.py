@@ -22,11 +22,14 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import pydantic
 
 from .errors import WorkflowError
+
+if TYPE_CHECKING:
+    from .serdes import Serdes
 
 __all__ = [
     "Jitter",
@@ -226,11 +229,12 @@ class Step(Generic[P, R]):
     function; ``await ctx.step(it, ...)`` runs it durably."""
 
     __slots__ = ("_parameters", "fn", "name", "result_adapter", "result_type", "retry",
-                 "semantics")
+                 "semantics", "serdes")
 
     def __init__(self, fn: Callable[P, R], *,
                  name: str | None = None, retry: RetryPolicy | None = None,
-                 semantics: Semantics | str = Semantics.AT_LEAST_ONCE) -> None:
+                 semantics: Semantics | str = Semantics.AT_LEAST_ONCE,
+                 serdes: Serdes[Any] | None = None) -> None:
         if not callable(fn):
             raise TypeError(f"a step needs a function, got {fn!r}")
         self.fn = fn
@@ -238,6 +242,12 @@ class Step(Generic[P, R]):
         self.retry, self.semantics = _options(self.name, retry, semantics)
         self.result_type = _result_type(fn)
         self.result_adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(self.result_type)
+        # A custom serialization of the result (serdes.py); None: JSON through the type.
+        self.serdes = serdes
+        if serdes is not None:
+            from .serdes import with_serdes
+
+            self.result_adapter = with_serdes(serdes, self.result_adapter)
         self._parameters: _Parameters | None = None
 
     def argument_problem(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
@@ -460,20 +470,28 @@ def _result_type(fn: Callable[..., Any]) -> Any:
 def step(fn: Callable[P, R], /) -> Step[P, R]: ...
 @overload
 def step(*, name: str | None = None, retry: RetryPolicy | None = None,
-         semantics: Semantics | str = Semantics.AT_LEAST_ONCE
+         semantics: Semantics | str = Semantics.AT_LEAST_ONCE,
+         serdes: Serdes[Any] | None = None
          ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 def step(fn: Callable[P, R] | None = None, /, *, name: str | None = None,
          retry: RetryPolicy | None = None,
-         semantics: Semantics | str = Semantics.AT_LEAST_ONCE
+         semantics: Semantics | str = Semantics.AT_LEAST_ONCE,
+         serdes: Serdes[Any] | None = None
          ) -> Step[P, R] | Callable[[Callable[P, R]], Step[P, R]]:
     """Give a function step options: ``@step`` or ``@step(name=..., retry=RetryPolicy(...),
-    semantics="at_most_once")``. Options are checked here, before anything runs."""
+    semantics="at_most_once", serdes=MySerdes())``. Options are checked here, before
+    anything runs. ``serdes`` (a :class:`~lambda_workflow.Serdes`) records the result
+    through it instead of as JSON (see docs/primitives.md, "Custom serialization")."""
     if fn is not None:
         return Step(fn)
 
     def decorate(f: Callable[P, R]) -> Step[P, R]:
-        return Step(f, name=name, retry=retry, semantics=semantics)
+        return Step(f, name=name, retry=retry, semantics=semantics, serdes=serdes)
 
     # Checked now, so a bad option fails at import time rather than mid-workflow.
     _options(name or "check", retry, semantics)
+    if serdes is not None:
+        from .serdes import SerdesAdapter
+
+        SerdesAdapter(serdes, pydantic.TypeAdapter(Any))
     return decorate

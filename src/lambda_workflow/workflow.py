@@ -15,6 +15,9 @@ import pydantic
 from .context import WorkflowContext
 from .service import Service
 
+if typing.TYPE_CHECKING:
+    from .serdes import Serdes
+
 __all__ = ["Workflow", "WorkflowStart", "start_arguments", "workflow"]
 
 ReqT = TypeVar("ReqT")
@@ -40,7 +43,8 @@ class Workflow(Generic[ReqT, ResT]):
 
     def __init__(self, fn: WorkflowFunction[ReqT, ResT], *, name: str | None = None,
                  localns: Mapping[str, Any] | None = None,
-                 services: Iterable[Service[Any, Any]] = ()) -> None:
+                 services: Iterable[Service[Any, Any]] = (),
+                 serdes: Serdes[ResT] | None = None) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"@workflow needs an 'async def' function, got {fn!r}")
         self.fn = fn
@@ -55,6 +59,10 @@ class Workflow(Generic[ReqT, ResT]):
         self.request_type, self.result_type = _signature_types(fn, localns)
         self.request_adapter: pydantic.TypeAdapter[ReqT] = pydantic.TypeAdapter(self.request_type)
         self.result_adapter: pydantic.TypeAdapter[ResT] = pydantic.TypeAdapter(self.result_type)
+        if serdes is not None:  # the result recorded (and returned to a parent) through it
+            from .serdes import with_serdes
+
+            self.result_adapter = with_serdes(serdes, self.result_adapter)
 
     if typing.TYPE_CHECKING:
         # For type checkers only (no such method exists at run time): the parameters of
@@ -199,19 +207,20 @@ def _signature_types(fn: Callable[..., object],
 @overload
 def workflow(
     fn: WorkflowFunction[ReqT, ResT], /, *, name: str | None = None,
-    services: Iterable[Service[Any, Any]] = ()
+    services: Iterable[Service[Any, Any]] = (), serdes: Serdes[ResT] | None = None
 ) -> Workflow[ReqT, ResT]: ...
 
 
 @overload
 def workflow(
-    *, name: str | None = None, services: Iterable[Service[Any, Any]] = ()
+    *, name: str | None = None, services: Iterable[Service[Any, Any]] = (),
+    serdes: Serdes[Any] | None = None
 ) -> Callable[[WorkflowFunction[ReqT, ResT]], Workflow[ReqT, ResT]]: ...
 
 
 def workflow(
     fn: WorkflowFunction[ReqT, ResT] | None = None, /, *, name: str | None = None,
-    services: Iterable[Service[Any, Any]] = ()
+    services: Iterable[Service[Any, Any]] = (), serdes: Serdes[Any] | None = None
 ) -> Workflow[ReqT, ResT] | Callable[[WorkflowFunction[ReqT, ResT]], Workflow[ReqT, ResT]]:
     """Declare an ``async def`` as a durable workflow.
 
@@ -228,11 +237,15 @@ def workflow(
             Keep it stable: in-flight instances are matched to code by this name.
         services: Services the workflow calls that its code does not name directly (see
             :attr:`Workflow.services`; those it names are found without this).
+        serdes: A :class:`~lambda_workflow.Serdes` that records the result instead of JSON
+            through the result type; a parent's ``ctx.child`` reads it back with it.
     """
     if fn is not None:
-        return Workflow(fn, name=name, localns=sys._getframe(1).f_locals, services=services)
+        return Workflow(fn, name=name, localns=sys._getframe(1).f_locals, services=services,
+                        serdes=serdes)
 
     def decorate(f: WorkflowFunction[ReqT, ResT]) -> Workflow[ReqT, ResT]:
-        return Workflow(f, name=name, localns=sys._getframe(1).f_locals, services=services)
+        return Workflow(f, name=name, localns=sys._getframe(1).f_locals, services=services,
+                        serdes=serdes)
 
     return decorate
