@@ -470,3 +470,48 @@ def test_recipe_a_worker_heartbeats_a_long_export() -> None:
             300, 540, 780, 1020, 1260, 1500, 1740]
         # start, the call's reply, the timer's firings, the completion
         assert handle.history().instance.activations == 3 + len(fired)
+
+
+@workflow
+async def busy_export(ctx: WorkflowContext[str]) -> str:
+    """Waits on a heartbeated callback while its own timers keep activating it."""
+    cb = ctx.create_callback("export", int, heartbeat_timeout=60)
+    TOKENS[ctx.workflow_id] = cb.token
+    for _ in range(100):
+        await ctx.sleep(1)
+    return f"rows {await cb}"
+
+
+def test_a_worker_thread_heartbeats_while_the_runtime_runs(tmp_path: Path) -> None:
+    """A heartbeat is a store write, so a worker thread heartbeating while the runtime runs
+    activations shares the state file's connection with them. Before the store serialized
+    its transactions, the runtime failed with "cannot start a transaction within a
+    transaction"."""
+    with LocalRuntime(tmp_path / "state.sqlite3", clock=VirtualClock(T0)) as rt:
+        rt.register(busy_export)
+        handle = rt.start(busy_export, "x", workflow_id="h12")
+        rt.run_until_idle(skip_time=False)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def worker() -> None:
+            while not stop.is_set():
+                try:
+                    rt.heartbeat_callback(TOKENS["h12"])
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        try:
+            for _ in range(100):
+                rt.advance_time(1)
+                rt.run_until_idle(skip_time=False)
+        finally:
+            stop.set()
+            thread.join()
+        assert errors == []
+        rt.complete_callback(TOKENS["h12"], 9)
+        rt.run_until_idle(skip_time=False)
+        assert handle.result() == "rows 9"

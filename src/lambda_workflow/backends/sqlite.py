@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -152,6 +153,9 @@ class SQLiteStateStore:
         self.path = str(path)
         self.codec = codec if codec is not None else _PLAIN
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # One transaction at a time on the shared connection: a client in another thread (a
+        # worker heartbeating a callback) writes while the runtime runs activations.
+        self._lock = threading.RLock()
         if self.path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -173,13 +177,14 @@ class SQLiteStateStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def create_instance(self, instance: InstanceRecord,
                         operations: Sequence[OperationRecord] = ()
@@ -296,10 +301,12 @@ class SQLiteStateStore:
 
     def last_heartbeat(self, workflow_id: str, callback_id: str) -> float | None:
         # A heartbeat of a callback a reset replaced (another digest) does not count.
-        row = self._db.execute(
-            "SELECT h.at FROM heartbeats h JOIN operations o ON o.workflow_id = h.workflow_id "
-            "AND o.op_id = h.op_id AND o.request_digest = h.request_digest "
-            "WHERE h.workflow_id=? AND h.op_id=?", (workflow_id, callback_id)).fetchone()
+        with self._lock:
+            row = self._db.execute(
+                "SELECT h.at FROM heartbeats h JOIN operations o "
+                "ON o.workflow_id = h.workflow_id AND o.op_id = h.op_id "
+                "AND o.request_digest = h.request_digest "
+                "WHERE h.workflow_id=? AND h.op_id=?", (workflow_id, callback_id)).fetchone()
         return None if row is None else float(row[0])
 
     def mark_sent(self, workflow_id: str, op_ids: Sequence[str]) -> None:
