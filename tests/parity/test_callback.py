@@ -15,6 +15,7 @@ from lambda_workflow import (
     CallbackError,
     CallbackTimeoutError,
     InstanceStatus,
+    Serdes,
     WorkflowContext,
     workflow,
 )
@@ -403,3 +404,70 @@ def test_callback_4_18_and_4_19_two_callbacks_created_then_awaited(wf: Any) -> N
         assert activations(handle) == 3
 
 
+
+
+class Delivery(BaseModel):
+    id: str
+    message: str
+    timestamp: int
+
+
+class ReceivedSerdes(Serdes[Delivery]):
+    """callback 4.15's deserializer: the raw JSON text into a typed object, the ISO
+    timestamp into epoch seconds."""
+
+    def serialize(self, value: Delivery) -> str:
+        return value.model_dump_json()
+
+    def deserialize(self, data: str | bytes) -> Delivery:
+        import json
+
+        raw = json.loads(data)
+        when = datetime.fromisoformat(raw["timestamp"].replace("Z", "+00:00"))
+        return Delivery(id=raw["id"], message=raw["message"], timestamp=int(when.timestamp()))
+
+
+@workflow
+async def serdes_payload(ctx: WorkflowContext[str]) -> dict[str, Any]:
+    cb = ctx.create_callback(ctx.request, Delivery, serdes=ReceivedSerdes())
+    TOKENS[ctx.request] = cb.token
+    received = await cb
+    return {"received": received.model_dump()}
+
+
+def test_callback_4_15_a_custom_serdes_deserializes_the_payload_into_a_typed_object() -> None:
+    with runtime(serdes_payload) as rt:
+        handle = rt.start(serdes_payload, "cb-serdes")
+        rt.run_until_idle(skip_time=False)
+        rt.complete_callback(TOKENS["cb-serdes"], {"id": "abcd1234", "message": "hello",
+                                                   "timestamp": "2026-01-01T00:00:00.000Z"})
+        rt.run_until_idle(skip_time=False)
+        assert handle.result() == {"received": {"id": "abcd1234", "message": "hello",
+                                                "timestamp": 1767225600}}
+
+
+class CountSerdes(Serdes[int]):
+    """callback 4.16's deserializer: the payload parsed into a number."""
+
+    def serialize(self, value: int) -> str:
+        return str(value)
+
+    def deserialize(self, data: str | bytes) -> int:
+        return int(data)
+
+
+@workflow
+async def serdes_number(ctx: WorkflowContext[str]) -> dict[str, int]:
+    cb = ctx.create_callback(ctx.request, int, serdes=CountSerdes())
+    TOKENS[ctx.request] = cb.token
+    count = await cb
+    return {"count": count, "doubled": count * 2}
+
+
+def test_callback_4_16_a_custom_serdes_parses_the_payload_into_a_number() -> None:
+    with runtime(serdes_number) as rt:
+        handle = rt.start(serdes_number, "cb-serdes-number")
+        rt.run_until_idle(skip_time=False)
+        rt.complete_callback(TOKENS["cb-serdes-number"], 42)
+        rt.run_until_idle(skip_time=False)
+        assert handle.result() == {"count": 42, "doubled": 84}

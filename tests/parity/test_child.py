@@ -13,6 +13,7 @@ import pytest
 from lambda_workflow import (
     ChildContextError,
     RetryPolicy,
+    Serdes,
     WorkflowContext,
     current_step,
     step,
@@ -434,3 +435,37 @@ def test_child_3_18_a_step_and_wait_inside_then_a_step_and_wait_after() -> None:
         assert activations(handle) == 3
     assert RUNS == ["step abcdefgh", "step abcdefgh"]  # one inside, one after: once each
 
+
+
+class UpperResult(Serdes[str]):
+    """child 3.14's serdes: the result upper-cased on serialization."""
+
+    def serialize(self, value: str) -> str:
+        return value.upper()
+
+    def deserialize(self, data: str | bytes) -> str:
+        return str(data)
+
+
+@step(name="return_input")
+def return_input(text: str) -> str:
+    return text
+
+
+async def child_echo(ctx: WorkflowContext[Any], text: str) -> str:
+    return await ctx.step(return_input, text)
+
+
+@workflow
+async def serdes_child(ctx: WorkflowContext[str]) -> str:
+    return await ctx.run_in_child_context(child_echo, ctx.request, serdes=UpperResult())
+
+
+def test_child_3_14_a_custom_serdes_for_the_child_contexts_result() -> None:
+    with runtime(serdes_child) as rt:
+        handle = rt.start(serdes_child, "hello child")
+        rt.run_until_idle()
+        assert handle.result() == "HELLO CHILD"
+        ops = {op.kind: op.result for op in handle.history().operations}
+    assert ops["step"] == b'"hello child"'  # the child's step: the default serialization
+    assert ops["context"] == b'{"v":{"serdes":"UpperResult","text":"HELLO CHILD"}}'

@@ -11,6 +11,7 @@ import pytest
 
 from lambda_workflow import (
     ChildWorkflowError,
+    Serdes,
     Service,
     ServiceError,
     WorkflowContext,
@@ -268,3 +269,60 @@ def test_invoke_5_13_an_invoke_inside_a_child_context() -> None:
         ops = {op.kind: op for op in handle.history().operations}
         assert ops["call"].op_id.startswith(ops["context"].op_id + ".")
         assert ops["context"].state.value == "completed"
+
+
+class UpperPayload(Serdes[str]):
+    """invoke 5.15's payload serdes: the payload upper-cased before it is sent."""
+
+    def serialize(self, value: str) -> str:
+        return value.upper()
+
+    def deserialize(self, data: str | bytes) -> str:
+        return str(data)
+
+
+class UpperResult(Serdes[str]):
+    """invoke 5.16's result serdes: the result upper-cased when it is read."""
+
+    def serialize(self, value: str) -> str:
+        return value
+
+    def deserialize(self, data: str | bytes) -> str:
+        return str(data).upper()
+
+
+payload_target: Service[str, str] = Service("payload-target", str, str,
+                                            request_serdes=UpperPayload())
+result_target: Service[str, str] = Service("result-target", str, str,
+                                           response_serdes=UpperResult())
+SERDES_SERVICES = [implementation(payload_target, _echo),
+                   implementation(result_target, _echo)]
+
+
+@workflow
+async def invoke_payload_serdes(ctx: WorkflowContext[dict[str, str]]) -> str:
+    return await ctx.call(payload_target, ctx.request["data"])
+
+
+def test_invoke_5_15_a_custom_payload_serdes_transforms_what_the_target_receives() -> None:
+    with runtime(invoke_payload_serdes, services=SERDES_SERVICES) as rt:
+        handle = rt.start(invoke_payload_serdes, {"data": "hello"})
+        rt.run_until_idle()
+        assert handle.result() == "HELLO"
+        [op] = handle.history().operations
+    assert CALLS == ["HELLO"]
+    assert op.request == b'{"serdes":"UpperPayload","text":"HELLO"}'
+
+
+@workflow
+async def invoke_result_serdes(ctx: WorkflowContext[str]) -> str:
+    return await ctx.call(result_target, ctx.request)
+
+
+def test_invoke_5_16_a_custom_result_serdes_transforms_the_result_when_read() -> None:
+    with runtime(invoke_result_serdes, services=SERDES_SERVICES) as rt:
+        handle = rt.start(invoke_result_serdes, "hello")
+        rt.run_until_idle()
+        assert handle.result() == "HELLO"
+        [op] = handle.history().operations
+    assert op.result == b'{"serdes":"UpperResult","text":"hello"}'  # recorded as sent

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lambda_workflow import BatchResult, Completion, WorkflowContext, workflow
+from lambda_workflow import BatchResult, Completion, Serdes, WorkflowContext, workflow
 
 from ._support import activations, failure, projection, runtime
 
@@ -289,3 +289,29 @@ def test_map_9_13_an_item_namer_names_each_items_context() -> None:
         assert handle.result() == [10, 20]
         assert [(op.kind, op.name) for op in handle.history().operations] == [
             ("context", "item-1"), ("context", "item-2")]
+
+
+class PrefixSerdes(Serdes[str]):
+    """map 9.14's per-item serdes: ``wrapped:X`` when recorded, ``X`` when read."""
+
+    def serialize(self, value: str) -> str:
+        return f"wrapped:{value}"
+
+    def deserialize(self, data: str | bytes) -> str:
+        return str(data).removeprefix("wrapped:")
+
+
+@workflow
+async def map_item_serdes(ctx: WorkflowContext[list[str]]) -> list[str]:
+    result = await ctx.map(ctx.request, upper, max_concurrency=1, item_serdes=PrefixSerdes())
+    return result.values()
+
+
+def test_map_9_14_a_per_item_serdes_round_trips_each_items_result() -> None:
+    with runtime(map_item_serdes) as rt:
+        handle = rt.start(map_item_serdes, ["x", "y"])
+        rt.run_until_idle()
+        assert handle.result() == ["X", "Y"]
+        payloads = [op.result for op in handle.history().operations if op.kind == "context"]
+    assert payloads == [b'{"v":{"serdes":"PrefixSerdes","text":"wrapped:X"}}',
+                        b'{"v":{"serdes":"PrefixSerdes","text":"wrapped:Y"}}']

@@ -6,12 +6,13 @@ completion=Completion(...))``; AWS's batch result fields are ``BatchResult``'s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from lambda_workflow import BatchResult, Completion, WorkflowContext, workflow
+from lambda_workflow import BatchResult, Completion, Serdes, WorkflowContext, workflow
 
 from ._support import activations, failure, projection, recorded, runtime
 
@@ -332,3 +333,30 @@ def test_parallel_8_12_flat_branches_record_their_steps_directly() -> None:
         rt.run_until_idle()
         assert handle.result() == ["fa", "fb"]
         assert recorded(handle) == [("step", "task", "completed")] * 2
+
+
+class WrapSerdes(Serdes[Any]):
+    """parallel 8.15's serdes: ``{"wrapped": v}`` when recorded, ``v`` when read."""
+
+    def serialize(self, value: Any) -> str:
+        return json.dumps({"wrapped": value})
+
+    def deserialize(self, data: str | bytes) -> Any:
+        return json.loads(data)["wrapped"]
+
+
+@workflow
+async def parallel_serdes(ctx: WorkflowContext[None]) -> list[Any]:
+    result = await ctx.parallel([returns("x"), returns("y")], max_concurrency=1,
+                                item_serdes=WrapSerdes())
+    return result.values()
+
+
+def test_parallel_8_15_a_per_branch_serdes_round_trips_the_results() -> None:
+    with runtime(parallel_serdes) as rt:
+        handle = rt.start(parallel_serdes, None)
+        rt.run_until_idle()
+        assert handle.result() == ["x", "y"]
+        recorded_values = [json.loads(op.result or b"")["v"]["text"]
+                           for op in handle.history().operations if op.kind == "context"]
+    assert recorded_values == ['{"wrapped": "x"}', '{"wrapped": "y"}']

@@ -12,6 +12,7 @@ import pytest
 
 from lambda_workflow import (
     RetryPolicy,
+    Serdes,
     StepError,
     WorkflowContext,
     current_step,
@@ -473,3 +474,34 @@ def test_step_1_20_a_caught_step_error_lets_the_execution_continue() -> None:
                                     ("step", "fallback", "completed")]
 
 
+
+
+class UppercaseSerdes(Serdes[str]):
+    """step 1.6's serdes: every string upper-cased on serialization."""
+
+    def serialize(self, value: str) -> str:
+        return value.upper()
+
+    def deserialize(self, data: str | bytes) -> str:
+        return str(data)
+
+
+@step(serdes=UppercaseSerdes())
+def return_input(text: str) -> str:
+    RUNS.append(text)
+    return text
+
+
+@workflow
+async def serdes_step(ctx: WorkflowContext[str]) -> str:
+    return await ctx.step(return_input, ctx.request)
+
+
+def test_step_1_6_a_custom_serdes_decides_what_is_recorded_and_returned() -> None:
+    with runtime(serdes_step) as rt:
+        handle = rt.start(serdes_step, "hello world")
+        rt.run_until_idle()
+        assert handle.result() == "HELLO WORLD"
+        [op] = handle.history().operations
+    assert json.loads(op.result or b"") == {"serdes": "UppercaseSerdes", "text": "HELLO WORLD"}
+    assert RUNS == ["hello world"]

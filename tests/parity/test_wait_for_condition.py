@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from lambda_workflow import StepError, WorkflowContext, workflow
+from lambda_workflow import Serdes, StepError, WorkflowContext, workflow
 
 from ._support import activations, failure, recorded, requests, runtime
 
@@ -247,3 +247,38 @@ def test_wait_for_condition_6_13_two_in_sequence_the_first_seeding_the_second() 
         assert handle.result() == 4
         assert _states(handle) == [1, 2, 3, 4]
         assert activations(handle) == 3
+
+
+class Encoded(Serdes[str]):
+    """wait_for_condition 6.11's serdes: the state encoded as ``state:<value>``."""
+
+    def serialize(self, value: str) -> str:
+        return f"state:{value}"
+
+    def deserialize(self, data: str | bytes) -> str:
+        text = str(data)
+        assert text.startswith("state:"), text
+        return text.removeprefix("state:")
+
+
+def append_x(state: str) -> str:
+    CHECKS.append(state)
+    return state + "x"
+
+
+@workflow
+async def serdes_state(ctx: WorkflowContext[None]) -> str:
+    return await ctx.wait_for_condition(
+        append_x, "", lambda state, attempt: None if len(state) >= 2 else 1,
+        serdes=Encoded())
+
+
+def test_wait_for_condition_6_11_a_custom_serdes_for_the_state_across_suspensions() -> None:
+    with runtime(serdes_state) as rt:
+        handle = rt.start(serdes_state, None)
+        rt.run_until_idle()
+        assert handle.result() == "xx"
+        assert _states(handle) == [{"serdes": "Encoded", "text": "state:x"},
+                                   {"serdes": "Encoded", "text": "state:xx"}]
+        assert activations(handle) == 2
+    assert CHECKS == ["", "x"]
