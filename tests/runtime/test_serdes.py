@@ -565,3 +565,45 @@ def test_a_serdes_must_be_a_serdes_with_a_printable_name() -> None:
 
     with pytest.raises(ValueError, match="serdes's name must be a non-empty printable"):
         Service("s", str, str, request_serdes=Nameless())
+
+
+# -- the recipe in docs/primitives.md ----------------------------------------------------------
+
+class FullCard(pydantic.BaseModel):
+    holder: str
+    number: str
+
+
+class MaskedCard(Serdes[FullCard]):
+    def serialize(self, value: FullCard) -> str:
+        return f"{value.holder}|{value.number[-4:]}"
+
+    def deserialize(self, data: str | bytes) -> FullCard:
+        holder, last4 = str(data).split("|")
+        return FullCard(holder=holder, number=f"****{last4}")
+
+
+VAULT = {"ana": FullCard(holder="Ana", number="4111111111111111")}
+
+
+@step(serdes=MaskedCard())
+def look_up_card(customer: str) -> FullCard:
+    return VAULT[customer]
+
+
+@workflow
+async def charge(ctx: WorkflowContext[str]) -> str:
+    card = await ctx.step(look_up_card, ctx.request)
+    SEEN.append(card.number)
+    await ctx.sleep(10)
+    return f"charged {card.holder} on {card.number}"
+
+
+def test_recipe_a_serdes_keeps_the_card_number_out_of_the_history() -> None:
+    with _runtime(charge) as rt:
+        handle = rt.start(charge, "ana", workflow_id="card")
+        rt.run_until_idle()
+        assert handle.result() == "charged Ana on ****1111"
+        assert SEEN == ["****1111", "****1111"]
+        ops = rt.history("card").operations
+    assert all(b"4111111111111111" not in (op.result or b"") + op.request for op in ops)
