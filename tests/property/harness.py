@@ -15,12 +15,13 @@ import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel
 
 from lambda_workflow import (
+    Completion,
     InstanceStatus,
     Service,
     ServiceError,
@@ -49,7 +50,9 @@ class CallSpec(BaseModel):
 
 
 class StepSpec(BaseModel):
-    kind: Literal["call", "gather", "collect"]
+    # context: the calls one after another in a child context; map: each call an item of a
+    # nested ctx.map (all completed; the first failed item's error is raised)
+    kind: Literal["call", "gather", "collect", "context", "map"]
     calls: list[CallSpec]
     catch: bool
 
@@ -96,6 +99,20 @@ async def interpret(ctx: WorkflowContext[Plan]) -> Outcome:
     acc = 1
     trace: list[str] = []
     for index, step in enumerate(ctx.request.steps):
+        if step.kind in ("context", "map"):
+            try:
+                values = await _in_contexts(ctx, step, acc, index)
+            except ServiceError as err:
+                if not step.catch:
+                    raise
+                acc = (acc * 17 + len(err.message) + len(err.error_type)) % MODULUS
+                trace.append(f"{index}: caught {err.error_type} from {err.service}#"
+                             f"{err.call_id}")
+                continue
+            for value in values:
+                acc = (acc * 31 + value) % MODULUS
+            trace.append(f"{index}: {values}")
+            continue
         calls = [ctx.call(SERVICES[c.service], CallRequest(n=(acc + c.base) % MODULUS,
                                                            fail=c.fail))
                  for c in step.calls]
@@ -120,6 +137,31 @@ async def interpret(ctx: WorkflowContext[Plan]) -> Outcome:
             acc = (acc * 31 + value) % MODULUS
         trace.append(f"{index}: {values}")
     return Outcome(acc=acc, trace=trace)
+
+
+async def _in_contexts(ctx: WorkflowContext[Plan], step: StepSpec, acc: int,
+                       index: int) -> list[int]:
+    """A ``context`` or ``map`` step: its calls inside child contexts."""
+    if step.kind == "context":
+        async def body(child: WorkflowContext[Any], start: int) -> list[int]:
+            values: list[int] = []
+            n = start
+            for c in step.calls:
+                value = await child.call(SERVICES[c.service],
+                                         CallRequest(n=(n + c.base) % MODULUS, fail=c.fail))
+                values.append(value)
+                n = (n * 31 + value) % MODULUS
+            return values
+
+        return await ctx.run_in_child_context(body, acc, name=f"step {index}")
+    result = await ctx.map(
+        step.calls, lambda c: ctx.call(SERVICES[c.service],
+                                       CallRequest(n=(acc + c.base) % MODULUS, fail=c.fail)),
+        completion=Completion(all_completed=True), result_type=int)
+    errors = result.errors()
+    if errors:
+        raise errors[0][1]
+    return result.values()
 
 
 def setup_runtime(runtime: LocalRuntime) -> None:

@@ -77,7 +77,15 @@ _gather_step = st.builds(StepSpec, kind=st.just("gather"),
 _collect_step = st.builds(StepSpec, kind=st.just("collect"),
                           calls=st.lists(_call(fail_one_in=6), min_size=2, max_size=4),
                           catch=_catch)
-plans = st.builds(Plan, steps=st.lists(st.one_of(_single_step, _gather_step, _collect_step),
+# Calls inside a child context, one after another; calls as the items of a nested map.
+_context_step = st.builds(StepSpec, kind=st.just("context"),
+                          calls=st.lists(_call(fail_one_in=6), min_size=1, max_size=3),
+                          catch=_catch)
+_map_step = st.builds(StepSpec, kind=st.just("map"),
+                      calls=st.lists(_call(fail_one_in=6), min_size=1, max_size=4),
+                      catch=_catch)
+plans = st.builds(Plan, steps=st.lists(st.one_of(_single_step, _gather_step, _collect_step,
+                                                 _context_step, _map_step),
                                        min_size=1, max_size=6))
 some_plans = st.lists(plans, min_size=1, max_size=3)
 store_kinds = st.sampled_from(["memory", "sqlite"])
@@ -298,3 +306,35 @@ def test_a_crash_at_each_boundary_of_the_bank_example_keeps_its_results(
             assert len(faults.fired) == 1, (k, after)
             assert results == expected, faults.fired
             assert applied >= 1, faults.fired
+
+
+def test_context_and_map_steps_catch_or_propagate_as_planned() -> None:
+    """The child-context and nested-map steps: a caught failure inside a context names the
+    call inside it (its id within the context); an item's failure fails the map step with the
+    service's error; the operations are the contexts' and their calls'."""
+    caught = _plan(("context", [("alpha", False), ("beta", True)], True),
+                   ("map", [("gamma", False), ("alpha", False)], False))
+    uncaught = _plan(("map", [("beta", False), ("gamma", True)], False))
+    run = run_plans([caught, uncaught], store_kind="memory")
+    done, failed = run.finals["wf-0"], run.finals["wf-1"]
+    assert done.status is InstanceStatus.COMPLETED
+    outcome = Outcome.model_validate_json(done.result or b"")
+    assert outcome.trace[0] == "0: caught BetaRefused from beta#1.2"
+    assert len(done.operations) == 7  # 3 contexts and 4 calls
+    assert failed.status is InstanceStatus.FAILED
+    assert orjson.loads(failed.error or b"{}")["details"]["error_type"] == "GammaRefused"
+
+
+def test_a_crash_at_each_boundary_of_a_context_plan_keeps_its_outcome() -> None:
+    """Every store and transport boundary of a plan with a context and a map, crashed before
+    and after in turn, ends as the undisturbed run does."""
+    plan = _plan(("context", [("alpha", False), ("gamma", False)], False),
+                 ("map", [("beta", False), ("alpha", True)], True),
+                 ("call", [("gamma", False)], False))
+    ref = run_plans([plan], store_kind="sqlite")
+    assert ref.dead_letters == []
+    for boundary in range(ref.faults.calls):
+        for after in (False, True):
+            run = run_plans([plan], store_kind="sqlite", crash_at={boundary: after})
+            assert run.finals == ref.finals, (boundary, after, run.faults.fired)
+            assert run.dead_letters == []
