@@ -371,11 +371,13 @@ class WorkflowContext(Generic[ReqT]):
         limit = None if timeout is None else _limit(timeout, "timeout")
         beat = None if heartbeat_timeout is None else _limit(heartbeat_timeout,
                                                              "heartbeat_timeout")
-        adapter: _pydantic.TypeAdapter[Any] = _pydantic.TypeAdapter(result_type)
-        if serdes is not None:
-            from .serdes import with_serdes
+        adapter: _pydantic.TypeAdapter[Any]
+        if serdes is None:
+            adapter = _pydantic.TypeAdapter(result_type)
+        else:
+            from .serdes import base_adapter, with_serdes
 
-            adapter = with_serdes(serdes, adapter, external=True)
+            adapter = with_serdes(serdes, base_adapter(result_type), external=True)
         return self._driver.create_callback(name, adapter, limit, beat, sys._getframe(1))
 
     async def wait_for_callback(
@@ -438,11 +440,12 @@ class WorkflowContext(Generic[ReqT]):
         from .steps import _result_type
 
         label = _context_name(fn, name, "ctx.run_in_child_context")
-        adapter = adapter_for(_result_type(fn))
-        if serdes is not None:  # ``serdes`` records the result (child 3.14)
-            from .serdes import with_serdes
+        if serdes is None:
+            adapter = adapter_for(_result_type(fn))
+        else:  # ``serdes`` records the result (child 3.14)
+            from .serdes import base_adapter, with_serdes
 
-            adapter = with_serdes(serdes, adapter)
+            adapter = with_serdes(serdes, base_adapter(_result_type(fn)))
         child: WorkflowContext[ReqT] = WorkflowContext(self._driver, self._request,
                                                        self._workflow_id)
         result: R = await self._driver.run_context(label, None, lambda: fn(child, *args),
@@ -547,19 +550,24 @@ class WorkflowContext(Generic[ReqT]):
 
         if not isinstance(flat, bool):
             raise TypeError(f"flat must be a bool, got {flat!r}")
+        typed: Callable[[Any], pydantic.TypeAdapter[Any]] = adapter_for
         if item_serdes is not None:
-            from .serdes import with_serdes
+            from .serdes import base_adapter, with_serdes
 
             if flat:
                 raise ValueError("item_serdes records each item's value, and a flat batch "
                                  "records none: use item_serdes without flat=True")
             with_serdes(item_serdes, adapter_for(Any))  # checked before anything runs
+            serdes = item_serdes
+
+            def typed(tp: Any) -> pydantic.TypeAdapter[Any]:
+                return with_serdes(serdes, base_adapter(tp))
         if flat or not branches or self._driver.recorded_flat():
             return await run_batch(branches, max_concurrency=max_concurrency,
                                    completion=completion or Completion())
         frame = sys._getframe(2)
         driver = self._driver
-        fixed = None if result_type is None else adapter_for(result_type)
+        fixed = None if result_type is None else typed(result_type)
 
         def nested(i: int) -> Callable[[], Awaitable[R]]:
             branch = branches[i]
@@ -568,9 +576,7 @@ class WorkflowContext(Generic[ReqT]):
             else:
                 from .steps import _result_type
 
-                adapter = adapter_for(_result_type(branch))
-            if item_serdes is not None:
-                adapter = with_serdes(item_serdes, adapter)
+                adapter = typed(_result_type(branch))
             return lambda: driver.run_context(labels[i], i, branch, adapter, frame)
 
         return await run_batch([nested(i) for i in range(len(branches))],
@@ -647,11 +653,47 @@ class WorkflowContext(Generic[ReqT]):
             raise TypeError(f"wait_for_condition's retry must be a RetryPolicy or None (no "
                             f"retry), got {retry!r}")
         label = name or getattr(check, "__qualname__", "condition")
-        st = Step(check, name=label, retry=retry or RetryPolicy(max_attempts=1), serdes=serdes)
+        policy = retry or RetryPolicy(max_attempts=1)
         frame = sys._getframe(1)
         state = initial_state
+        if serdes is not None:
+            final: StateT = await self._serdes_condition(
+                check, state, wait_strategy, str(label), max_attempts, policy, serdes, frame)
+            return final
+        st = Step(check, name=label, retry=policy)
         for attempt in range(1, max_attempts + 1):
             state = await self._driver.run_step(st, (state,), {}, frame)
+            delay = wait_strategy(state, attempt)
+            if delay is None:
+                return state
+            if attempt < max_attempts:
+                await self._driver.sleep(_limit(delay, "the wait strategy's delay"), frame,
+                                         f"poll:{label}")
+        raise ConditionNotMetError(f"condition {label!r} not met after {max_attempts} checks")
+
+    async def _serdes_condition(
+        self, check: Callable[[Any], Any], state: Any,
+        wait_strategy: Callable[[Any, int], float | None], label: str, max_attempts: int,
+        policy: RetryPolicy, serdes: Serdes[Any], frame: FrameType | None) -> Any:
+        """wait_for_condition with a serdes: each check's argument is recorded as the serdes
+        writes the state too, and the check receives it read back, so the state (the initial
+        one included) reaches checks and the history only through the serdes."""
+        from .errors import ConditionNotMetError, InvalidRequestError
+        from .serdes import base_adapter, with_serdes
+        from .steps import Step, _result_type
+
+        adapter = with_serdes(serdes, base_adapter(_result_type(check)))
+
+        def checked(recorded: Any) -> Any:
+            return check(adapter.validate_python(recorded))
+
+        st = Step(checked, name=label, retry=policy, serdes=serdes)
+        for attempt in range(1, max_attempts + 1):
+            try:
+                argument = adapter.dump_python(state, mode="json")
+            except Exception as exc:
+                raise InvalidRequestError(f"the state of condition {label!r}: {exc}") from None
+            state = await self._driver.run_step(st, (argument,), {}, frame)
             delay = wait_strategy(state, attempt)
             if delay is None:
                 return state

@@ -18,7 +18,7 @@ import orjson
 import pydantic
 import pydantic_core
 
-__all__ = ["Serdes", "SerdesAdapter", "with_serdes"]
+__all__ = ["Serdes", "SerdesAdapter", "base_adapter", "with_serdes"]
 
 T = TypeVar("T")
 
@@ -150,6 +150,18 @@ class SerdesAdapter:
 def _short(data: str | bytes) -> str:
     text = repr(data)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def base_adapter(tp: Any) -> pydantic.TypeAdapter[Any]:
+    """The adapter of an operation's value type under a serdes: the type's, or ``Any`` for a
+    type pydantic has no schema for (a plain class: the serdes alone records it, and a value
+    recorded without a serdes is read as plain JSON)."""
+    from ._runtime.contexts import adapter_for  # made once per type
+
+    try:
+        return adapter_for(tp)
+    except pydantic.PydanticSchemaGenerationError:
+        return adapter_for(Any)
 
 
 def with_serdes(serdes: Serdes[Any] | None, base: pydantic.TypeAdapter[Any], *,

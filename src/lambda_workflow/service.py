@@ -76,13 +76,19 @@ class Service(Generic[ReqT, RespT]):
         self.request_type: object = request_type
         self.response_type: object = response_type
         # Adapters are built once per service, never per call.
-        self.request_adapter: pydantic.TypeAdapter[ReqT] = pydantic.TypeAdapter(request_type)
-        self.response_adapter: pydantic.TypeAdapter[RespT] = pydantic.TypeAdapter(response_type)
-        if request_serdes is not None or response_serdes is not None:
-            from .serdes import with_serdes
+        self.request_adapter: pydantic.TypeAdapter[ReqT]
+        self.response_adapter: pydantic.TypeAdapter[RespT]
+        if request_serdes is None and response_serdes is None:
+            self.request_adapter = pydantic.TypeAdapter(request_type)
+            self.response_adapter = pydantic.TypeAdapter(response_type)
+        else:  # each type's own adapter, or its serdes's (which may take any class)
+            from .serdes import base_adapter, with_serdes
 
-            self.request_adapter = with_serdes(request_serdes, self.request_adapter)
-            self.response_adapter = with_serdes(response_serdes, self.response_adapter)
+            self.request_adapter = (pydantic.TypeAdapter(request_type) if request_serdes is None
+                                    else with_serdes(request_serdes, base_adapter(request_type)))
+            self.response_adapter = (
+                pydantic.TypeAdapter(response_type) if response_serdes is None
+                else with_serdes(response_serdes, base_adapter(response_type)))
         # An instance of exactly this model class passes pydantic's validation unchanged
         # (instances are not revalidated), so the replay core skips validating it.
         self.request_model: type | None = (

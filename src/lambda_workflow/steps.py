@@ -241,13 +241,15 @@ class Step(Generic[P, R]):
         self.name = name or getattr(fn, "__qualname__", None) or repr(fn)
         self.retry, self.semantics = _options(self.name, retry, semantics)
         self.result_type = _result_type(fn)
-        self.result_adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(self.result_type)
         # A custom serialization of the result (serdes.py); None: JSON through the type.
         self.serdes = serdes
-        if serdes is not None:
-            from .serdes import with_serdes
+        self.result_adapter: pydantic.TypeAdapter[Any]
+        if serdes is None:
+            self.result_adapter = pydantic.TypeAdapter(self.result_type)
+        else:
+            from .serdes import base_adapter, with_serdes
 
-            self.result_adapter = with_serdes(serdes, self.result_adapter)
+            self.result_adapter = with_serdes(serdes, base_adapter(self.result_type))
         self._parameters: _Parameters | None = None
 
     def argument_problem(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:

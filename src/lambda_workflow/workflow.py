@@ -58,11 +58,13 @@ class Workflow(Generic[ReqT, ResT]):
         self._referenced: _References | None = None
         self.request_type, self.result_type = _signature_types(fn, localns)
         self.request_adapter: pydantic.TypeAdapter[ReqT] = pydantic.TypeAdapter(self.request_type)
-        self.result_adapter: pydantic.TypeAdapter[ResT] = pydantic.TypeAdapter(self.result_type)
-        if serdes is not None:  # the result recorded (and returned to a parent) through it
-            from .serdes import with_serdes
+        self.result_adapter: pydantic.TypeAdapter[ResT]
+        if serdes is None:
+            self.result_adapter = pydantic.TypeAdapter(self.result_type)
+        else:  # the result recorded (and returned to a parent) through it
+            from .serdes import base_adapter, with_serdes
 
-            self.result_adapter = with_serdes(serdes, self.result_adapter)
+            self.result_adapter = with_serdes(serdes, base_adapter(self.result_type))
 
     if typing.TYPE_CHECKING:
         # For type checkers only (no such method exists at run time): the parameters of

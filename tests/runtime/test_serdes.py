@@ -607,3 +607,56 @@ def test_recipe_a_serdes_keeps_the_card_number_out_of_the_history() -> None:
         assert SEEN == ["****1111", "****1111"]
         ops = rt.history("card").operations
     assert all(b"4111111111111111" not in (op.result or b"") + op.request for op in ops)
+
+
+# -- values pydantic cannot handle ----------------------------------------------------------------
+
+class Session:
+    """A plain class: pydantic has no schema for it, JSON no encoding."""
+
+    def __init__(self, polls: int, secret: str) -> None:
+        self.polls, self.secret = polls, secret
+
+
+class SessionSerdes(Serdes[Session]):
+    """Records the poll count only: the secret never reaches the history."""
+
+    def serialize(self, value: Session) -> str:
+        return str(value.polls)
+
+    def deserialize(self, data: str | bytes) -> Session:
+        return Session(int(data), secret="")
+
+
+@step(serdes=SessionSerdes())
+def open_session() -> Session:
+    return Session(0, "hunter2")
+
+
+def poll_session(session: Session) -> Session:
+    SEEN.append((session.polls, session.secret))
+    return Session(session.polls + 1, "hunter2")
+
+
+@workflow
+async def sessions(ctx: WorkflowContext[None]) -> int:
+    opened = await ctx.step(open_session)
+    SEEN.append(("opened", opened.polls, opened.secret))
+    final = await ctx.wait_for_condition(
+        poll_session, Session(0, "hunter2"),
+        lambda session, attempt: None if session.polls >= 2 else 1, serdes=SessionSerdes())
+    return final.polls
+
+
+def test_a_serdes_records_values_pydantic_cannot_and_keeps_what_it_drops_out() -> None:
+    """A step result and a condition state of a plain class: the serdes alone records them.
+    The condition's state, the initial one included, reaches each check (and the history)
+    only through the serdes: no check sees, and no record holds, the secret it drops."""
+    with _runtime(sessions) as rt:
+        handle = rt.start(sessions, None, workflow_id="sess")
+        rt.run_until_idle()
+        assert handle.result() == 2
+        ops = rt.history("sess").operations
+    assert ("opened", 0, "") in SEEN
+    assert [seen for seen in SEEN if len(seen) == 2] == [(0, ""), (1, "")]
+    assert all(b"hunter2" not in (op.result or b"") + op.request for op in ops)
