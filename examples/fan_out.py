@@ -8,10 +8,12 @@ once (the marketplace's rate limit), and the batch is allowed to lose up to
 night; those go to a report instead of failing the sync). The result counts what succeeded
 and what failed, from the :class:`~lambda_workflow.BatchResult`.
 
-What is durable: each item's call and its reply. While requests are in flight the workflow
-is suspended; each batch of replies wakes it, the replay returns every recorded reply at once
-(no item is sent twice) and the freed slots are filled with the next items. If the failures
-exceed the tolerance, the items not yet started are not sent at all.
+What is durable: each item runs as a child context named by its SKU (``item_name``), with
+its call and reply inside it and its value recorded when it finishes. While requests are in
+flight the workflow is suspended; each batch of replies wakes it, the replay returns every
+finished item's recorded value without running its code again (no item is sent twice) and
+the freed slots are filled with the next items. If the failures exceed the tolerance, the
+items not yet started are not sent at all.
 
 Run it on the embedded runtime (prints a line per call; add ``--quiet`` for the result only):
 
@@ -78,6 +80,7 @@ async def sync_catalog(ctx: WorkflowContext[CatalogSync]) -> SyncSummary:
                for n in range(1, sync.item_count + 1)]
     result = await ctx.map(
         updates, lambda update: ctx.call(marketplace, update),
+        item_name=lambda update, _: update.sku, result_type=ListingAck,
         max_concurrency=sync.max_concurrency,
         completion=Completion(tolerated_failure_percentage=sync.tolerated_failure_percentage))
     rejected = [updates[index].sku for index, _ in result.errors()]

@@ -225,6 +225,11 @@ def test_fan_out_maps_1000_items_within_the_concurrency_limit(rt: WorkflowTestRu
     sent = Counter(json.loads(inv.request)["item_number"] for inv in rt.invocations)
     assert sent == Counter(range(1, 1001))
     assert _peak_outstanding(history) == sync.max_concurrency == 50
+    # each item is a child context named by its SKU, holding its call
+    contexts = [op for op in history.operations if op.kind == "context"]
+    assert [op.name for op in contexts] == [f"SKU-{n:05d}" for n in range(1, 1001)]
+    assert {op.op_id.rpartition(".")[0] for op in history.operations
+            if op.kind == "call"} == {op.op_id for op in contexts}
     assert elapsed < 30, f"the 1,000-item fan-out took {elapsed:.1f} s"
 
 
