@@ -607,7 +607,9 @@ class Replayer:
         if local < len(scope.recorded):
             pos = scope.recorded[local]
             return pos, self._history[pos].op_id, self._history[pos].seq
-        record_seq = SCOPED_SEQ_BASE + len(self._history) - self._n_root + self._n_scoped_new
+        # after the last recorded one (a repair may have left gaps below it)
+        last = self._history[-1].seq if len(self._history) > self._n_root else -1
+        record_seq = max(SCOPED_SEQ_BASE, last + 1) + self._n_scoped_new
         return (len(self._history) + record_seq, _core.operation_id(scope.prefix, local),
                 record_seq)
 
