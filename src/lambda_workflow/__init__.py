@@ -38,7 +38,6 @@ from .errors import (
     WorkflowNotFinishedError,
     WorkflowNotFoundError,
 )
-from .serdes import Serdes
 from .service import Service
 from .steps import (
     Jitter,
@@ -109,6 +108,7 @@ __version__ = "0.1.0"
 if _TYPE_CHECKING:
     from ._core import IMPLEMENTATION
     from .models import InstanceStatus
+    from .serdes import Serdes
 
 
 def __getattr__(name: str) -> object:
@@ -122,6 +122,10 @@ def __getattr__(name: str) -> object:
         from .models import InstanceStatus
 
         return InstanceStatus
+    if name == "Serdes":  # only workflows with a custom serialization compile serdes.py
+        from .serdes import Serdes
+
+        return Serdes
     raise AttributeError(f"module 'lambda_workflow' has no attribute {name!r}")
 
 

@@ -11,12 +11,13 @@ every replay see the same value.
 
 from __future__ import annotations
 
-import base64
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import orjson
-import pydantic
-import pydantic_core
+if TYPE_CHECKING:
+    import pydantic
+
+# base64, orjson and pydantic_core are imported where used: `import lambda_workflow` exports
+# Serdes and stays as cheap as it was (pydantic_core alone costs 10 ms at import).
 
 __all__ = ["Serdes", "SerdesAdapter", "base_adapter", "with_serdes"]
 
@@ -60,6 +61,9 @@ def _envelope(data: object) -> bool:
 
 
 def _invalid(message: str, value: object) -> pydantic.ValidationError:
+    import pydantic
+    import pydantic_core
+
     error = pydantic_core.PydanticCustomError("serdes", "{message}", {"message": message})
     return pydantic.ValidationError.from_exception_data(
         "serdes", [{"type": error, "loc": (), "input": value}])
@@ -93,6 +97,10 @@ class SerdesAdapter:
 
     def dump_python(self, value: Any, mode: str = "json") -> dict[str, str]:
         """The envelope of ``serialize(value)``."""
+        import base64
+
+        import pydantic_core
+
         serdes = self.serdes
         try:
             data = serdes.serialize(value)
@@ -109,6 +117,8 @@ class SerdesAdapter:
 
     def validate_json(self, payload: bytes | str) -> Any:
         """The value recorded in ``payload``."""
+        import orjson
+
         try:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -132,6 +142,8 @@ class SerdesAdapter:
         if recorded != name:
             raise _invalid(f"recorded by serdes {recorded!r}, which is not this operation's "
                            f"serdes {name!r}", recorded)
+        import base64
+
         text = envelope.get("text")
         return self._deserialize(text if text is not None
                                  else base64.b64decode(envelope["base64"]))
@@ -156,6 +168,8 @@ def base_adapter(tp: Any) -> pydantic.TypeAdapter[Any]:
     """The adapter of an operation's value type under a serdes: the type's, or ``Any`` for a
     type pydantic has no schema for (a plain class: the serdes alone records it, and a value
     recorded without a serdes is read as plain JSON)."""
+    import pydantic
+
     from ._runtime.contexts import adapter_for  # made once per type
 
     try:
