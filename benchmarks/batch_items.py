@@ -11,7 +11,9 @@ by instrumenting the item function and the state store (nothing is timed):
 - item-function calls in all, and the most in one activation;
 - activations of the workflow;
 - operation records written (new operations) and outcomes recorded (replies, step and
-  context results): on DynamoDB each is one item write (1 WRU for items under 1 KB).
+  context results): on DynamoDB each is one item write (1 WRU for items under 1 KB);
+- the CPU time of the whole run (``time.process_time``: workflow replays, the services'
+  trivial bodies and the SQLite store together), one run each, for a rough scale only.
 
 Item 3 beside it: one step of work (a call and its result) done by a child workflow
 (``ctx.child``: an instance of its own) and by an inline child context
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,8 +94,10 @@ def measure(items: int, flat: bool, max_concurrency: int | None) -> dict[str, An
         store.add_operations = counted_add  # type: ignore[method-assign, assignment]
         store.record_outcomes = counted_outcomes  # type: ignore[method-assign, assignment]
         _ACTIVATION["n"] = 1
+        began = time.process_time()
         handle = rt.start(fan_out, items)
         reports = [r for r in rt.run_until_idle() if r.workflow_name == "fan_out"]
+        cpu = time.process_time() - began
         assert handle.result() == sum(range(items)), handle.result()
         records = len(handle.history().operations)
     return {"shape": "flat" if flat else "nested", "max_concurrency": max_concurrency,
@@ -101,7 +106,7 @@ def measure(items: int, flat: bool, max_concurrency: int | None) -> dict[str, An
             "most_in_one_activation": max(CALLS.values()),
             "item_function_calls_in_last_activation": CALLS[max(CALLS)],
             "operation_records": records, "operations_written": writes["operations"],
-            "outcomes_written": writes["outcomes"]}
+            "outcomes_written": writes["outcomes"], "cpu_seconds": round(cpu, 2)}
 
 
 @workflow
@@ -159,7 +164,7 @@ def main() -> None:
             for limit in (None, 50) for flat in (True, False)]
     keys = ["shape", "max_concurrency", "activations", "item_function_calls",
             "most_in_one_activation", "item_function_calls_in_last_activation",
-            "operation_records", "operations_written", "outcomes_written"]
+            "operation_records", "operations_written", "outcomes_written", "cpu_seconds"]
     print(" | ".join(keys))
     for row in rows:
         print(" | ".join(str(row[k]) for k in keys))
