@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -253,3 +254,22 @@ def test_bad_names_are_refused_before_anything_runs() -> None:
         with pytest.raises(WorkflowFailedError, match=r"ctx\.run_in_child_context must be a "
                                                       r"non-empty printable string, got ''"):
             handle.result()
+
+
+def test_the_cli_shows_contexts_and_the_operations_inside_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`history` lists a context by its name and the operations inside it by their ids
+    within it, in the order the history stores them (the root's first)."""
+    from lambda_workflow.cli import main
+
+    db = tmp_path / "contexts.sqlite3"
+    with LocalRuntime(db, clock=VirtualClock(1_700_000_000.0)) as rt:
+        rt.register(grouped)
+        rt.implement(square, _square)
+        rt.start(grouped, 3, workflow_id="g1")
+        rt.run_until_idle()
+    assert main(["history", "--db", str(db), "g1"]) == 0
+    lines = [line.split()[:3] for line in capsys.readouterr().out.splitlines()
+             if line.lstrip().startswith("#")]
+    assert lines == [["#1", "context", "sums"], ["#2", "call", "square"],
+                     ["#1.1", "call", "square"], ["#1.2", "call", "square"]]
