@@ -660,3 +660,26 @@ def test_a_serdes_records_values_pydantic_cannot_and_keeps_what_it_drops_out() -
     assert ("opened", 0, "") in SEEN
     assert [seen for seen in SEEN if len(seen) == 2] == [(0, ""), (1, "")]
     assert all(b"hunter2" not in (op.result or b"") + op.request for op in ops)
+
+
+@workflow
+async def changing_context(ctx: WorkflowContext[str]) -> str:
+    serdes: Serdes[str] = CODE["serdes"]
+    word = await ctx.run_in_child_context(echo, ctx.request, name="ctx", serdes=serdes)
+    await ctx.sleep(10)
+    return word
+
+
+def test_a_child_context_whose_serdes_changed_in_flight_fails_naming_both() -> None:
+    CODE["serdes"] = Upper()
+    with _runtime(changing_context) as rt:
+        handle = rt.start(changing_context, "Word", workflow_id="n4")
+        rt.run_until_idle(skip_time=False)
+        CODE["serdes"] = Lower()
+        rt.run_until_idle()
+        with pytest.raises(WorkflowFailedError) as failed:
+            handle.result()
+    assert failed.value.error_type == NonDeterminismError.__name__
+    assert "child context 'ctx'" in failed.value.message
+    assert "recorded by serdes 'Upper', which is not this operation's serdes 'Lower'" in (
+        failed.value.message)
