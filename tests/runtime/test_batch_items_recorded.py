@@ -184,3 +184,31 @@ def test_an_item_namer_returning_a_non_string_is_named() -> None:
         with pytest.raises(WorkflowFailedError, match=r"item_name\(item 0\) must be a "
                                                       r"non-empty printable string, got 1"):
             handle.result()
+
+
+PREFIX = {"p": "item"}
+
+
+@workflow
+async def renamed(ctx: WorkflowContext[None]) -> list[int]:
+    async def wait(n: int) -> int:
+        await ctx.sleep(5)
+        return n
+
+    result = await ctx.map([0, 1, 2], wait, item_name=lambda n, i: f"{PREFIX['p']} {n}")
+    return result.values()
+
+
+def test_renamed_items_fail_the_replay_naming_the_first() -> None:
+    """Every branch meets the renamed context; the workflow fails with the first one's
+    error (operation #1), not the last branch's."""
+    PREFIX["p"] = "item"
+    with _runtime(renamed) as rt:
+        handle = rt.start(renamed, None)
+        assert rt.step_workflows()
+        PREFIX["p"] = "renamed"
+        rt.run_until_idle()
+        with pytest.raises(WorkflowFailedError, match=r"at operation #1: .* created context "
+                                                      r"'renamed 0', but the history recorded "
+                                                      r"context 'item 0'"):
+            handle.result()

@@ -765,8 +765,11 @@ class Replayer:
                     f"{site_of(frame)}): {what} differs from the recorded one: "
                     f"{_diff(rec.request, mismatch.payload)}")
         # The advice (ctx.patched, docs/versioning.md) comes from the replay core.
-        self._mismatch = NonDeterminismError(f"{head}. {mismatch.advice}")
-        return self._mismatch
+        error = NonDeterminismError(f"{head}. {mismatch.advice}")
+        # Concurrent branches may each meet a mismatch: the workflow fails with the first.
+        if self._mismatch is None:
+            self._mismatch = error
+        return error
 
     # -- running -------------------------------------------------------------------------------
     def run(self) -> ReplayResult:

@@ -87,9 +87,10 @@ class _CheckingReplayer(Replayer):
     unrecorded: _UnrecordedOperation | None = None
 
     def new_operation(self, seq: int, kind: str, name: str, payload: bytes,
-                      frame: FrameType | None) -> None:
+                      frame: FrameType | None, op_id: str | None = None,
+                      record_seq: int | None = None) -> None:
         if self.unrecorded is None:
-            super().new_operation(seq, kind, name, payload, frame)
+            super().new_operation(seq, kind, name, payload, frame, op_id, record_seq)
             op = self.new_operations.pop()
             self.unrecorded = _UnrecordedOperation(
                 f"workflow {self.workflow.name!r} ({self.workflow_id}) no longer matches its "
