@@ -26,7 +26,7 @@ from lambda_workflow import (
 from lambda_workflow._runtime.clock import VirtualClock
 from lambda_workflow.callbacks import CallbackTokens
 from lambda_workflow.local import LocalRuntime
-from lambda_workflow.models import OperationState
+from lambda_workflow.models import InstanceStatus, OperationState
 
 TOKENS: dict[str, str] = {}
 
@@ -378,3 +378,38 @@ def test_a_token_that_is_not_a_string_on_the_queue_is_dead_lettered(token: objec
         assert "token" in letter.reason
         assert handle.status().value == "running"
         assert handle.history().operations[0].state is OperationState.PENDING
+
+
+def test_a_completion_that_does_not_validate_does_not_block_a_corrected_one() -> None:
+    """A completion whose value does not validate as the callback's type is dead-lettered
+    and changes nothing; the client's corrected completion then completes the callback.
+    Before, both messages had one deduplication id (the token's), so the queue dropped the
+    corrected one as a duplicate and the workflow waited until its timeout. Two identical
+    completions are still one message."""
+    with _runtime(approve) as rt:
+        handle = rt.start(approve, "fix")
+        rt.run_until_idle(skip_time=False)
+        rt.complete_callback(TOKENS["fix"], {"approved": "maybe"})
+        rt.run_until_idle(skip_time=False)
+        assert handle.status() is InstanceStatus.RUNNING
+        assert len(rt.queue.dead_letters) == 1
+        rt.complete_callback(TOKENS["fix"], {"approved": True, "by": "ana"})
+        rt.complete_callback(TOKENS["fix"], {"approved": True, "by": "ana"})
+        assert len(rt.queue) == 1
+        rt.run_until_idle(skip_time=False)
+        assert handle.result() == "True by ana"
+
+
+def test_two_different_completions_at_once_complete_the_callback_with_the_first() -> None:
+    """Two clients complete one callback with different values before the workflow runs:
+    both messages are delivered (their contents differ), the first completes the callback
+    and the second is dropped as a duplicate reply, not dead-lettered."""
+    with _runtime(approve) as rt:
+        handle = rt.start(approve, "race")
+        rt.run_until_idle(skip_time=False)
+        rt.complete_callback(TOKENS["race"], {"approved": True, "by": "ana"})
+        rt.complete_callback(TOKENS["race"], {"approved": False, "by": "bob"})
+        assert len(rt.queue) == 2
+        rt.run_until_idle(skip_time=False)
+        assert handle.result() == "True by ana"
+        assert rt.queue.dead_letters == []

@@ -150,7 +150,11 @@ def callback_message(store: StateStore, tokens: CallbackTokens | None, token: st
     except (TypeError, pydantic_core.PydanticSerializationError) as exc:
         raise InvalidRequestError(f"the value completing callback {op.name!r} is not "
                                   f"JSON-serializable: {exc}") from None
-    return workflow_id, _core.dedup_id(workflow_id, "callback_completed", token), body
+    # Deduplicated per token and content: the same completion sent twice is one message, but
+    # a corrected one after a completion that did not validate (dead-lettered, changing
+    # nothing) is another; the workflow applies the first that completes the callback.
+    return workflow_id, _core.dedup_id(workflow_id, "callback_completed",
+                                       f"{token}\0{_core.digest(body)}"), body
 
 
 class CallbackCompletion:
