@@ -37,10 +37,14 @@ def test_service_keeps_its_name_and_types() -> None:
     assert svc.response_type is Parcel
 
 
-@pytest.mark.parametrize("name", ["", "x" * 81, None, 42], ids=["empty", "81-chars", "None", "int"])
+@pytest.mark.parametrize("name", ["", "x" * 81, None, 42, "audit\x1flog", "tab\tbed"],
+                         ids=["empty", "81-chars", "None", "int", "unit-separator", "tab"])
 def test_service_rejects_a_bad_name(name: object) -> None:
-    """An empty, over-long or non-string name is refused with a message showing the name."""
-    with pytest.raises(ValueError, match="service name must be a non-empty string") as info:
+    """An empty, over-long, non-string or non-printable name is refused with a message showing
+    the name (a named call records '<service>\x1f<name>', so the separator cannot be in a
+    service name)."""
+    with pytest.raises(ValueError,
+                       match="service name must be a non-empty printable string") as info:
         Service(cast(Any, name), Order, Order)
     assert repr(name)[:20] in str(info.value)
 
