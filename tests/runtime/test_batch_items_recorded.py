@@ -4,6 +4,7 @@ embedded runtime: a finished item returns its recorded value and its code never 
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
@@ -212,3 +213,40 @@ def test_renamed_items_fail_the_replay_naming_the_first() -> None:
                                                       r"'renamed 0', but the history recorded "
                                                       r"context 'item 0'"):
             handle.result()
+
+
+CLEANED: list[str] = []
+
+
+@workflow
+async def fail_fast(ctx: WorkflowContext[None]) -> str:
+    async def fails() -> int:
+        await ctx.sleep(10)
+        raise ValueError("late failure")
+
+    async def cleans_up() -> int:
+        try:
+            await ctx.sleep(1000)
+        except asyncio.CancelledError:
+            CLEANED.append("b")
+            await ctx.call(square, 9)  # compensate inside the branch
+            raise
+        return 0
+
+    result = await ctx.parallel([fails, cleans_up, cleans_up], names=["a", "b", "c"])
+    return ",".join(item.status.value for item in result.items)
+
+
+def test_branches_waiting_without_running_still_see_the_batch_cancel_them() -> None:
+    """Branches b and c wait on a long sleep; nothing under them replies when a's timer
+    fires, so their bodies do not run in that activation. When a fails, the batch cancels
+    both: each body runs to its sleep and is cancelled there, and its compensating call is
+    recorded inside it (two at once: neither waits for the other to stop running)."""
+    CLEANED.clear()
+    with _runtime(fail_fast) as rt:
+        handle = rt.start(fail_fast, None)
+        rt.run_until_idle()
+        assert handle.result() == "failed,cancelled,cancelled"
+        ops = {(op.op_id, op.kind) for op in handle.history().operations}
+    assert {("2.2", "call"), ("3.2", "call")} <= ops
+    assert CLEANED and set(CLEANED) == {"b"}

@@ -273,3 +273,42 @@ def test_the_cli_shows_contexts_and_the_operations_inside_them(
              if line.lstrip().startswith("#")]
     assert lines == [["#1", "context", "sums"], ["#2", "call", "square"],
                      ["#1.1", "call", "square"], ["#1.2", "call", "square"]]
+
+
+CLEANUP: list[str] = []
+
+
+async def waits_then_cleans_up(ctx: WorkflowContext[Any]) -> int:
+    try:
+        await ctx.sleep(100)
+    except asyncio.CancelledError:
+        CLEANUP.append("body")
+        await ctx.call(square, 3)  # a compensating call inside the context
+        raise
+    return 1
+
+
+@workflow
+async def cancellable(ctx: WorkflowContext[None]) -> int:
+    try:
+        return await ctx.run_in_child_context(waits_then_cleans_up, name="cleanup")
+    except asyncio.CancelledError:
+        await ctx.call(square, 4)
+        raise
+
+
+def test_a_cancel_reaches_the_body_of_an_unfinished_context() -> None:
+    """A cancel arriving while a context's body waits (and nothing under it replied) is
+    raised inside the body, whose compensating call is recorded within the context."""
+    CLEANUP.clear()
+    with _runtime(cancellable) as rt:
+        handle = rt.start(cancellable, None, workflow_id="c-1")
+        assert rt.step_workflows()
+        rt.queue.send(b'{"v":1,"kind":"cancel","workflow_id":"c-1","reason":"stop"}',
+                      group_id="c-1", dedup_id="cancel-1")
+        rt.run_until_idle(skip_time=False)
+        assert handle.status().value == "cancelled"
+        ops = {(op.op_id, op.kind, op.name) for op in handle.history().operations}
+    assert ("1.2", "call", "square") in ops
+    assert ("2", "call", "square") in ops
+    assert CLEANUP[0] == "body"

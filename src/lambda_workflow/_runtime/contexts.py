@@ -157,10 +157,15 @@ async def run_context(r: Replayer, name: str, index: int | None,
         r.new_operation(pos, "context", name, payload, frame, op_id=op_id, record_seq=rseq)
     elif decision == _core.PENDING:
         idx.pending.remove(op_id)  # a context waits on its body, not on a reply
-        if op_id not in _woken(r) and rec.created_in < r._activation and not r._relaxed:
+        if (op_id not in _woken(r) and rec.created_in < r._activation and not r._relaxed
+                and r._cancel is None):
             # Nothing under it got an outcome in this activation: its body would replay to
-            # the same point and wait again. It waits without running.
-            await r._loop.create_future()
+            # the same point and wait again. It waits without running. (Not when a cancel is
+            # delivered to the workflow: it must reach the body.)
+            try:
+                await r._loop.create_future()
+            except asyncio.CancelledError as cancel:
+                return await _cancel_inside(r, name, op_id, body, adapter, cancel)
     elif rec.state is OperationState.COMPLETED and rec.result == REPLAY_CHILDREN:
         idx.waiting.pop(pos, None)
         replay_children = True
@@ -170,6 +175,37 @@ async def run_context(r: Replayer, name: str, index: int | None,
         except ServiceError as exc:
             raise _raised(name, exc.error_type, exc.message, exc.details) from None
         return _decode(r, adapter, wrapped, name, op_id)
+    return await _run_body(r, name, op_id, body, adapter, replay_children)
+
+
+async def _cancel_inside(r: Replayer, name: str, op_id: str,
+                         body: Callable[[], Awaitable[Any]], adapter: pydantic.TypeAdapter[Any],
+                         cancel: asyncio.CancelledError) -> Any:
+    """A context waiting without running its body was cancelled (a batch that completed, a
+    timeout): run the body to where it waits, replaying its operations, and cancel it there,
+    so its handlers run as they would have had it been running."""
+    inner = asyncio.ensure_future(_run_body(r, name, op_id, body, adapter, False))
+    r._spinning += 1
+    try:
+        while not inner.done():
+            await asyncio.sleep(0)
+            # Every task waits but the other contexts doing this (each has one wake-up
+            # queued): the body is where it waited.
+            if len(r._loop._ready) < r._spinning:
+                break
+    finally:
+        r._spinning -= 1
+    if inner.done():
+        inner.result()
+        raise cancel
+    inner.cancel(*cancel.args)
+    return await inner
+
+
+async def _run_body(r: Replayer, name: str, op_id: str, body: Callable[[], Awaitable[Any]],
+                    adapter: pydantic.TypeAdapter[Any], replay_children: bool) -> Any:
+    """Run a context's body in its scope and record its outcome."""
+    idx = r._index
     scope = Scope(r, op_id, r._scoped.get(op_id, ()))
     token = CURRENT.set(scope)
     try:

@@ -231,6 +231,7 @@ class Replayer:
         self._index.bound = self._n_root
         self._n_scoped_new = 0
         self._woken_contexts: set[str] | None = None
+        self._spinning = 0  # cancelled contexts running their bodies to their waiting point
         if self._scoped:
             self.call = self._scoped_call
 
