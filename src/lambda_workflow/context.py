@@ -495,6 +495,9 @@ class WorkflowContext(Generic[ReqT]):
         if names is None:
             labels = [f"parallel[{i}]" for i in range(len(branches))]
         else:
+            if isinstance(names, str):
+                raise TypeError(f"names must be one string per branch, not a string: "
+                                f"{names!r}")
             labels = list(names)
             if len(labels) != len(branches):
                 raise ValueError(f"ctx.parallel got {len(labels)} names for {len(branches)} "

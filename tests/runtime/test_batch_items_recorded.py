@@ -157,6 +157,7 @@ def test_map_takes_an_item_namer() -> None:
     ({"names": ["only one"]}, "ctx.parallel got 1 names for 2 branches"),
     ({"names": ["a", ""]}, "a parallel branch's name must be a non-empty printable string"),
     ({"flat": "yes"}, "flat must be a bool, got 'yes'"),
+    ({"names": "ab"}, "names must be one string per branch, not a string: 'ab'"),
 ])
 def test_bad_batch_options_are_named(kwargs: dict[str, Any], message: str) -> None:
     @workflow
