@@ -621,3 +621,68 @@ def test_the_replay_check_replays_a_reset_history_and_its_leftovers(
         [*history.operations, *(replace(op) for op in dropped)], key=lambda op: op.seq))
     check = check_replay(trip, leftovers)
     assert check.ok, check.message
+
+
+# -- child contexts ------------------------------------------------------------------------------
+async def _reserve_then_ship(ctx: WorkflowContext[str], item: str) -> str:
+    units = await ctx.call(reserve, item)
+    return await ctx.call(ship, f"{item} x{units}")
+
+
+@workflow
+async def in_a_context(ctx: WorkflowContext[str]) -> str:
+    label = await ctx.run_in_child_context(_reserve_then_ship, ctx.request, name="pack")
+    price = await ctx.call(quote, ctx.request)
+    return f"{label} for {price}"
+
+
+def test_reset_keeps_the_operations_inside_a_kept_child_context(
+        make_runtime: Callable[..., LocalRuntime]) -> None:
+    """A reset to a child context that is still running keeps the operations inside it, and
+    the context's body finds them (before: the replay after the reset failed the instance
+    with "ValueError: list.remove(x): x not in list", the kept context being looked up under
+    the reset's new id "r1.1"; and a reset by seq alone would drop every operation inside a
+    context, so its reply-recorded call would go to the service again)."""
+    rt = make_runtime(in_a_context)
+    rt.implement(reserve, _reserve)
+    rt.start(in_a_context, "cup", workflow_id="c-1")
+    rt.run_until_idle()  # reserve replied; ship has no implementation yet: pending
+    ids = [op.op_id for op in rt.history("c-1").operations]
+    assert ids == ["1", "1.1", "1.2"]
+    rt.reset("c-1", to="1")
+    rt.implement(ship, _ship)
+    rt.implement(quote, _reserve)
+    rt.run_until_idle()
+    assert rt.result("c-1") == "shipped cup x3 for 3"
+    assert [i.service for i in rt.invocations].count("reserve") == 1
+    ids = [op.op_id for op in rt.history("c-1").operations if op.kind != "repair"]
+    assert sorted(ids) == ["1", "1.1", "1.2", "r1.2"]  # the quote after the reset is new
+
+
+def test_reset_before_a_child_context_drops_it_with_everything_inside(
+        make_runtime: Callable[..., LocalRuntime]) -> None:
+    """A reset to the start drops the context and its operations: it runs again from the
+    top, its calls under new ids."""
+    rt = make_runtime(in_a_context)
+    rt.implement(reserve, _reserve)
+    rt.implement(ship, _ship)
+    rt.implement(quote, _reserve)
+    rt.start(in_a_context, "mug", workflow_id="c-2")
+    rt.run_until_idle()
+    done = rt.reset("c-2", to="0")
+    assert sorted(done.dropped) == ["1", "1.1", "1.2", "2"]
+    rt.run_until_idle()
+    assert rt.result("c-2") == "shipped mug x3 for 3"
+
+
+def test_reset_to_an_operation_inside_a_child_context_is_refused(
+        make_runtime: Callable[..., LocalRuntime]) -> None:
+    """A reset keeps or drops a child context whole: `--to` an operation inside one is
+    refused with the context to name instead, and nothing changes."""
+    rt = make_runtime(in_a_context)
+    rt.implement(reserve, _reserve)
+    rt.start(in_a_context, "jar", workflow_id="c-3")
+    rt.run_until_idle()
+    with pytest.raises(RepairError, match=r"operation '1\.1' is inside child context '1'"):
+        rt.reset("c-3", to="1.1")
+    assert [op.op_id for op in rt.history("c-3").operations] == ["1", "1.1", "1.2"]

@@ -27,6 +27,7 @@ from .. import _core
 from ..backends.protocols import StateStore
 from ..errors import RepairError, WorkflowNotFoundError
 from ..models import History, InstanceStatus, OperationRecord, OperationState
+from .contexts import SCOPED_SEQ_BASE
 
 __all__ = ["RESUMABLE_ERRORS", "RepairError", "RepairResult", "RepairView", "Repairs",
            "repair_view", "resume_message_body"]
@@ -173,6 +174,12 @@ class Repairs:
         own = [op for op in history.operations
                if op.kind not in _OUTSIDE and op.op_id not in fenced]
         target = next((op for op in own if op.op_id == to), None)
+        if target is not None and target.seq >= SCOPED_SEQ_BASE:
+            root = _root_of(target.op_id, own)
+            raise RepairError(
+                f"operation {to!r} is inside child context {root!r} of {workflow_id!r}: a "
+                f"reset keeps or drops a child context whole; reset to {root!r} to keep it "
+                "or to the operation before it to run it again")
         if target is None and to != START:
             ids = [op.op_id for op in own]
             shown = (f"{ids[0]} to {ids[-1]}" if len(ids) > 3 else ", ".join(ids)) or "none"
@@ -181,15 +188,19 @@ class Repairs:
                 f"operations are {shown} ({len(ids)}; see its history), or {START!r} for "
                 "the start")
         keep = -1 if target is None else target.seq
+        # Operations inside child contexts (seq from SCOPED_SEQ_BASE on) go with the root
+        # operation that encloses them: kept with a kept context, dropped with a dropped one.
+        roots_kept = {op.op_id for op in own if op.seq < SCOPED_SEQ_BASE and op.seq <= keep}
         # The recorded cancellation first: a store that cannot delete everything in one
         # write deletes it with the instance's reopening (StateStore.repair).
         dropped = [op for op in history.operations if op.kind == "cancel"]
-        dropped += [op for op in own if op.seq > keep]
+        dropped += [op for op in own if (op.seq > keep if op.seq < SCOPED_SEQ_BASE
+                                         else _root_of(op.op_id, own) not in roots_kept)]
         children = [self._child_id(workflow_id, op.op_id,
                                    orjson.loads(op.request).get("workflow_id"))
                     for op in dropped if op.kind == "child"
                     and op.state is OperationState.PENDING]
-        kept = sum(1 for op in own if op.seq <= keep)
+        kept = len(roots_kept)
         return self._apply(history, "reset", (to, kept), dropped, children, request_id)
 
     # -- shared steps --------------------------------------------------------------------------
@@ -279,3 +290,14 @@ class Repairs:
         self._send(workflow_id, _core.dedup_id(workflow_id, "resume", str(n)),
                    resume_message_body(workflow_id, n))
         self._store.mark_sent(workflow_id, [record.op_id])
+
+
+def _root_of(op_id: str, operations: Sequence[OperationRecord]) -> str:
+    """The root operation (the child context at the top) that encloses the operation
+    ``op_id`` of a child context: ids within a context extend the context's id (``3.1``,
+    ``3.2.1``; ``r2.3.1`` after a reset renamed ``3``)."""
+    roots = {op.op_id for op in operations if op.seq < SCOPED_SEQ_BASE}
+    head = op_id
+    while head not in roots and "." in head:
+        head = head.rsplit(".", 1)[0]
+    return head

@@ -601,8 +601,12 @@ class Replayer:
         if scope is None or scope.owner is not self:
             seq = idx.seq
             idx.seq = seq + 1
-            pos = seq if seq < self._n_root else seq + len(self._history)
-            return pos, _core.operation_id(self._scope, seq), seq
+            if seq < self._n_root:
+                # A recorded root operation keeps its recorded id: after a reset the scope
+                # names new operations ("r1.3"), not those the reset kept ("1"), and a kept
+                # child context finds its operations by its own id.
+                return seq, self._history[seq].op_id, seq
+            return seq + len(self._history), _core.operation_id(self._scope, seq), seq
         local = scope.count
         scope.count = local + 1
         if local < len(scope.recorded):
