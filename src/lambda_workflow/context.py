@@ -507,14 +507,31 @@ class WorkflowContext(Generic[ReqT]):
         return await self._batch(branches, labels, result_type, max_concurrency, completion,
                                  flat, item_serdes)
 
+    @overload
     async def map(self, items: Sequence[ItemT], fn: Callable[[ItemT], Awaitable[R]], /, *,
+                  max_concurrency: int | None = None,
+                  completion: Completion | None = None,
+                  item_name: Callable[[ItemT, int], str] | None = None,
+                  flat: bool = False, result_type: Any = None,
+                  item_serdes: Serdes[R] | None = None) -> BatchResult[R]: ...
+
+    @overload
+    async def map(self, items: Sequence[ItemT], fn: Callable[[ItemT, int], Awaitable[R]], /,
+                  *, max_concurrency: int | None = None,
+                  completion: Completion | None = None,
+                  item_name: Callable[[ItemT, int], str] | None = None,
+                  flat: bool = False, result_type: Any = None,
+                  item_serdes: Serdes[R] | None = None) -> BatchResult[R]: ...
+
+    async def map(self, items: Sequence[ItemT], fn: Callable[..., Awaitable[R]], /, *,
                   max_concurrency: int | None = None,
                   completion: Completion | None = None,
                   item_name: Callable[[ItemT, int], str] | None = None,
                   flat: bool = False, result_type: Any = None,
                   item_serdes: Serdes[R] | None = None) -> BatchResult[R]:
         """``await fn(item)`` for every item, concurrently (see :meth:`parallel`); the
-        result's items are in the order of ``items``.
+        result's items are in the order of ``items``. A ``fn`` with two required positional
+        parameters gets the item's zero-based index too: ``await fn(item, index)`` (map 9.3).
 
         ``item_name(item, index)`` names each item (default ``map[<index>]``) in the history,
         the CLI and errors. Items run nested (each a child context: a finished item returns
@@ -533,14 +550,17 @@ class WorkflowContext(Generic[ReqT]):
             labels = [_context_name(None, item_name(item, i), f"item_name(item {i})")
                       for i, item in enumerate(values)]
 
-        def branch(item: ItemT) -> Callable[[], Awaitable[R]]:
-            return lambda: fn(item)
+        with_index = _takes_index(fn)
+
+        def branch(item: ItemT, index: int) -> Callable[[], Awaitable[R]]:
+            return (lambda: fn(item, index)) if with_index else (lambda: fn(item))
 
         if result_type is None:
             from .steps import _result_type
 
             result_type = _result_type(fn)
-        return await self._batch([branch(item) for item in values], labels, result_type,
+        return await self._batch([branch(item, i) for i, item in enumerate(values)], labels,
+                                 result_type,
                                  max_concurrency, completion, flat, item_serdes)
 
     async def _batch(self, branches: list[Callable[[], Awaitable[R]]], labels: list[str],
@@ -737,3 +757,17 @@ def _check_batch(max_concurrency: int | None, completion: object) -> None:
             isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
             or max_concurrency < 1):
         raise ValueError(f"max_concurrency must be an integer >= 1, got {max_concurrency!r}")
+
+
+def _takes_index(fn: Callable[..., object]) -> bool:
+    """Whether a map function takes the item's index too: two or more required positional
+    parameters (``fn(item, index)``). Anything else gets the item alone."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature (some builtins): the item alone
+        return False
+    required = [p for p in parameters
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    return len(required) >= 2

@@ -58,6 +58,27 @@ def test_map_9_2_items_only_form_returns_each_items_value() -> None:
         assert handle.result() == [2, 4]
 
 
+async def plus_index(item: int, index: int) -> int:
+    return item + index
+
+
+@workflow
+async def map_with_index(ctx: WorkflowContext[list[int]]) -> list[int]:
+    result = await ctx.map(ctx.request, plus_index, max_concurrency=1)
+    return result.values()
+
+
+def test_map_9_3_the_function_receives_the_item_and_its_index() -> None:
+    """A map function with two required parameters gets (item, index); each item's value is
+    recorded as its context's result and replays without running the function again."""
+    with runtime(map_with_index) as rt:
+        handle = rt.start(map_with_index, [10, 20, 30])
+        rt.run_until_idle()
+        assert handle.result() == [10, 21, 32]
+        assert [op.result for op in handle.history().operations if op.kind == "context"] == [
+            b'{"v":10}', b'{"v":21}', b'{"v":32}']
+
+
 @workflow
 async def map_empty(ctx: WorkflowContext[list[int]]) -> dict[str, Any]:
     result: BatchResult[int] = await ctx.map(ctx.request, double)

@@ -31,6 +31,12 @@ async def typed(ctx: WorkflowContext[list[int]]) -> int:
 
     mapped = await ctx.map(ctx.request, item, item_name=lambda n, i: f"{i}:{n}")
     reveal_type(mapped.values())  # R: list[str]
+
+    async def indexed(n: int, i: int) -> float:
+        return n + i / 10
+
+    with_index = await ctx.map(ctx.request, indexed)
+    reveal_type(with_index.values())  # R: list[float]
     def number(n: int, i: int) -> int:
         return n
 
