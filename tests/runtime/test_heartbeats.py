@@ -303,6 +303,8 @@ def test_stores_keep_the_latest_heartbeat_and_check_the_callback(tmp_path: Path)
         store.record_outcomes(wid, [Outcome(cid, OperationState.COMPLETED, b"1")], 3, T0 + 60)
         assert store.record_heartbeat(wid, cid, "digest-1", T0 + 70) == "completed"
         assert store.last_heartbeat(wid, cid) == T0 + 20
+        if isinstance(store, SQLiteStateStore):
+            store.close()
 
 
 def test_two_heartbeats_at_once_from_two_processes_both_land(tmp_path: Path) -> None:
@@ -335,7 +337,11 @@ def test_two_heartbeats_at_once_from_two_processes_both_land(tmp_path: Path) -> 
     for t in threads:
         t.join()
     assert errors == []
-    assert SQLiteStateStore(path).last_heartbeat("h10", "1") == T0 + 15 + 19
+    store = SQLiteStateStore(path)
+    try:
+        assert store.last_heartbeat("h10", "1") == T0 + 15 + 19
+    finally:
+        store.close()
 
 
 def _import_legacy(store: MemoryStateStore) -> str:
@@ -406,9 +412,12 @@ def test_the_cli_heartbeat_on_a_state_file_needs_no_module_and_no_activation(
     assert "callback heartbeat of h11 accepted: recorded on the callback" in (
         capsys.readouterr().out)
     store = SQLiteStateStore(path)
-    history = store.load_history("h11")
-    assert history is not None and history.instance.activations == activations
-    assert store.last_heartbeat("h11", "1") is not None
+    try:
+        history = store.load_history("h11")
+        assert history is not None and history.instance.activations == activations
+        assert store.last_heartbeat("h11", "1") is not None
+    finally:
+        store.close()
 
 
 # -- the recipe of docs/primitives.md (callbacks, heartbeats) -----------------------------
