@@ -251,3 +251,28 @@ def test_branches_waiting_without_running_still_see_the_batch_cancel_them() -> N
         ops = {(op.op_id, op.kind) for op in handle.history().operations}
     assert {("2.2", "call"), ("3.2", "call")} <= ops
     assert CLEANED and set(CLEANED) == {"b"}
+
+
+@workflow
+async def staggered(ctx: WorkflowContext[int]) -> list[int]:
+    async def item(n: int) -> int:
+        RUNS[n] += 1
+        await ctx.sleep(10 * (n + 1))
+        return n
+
+    result = await ctx.map(list(range(ctx.request)), item)
+    return result.values()
+
+
+def test_an_item_waiting_across_many_activations_does_not_run_at_each_suspension() -> None:
+    """Items whose timers fire one per activation: an item still waiting runs its function
+    only where it starts and where its timer fires, however many activations it waits
+    through. (A regression ran the function of every waiting item once more at each
+    suspension, when the activation's coroutine was torn down: O(items) of user code per
+    activation again.)"""
+    with _runtime(staggered) as rt:
+        handle = rt.start(staggered, 6)
+        activations = len([r for r in rt.run_until_idle() if r.workflow_name == "staggered"])
+        assert handle.result() == list(range(6))
+    assert activations == 7
+    assert Counter(dict.fromkeys(range(6), 2)) == RUNS

@@ -165,6 +165,12 @@ async def run_context(r: Replayer, name: str, index: int | None,
             try:
                 await r._loop.create_future()
             except asyncio.CancelledError as cancel:
+                if idx.sealed:
+                    # The activation is over (it suspended, failed or was abandoned): the
+                    # cancel tears the coroutine down; the body has nothing to run. (Running
+                    # it here ran the function of every waiting map item once more at each
+                    # suspension.)
+                    raise
                 return await _cancel_inside(r, name, op_id, body, adapter, cancel)
     elif rec.state is OperationState.COMPLETED and rec.result == REPLAY_CHILDREN:
         idx.waiting.pop(pos, None)
