@@ -280,7 +280,7 @@ def test_late_timer_and_callback_of_dropped_operations_are_duplicates(
     assert rt.dead_letters() == []
     assert rt.status("trip-3") is InstanceStatus.RUNNING  # still waits on the new callback
     with pytest.raises(Exception, match="callback"):
-        callback_message(rt.store, rt.tokens, old_token, "completed", value=False)
+        callback_message(rt.store, rt.tokens, old_token, value=False)
     rt.complete_callback(new_token, True)
     rt.run_until_idle()
     assert rt.result("trip-3") == "booked faro:10:True"

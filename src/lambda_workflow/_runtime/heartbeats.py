@@ -25,7 +25,7 @@ from .. import _core
 from ..backends.protocols import StateStore
 from ..callbacks import CallbackTokens
 from ..errors import InvalidCallbackTokenError, WorkflowError
-from ..models import InstanceStatus, OperationRecord, OperationState
+from ..models import History, InstanceStatus, OperationRecord, OperationState
 
 __all__ = ["callback_timed_out", "heartbeat_callback_of", "heartbeat_timer_result",
            "record_callback_heartbeat"]
@@ -88,6 +88,28 @@ def callback_timed_out(callback: OperationRecord, operations: Sequence[Operation
     return False
 
 
+def callback_of(store: StateStore, tokens: CallbackTokens | None,
+                token: str) -> tuple[str, History, OperationRecord]:
+    """The instance id, history and ``callback`` operation a token names, once the token is
+    checked: its signature, and that it is the one recorded in the callback's request (not a
+    token of an earlier run).
+
+    Raises:
+        InvalidCallbackTokenError: a forged or altered token, an unknown instance or callback.
+        WorkflowError: no callback key is configured.
+    """
+    if tokens is None:
+        raise WorkflowError("this runtime has no callback key to verify tokens with")
+    workflow_id, callback_id = tokens.verify(token)
+    history = store.load_history(workflow_id)
+    op = next((o for o in history.operations if o.op_id == callback_id), None) if history else None
+    if history is None or op is None or op.kind != "callback":
+        raise InvalidCallbackTokenError(
+            f"callback token rejected: instance {workflow_id!r} has no callback {callback_id!r}")
+    tokens.check_recorded(token, op.request, workflow_id)  # not a token of an earlier run
+    return workflow_id, history, op
+
+
 def record_callback_heartbeat(store: StateStore, tokens: CallbackTokens | None, token: str,
                               now: float) -> tuple[str, str, bytes] | None:
     """Check a heartbeat's token against the state and record the heartbeat on the callback
@@ -103,15 +125,8 @@ def record_callback_heartbeat(store: StateStore, tokens: CallbackTokens | None, 
             Nothing is recorded.
         WorkflowError: no callback key is configured, or the store cannot record heartbeats.
     """
-    if tokens is None:
-        raise WorkflowError("this runtime has no callback key to verify tokens with")
-    workflow_id, callback_id = tokens.verify(token)
-    history = store.load_history(workflow_id)
-    op = next((o for o in history.operations if o.op_id == callback_id), None) if history else None
-    if history is None or op is None or op.kind != "callback":
-        raise InvalidCallbackTokenError(
-            f"callback token rejected: instance {workflow_id!r} has no callback {callback_id!r}")
-    tokens.check_recorded(token, op.request, workflow_id)  # not a token of an earlier run
+    workflow_id, history, op = callback_of(store, tokens, token)
+    callback_id = op.op_id
     refusal = _refusal(op, history.instance.status, history.operations, workflow_id)
     if refusal is not None:
         raise InvalidCallbackTokenError(refusal)

@@ -19,7 +19,6 @@ from ..errors import (
     InvalidRequestError,
     PayloadTooLargeError,
     WorkflowAlreadyStartedError,
-    WorkflowError,
     WorkflowFailedError,
     WorkflowNotFinishedError,
 )
@@ -32,8 +31,8 @@ from ..models import (
 )
 from ..service import type_name
 from ..workflow import Workflow
-from .engine import child_workflow_id, current_heartbeat, start_message_body
-from .heartbeats import record_callback_heartbeat
+from .engine import child_workflow_id, start_message_body
+from .heartbeats import callback_of, record_callback_heartbeat
 from .repair import RepairResult, Repairs
 
 __all__ = ["CallbackCompletion", "RepairCommands", "callback_message", "instance_result",
@@ -98,29 +97,19 @@ def instance_result(inst: InstanceRecord, workflow: Workflow[Any, ResT]) -> ResT
                               err.get("details"))
 
 
-def callback_message(store: StateStore, tokens: CallbackTokens | None, token: str, kind: str,
-                     *, value: object = None, error: dict[str, Any] | None = None
-                     ) -> tuple[str, str, bytes] | None:
-    """Check a callback token against the state and build the message completing, failing
-    (``kind`` ``completed`` with ``error``) or heartbeating (``heartbeat``) its callback.
-
-    Returns ``(workflow_id, dedup_id, body)``, or ``None`` for a heartbeat to a callback that
-    has no heartbeat timeout (nothing to send).
+def callback_message(store: StateStore, tokens: CallbackTokens | None, token: str, *,
+                     value: object = None, error: dict[str, Any] | None = None
+                     ) -> tuple[str, str, bytes]:
+    """Check a callback token against the state and build the message completing the
+    callback (or failing it, with ``error``). Returns ``(workflow_id, dedup_id, body)``.
+    (Heartbeats are recorded on the callback: :func:`record_callback_heartbeat`.)
 
     Raises:
         InvalidCallbackTokenError: forged or altered token, unknown instance or callback, a
             callback that already completed or an instance that ended. Nothing is sent.
         InvalidRequestError: ``value`` is not JSON-serializable.
     """
-    if tokens is None:
-        raise WorkflowError("this runtime has no callback key to verify tokens with")
-    workflow_id, callback_id = tokens.verify(token)
-    history = store.load_history(workflow_id)
-    op = next((o for o in history.operations if o.op_id == callback_id), None) if history else None
-    if history is None or op is None or op.kind != "callback":
-        raise InvalidCallbackTokenError(
-            f"callback token rejected: instance {workflow_id!r} has no callback {callback_id!r}")
-    tokens.check_recorded(token, op.request, workflow_id)  # not a token of an earlier run
+    workflow_id, history, op = callback_of(store, tokens, token)
     if op.state is not OperationState.PENDING:
         raise InvalidCallbackTokenError(
             f"callback token rejected: callback {op.name!r} of {workflow_id!r} has already "
@@ -129,15 +118,6 @@ def callback_message(store: StateStore, tokens: CallbackTokens | None, token: st
         raise InvalidCallbackTokenError(
             f"callback token rejected: instance {workflow_id!r} has ended "
             f"({history.instance.status.value})")
-    if kind == "heartbeat":
-        beat = current_heartbeat(op, history.operations)
-        if beat is None:
-            return None
-        body = orjson.dumps({"v": 1, "kind": "callback_heartbeat", "workflow_id": workflow_id,
-                             "token": token})
-        return (workflow_id,
-                _core.dedup_id(workflow_id, "callback_heartbeat", f"{callback_id}:{beat.op_id}"),
-                body)
     message: dict[str, Any] = {"v": 1, "kind": "callback_completed",
                                "workflow_id": workflow_id, "token": token,
                                "ok": error is None}
@@ -177,7 +157,7 @@ class CallbackCompletion:
             WorkflowError: no callback key is configured.
         """
         store, tokens, _ = self._callback_parts()
-        self._send_callback(callback_message(store, tokens, token, "completed", value=value))
+        self._send_callback(callback_message(store, tokens, token, value=value))
 
     def fail_callback(self, token: str, error_type: str, message: str,
                       details: object = None) -> None:
@@ -187,7 +167,7 @@ class CallbackCompletion:
             raise ValueError(f"error_type must be a non-empty string, got {error_type!r}")
         store, tokens, _ = self._callback_parts()
         self._send_callback(callback_message(
-            store, tokens, token, "completed",
+            store, tokens, token,
             error={"type": error_type, "message": str(message), "details": details}))
 
     def heartbeat_callback(self, token: str) -> None:
