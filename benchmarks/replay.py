@@ -1,24 +1,30 @@
-"""Replay-overhead benchmark: the compiled core, the pure twin and the floor, side by side.
+"""Replay benchmark: compiled core, pure twin, floor and checked floor, side by side.
 
-Run:  python benchmarks/replay.py [--quick] [--json benchmarks/results/replay.json]
+Run:  python benchmarks/replay.py [--quick] [--rounds R] [--json benchmarks/results/replay.json]
 
-Every number is a median over repeated runs in this process (or in fresh interpreters, for
-import times); ratios compare numbers measured in the same run. The compiled core and the pure
-twin run in separate interpreters (LAMBDA_WORKFLOW_REQUIRE_EXTENSIONS=1 and
-LAMBDA_WORKFLOW_NO_EXTENSIONS=1), each measuring the floor again so each ratio has its own
-baseline. Peer numbers come from benchmarks/peers/results.json when it exists (see
-benchmarks/peers/README.md; the peers run in their own virtual environments).
+The workflow every row replays is N sequential calls, each building a NEW request model
+(``await ctx.call(balance, Transaction(account_id="alice", amount=i))``), as the peers'
+workflows do; a gather shape (gathers of 10 calls, new requests too) is measured for the core.
+All N calls are recorded, each with its own request bytes and the reply ``{"balance":100}``.
 
-What is measured:
-- replay: one activation that replays a workflow whose N calls are all recorded (sequential
-  calls, or gathers of 10), per recorded call. The floor is a bare coroutine that awaits N
-  already-completed futures looked up in a dict and decodes each result with the same
-  pydantic type.
-- record: one activation of a fresh workflow that makes N new calls, per new call.
-- activation: Engine.activate on SQLite with N recorded calls and one new reply (load the
-  history in one read, replay, record the reply, send the next request, finish).
-- import: `import lambda_workflow` and `import lambda_workflow.local` in a fresh interpreter,
-  against `import pydantic, orjson` alone.
+Rows (per replayed call unless said otherwise; all measured in the same run):
+- floor: a bare coroutine that awaits N already-completed futures and decodes each recorded
+  reply with the response type's ``TypeAdapter.validate_json``.
+- checked floor: the floor, plus, per call, building the request model, the request adapter's
+  ``dump_json`` and comparing those bytes with the recorded request bytes (the least a replay
+  that checks every request must do).
+- core: ``Replayer(...).run()`` replaying the N recorded calls, history already in memory, no
+  store (sequential; and gather10).
+- activation: ``Engine.activate`` on SQLite with N recorded calls, the last one's reply arriving:
+  load the history in one read, replay, record the reply, finish (per whole activation).
+
+The core is chosen at import, so every measurement runs in child interpreters: one with
+LAMBDA_WORKFLOW_REQUIRE_EXTENSIONS=1 (compiled), one with LAMBDA_WORKFLOW_NO_EXTENSIONS=1 (pure).
+Rounds are interleaved: each round runs one compiled child and one pure child (alternating which
+goes first); in a child every row and N is measured once (the median of a few inner repetitions
+after a warm-up). Reported: the median over rounds and the spread (min-max over rounds). The
+floors do not depend on the core: their samples from both children are pooled. Ratios use
+medians of the same run.
 """
 
 # No `from __future__ import annotations`: the workflows below are defined inside a function
@@ -31,18 +37,31 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (10, 100, 1_000, 10_000)
-QUICK_SIZES = (10, 100, 1_000)
+QUICK_SIZES = (10, 100)
 GATHER = 10
+ROWS = ("floor", "checked_floor", "core", "core_gather10", "activation")
+PER_CALL = ("floor", "checked_floor", "core", "core_gather10")
+# Targets of issue 13 at N = 1,000 (see docs/core.md, "Targets").
+TARGET_N = "1000"
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
+def inner_repeats(n: int, quick: bool) -> int:
+    """Timed repetitions inside one child per row and N (the child reports their median)."""
+    if quick:
+        return 3
+    return 60 if n <= 10 else 15 if n <= 100 else 5 if n <= 1_000 else 2
+
+
+def median_run(fn: Callable[[], object], repeats: int) -> float:
     """Median wall time of ``fn`` over ``repeats`` runs, after one warm-up run."""
     fn()
     times = []
@@ -53,12 +72,8 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def repeats_for(n: int) -> int:
-    return 15 if n <= 100 else 9 if n <= 1_000 else 5
-
-
-# -- measured inside one interpreter (one core implementation) -------------------------------
-def measure_inside(sizes: tuple[int, ...]) -> dict[str, Any]:
+# -- one child interpreter: one core implementation, one sample per row and N ----------------
+def measure_inside(sizes: tuple[int, ...], quick: bool) -> dict[str, Any]:
     # Imported here: the parent process must not load the core (the children pick it).
     from pydantic import BaseModel
 
@@ -83,81 +98,91 @@ def measure_inside(sizes: tuple[int, ...]) -> dict[str, Any]:
         balance: int
 
     balance = Service("balance", Transaction, Balance)
-    tx = Transaction(account_id="alice", amount=50)
     reply = b'{"balance":100}'
 
     @workflow
     async def sequential(ctx: lambda_workflow.WorkflowContext[int]) -> int:
         total = 0
-        for _ in range(ctx.request):
-            total += (await ctx.call(balance, tx)).balance
+        for i in range(ctx.request):
+            total += (await ctx.call(balance, Transaction(account_id="alice", amount=i))).balance
         return total
 
     @workflow
     async def gathers(ctx: lambda_workflow.WorkflowContext[int]) -> int:
         total = 0
-        for _ in range(ctx.request // GATHER):
-            for b in await asyncio.gather(*(ctx.call(balance, tx) for _ in range(GATHER))):
+        for g in range(ctx.request // GATHER):
+            for b in await asyncio.gather(*(
+                    ctx.call(balance, Transaction(account_id="alice", amount=g * GATHER + j))
+                    for j in range(GATHER))):
                 total += b.balance
         return total
 
-    payload = _core.encode_value(balance.request_adapter, tx)
-    digest = _core.digest(payload)
+    def request_bytes(i: int) -> bytes:
+        return _core.encode_value(balance.request_adapter,
+                                  Transaction(account_id="alice", amount=i))
 
-    def history(n: int, per_stage: int, *, pending_last: bool = False) -> list[OperationRecord]:
+    def history(n: int, per_stage: int, *, pending_last: bool = False,
+                wid: str = "w") -> list[OperationRecord]:
         ops = []
         for seq in range(n):
             last = pending_last and seq == n - 1
+            payload = request_bytes(seq)
             ops.append(OperationRecord(
-                "w", str(seq + 1), seq, "call", "balance", payload, digest,
+                wid, str(seq + 1), seq, "call", "balance", payload, _core.digest(payload),
                 state=OperationState.PENDING if last else OperationState.COMPLETED,
                 sent=True, result=None if last else reply, created_in=seq // per_stage + 1,
                 resolved_in=None if last else seq // per_stage + 2))
         return ops
 
-    def replay(wf: Any, n: int, ops: list[OperationRecord]) -> Callable[[], object]:
+    def core(wf: Any, n: int, ops: list[OperationRecord]) -> Callable[[], object]:
         inp = str(n).encode()
 
         def run() -> object:
             result = Replayer(wf, "w", inp, ops, {}, activation=n + 2, now=0.0).run()
             assert result.outcome == "completed", result.error
+            assert not result.new_operations
             return result
         return run
 
     def floor(n: int) -> Callable[[], object]:
-        results = {str(seq + 1): reply for seq in range(n)}
+        replies = [reply] * n
         adapter = balance.response_adapter
 
         async def main() -> int:
             loop = asyncio.get_running_loop()
             total = 0
-            for seq in range(n):
+            for i in range(n):
                 future = loop.create_future()
-                future.set_result(results[str(seq + 1)])
+                future.set_result(replies[i])
                 total += adapter.validate_json(await future).balance
             return total
 
         loop = asyncio.new_event_loop()
         return lambda: loop.run_until_complete(main())
 
-    def fresh(n: int) -> Callable[[], object]:
-        inp = str(n).encode()
+    def checked_floor(n: int) -> Callable[[], object]:
+        replies = [reply] * n
+        recorded = [request_bytes(i) for i in range(n)]
+        request_adapter = balance.request_adapter
+        adapter = balance.response_adapter
+        # dump_json must produce the recorded (canonical) bytes, or the comparison means nothing.
+        assert request_adapter.dump_json(Transaction(account_id="alice", amount=7)) == \
+            request_bytes(7)
 
-        def run() -> object:
-            result = Replayer(sequential, "w", inp, [], {}, activation=1, now=0.0).run()
-            assert result.outcome == "suspended" and len(result.new_operations) == 1
-            return result
+        async def main() -> int:
+            loop = asyncio.get_running_loop()
+            total = 0
+            for i in range(n):
+                request = Transaction(account_id="alice", amount=i)
+                if request_adapter.dump_json(request) != recorded[i]:
+                    raise AssertionError(f"request #{i} differs from the recorded one")
+                future = loop.create_future()
+                future.set_result(replies[i])
+                total += adapter.validate_json(await future).balance
+            return total
 
-        @workflow(name="fanout")
-        async def fanout(ctx: lambda_workflow.WorkflowContext[int]) -> int:
-            values = await asyncio.gather(*(ctx.call(balance, tx) for _ in range(ctx.request)))
-            return len(values)
-
-        def run_many() -> object:
-            result = Replayer(fanout, "w", inp, [], {}, activation=1, now=0.0).run()
-            assert result.outcome == "suspended" and len(result.new_operations) == n
-            return result
-        return run_many if n > 1 else run
+        loop = asyncio.new_event_loop()
+        return lambda: loop.run_until_complete(main())
 
     class NullTransport:
         reply_address = "bench"
@@ -168,25 +193,18 @@ def measure_inside(sizes: tuple[int, ...]) -> dict[str, Any]:
         def send_to_service(self, service: str, dedup_id: str, body: bytes) -> None:
             pass
 
-    def activation(n: int, tmp: Path) -> Callable[[], object]:
+    def activation(n: int, tmp: Path, runs: int) -> Callable[[], object]:
         # N recorded calls; the reply of the last one arrives; the workflow completes.
         # Each run works on its own instance id, so every run records for real.
         store = SQLiteStateStore(tmp / f"bench-{n}.sqlite3")
         engine = Engine(store, NullTransport(), {"sequential": sequential}, VirtualClock(0.0))
-        ops = history(n, 1, pending_last=True)
-        counter = iter(range(10**9))
         inp = str(n).encode()
-
-        def prepare() -> str:
-            wid = f"w{next(counter)}"
+        prepared = []
+        for k in range(runs):
+            wid = f"w{k}"
             store.create_instance(InstanceRecord(wid, "sequential", inp, _core.digest(inp)))
-            store.add_operations(wid, [OperationRecord(
-                wid, o.op_id, o.seq, o.kind, o.name, o.request, o.request_digest, sent=True,
-                state=o.state, result=o.result, created_in=o.created_in,
-                resolved_in=o.resolved_in) for o in ops], n)
-            return wid
-
-        prepared = [prepare() for _ in range(repeats_for(n) + 1)]
+            store.add_operations(wid, history(n, 1, pending_last=True, wid=wid), n)
+            prepared.append(wid)
 
         def run() -> object:
             wid = prepared.pop()
@@ -197,34 +215,32 @@ def measure_inside(sizes: tuple[int, ...]) -> dict[str, Any]:
             return report
         return run
 
-    out: dict[str, Any] = {"implementation": lambda_workflow.IMPLEMENTATION, "replay": {},
-                           "record": {}, "activation": {}}
-    import tempfile
+    out: dict[str, Any] = {"implementation": lambda_workflow.IMPLEMENTATION,
+                           **{row: {} for row in ROWS}}
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
-            reps = repeats_for(n)
-            seq_ops = history(n, 1)
-            gather_ops = history(n, GATHER)
-            out["replay"][str(n)] = {
-                "sequential": median_time(replay(sequential, n, seq_ops), reps) / n,
-                "gather10": median_time(replay(gathers, n, gather_ops), reps) / n,
-                "floor": median_time(floor(n), reps) / n,
-            }
-            out["record"][str(n)] = median_time(fresh(n), reps) / n
-            if n <= 1_000:
-                out["activation"][str(n)] = median_time(activation(n, Path(tmp)), reps)
+            reps = inner_repeats(n, quick)
+            key = str(n)
+            out["floor"][key] = median_run(floor(n), reps) / n
+            out["checked_floor"][key] = median_run(checked_floor(n), reps) / n
+            out["core"][key] = median_run(core(sequential, n, history(n, 1)), reps) / n
+            out["core_gather10"][key] = median_run(
+                core(gathers, n, history(n, GATHER)), reps) / n
+            out["activation"][key] = median_run(activation(n, Path(tmp), reps + 1), reps)
     return out
 
 
-def run_impl(impl: str, sizes: tuple[int, ...]) -> dict[str, Any]:
+# -- the parent: interleaved rounds of children, medians, spread, ratios ---------------------
+def run_child(impl: str, sizes: tuple[int, ...], quick: bool) -> dict[str, Any]:
     env = dict(os.environ)
     env.pop("LAMBDA_WORKFLOW_NO_EXTENSIONS", None)
     env.pop("LAMBDA_WORKFLOW_REQUIRE_EXTENSIONS", None)
     env["LAMBDA_WORKFLOW_REQUIRE_EXTENSIONS" if impl == "c" else
         "LAMBDA_WORKFLOW_NO_EXTENSIONS"] = "1"
-    proc = subprocess.run(
-        [sys.executable, __file__, "--inside", ",".join(map(str, sizes))],
-        env=env, capture_output=True, text=True, check=False)
+    command = [sys.executable, __file__, "--inside", ",".join(map(str, sizes))]
+    if quick:
+        command.append("--quick")
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"the {impl} run failed:\n{proc.stderr}")
     data: dict[str, Any] = json.loads(proc.stdout)
@@ -233,87 +249,157 @@ def run_impl(impl: str, sizes: tuple[int, ...]) -> dict[str, Any]:
     return data
 
 
-def import_times(runs: int) -> dict[str, float]:
-    """Median wall time of a fresh interpreter importing each target, minus an empty one."""
-    targets = {"empty": "pass", "pydantic+orjson": "import pydantic, orjson",
-               "lambda_workflow": "import lambda_workflow",
-               "lambda_workflow.local": "import lambda_workflow.local"}
-    samples: dict[str, list[float]] = {k: [] for k in targets}
-    for _ in range(runs):
-        for name, code in targets.items():
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], check=True)
-            samples[name].append(time.perf_counter() - start)
-    base = statistics.median(samples["empty"])
-    return {k: statistics.median(v) - base for k, v in samples.items() if k != "empty"}
+def summary(samples: list[float]) -> dict[str, Any]:
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
+            "samples": samples}
 
 
-def us(seconds: float) -> str:
-    return f"{seconds * 1e6:8.2f}"
+def collect(sizes: tuple[int, ...], rounds: int, quick: bool) -> dict[str, Any]:
+    """Run the interleaved rounds; samples[impl][row][N] is one value per round."""
+    samples: dict[str, dict[str, dict[str, list[float]]]] = {
+        impl: {row: {str(n): [] for n in sizes} for row in ROWS} for impl in ("c", "py")}
+    for r in range(rounds):
+        for impl in (("c", "py") if r % 2 == 0 else ("py", "c")):
+            data = run_child(impl, sizes, quick)
+            for row in ROWS:
+                for n, value in data[row].items():
+                    samples[impl][row][n].append(value)
+            print(f"  round {r + 1}/{rounds}: {impl} done", file=sys.stderr)
+    rows: dict[str, Any] = {}
+    for name in ("floor", "checked_floor"):  # independent of the core: pool both children
+        rows[name] = {n: summary(samples["c"][name][n] + samples["py"][name][n])
+                      for n in map(str, sizes)}
+    for impl in ("c", "py"):
+        for name in ("core", "core_gather10", "activation"):
+            rows[f"{name}_{impl}"] = {n: summary(samples[impl][name][n]) for n in map(str, sizes)}
+    return rows
+
+
+def ratios(rows: dict[str, Any], sizes: tuple[int, ...]) -> dict[str, Any]:
+    def med(row: str, n: str) -> float:
+        value: float = rows[row][n]["median"]
+        return value
+
+    out: dict[str, Any] = {}
+    for n in map(str, sizes):
+        out[n] = {
+            "c_over_checked_floor": med("core_c", n) / med("checked_floor", n),
+            "c_over_floor": med("core_c", n) / med("floor", n),
+            "checked_floor_over_floor": med("checked_floor", n) / med("floor", n),
+            "py_over_c_core": med("core_py", n) / med("core_c", n),
+            "py_over_c_gather10": med("core_gather10_py", n) / med("core_gather10_c", n),
+            "py_over_c_activation": med("activation_py", n) / med("activation_c", n),
+        }
+    low, high = str(sizes[1] if len(sizes) > 2 else sizes[0]), str(sizes[-1])
+    out["flat"] = {"from": int(low), "to": int(high), **{
+        f"{row}": med(row, high) / med(row, low)
+        for row in ("core_c", "core_py", "floor", "checked_floor")}}
+    out["flat"]["activation_c_per_call"] = (
+        med("activation_c", high) / int(high)) / (med("activation_c", low) / int(low))
+    return out
+
+
+def targets(ratio: dict[str, Any], sizes: tuple[int, ...]) -> list[dict[str, Any]]:
+    if TARGET_N not in ratio:
+        return []
+    at = ratio[TARGET_N]
+    flat = ratio["flat"]
+    return [
+        {"target": "compiled core <= 1.2x the checked floor (N=1,000)",
+         "value": at["c_over_checked_floor"], "met": at["c_over_checked_floor"] <= 1.2},
+        {"target": "pure/compiled >= 1.5 on the core (N=1,000)",
+         "value": at["py_over_c_core"], "met": at["py_over_c_core"] >= 1.5},
+        {"target": "pure/compiled >= 1.3 on a whole activation (N=1,000)",
+         "value": at["py_over_c_activation"], "met": at["py_over_c_activation"] >= 1.3},
+        {"target": f"flat in N: compiled core N={flat['to']:,} / N={flat['from']:,} <= 1.2",
+         "value": flat["core_c"], "met": flat["core_c"] <= 1.2},
+    ]
+
+
+def cell(summary_: dict[str, Any], scale: float, width: int = 19) -> str:
+    text = (f"{summary_['median'] * scale:.2f} "
+            f"[{summary_['min'] * scale:.2f}-{summary_['max'] * scale:.2f}]")
+    return f"{text:>{width}}"
+
+
+def print_report(rows: dict[str, Any], ratio: dict[str, Any], sizes: tuple[int, ...],
+                 rounds: int) -> None:
+    print(f"Replay per recorded call, N sequential calls each building a new request "
+          f"({platform.machine()}, Python {platform.python_version()}, {rounds} interleaved "
+          f"rounds; median [min-max over rounds], microseconds)")
+    labels = {"floor": "floor", "checked_floor": "checked floor", "core_c": "compiled core",
+              "core_py": "pure twin", "core_gather10_c": "compiled, gather10",
+              "core_gather10_py": "pure, gather10"}
+    print(f"{'':<20}" + "".join(f"{'N=' + format(n, ','):>20}" for n in sizes))
+    for row, label in labels.items():
+        print(f"{label:<20}" + "".join(" " + cell(rows[row][str(n)], 1e6) for n in sizes))
+    print("\nWhole activation on SQLite: load N recorded calls, replay, record 1 reply, finish "
+          "(milliseconds per activation)")
+    print(f"{'':<20}" + "".join(f"{'N=' + format(n, ','):>20}" for n in sizes))
+    for row, label in (("activation_c", "compiled"), ("activation_py", "pure")):
+        print(f"{label:<20}" + "".join(" " + cell(rows[row][str(n)], 1e3) for n in sizes))
+    print("\nRatios (medians of this run)")
+    names = {"c_over_checked_floor": "compiled / checked floor", "c_over_floor":
+             "compiled / floor", "checked_floor_over_floor": "checked floor / floor",
+             "py_over_c_core": "pure / compiled, core", "py_over_c_gather10":
+             "pure / compiled, gather10", "py_over_c_activation": "pure / compiled, activation"}
+    print(f"{'':<30}" + "".join(f"{'N=' + format(n, ','):>10}" for n in sizes))
+    for key, label in names.items():
+        print(f"{label:<30}" + "".join(f"{ratio[str(n)][key]:>10.2f}" for n in sizes))
+    flat = ratio["flat"]
+    print(f"\nFlat in N (per call at N={flat['to']:,} / at N={flat['from']:,}): "
+          f"compiled {flat['core_c']:.2f}, pure {flat['core_py']:.2f}, "
+          f"floor {flat['floor']:.2f}, checked floor {flat['checked_floor']:.2f}, "
+          f"activation per call (compiled) {flat['activation_c_per_call']:.2f}")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="N up to 1,000 only")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: N = 10 and 100, 2 rounds, 3 inner repetitions")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5; quick 2)")
+    parser.add_argument("--sizes", help="comma-separated N (default 10,100,1000,10000)")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "replay.json"))
-    parser.add_argument("--import-runs", type=int, default=15)
     parser.add_argument("--inside", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inside:
-        sizes = tuple(int(x) for x in args.inside.split(","))
-        print(json.dumps(measure_inside(sizes)))
+        inside = tuple(int(x) for x in args.inside.split(","))
+        print(json.dumps(measure_inside(inside, args.quick)))
         return 0
 
-    sizes = QUICK_SIZES if args.quick else SIZES
-    c = run_impl("c", sizes)
-    py = run_impl("py", sizes)
-    imports = import_times(args.import_runs)
-    peers_file = ROOT / "benchmarks" / "peers" / "results.json"
-    peers = json.loads(peers_file.read_text()) if peers_file.exists() else None
-
-    print(f"Replay overhead per recorded call (median, microseconds) - {platform.machine()}, "
-          f"Python {platform.python_version()}")
-    print(f"{'N':>6} {'shape':<10} {'c':>8} {'py':>8} {'floor':>8} {'c/floor':>8} {'py/c':>6}")
-    for n in map(str, sizes):
-        for shape in ("sequential", "gather10"):
-            cv, pv = c["replay"][n][shape], py["replay"][n][shape]
-            fl = c["replay"][n]["floor"]
-            print(f"{n:>6} {shape:<10} {us(cv)} {us(pv)} {us(fl)} {cv / fl:8.2f} {pv / cv:6.2f}")
-    print("\nRecording a new call (fresh execution), per call (microseconds)")
-    print(f"{'N':>6} {'c':>8} {'py':>8} {'py/c':>6}")
-    for n in map(str, sizes):
-        cv, pv = c["record"][n], py["record"][n]
-        print(f"{n:>6} {us(cv)} {us(pv)} {pv / cv:6.2f}")
-    print("\nWhole activation on SQLite: load N recorded calls, replay, record 1 reply, finish "
-          "(milliseconds)")
-    print(f"{'N':>6} {'c':>8} {'py':>8} {'c per call (us)':>16}")
-    for n in c["activation"]:
-        cv, pv = c["activation"][n], py["activation"][n]
-        print(f"{n:>6} {cv * 1e3:8.2f} {pv * 1e3:8.2f} {cv / int(n) * 1e6:16.2f}")
-    print("\nCold import in a fresh interpreter (milliseconds over an empty interpreter)")
-    for name, value in imports.items():
-        print(f"  {name:<24} {value * 1e3:7.1f}")
-    added = imports["lambda_workflow"] - imports["pydantic+orjson"]
-    print(f"  lambda_workflow adds {added * 1e3:.1f} ms over pydantic+orjson")
-    if peers:
-        print("\nPeers replaying N recorded steps (benchmarks/peers/results.json, measured "
-              f"{peers.get('generated_at', '?')}), per step in microseconds, against our "
-              "compiled core (sequential, this run)")
-        print(f"  {'peer':<44} {'N':>6} {'wall':>9} {'cpu':>9} {'ours':>7} {'cpu/ours':>9}")
-        for row in peers.get("table", []):
-            n = str(row["n"])
-            if not row.get("us_per_step") or n not in c["replay"]:
-                continue
-            ours = c["replay"][n]["sequential"] * 1e6
-            cpu = row.get("cpu_us_per_step") or row["us_per_step"]
-            name = f"{row['peer']} {row['version']} ({row['variant']})"
-            print(f"  {name:<44} {n:>6} {row['us_per_step']:9.1f} {cpu:9.1f} {ours:7.2f} "
-                  f"{cpu / ours:8.1f}x")
-    result = {"machine": platform.machine(), "python": platform.python_version(), "c": c,
-              "py": py, "imports": imports, "peers": peers}
+    if args.sizes:
+        sizes = tuple(sorted({int(x) for x in args.sizes.split(",")}))
+        if any(n < GATHER or n % GATHER for n in sizes):
+            parser.error(f"--sizes: every N must be a positive multiple of {GATHER}: {args.sizes}")
+    else:
+        sizes = QUICK_SIZES if args.quick else SIZES
+    rounds = args.rounds or (2 if args.quick else 5)
+    if rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {rounds}")
+    started = time.perf_counter()
+    rows = collect(sizes, rounds, args.quick)
+    ratio = ratios(rows, sizes)
+    goals = targets(ratio, sizes)
+    print_report(rows, ratio, sizes, rounds)
+    if goals:
+        print(f"\nTargets (issue 13; N={int(TARGET_N):,})")
+        for goal in goals:
+            print(f"  {goal['target']:<56} {goal['value']:6.2f}  "
+                  f"{'met' if goal['met'] else 'NOT MET'}")
+    elapsed = time.perf_counter() - started
+    print(f"\ntotal {elapsed:.0f} s")
+    result = {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": ["benchmarks/replay.py", *sys.argv[1:]],
+        "machine": platform.machine(), "python": platform.python_version(),
+        "cpus": os.cpu_count(), "rounds": rounds, "sizes": list(sizes), "quick": args.quick,
+        "units": {"per_call_rows": "seconds per replayed call",
+                  "activation rows": "seconds per whole activation"},
+        "rows": rows, "ratios": ratio, "targets": goals, "elapsed_s": elapsed,
+    }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.json}")
+    print(f"wrote {args.json}")
     return 0
 
 

@@ -1,0 +1,47 @@
+"""The replay benchmark's quick mode runs, so the script cannot rot (no timing is checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+REPLAY = ROOT / "benchmarks" / "replay.py"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPLAY), *args], capture_output=True, text=True,
+                          check=False, timeout=300)
+
+
+def test_replay_quick_measures_every_row_on_both_twins(tmp_path: Path) -> None:
+    out = tmp_path / "replay.json"
+    proc = run("--quick", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "checked floor" in proc.stdout and "pure / compiled, activation" in proc.stdout
+    data: dict[str, Any] = json.loads(out.read_text())
+    assert data["sizes"] == [10, 100] and data["rounds"] == 2
+    rows = data["rows"]
+    expected = {"floor", "checked_floor", *(f"{row}_{impl}" for impl in ("c", "py")
+                                             for row in ("core", "core_gather10", "activation"))}
+    assert set(rows) == expected
+    for name, per_n in rows.items():
+        assert set(per_n) == {"10", "100"}, name
+        for n, s in per_n.items():
+            # The floors pool both children's rounds; the others have one sample per round.
+            assert len(s["samples"]) == (4 if "floor" in name else 2), (name, n)
+            assert 0 < s["min"] <= s["median"] <= s["max"], (name, n, s)
+    ratios = data["ratios"]
+    assert ratios["10"]["c_over_checked_floor"] == (
+        rows["core_c"]["10"]["median"] / rows["checked_floor"]["10"]["median"])
+    assert ratios["flat"]["from"] == 10 and ratios["flat"]["to"] == 100
+
+
+def test_replay_rejects_sizes_the_gather_shape_cannot_replay(tmp_path: Path) -> None:
+    proc = run("--sizes", "10,15", "--json", str(tmp_path / "x.json"))
+    assert proc.returncode == 2
+    assert "--sizes" in proc.stderr and "multiple of 10" in proc.stderr and "10,15" in proc.stderr
+    assert not (tmp_path / "x.json").exists()
