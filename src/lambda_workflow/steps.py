@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextvars
 import enum
-import hashlib
 import inspect
 import math
-import threading
 import types
 import typing
 import weakref
@@ -138,6 +136,8 @@ class RetryPolicy:
         by ``key`` (the same on every replay)."""
         base = _seconds(self.initial_delay, "initial_delay") * self.backoff_rate ** (attempt - 1)
         delay = min(base, _seconds(self.max_delay, "max_delay"))
+        import hashlib  # only a retry needs it: a workflow module's import stays light
+
         fraction = int.from_bytes(hashlib.sha256(f"{key}\0{attempt}".encode()).digest()[:8],
                                   "big") / 2**64
         if self.jitter is Jitter.FULL:
@@ -275,7 +275,8 @@ class Step(Generic[P, R]):
         result = context.run(self.fn, *args, **kwargs)
         if not inspect.isawaitable(result):
             return result
-        import asyncio  # only async steps need it; `import lambda_workflow` stays light
+        import asyncio  # only async steps need them; `import lambda_workflow` stays light
+        import threading
 
         outcome: list[Any] = []
 
