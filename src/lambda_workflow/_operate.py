@@ -251,7 +251,28 @@ def cmd_history(args: argparse.Namespace, out: TextIO, table_client: TableClient
     if args.json:
         print(to_json(history).decode(), file=out)
         return 0
+    if getattr(args, "timeline", False) or getattr(args, "html", None):
+        return _timeline_out(args, history, out)
     print_history(history, out, full=args.full)
+    return 0
+
+
+def _timeline_out(args: argparse.Namespace, history: History, out: TextIO) -> int:
+    """``history --timeline`` (drawn on ``out``) and ``--html FILE`` (a page written)."""
+    from . import _timeline
+
+    timeline = _timeline.build(history)
+    if args.timeline:
+        out.write(_timeline.render_text(timeline))
+    if args.html:
+        try:
+            with open(args.html, "w", encoding="utf-8") as page:
+                page.write(_timeline.render_html(timeline))
+        except OSError as exc:
+            print(f"lambda-workflow history: cannot write {args.html}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 1
+        print(f"timeline of {history.instance.workflow_id} written to {args.html}", file=out)
     return 0
 
 
@@ -700,6 +721,11 @@ def add_status_flags(status: argparse.ArgumentParser) -> None:
 def add_history_flags(hist: argparse.ArgumentParser) -> None:
     hist.add_argument("--full", action="store_true",
                       help="print requests and results whole, as recorded")
+    hist.add_argument("--timeline", action="store_true",
+                      help="draw the instance: activations as ticks on a time axis, each "
+                           "operation as a bar from creation to outcome")
+    hist.add_argument("--html", metavar="FILE",
+                      help="write the timeline as a self-contained HTML page (inline SVG)")
 
 
 def run_command(args: argparse.Namespace, out: TextIO, *, table_client: TableClient,

@@ -515,6 +515,9 @@ def _parser() -> argparse.ArgumentParser:
                            "in the zip; build outputs, state files, tests, zips, virtual "
                            "environments and .git are always left out")
     _template.add_parser(sub)
+    from ._ui import command as ui_command
+
+    ui_command.add_parser(sub)
     return parser
 
 
@@ -535,6 +538,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return _cmd_replay(args, stream)
         if args.command in ("resume", "reset"):
             return _cmd_repair(args, stream)
+        if args.command == "ui":
+            from ._ui import command as ui_command
+
+            return ui_command.run_command(args, stream, _table_client)
         return _operate_command(args, stream)
     except WorkflowError as exc:
         print(f"lambda-workflow: {type(exc).__name__}: {exc}", file=sys.stderr)
