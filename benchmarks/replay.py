@@ -316,7 +316,7 @@ def targets(ratio: dict[str, Any], sizes: tuple[int, ...]) -> list[dict[str, Any
     ]
 
 
-def cell(summary_: dict[str, Any], scale: float, width: int = 19) -> str:
+def cell(summary_: dict[str, Any], scale: float, width: int = 21) -> str:
     text = (f"{summary_['median'] * scale:.2f} "
             f"[{summary_['min'] * scale:.2f}-{summary_['max'] * scale:.2f}]")
     return f"{text:>{width}}"
@@ -330,12 +330,12 @@ def print_report(rows: dict[str, Any], ratio: dict[str, Any], sizes: tuple[int, 
     labels = {"floor": "floor", "checked_floor": "checked floor", "core_c": "compiled core",
               "core_py": "pure twin", "core_gather10_c": "compiled, gather10",
               "core_gather10_py": "pure, gather10"}
-    print(f"{'':<20}" + "".join(f"{'N=' + format(n, ','):>20}" for n in sizes))
+    print(f"{'':<20}" + "".join(f"{'N=' + format(n, ','):>22}" for n in sizes))
     for row, label in labels.items():
         print(f"{label:<20}" + "".join(" " + cell(rows[row][str(n)], 1e6) for n in sizes))
     print("\nWhole activation on SQLite: load N recorded calls, replay, record 1 reply, finish "
           "(milliseconds per activation)")
-    print(f"{'':<20}" + "".join(f"{'N=' + format(n, ','):>20}" for n in sizes))
+    print(f"{'':<20}" + "".join(f"{'N=' + format(n, ','):>22}" for n in sizes))
     for row, label in (("activation_c", "compiled"), ("activation_py", "pure")):
         print(f"{label:<20}" + "".join(" " + cell(rows[row][str(n)], 1e3) for n in sizes))
     print("\nRatios (medians of this run)")

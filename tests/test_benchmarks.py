@@ -45,3 +45,40 @@ def test_replay_rejects_sizes_the_gather_shape_cannot_replay(tmp_path: Path) -> 
     assert proc.returncode == 2
     assert "--sizes" in proc.stderr and "multiple of 10" in proc.stderr and "10,15" in proc.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+PEERS = ROOT / "benchmarks" / "peers"
+
+
+def test_ours_in_the_peer_driver_measures_both_cores_and_a_slope(tmp_path: Path) -> None:
+    # run_peers.py with ours alone (the AWS SDK's venv comes from PyPI: not in the test suite).
+    out = tmp_path / "peers.json"
+    proc = subprocess.run(
+        [sys.executable, str(PEERS / "run_peers.py"), "--peers", "lambda_workflow", "--quick",
+         "--ours-python", sys.executable, "--output", str(out)],
+        capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    data: dict[str, Any] = json.loads(out.read_text())
+    table = data["table"]
+    variants = {row["variant"] for row in table}
+    assert variants == {"replayer (c)", "replayer (py)", "activation (c)", "activation (py)"}
+    for row in table:
+        assert row["peer"] == "lambda-workflow" and row["n"] in (0, 10, 100)
+        assert row["repetitions"] >= 3 and row["median_cpu_s"] > 0
+        if row["n"] == 100:  # slope from the previous N measured for that variant
+            assert row["cpu_slope_from_n"] == 10
+            assert row["cpu_slope_us_per_step"] == (
+                row["median_cpu_s"] - next(r["median_cpu_s"] for r in table if
+                                           r["variant"] == row["variant"] and r["n"] == 10)
+            ) / 90 * 1e6
+    assert data["like_for_like"] == []  # no AWS rows in this run: nothing to compare
+
+
+def test_peer_driver_names_an_unknown_peer(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(PEERS / "run_peers.py"), "--peers", "aws_durable,temporl",
+         "--output", str(tmp_path / "x.json")],
+        capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 2
+    assert "unknown temporl" in proc.stderr and "aws_durable" in proc.stderr
+    assert not (tmp_path / "x.json").exists()

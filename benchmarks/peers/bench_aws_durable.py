@@ -30,12 +30,18 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from types import SimpleNamespace
 from typing import Any
 
-from aws_durable_execution_sdk_python import DurableContext, StepContext, durable_execution
+from aws_durable_execution_sdk_python import (
+    DurableContext,
+    StepContext,
+    durable_execution,
+    durable_step,
+)
 from aws_durable_execution_sdk_python.lambda_service import Operation
 
 PEER = "aws-durable-execution-sdk-python"
@@ -152,7 +158,16 @@ def lambda_context() -> SimpleNamespace:
 STEP_CALLS: list[int] = []  # one entry per real run of the step function
 
 
-def get_balance(step_context: StepContext) -> dict[str, int]:
+@dataclass(frozen=True)
+class Transaction:
+    """The step's request: a new object per step, as each of our calls builds a new model."""
+
+    account_id: str
+    amount: int
+
+
+@durable_step
+def get_balance(step_context: StepContext, tx: Transaction) -> dict[str, int]:
     STEP_CALLS.append(1)
     return {"balance": 1}
 
@@ -163,8 +178,8 @@ def make_handler(
     @durable_execution(boto3_client=service)
     def handler(event: dict[str, Any], context: DurableContext) -> int:
         total = 0
-        for _ in range(n):
-            balance = context.step(get_balance)
+        for i in range(n):
+            balance = context.step(get_balance(Transaction(account_id="acct-1", amount=i)))
             total += balance["balance"]
         if marks is not None:
             marks.append(time.perf_counter())  # the workflow body is done replaying
@@ -196,7 +211,10 @@ def verify_against_testing_runner(n: int, operations: list[dict[str, Any]]) -> b
 
     @durable_execution
     def handler(event: dict[str, Any], context: DurableContext) -> int:
-        return sum(context.step(get_balance)["balance"] for _ in range(n))
+        return sum(
+            context.step(get_balance(Transaction(account_id="acct-1", amount=i)))["balance"]
+            for i in range(n)
+        )
 
     store = InMemoryExecutionStore()
     with DurableFunctionTestRunner(handler=handler, store=store) as runner:
@@ -293,6 +311,7 @@ def bench(ns: list[int], reps: int, budget: float, skip_above: float) -> dict[st
             "us_per_step": median_wall / n * 1e6 if n else None,
             "to_workflow_return_us_per_step": to_return / n * 1e6 if n else None,
             "cpu_us_per_step": cpu / n * 1e6 if n else None,
+            "cpu_s": [run[2] for run in runs],
             "checkpoint_calls_during_replay": max(run[3] for run in runs),
             "step_functions_run_during_replay": len(STEP_CALLS),
             "record_s": record_s,

@@ -1,13 +1,17 @@
-"""Run the peer replay benchmarks, each in its own virtual environment, and tabulate them.
+"""Run the peer replay benchmarks and ours in the same run, and tabulate them side by side.
 
-    python3 benchmarks/peers/run_peers.py            # N = 10 100 1000 10000, 7 repetitions
+    python3 benchmarks/peers/run_peers.py            # AWS's SDK and ours, N = 10 ... 10000
     python3 benchmarks/peers/run_peers.py --quick    # N = 10 100, 3 repetitions (smoke test)
+    python3 benchmarks/peers/run_peers.py --peers temporal --output results-temporal.json
 
 Creates ``.venvs/<peer>`` beside this file when missing (``python -m venv`` + ``pip install -r
 requirements-<peer>.txt``; reinstalls when the requirements file changes), runs
 ``bench_<peer>.py`` inside it as a subprocess, prints a table and writes ``results.json``.
-N = 0 (an empty workflow) is always measured too: it is the fixed cost of one replay, which
-the "marginal" column subtracts.  Uses the standard library only.
+Ours (``bench_lambda_workflow.py``) runs with the project's interpreter (``--ours-python``,
+default ``.venv/bin/python`` of the repository), both cores.  N = 0 (an empty workflow) is
+always measured too: it is the fixed cost of one replay, which the "marginal" column
+subtracts.  The like-for-like comparison is the CPU slope: (CPU(N) - CPU(previous N)) /
+(N - previous N), the CPU one more replayed step costs.  Uses the standard library only.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+OURS = "lambda_workflow"  # not a peer installed from PyPI: the project itself
 PEERS = {
     # name: (bench script, extra arguments)
     "aws_durable": ("bench_aws_durable.py", []),
+    OURS: ("bench_lambda_workflow.py", []),
     # The unsandboxed runner (not temporalio's default) only up to N = 1000: at N = 10000 each
     # replay takes ~45 s, which would double the length of the whole run.
     "temporal": ("bench_temporal.py", ["--unsandboxed-max-n", "1000"]),
@@ -62,9 +69,9 @@ def ensure_venv(name: str) -> Path:
 
 
 def run_peer(
-    name: str, ns: list[int], reps: int, budget: float, skip_above: float
+    name: str, ns: list[int], reps: int, budget: float, skip_above: float, ours_python: Path
 ) -> dict[str, Any]:
-    python = ensure_venv(name)
+    python = ours_python if name == OURS else ensure_venv(name)
     script, extra = PEERS[name]
     command = [str(python), str(HERE / script), *map(str, ns), "--reps", str(reps)]
     command += ["--budget", str(budget), "--skip-above", str(skip_above), *extra]
@@ -92,6 +99,7 @@ def table_rows(peer_results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for r in peer["results"]:
             if r.get("n") == 0 and "median_s" in r:
                 baseline[r.get("variant", "")] = r["median_s"]
+        previous: dict[str, tuple[int, float]] = {}  # variant -> (N, median CPU s) measured last
         for r in peer["results"]:
             variant = r.get("variant", "handler")
             row: dict[str, Any] = {
@@ -116,6 +124,14 @@ def table_rows(peer_results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             )
             if "to_workflow_return_us_per_step" in r:
                 row["to_workflow_return_us_per_step"] = r["to_workflow_return_us_per_step"]
+            cpu = r.get("median_cpu_s")
+            if cpu is not None:
+                row["median_cpu_s"] = cpu
+                last = previous.get(variant)
+                if last is not None and r["n"] > last[0]:
+                    row["cpu_slope_from_n"] = last[0]
+                    row["cpu_slope_us_per_step"] = (cpu - last[1]) / (r["n"] - last[0]) * 1e6
+                previous[variant] = (r["n"], cpu)
             rows.append(row)
     return rows
 
@@ -126,28 +142,64 @@ def fmt(value: float | None, spec: str) -> str:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = (
-        f"{'peer':<40} {'variant':<12} {'N':>6} {'reps':>4} {'median s':>9} "
-        f"{'us/step':>9} {'cpu us/step':>11} {'marginal':>9} {'to return':>9}"
+        f"{'peer':<40} {'variant':<16} {'N':>6} {'reps':>4} {'median s':>9} "
+        f"{'us/step':>9} {'cpu us/step':>11} {'marginal':>9} {'to return':>9} "
+        f"{'cpu slope':>9}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
         name = f"{row['peer']} {row['version']}"
         if "skipped" in row:
-            print(f"{name:<40} {row['variant']:<12} {row['n']:>6}  skipped: {row['skipped']}")
+            print(f"{name:<40} {row['variant']:<16} {row['n']:>6}  skipped: {row['skipped']}")
             continue
         print(
-            f"{name:<40} {row['variant']:<12} {row['n']:>6} {row['repetitions']:>4} "
+            f"{name:<40} {row['variant']:<16} {row['n']:>6} {row['repetitions']:>4} "
             f"{row['median_s']:>9.4f} {fmt(row['us_per_step'], '.1f'):>9} "
             f"{fmt(row['cpu_us_per_step'], '.1f'):>11} "
             f"{fmt(row['marginal_us_per_step'], '.1f'):>9} "
-            f"{fmt(row.get('to_workflow_return_us_per_step'), '.1f'):>9}"
+            f"{fmt(row.get('to_workflow_return_us_per_step'), '.1f'):>9} "
+            f"{fmt(row.get('cpu_slope_us_per_step'), '.2f'):>9}"
         )
     print(
         "\nus/step = median wall time of one whole replay / N; cpu = process CPU time / N;\n"
         "marginal = (median(N) - median(N=0)) / N; to return (AWS only) = from the handler call\n"
-        "until the workflow function returned, i.e. without the SDK's end-of-invocation idle."
+        "until the workflow function returned, i.e. without the SDK's end-of-invocation idle;\n"
+        "cpu slope = (median CPU(N) - median CPU(previous N)) / (N - previous N), microseconds."
     )
+
+
+def comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """AWS's handler against each of our variants: CPU slope per replayed step, same N."""
+    slopes: dict[tuple[str, str], dict[int, tuple[int, float]]] = {}
+    for row in rows:
+        if row.get("cpu_slope_us_per_step") is not None:
+            slopes.setdefault((row["peer"], row["variant"]), {})[row["n"]] = (
+                row["cpu_slope_from_n"], row["cpu_slope_us_per_step"])
+    theirs = slopes.get(("aws-durable-execution-sdk-python", "handler"), {})
+    out: list[dict[str, Any]] = []
+    for (peer, variant), by_n in sorted(slopes.items()):
+        if peer != "lambda-workflow":
+            continue
+        for n, (from_n, ours) in sorted(by_n.items()):
+            if n in theirs and theirs[n][0] == from_n:
+                out.append({"ours": variant, "from_n": from_n, "n": n,
+                            "aws_cpu_slope_us_per_step": theirs[n][1],
+                            "ours_cpu_slope_us_per_step": ours,
+                            "aws_over_ours": theirs[n][1] / ours if ours > 0 else None})
+    return out
+
+
+def print_comparison(pairs: list[dict[str, Any]]) -> None:
+    if not pairs:
+        return
+    print("\nLike for like: CPU per replayed step (slope between N values, microseconds),")
+    print("aws-durable-execution-sdk-python's handler against ours, measured in this run")
+    print(f"{'ours':<22} {'N from-to':>14} {'AWS':>9} {'ours':>9} {'AWS/ours':>9}")
+    for p in pairs:
+        span = f"{p['from_n']}-{p['n']}"
+        print(f"{p['ours']:<22} {span:>14} {p['aws_cpu_slope_us_per_step']:>9.2f} "
+              f"{p['ours_cpu_slope_us_per_step']:>9.2f} {fmt(p['aws_over_ours'], '.1f'):>9}")
 
 
 def main() -> None:
@@ -156,22 +208,32 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7, help="repetitions per N (at least 3)")
     parser.add_argument("--budget", type=float, default=30.0, help="seconds of timed runs per N")
     parser.add_argument("--skip-above", type=float, default=60.0, help="skip N above s per run")
-    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated")
+    parser.add_argument("--peers", default=f"aws_durable,{OURS}",
+                        help=f"comma-separated, of {', '.join(PEERS)}")
+    parser.add_argument("--ours-python", type=Path, default=ROOT / ".venv" / "bin" / "python",
+                        help="the interpreter that runs bench_lambda_workflow.py")
     parser.add_argument("--quick", action="store_true", help="N = 10 100, 3 repetitions")
     parser.add_argument("--output", type=Path, default=HERE / "results.json")
     args = parser.parse_args()
     ns = [10, 100] if args.quick else args.ns
     reps = 3 if args.quick else args.reps
     ns = [0, *sorted(set(ns) - {0})]
+    unknown = [name for name in args.peers.split(",") if name and name not in PEERS]
+    if unknown:
+        parser.error(f"--peers: unknown {', '.join(unknown)} (known: {', '.join(PEERS)})")
+    if OURS in args.peers.split(",") and not args.ours_python.exists():
+        parser.error(f"--ours-python: {args.ours_python} does not exist")
     started = time.perf_counter()
     peer_results = [
-        run_peer(name, ns, reps, args.budget, args.skip_above)
+        run_peer(name, ns, reps, args.budget, args.skip_above, args.ours_python)
         for name in args.peers.split(",")
         if name
     ]
     total = time.perf_counter() - started
     rows = table_rows(peer_results)
     print_table(rows)
+    pairs = comparison(rows)
+    print_comparison(pairs)
     print(f"\ntotal {total:.0f} s")
     document = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -183,6 +245,7 @@ def main() -> None:
         "command": sys.argv[1:],
         "total_s": total,
         "table": rows,
+        "like_for_like": pairs,
         "peers": peer_results,
     }
     args.output.write_text(json.dumps(document, indent=2) + "\n")
