@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import orjson
 import pydantic
 
-from . import _operate, _package, _template
+from . import _bench, _operate, _package, _template
 from ._opnames import display, service_of
 from ._runtime.engine import ActivationReport
 from ._runtime.history import history_from_json, history_to_json
@@ -478,6 +478,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--workflow", required=True, metavar="FILE.py[:NAME]",
                         help="the module defining the workflow; NAME picks a workflow other "
                              "than the one the history names")
+    _bench.add_parser(sub)
     _repair_parser(sub, "resume", "re-activate an instance that failed by non-determinism or "
                                   "a poison message, its history kept (after a rollback)")
     _repair_parser(sub, "reset", "drop an instance's records after an operation and run it on "
@@ -536,6 +537,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return _template.run_command(args, stream)
         if args.command == "replay":
             return _cmd_replay(args, stream)
+        if args.command == "bench":
+            return _bench.run_command(args, stream)
         if args.command in ("resume", "reset"):
             return _cmd_repair(args, stream)
         if args.command == "ui":
