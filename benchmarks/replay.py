@@ -353,6 +353,49 @@ def print_report(rows: dict[str, Any], ratio: dict[str, Any], sizes: tuple[int, 
           f"activation per call (compiled) {flat['activation_c_per_call']:.2f}")
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The tables docs/core.md quotes, as Markdown, from a results file this script wrote."""
+    sizes = result["sizes"]
+    rows, ratio = result["rows"], result["ratios"]
+
+    def md_cell(s: dict[str, Any], scale: float) -> str:
+        return f"{s['median'] * scale:.2f} ({s['min'] * scale:.2f}-{s['max'] * scale:.2f})"
+
+    head = "| | " + " | ".join(f"N = {n:,}" for n in sizes) + " |\n"
+    rule = "|---|" + "--:|" * len(sizes) + "\n"
+    out = [f"Run of {result['generated_at']} ({result['machine']}, Python {result['python']}, "
+           f"{result['rounds']} interleaved rounds): median (min-max over rounds).\n\n"
+           "µs per replayed call:\n\n", head, rule]
+    labels = {"floor": "floor", "checked_floor": "checked floor", "core_c": "compiled core",
+              "core_py": "pure twin", "core_gather10_c": "compiled core, gathers of 10",
+              "core_gather10_py": "pure twin, gathers of 10"}
+    for row, label in labels.items():
+        out.append(f"| {label} | " + " | ".join(md_cell(rows[row][str(n)], 1e6)
+                                                for n in sizes) + " |\n")
+    out += ["\nWhole activation on SQLite, ms per activation:\n\n", head, rule]
+    for row, label in (("activation_c", "compiled"), ("activation_py", "pure")):
+        out.append(f"| {label} | " + " | ".join(md_cell(rows[row][str(n)], 1e3)
+                                                for n in sizes) + " |\n")
+    out += ["\nRatios of medians:\n\n", head, rule]
+    names = {"c_over_checked_floor": "compiled / checked floor", "c_over_floor":
+             "compiled / floor", "py_over_c_core": "pure / compiled, core",
+             "py_over_c_activation": "pure / compiled, whole activation"}
+    for key, label in names.items():
+        out.append(f"| {label} | " + " | ".join(f"{ratio[str(n)][key]:.2f}" for n in sizes)
+                   + " |\n")
+    flat = ratio["flat"]
+    out.append(f"\nFlat in N (per call, N = {flat['to']:,} / N = {flat['from']:,}): compiled "
+               f"{flat['core_c']:.2f}, pure {flat['core_py']:.2f}, checked floor "
+               f"{flat['checked_floor']:.2f}; a whole activation per call "
+               f"{flat['activation_c_per_call']:.2f}.\n")
+    if result.get("targets"):
+        out.append("\n| target | this run | |\n|---|--:|---|\n")
+        for goal in result["targets"]:
+            out.append(f"| {goal['target']} | {goal['value']:.2f} | "
+                       f"{'met' if goal['met'] else '**not met**'} |\n")
+    return "".join(out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -360,8 +403,17 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5; quick 2)")
     parser.add_argument("--sizes", help="comma-separated N (default 10,100,1000,10000)")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "replay.json"))
+    parser.add_argument("--markdown", metavar="RESULTS_JSON",
+                        help="print the docs' Markdown tables from a results file; measure nothing")
     parser.add_argument("--inside", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.markdown:
+        try:
+            print(markdown(json.loads(Path(args.markdown).read_text())), end="")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            parser.error(f"--markdown: {args.markdown} is not a results file of this script "
+                         f"({type(exc).__name__}: {exc})")
+        return 0
     if args.inside:
         inside = tuple(int(x) for x in args.inside.split(","))
         print(json.dumps(measure_inside(inside, args.quick)))

@@ -38,6 +38,20 @@ def test_replay_quick_measures_every_row_on_both_twins(tmp_path: Path) -> None:
     assert ratios["10"]["c_over_checked_floor"] == (
         rows["core_c"]["10"]["median"] / rows["checked_floor"]["10"]["median"])
     assert ratios["flat"]["from"] == 10 and ratios["flat"]["to"] == 100
+    # The docs' tables come from this file.
+    md = run("--markdown", str(out))
+    assert md.returncode == 0, md.stderr
+    checked = rows["checked_floor"]["100"]
+    assert ("| checked floor | " in md.stdout
+            and f"{checked['median'] * 1e6:.2f} ({checked['min'] * 1e6:.2f}-" in md.stdout)
+
+
+def test_replay_markdown_names_a_file_that_is_not_its_results(tmp_path: Path) -> None:
+    other = tmp_path / "other.json"
+    other.write_text('{"rows": {}}')
+    proc = run("--markdown", str(other))
+    assert proc.returncode == 2
+    assert f"--markdown: {other} is not a results file" in proc.stderr
 
 
 def test_replay_rejects_sizes_the_gather_shape_cannot_replay(tmp_path: Path) -> None:
@@ -72,6 +86,9 @@ def test_ours_in_the_peer_driver_measures_both_cores_and_a_slope(tmp_path: Path)
                                            r["variant"] == row["variant"] and r["n"] == 10)
             ) / 90 * 1e6
     assert data["like_for_like"] == []  # no AWS rows in this run: nothing to compare
+    md = subprocess.run([sys.executable, str(PEERS / "run_peers.py"), "--markdown", str(out)],
+                        capture_output=True, text=True, check=False, timeout=60)
+    assert md.returncode == 0 and "| ours | N | AWS's SDK | ours | AWS / ours |" in md.stdout
 
 
 def test_peer_driver_names_an_unknown_peer(tmp_path: Path) -> None:

@@ -202,6 +202,22 @@ def print_comparison(pairs: list[dict[str, Any]]) -> None:
               f"{p['ours_cpu_slope_us_per_step']:>9.2f} {fmt(p['aws_over_ours'], '.1f'):>9}")
 
 
+def markdown(document: dict[str, Any]) -> str:
+    """The like-for-like table docs/core.md quotes, as Markdown, from a results file."""
+    machine = document["machine"]
+    versions = {p["peer"]: p["version"] for p in document["peers"]}
+    out = [f"Run of {document['generated_at']} (Python {machine['python']}, "
+           f"{machine['cpus']} CPUs). CPU µs per replayed step: the slope of the median CPU "
+           "time of one replay between two N (aws-durable-execution-sdk-python "
+           f"{versions.get('aws-durable-execution-sdk-python', '?')}).\n\n",
+           "| ours | N | AWS's SDK | ours | AWS / ours |\n|---|---|--:|--:|--:|\n"]
+    for p in document.get("like_for_like", []):
+        out.append(f"| {p['ours']} | {p['from_n']:,} to {p['n']:,} | "
+                   f"{p['aws_cpu_slope_us_per_step']:.2f} | {p['ours_cpu_slope_us_per_step']:.2f}"
+                   f" | {fmt(p['aws_over_ours'], '.1f')} |\n")
+    return "".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ns", type=int, nargs="+", default=[10, 100, 1000, 10000])
@@ -214,7 +230,16 @@ def main() -> None:
                         help="the interpreter that runs bench_lambda_workflow.py")
     parser.add_argument("--quick", action="store_true", help="N = 10 100, 3 repetitions")
     parser.add_argument("--output", type=Path, default=HERE / "results.json")
+    parser.add_argument("--markdown", type=Path, metavar="RESULTS_JSON",
+                        help="print the like-for-like table as Markdown from a results file")
     args = parser.parse_args()
+    if args.markdown:
+        try:
+            print(markdown(json.loads(args.markdown.read_text())), end="")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            parser.error(f"--markdown: {args.markdown} is not a results file of this script "
+                         f"({type(exc).__name__}: {exc})")
+        return
     ns = [10, 100] if args.quick else args.ns
     reps = 3 if args.quick else args.reps
     ns = [0, *sorted(set(ns) - {0})]
