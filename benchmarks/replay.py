@@ -215,7 +215,11 @@ def measure_inside(sizes: tuple[int, ...], quick: bool) -> dict[str, Any]:
             return report
         return run
 
+    compiled = sys.modules.get("lambda_workflow._core._c")
     out: dict[str, Any] = {"implementation": lambda_workflow.IMPLEMENTATION,
+                           "python": sys.executable,
+                           "core_file": getattr(compiled, "__file__", None)
+                           if lambda_workflow.IMPLEMENTATION == "c" else None,
                            **{row: {} for row in ROWS}}
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
@@ -231,21 +235,25 @@ def measure_inside(sizes: tuple[int, ...], quick: bool) -> dict[str, Any]:
 
 
 # -- the parent: interleaved rounds of children, medians, spread, ratios ---------------------
-def run_child(impl: str, sizes: tuple[int, ...], quick: bool) -> dict[str, Any]:
+def run_child(impl: str, sizes: tuple[int, ...], quick: bool,
+              python: str = sys.executable, label: str = "") -> dict[str, Any]:
+    """One child interpreter measuring every row once with the ``impl`` core ("c" or "py")."""
+    label = label or impl
     env = dict(os.environ)
     env.pop("LAMBDA_WORKFLOW_NO_EXTENSIONS", None)
     env.pop("LAMBDA_WORKFLOW_REQUIRE_EXTENSIONS", None)
     env["LAMBDA_WORKFLOW_REQUIRE_EXTENSIONS" if impl == "c" else
         "LAMBDA_WORKFLOW_NO_EXTENSIONS"] = "1"
-    command = [sys.executable, __file__, "--inside", ",".join(map(str, sizes))]
+    env["LAMBDA_WORKFLOW_INSTANCE_CACHE"] = "0"  # every activation replays from its history
+    command = [python, __file__, "--inside", ",".join(map(str, sizes))]
     if quick:
         command.append("--quick")
     proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise SystemExit(f"the {impl} run failed:\n{proc.stderr}")
+        raise SystemExit(f"the {label} run ({python}) failed:\n{proc.stderr}")
     data: dict[str, Any] = json.loads(proc.stdout)
     if data["implementation"] != impl:
-        raise SystemExit(f"asked for the {impl} core, got {data['implementation']}")
+        raise SystemExit(f"asked {python} for the {impl} core, got {data['implementation']}")
     return data
 
 
@@ -254,28 +262,40 @@ def summary(samples: list[float]) -> dict[str, Any]:
             "samples": samples}
 
 
-def collect(sizes: tuple[int, ...], rounds: int, quick: bool) -> dict[str, Any]:
-    """Run the interleaved rounds; samples[impl][row][N] is one value per round."""
+def collect(sizes: tuple[int, ...], rounds: int, quick: bool,
+            builds: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the interleaved rounds; samples[label][row][N] is one value per round.
+
+    ``builds`` maps a label to another interpreter whose installed compiled core is measured
+    in the same rounds (e.g. a venv holding the abi3 wheel). Returns the rows and, per label,
+    the interpreter and the compiled core's file that were measured.
+    """
+    children = [("c", sys.executable, "c"), ("py", sys.executable, "py")]
+    children += [(label, python, "c") for label, python in (builds or {}).items()]
     samples: dict[str, dict[str, dict[str, list[float]]]] = {
-        impl: {row: {str(n): [] for n in sizes} for row in ROWS} for impl in ("c", "py")}
+        label: {row: {str(n): [] for n in sizes} for row in ROWS} for label, _, _ in children}
+    measured: dict[str, Any] = {}
     for r in range(rounds):
-        for impl in (("c", "py") if r % 2 == 0 else ("py", "c")):
-            data = run_child(impl, sizes, quick)
+        for label, python, impl in (children if r % 2 == 0 else children[::-1]):
+            data = run_child(impl, sizes, quick, python, label)
+            measured[label] = {"python": data.get("python"), "core_file": data.get("core_file")}
             for row in ROWS:
                 for n, value in data[row].items():
-                    samples[impl][row][n].append(value)
-            print(f"  round {r + 1}/{rounds}: {impl} done", file=sys.stderr)
+                    samples[label][row][n].append(value)
+            print(f"  round {r + 1}/{rounds}: {label} done", file=sys.stderr)
     rows: dict[str, Any] = {}
-    for name in ("floor", "checked_floor"):  # independent of the core: pool both children
+    for name in ("floor", "checked_floor"):  # independent of the core: pool c and py children
         rows[name] = {n: summary(samples["c"][name][n] + samples["py"][name][n])
                       for n in map(str, sizes)}
-    for impl in ("c", "py"):
+    for label, _, _ in children:
         for name in ("core", "core_gather10", "activation"):
-            rows[f"{name}_{impl}"] = {n: summary(samples[impl][name][n]) for n in map(str, sizes)}
-    return rows
+            rows[f"{name}_{label}"] = {n: summary(samples[label][name][n])
+                                       for n in map(str, sizes)}
+    return rows, measured
 
 
-def ratios(rows: dict[str, Any], sizes: tuple[int, ...]) -> dict[str, Any]:
+def ratios(rows: dict[str, Any], sizes: tuple[int, ...], builds: tuple[str, ...] = ()
+           ) -> dict[str, Any]:
     def med(row: str, n: str) -> float:
         value: float = rows[row][n]["median"]
         return value
@@ -290,6 +310,12 @@ def ratios(rows: dict[str, Any], sizes: tuple[int, ...]) -> dict[str, Any]:
             "py_over_c_gather10": med("core_gather10_py", n) / med("core_gather10_c", n),
             "py_over_c_activation": med("activation_py", n) / med("activation_c", n),
         }
+        for b in builds:
+            out[n][f"{b}_over_c_core"] = med(f"core_{b}", n) / med("core_c", n)
+            out[n][f"py_over_{b}_core"] = med("core_py", n) / med(f"core_{b}", n)
+            out[n][f"{b}_over_checked_floor"] = med(f"core_{b}", n) / med("checked_floor", n)
+            out[n][f"py_over_{b}_activation"] = (med("activation_py", n)
+                                                 / med(f"activation_{b}", n))
     low, high = str(sizes[1] if len(sizes) > 2 else sizes[0]), str(sizes[-1])
     out["flat"] = {"from": int(low), "to": int(high), **{
         f"{row}": med(row, high) / med(row, low)
@@ -322,27 +348,41 @@ def cell(summary_: dict[str, Any], scale: float, width: int = 21) -> str:
     return f"{text:>{width}}"
 
 
+def build_labels(builds: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Row labels (per call, activation) and ratio labels, with the extra builds' rows."""
+    per_call = {"floor": "floor", "checked_floor": "checked floor", "core_c": "compiled core",
+                "core_py": "pure twin"}
+    per_call.update({f"core_{b}": f"compiled ({b})" for b in builds})
+    per_call.update({"core_gather10_c": "compiled, gather10", "core_gather10_py": "pure, gather10"})
+    activation = {"activation_c": "compiled", "activation_py": "pure"}
+    activation.update({f"activation_{b}": f"compiled ({b})" for b in builds})
+    names = {"c_over_checked_floor": "compiled / checked floor", "c_over_floor":
+             "compiled / floor", "checked_floor_over_floor": "checked floor / floor",
+             "py_over_c_core": "pure / compiled, core", "py_over_c_gather10":
+             "pure / compiled, gather10", "py_over_c_activation": "pure / compiled, activation"}
+    for b in builds:
+        names.update({f"{b}_over_checked_floor": f"{b} / checked floor",
+                      f"{b}_over_c_core": f"{b} / compiled, core",
+                      f"py_over_{b}_core": f"pure / {b}, core",
+                      f"py_over_{b}_activation": f"pure / {b}, activation"})
+    return per_call, activation, names
+
+
 def print_report(rows: dict[str, Any], ratio: dict[str, Any], sizes: tuple[int, ...],
-                 rounds: int) -> None:
+                 rounds: int, builds: tuple[str, ...] = ()) -> None:
     print(f"Replay per recorded call, N sequential calls each building a new request "
           f"({platform.machine()}, Python {platform.python_version()}, {rounds} interleaved "
           f"rounds; median [min-max over rounds], microseconds)")
-    labels = {"floor": "floor", "checked_floor": "checked floor", "core_c": "compiled core",
-              "core_py": "pure twin", "core_gather10_c": "compiled, gather10",
-              "core_gather10_py": "pure, gather10"}
+    labels, activation_labels, names = build_labels(builds)
     print(f"{'':<20}" + "".join(f"{'N=' + format(n, ','):>22}" for n in sizes))
     for row, label in labels.items():
         print(f"{label:<20}" + "".join(" " + cell(rows[row][str(n)], 1e6) for n in sizes))
     print("\nWhole activation on SQLite: load N recorded calls, replay, record 1 reply, finish "
           "(milliseconds per activation)")
     print(f"{'':<20}" + "".join(f"{'N=' + format(n, ','):>22}" for n in sizes))
-    for row, label in (("activation_c", "compiled"), ("activation_py", "pure")):
+    for row, label in activation_labels.items():
         print(f"{label:<20}" + "".join(" " + cell(rows[row][str(n)], 1e3) for n in sizes))
     print("\nRatios (medians of this run)")
-    names = {"c_over_checked_floor": "compiled / checked floor", "c_over_floor":
-             "compiled / floor", "checked_floor_over_floor": "checked floor / floor",
-             "py_over_c_core": "pure / compiled, core", "py_over_c_gather10":
-             "pure / compiled, gather10", "py_over_c_activation": "pure / compiled, activation"}
     print(f"{'':<30}" + "".join(f"{'N=' + format(n, ','):>10}" for n in sizes))
     for key, label in names.items():
         print(f"{label:<30}" + "".join(f"{ratio[str(n)][key]:>10.2f}" for n in sizes))
@@ -357,6 +397,7 @@ def markdown(result: dict[str, Any]) -> str:
     """The tables docs/core.md quotes, as Markdown, from a results file this script wrote."""
     sizes = result["sizes"]
     rows, ratio = result["rows"], result["ratios"]
+    builds = tuple(result.get("builds", {}))
 
     def md_cell(s: dict[str, Any], scale: float) -> str:
         return f"{s['median'] * scale:.2f} ({s['min'] * scale:.2f}-{s['max'] * scale:.2f})"
@@ -366,20 +407,21 @@ def markdown(result: dict[str, Any]) -> str:
     out = [f"Run of {result['generated_at']} ({result['machine']}, Python {result['python']}, "
            f"{result['rounds']} interleaved rounds): median (min-max over rounds).\n\n"
            "µs per replayed call:\n\n", head, rule]
-    labels = {"floor": "floor", "checked_floor": "checked floor", "core_c": "compiled core",
-              "core_py": "pure twin", "core_gather10_c": "compiled core, gathers of 10",
-              "core_gather10_py": "pure twin, gathers of 10"}
+    labels, activation_labels, all_names = build_labels(builds)
+    labels["core_gather10_c"] = "compiled core, gathers of 10"
+    labels["core_gather10_py"] = "pure twin, gathers of 10"
     for row, label in labels.items():
         out.append(f"| {label} | " + " | ".join(md_cell(rows[row][str(n)], 1e6)
                                                 for n in sizes) + " |\n")
     out += ["\nWhole activation on SQLite, ms per activation:\n\n", head, rule]
-    for row, label in (("activation_c", "compiled"), ("activation_py", "pure")):
+    for row, label in activation_labels.items():
         out.append(f"| {label} | " + " | ".join(md_cell(rows[row][str(n)], 1e3)
                                                 for n in sizes) + " |\n")
     out += ["\nRatios of medians:\n\n", head, rule]
     names = {"c_over_checked_floor": "compiled / checked floor", "c_over_floor":
              "compiled / floor", "py_over_c_core": "pure / compiled, core",
              "py_over_c_activation": "pure / compiled, whole activation"}
+    names.update({k: v for k, v in all_names.items() if any(k.count(b) for b in builds)})
     for key, label in names.items():
         out.append(f"| {label} | " + " | ".join(f"{ratio[str(n)][key]:.2f}" for n in sizes)
                    + " |\n")
@@ -405,6 +447,9 @@ def main() -> int:
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "replay.json"))
     parser.add_argument("--markdown", metavar="RESULTS_JSON",
                         help="print the docs' Markdown tables from a results file; measure nothing")
+    parser.add_argument("--build", action="append", default=[], metavar="NAME=PYTHON",
+                        help="also measure the compiled core installed for another interpreter "
+                             "(e.g. a venv holding the abi3 wheel), in the same rounds")
     parser.add_argument("--inside", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.markdown:
@@ -425,14 +470,25 @@ def main() -> int:
             parser.error(f"--sizes: every N must be a positive multiple of {GATHER}: {args.sizes}")
     else:
         sizes = QUICK_SIZES if args.quick else SIZES
+    builds: dict[str, str] = {}
+    for spec in args.build:
+        name, sep, python = spec.partition("=")
+        if not sep or not name.isidentifier() or name in ("c", "py") or not python:
+            parser.error(f"--build: expected NAME=PYTHON with NAME an identifier other than "
+                         f"c and py, got {spec!r}")
+        if not Path(python).is_file():
+            parser.error(f"--build {spec}: {python} is not a file")
+        builds[name] = python
     rounds = args.rounds or (2 if args.quick else 5)
     if rounds < 1:
         parser.error(f"--rounds must be at least 1, got {rounds}")
     started = time.perf_counter()
-    rows = collect(sizes, rounds, args.quick)
-    ratio = ratios(rows, sizes)
+    rows, measured = collect(sizes, rounds, args.quick, builds)
+    ratio = ratios(rows, sizes, tuple(builds))
     goals = targets(ratio, sizes)
-    print_report(rows, ratio, sizes, rounds)
+    print_report(rows, ratio, sizes, rounds, tuple(builds))
+    print("\nMeasured: " + "; ".join(f"{label}: {m['python']} ({m['core_file'] or 'pure'})"
+                                     for label, m in measured.items()))
     if goals:
         print(f"\nTargets (issue 13; N={int(TARGET_N):,})")
         for goal in goals:
@@ -447,6 +503,7 @@ def main() -> int:
         "cpus": os.cpu_count(), "rounds": rounds, "sizes": list(sizes), "quick": args.quick,
         "units": {"per_call_rows": "seconds per replayed call",
                   "activation rows": "seconds per whole activation"},
+        "builds": builds, "measured": measured,
         "rows": rows, "ratios": ratio, "targets": goals, "elapsed_s": elapsed,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,32 @@ def test_replay_markdown_names_a_file_that_is_not_its_results(tmp_path: Path) ->
     assert f"--markdown: {other} is not a results file" in proc.stderr
 
 
+def test_replay_measures_another_build_in_the_same_rounds(tmp_path: Path) -> None:
+    # Any interpreter with a compiled core installed; here the same one, under another name.
+    out = tmp_path / "replay.json"
+    proc = run("--quick", "--sizes", "10", "--rounds", "1", "--build", f"same={sys.executable}",
+               "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    data: dict[str, Any] = json.loads(out.read_text())
+    assert data["builds"] == {"same": sys.executable}
+    assert data["measured"]["same"]["python"] == sys.executable
+    assert data["measured"]["same"]["core_file"] == data["measured"]["c"]["core_file"]
+    assert {"core_same", "core_gather10_same", "activation_same"} <= set(data["rows"])
+    assert data["ratios"]["10"]["same_over_c_core"] == (
+        data["rows"]["core_same"]["10"]["median"] / data["rows"]["core_c"]["10"]["median"])
+    md = run("--markdown", str(out))
+    assert md.returncode == 0 and "| compiled (same) |" in md.stdout
+
+
+def test_replay_names_a_bad_build(tmp_path: Path) -> None:
+    for spec, says in (("abi3", "expected NAME=PYTHON"), ("py=/bin/sh", "other than c and py"),
+                       (f"abi3={tmp_path / 'nope'}", "is not a file")):
+        proc = run("--quick", "--build", spec, "--json", str(tmp_path / "x.json"))
+        assert proc.returncode == 2, spec
+        assert says in proc.stderr and spec.split("=")[0] in proc.stderr, (spec, proc.stderr)
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_replay_rejects_sizes_the_gather_shape_cannot_replay(tmp_path: Path) -> None:
     proc = run("--sizes", "10,15", "--json", str(tmp_path / "x.json"))
     assert proc.returncode == 2
