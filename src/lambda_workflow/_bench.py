@@ -355,20 +355,23 @@ class _Activation:
         history = self.subject.history
         inst = history.instance
         ops = history.operations
-        eligible = []
-        for a in sorted({op.resolved_in for op in ops if op.resolved_in}, reverse=True):
-            outcomes = [op for op in ops if op.resolved_in == a and op.kind not in ("cancel",)]
-            if not outcomes or any(op.kind not in _DELIVERABLE | {"context", "patch"}
-                                   for op in outcomes):
+        # Per activation: the kinds of the outcomes it recorded, and whether it ran code a
+        # benchmark must not run again or cannot deliver (a step, a heartbeat, a cancel, a
+        # repair).
+        delivers: dict[int, bool] = {}
+        refused: set[int] = set()
+        for op in ops:
+            if op.kind in ("step", "heartbeat", "cancel", "repair"):
+                refused.add(op.created_in)
+            if op.resolved_in is None:
                 continue
-            if any(op.created_in == a and op.kind in ("step", "heartbeat", "cancel")
-                   for op in ops):
-                continue
-            if any(op.kind == "timer" and op.name.startswith("heartbeat:") for op in outcomes):
-                continue
-            if any(op.kind in _DELIVERABLE for op in outcomes):
-                eligible.append(a)
-                break
+            if op.kind == "timer" and op.name.startswith("heartbeat:"):
+                refused.add(op.resolved_in)  # its result depends on heartbeats received
+            elif op.kind in _DELIVERABLE:
+                delivers[op.resolved_in] = True
+            elif op.kind not in ("context", "patch"):
+                refused.add(op.resolved_in)
+        eligible = sorted((a for a in delivers if a not in refused), reverse=True)
         if not eligible:
             raise _Skip("the history has no activation that delivered replies, timers or "
                         "callback completions without running a step (steps run your code, "
@@ -538,10 +541,11 @@ class _Worker:
         return self._read()
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            self.proc.wait()
+        """Ends the worker (its stdin closed: it leaves its loop) and closes the pipes."""
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        self.proc.wait()
 
 
 @dataclass(slots=True)

@@ -1,0 +1,310 @@
+"""`lambda-workflow bench`: the replay overhead of a workflow on its own exported histories.
+
+Every test benches real histories (an example or tests/replay/every_kind.py run on a SQLite
+file, exported with `history --json`), with one quick round so the suite stays fast. Nothing
+here asserts a time: the figures are checked for their shape (both cores measured, as each
+worker reports its core; one entry per kind with the history's operation counts), and bad
+input for its message and exit code 2. tests/aws/test_bench_cli_aws.py benches a DynamoDB
+export.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lambda_workflow.cli import main
+from lambda_workflow.local import LocalRuntime
+from lambda_workflow.models import History
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "bank_transaction.py"
+ALICE = '{"account_id": "alice", "amount": 30}'
+REPLAY = ROOT / "tests" / "replay"
+KINDS = REPLAY / "every_kind.py"
+if str(REPLAY) not in sys.path:
+    sys.path.insert(0, str(REPLAY))
+
+import every_kind  # noqa: E402
+
+# The swapped gather of the bank example: operation #1 is then a call of `fraud`.
+SWAPPED = """    balance, fraud = await asyncio.gather(  # both requests leave in one activation
+        ctx.call(balance_service, tx),
+        ctx.call(fraud_service, tx),
+    )
+"""
+SWAPPED_TO = """    fraud, balance = await asyncio.gather(  # both requests leave in one activation
+        ctx.call(fraud_service, tx),
+        ctx.call(balance_service, tx),
+    )
+"""
+STAT_KEYS = {"median", "min", "max", "spread"}
+# Kinds recorded outside the workflow's own order: not replayed, not benched.
+OUTSIDE = {"cancel", "parent", "repair"}
+
+
+@pytest.fixture(autouse=True)
+def _restore_modules(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The CLI loads modules by path (registering them under their file's stem and adding
+    their folder to sys.path): put back what it replaced."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = dict(sys.modules)
+    yield
+    for name in set(sys.modules) - set(before):
+        del sys.modules[name]
+    for name, module in before.items():
+        if sys.modules.get(name) is not module:
+            sys.modules[name] = module
+
+
+def run_cli(*argv: str | Path) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main([str(a) for a in argv], out=out)
+    return code, out.getvalue()
+
+
+def bench_json(*argv: str | Path) -> dict[str, Any]:
+    code, out = run_cli("bench", *argv, "--quick", "--rounds", "1", "--json")
+    assert code == 0, out
+    doc: dict[str, Any] = json.loads(out)
+    return doc
+
+
+@pytest.fixture
+def exported(tmp_path: Path) -> Path:
+    """Instance t1 of the bank example (completed: 3 calls, two of them in one gather), run
+    with `run --db` and exported with `history --json`."""
+    db = tmp_path / "state.sqlite3"
+    code, _ = run_cli("run", EXAMPLE, "--db", db, "--id", "t1", "--quiet", "--input", ALICE)
+    assert code == 0
+    code, out = run_cli("history", "--db", db, "t1", "--json")
+    assert code == 0
+    path = tmp_path / "t1.json"
+    path.write_text(out)
+    return path
+
+
+def kinds_of(path: Path) -> dict[str, int]:
+    """The replayed operations of an exported history, counted by kind, from the file."""
+    ops = json.loads(path.read_text())["operations"]
+    return dict(Counter(op["kind"] for op in ops if op["kind"] not in OUTSIDE))
+
+
+def assert_stats(value: Any) -> None:
+    assert set(value) == STAT_KEYS
+    assert all(isinstance(v, float) for v in value.values())
+    assert value["min"] <= value["median"] <= value["max"]
+
+
+def assert_measured(core: dict[str, Any], kinds: dict[str, int], activation: bool) -> None:
+    """One core's figures for one history: every statistic present and well formed."""
+    for key in ("replay_ms", "replay_per_op_us", "floor_per_op_us", "start_us"):
+        assert_stats(core[key])
+    if activation:
+        assert_stats(core["activation_ms"])
+    else:
+        assert core["activation_ms"] is None
+    assert set(core["kinds"]) == set(kinds)
+    for figures in core["kinds"].values():
+        assert set(figures) == {"per_op_us", "floor_per_op_us"}
+        assert_stats(figures["per_op_us"])
+        assert_stats(figures["floor_per_op_us"])
+
+
+def test_bench_of_an_exported_sqlite_history_measures_both_cores_per_kind(
+        exported: Path) -> None:
+    """The bank example's export benched with --json: the versioned schema, both cores
+    measured (each worker reports the core it loaded), the operation counts per kind those
+    of the history file, every figure a statistic of the rounds, and a whole activation that
+    delivers the last reply (call 3) and completes."""
+    doc = bench_json(exported, "--workflow", EXAMPLE)
+    assert doc["schema"] == "lambda-workflow-bench/1"
+    assert (doc["rounds"], doc["quick"]) == (1, True)
+    assert doc["cores"] == {"c": {"implementation": "c", "measured": True, "error": None},
+                            "py": {"implementation": "py", "measured": True, "error": None}}
+    (h,) = doc["histories"]
+    assert (h["path"], h["workflow"], h["workflow_id"], h["status"]) == (
+        str(exported), "make_transaction", "t1", "completed")
+    assert kinds_of(exported) == {"call": 3}
+    assert h["operations"] == 3
+    assert set(h["kinds"]) == {"call"}
+    assert (h["kinds"]["call"]["operations"], h["kinds"]["call"]["replayed"]) == (3, 3)
+    for core in ("c", "py"):
+        assert_measured({**h["replay"][core], "kinds": {
+            k: v[core] for k, v in h["kinds"].items()}}, {"call": 3}, activation=True)
+    assert set(h["ratios"]) == {"c_over_floor", "py_over_floor", "py_over_c",
+                                "activation_py_over_c"}
+    assert all(isinstance(v, float) for v in h["ratios"].values())
+    act = h["activation"]
+    assert act["activation"] == 3
+    assert act["delivered"] == [{"id": "3", "kind": "call"}]
+    assert (act["ends"], act["skipped"]) == ("completed", None)
+
+
+def test_bench_prints_a_table_per_history(exported: Path) -> None:
+    """Without --json: a table per history with a row per kind and the whole replay and
+    activation lines, naming both cores."""
+    code, out = run_cli("bench", exported, "--workflow", EXAMPLE, "--quick", "--rounds", "1")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0].startswith(f"lambda-workflow bench: 1 history against {EXAMPLE}; ")
+    assert "1 rounds interleaved (c, py)" in lines[0]
+    assert f"{exported}: workflow make_transaction (t1), completed, 3 operations" in lines
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["kind", "ops",
+                                                                           "replayed"])
+    assert lines[header + 1].split()[:3] == ["call", "3", "3"]
+    assert lines[header + 2].split()[:2] == ["all", "3"]
+    assert any(line.startswith("  whole replay: c ") for line in lines)
+    assert any(line.startswith("  activation 3 on SQLite (load, deliver call 3, completed)")
+               for line in lines)
+
+
+def every_kind_exports(tmp_path: Path) -> tuple[list[Path], dict[str, History]]:
+    db = tmp_path / "kinds.sqlite3"
+    with LocalRuntime(db) as runtime:
+        ids = list(every_kind.record(runtime))
+        histories = {wid: runtime.history(wid) for wid in ids}
+    paths = []
+    for wid in ids:
+        code, out = run_cli("history", "--db", db, wid, "--json")
+        assert code == 0, out
+        path = tmp_path / f"{wid}.json"
+        path.write_text(out)
+        paths.append(path)
+    return paths, histories
+
+
+def test_every_kind_of_operation_is_benched_with_the_counts_of_its_history(
+        tmp_path: Path) -> None:
+    """Every history of tests/replay/every_kind.py (calls, steps and retries, timers,
+    callbacks, children, contexts, patches; completed, failed, cancelled, running) benched
+    in one run: per history, one entry per kind with the count the store recorded; the
+    calls inside finished child contexts are counted but not replayed; an activation is
+    measured where one delivered outcomes without running a step, and says why not
+    elsewhere."""
+    paths, histories = every_kind_exports(tmp_path)
+    doc = bench_json(*paths, "--workflow", KINDS)
+    assert [h["path"] for h in doc["histories"]] == [str(p) for p in paths]
+    seen: set[str] = set()
+    for h in doc["histories"]:
+        recorded = histories[h["workflow_id"]]
+        counts = dict(Counter(op.kind for op in recorded.operations
+                              if op.kind not in OUTSIDE))
+        assert {k: v["operations"] for k, v in h["kinds"].items()} == counts, h["path"]
+        assert h["operations"] == sum(counts.values())
+        assert h["status"] == recorded.instance.status.value
+        seen |= set(counts)
+        act = h["activation"]
+        for core in ("c", "py"):
+            assert_measured({**h["replay"][core], "kinds": {
+                k: v[core] for k, v in h["kinds"].items()}}, counts,
+                activation=act["skipped"] is None)
+        if act["skipped"] is None:
+            assert act["delivered"] and act["ends"] in ("completed", "suspended", "failed",
+                                                        "cancelled")
+        else:
+            assert "without running a step" in act["skipped"]
+    assert seen == {"call", "step", "timer", "callback", "child", "patch", "context"}
+    batches = next(h for h in doc["histories"] if h["workflow_id"] == "batches-1")
+    assert (batches["kinds"]["context"]["replayed"], batches["kinds"]["call"]["replayed"]) \
+        == (6, 0)
+    steps = next(h for h in doc["histories"] if h["workflow_id"] == "steps-1")
+    assert steps["activation"]["skipped"] is not None
+    calls = next(h for h in doc["histories"] if h["workflow_id"] == "calls-1")
+    assert calls["activation"]["skipped"] is None
+
+
+# -- bad input: exit 2, a message naming what is wrong, nothing measured ------------------------
+def bench_error(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> str:
+    capsys.readouterr()
+    code, out = run_cli("bench", *argv)
+    assert (code, out) == (2, "")
+    err = capsys.readouterr().err
+    assert err.startswith("lambda-workflow bench: ")
+    return err
+
+
+def test_a_missing_history_file_exits_2(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    err = bench_error(capsys, tmp_path / "nope.json", "--workflow", EXAMPLE)
+    assert f"cannot read {tmp_path / 'nope.json'}: No such file or directory" in err
+
+
+def test_a_file_that_is_not_a_history_exits_2(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("this is not json")
+    err = bench_error(capsys, bad, "--workflow", EXAMPLE)
+    assert f"{bad} is not a workflow history as `lambda-workflow history --json` exports " \
+           "it (it is not valid JSON:" in err
+    bad.write_text('{"format": 1, "workflow_id": "x"}')
+    err = bench_error(capsys, bad, "--workflow", EXAMPLE)
+    assert "(the field 'status' is missing)" in err
+
+
+def test_a_missing_module_exits_2(exported: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    err = bench_error(capsys, exported, "--workflow", tmp_path / "app.py")
+    assert f"no such file: {tmp_path / 'app.py'}" in err
+
+
+def test_a_workflow_the_module_does_not_have_exits_2(
+        exported: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The history's workflow is not in the module (another module's history), and a NAME
+    the module does not have."""
+    err = bench_error(capsys, exported, "--workflow", KINDS)
+    assert f"{exported} records workflow 'make_transaction', but {KINDS} has no workflow " \
+           "'make_transaction' (found: batches, callbacks, calls," in err
+    err = bench_error(capsys, exported, "--workflow", f"{EXAMPLE}:nope")
+    assert "has no workflow 'nope' (found: make_transaction)" in err
+
+
+def test_a_history_of_another_workflow_exits_2_saying_where_it_differs(
+        exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The bank history benched as another workflow (NAME picks it): one with the same input
+    type that calls another service first does not replay, and the message says which
+    operation differs; one with another input type says the input is not valid for it."""
+    other = tmp_path / "other.py"
+    other.write_text(
+        "from pydantic import BaseModel\n"
+        "from lambda_workflow import Service, WorkflowContext, workflow\n"
+        "class Transaction(BaseModel):\n"
+        "    account_id: str\n"
+        "    amount: int\n"
+        "audit = Service('audit', Transaction, bool)\n"
+        "@workflow\n"
+        "async def audit_only(ctx: WorkflowContext[Transaction]) -> bool:\n"
+        "    return await ctx.call(audit, ctx.request)\n")
+    err = bench_error(capsys, exported, "--workflow", f"{other}:audit_only")
+    assert f"{exported} does not replay against {other}, so its replay cannot be " \
+           "measured: " in err
+    assert "other.py:9 in audit_only created call 'audit', but the history recorded call " \
+           "'balance'" in err
+    err = bench_error(capsys, exported, "--workflow", f"{KINDS}:calls")
+    assert "its recorded input is no longer a valid Item: sku: Field required" in err
+
+
+def test_a_history_the_changed_code_no_longer_replays_exits_2(
+        exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The example with its gathered calls swapped: the NonDeterminismError's message, with
+    the changed file's line and both operations."""
+    source = EXAMPLE.read_text()
+    assert SWAPPED in source
+    changed = tmp_path / "bank_transaction_v2.py"
+    changed.write_text(source.replace(SWAPPED, SWAPPED_TO))
+    line = changed.read_text().splitlines().index("        ctx.call(fraud_service, tx),") + 1
+    err = bench_error(capsys, exported, "--workflow", changed)
+    assert f"the code at bank_transaction_v2.py:{line} in make_transaction created call " \
+           "'fraud', but the history recorded call 'balance'" in err
+
+
+def test_rounds_below_one_exit_2(exported: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = bench_error(capsys, exported, "--workflow", EXAMPLE, "--rounds", "0")
+    assert "--rounds must be at least 1" in err
