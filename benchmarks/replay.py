@@ -24,7 +24,15 @@ Rounds are interleaved: each round runs one compiled child and one pure child (a
 goes first); in a child every row and N is measured once (the median of a few inner repetitions
 after a warm-up). Reported: the median over rounds and the spread (min-max over rounds). The
 floors do not depend on the core: their samples from both children are pooled. Ratios use
-medians of the same run.
+medians of the same run. ``--build NAME=PYTHON`` adds another interpreter's compiled core (a
+wheel installed in its own venv) to the same rounds.
+
+Other scripts may run one child directly: ``PYTHON benchmarks/replay.py --inside 10,100``
+(``--quick`` for 3 inner repetitions) prints one JSON document: ``implementation`` ("c" or
+"py"), ``python``, ``core_file`` (the compiled core's file, or null), and for each row
+``floor``, ``checked_floor``, ``core``, ``core_gather10`` (seconds per replayed call) and
+``activation`` (seconds per whole activation) a mapping from N (a string) to that child's
+median.
 """
 
 # No `from __future__ import annotations`: the workflows below are defined inside a function
