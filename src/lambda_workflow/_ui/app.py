@@ -42,7 +42,7 @@ from .._runtime.history import history_to_json
 from ..backends.protocols import InvalidPageTokenError
 from ..models import History, InstanceStatus, OperationState
 
-__all__ = ["ACTIONS", "Console", "create_app", "serve"]
+__all__ = ["ACTIONS", "Console", "bound_port", "create_app", "make_server", "serve"]
 
 HERE = Path(__file__).parent
 ACTIONS = ("cancel", "complete", "fail", "resume", "reset")
@@ -125,7 +125,8 @@ def _error(payload: bytes | None) -> dict[str, Any] | None:
         return {"type": "?", "message": str(value), "details": None}
     details = value.get("details")
     return {"type": str(value.get("type", "?")), "message": str(value.get("message", "")),
-            "details": None if details is None else json.dumps(details, indent=2)}
+            "details": None if details is None else json.dumps(details, indent=2),
+            "call_id": details.get("call_id") if isinstance(details, dict) else None}
 
 
 def source_line(site: str, folders: list[Path]) -> str | None:
@@ -230,7 +231,7 @@ def create_app(console: Console) -> Starlette:
                 continue
             pending.append({"op": op, "waits": _operate.waiting_on(op, history, implemented),
                             "callback": op.kind == "callback"})
-        ops = []
+        ops: list[dict[str, Any]] = []
         for op in history.operations:
             error = _error(op.result) if op.state is OperationState.FAILED else None
             ops.append({"op": op, "name": display(op.kind, op.name),
@@ -242,14 +243,17 @@ def create_app(console: Console) -> Starlette:
                         if op.state is OperationState.COMPLETED
                         and op.kind not in ("timer", "cancel") else None})
         inst_error = _error(inst.error)
-        # The workflow's own error carries no site: the failed operation that raised it (the
-        # same type and message) does.
+        # The workflow's own error carries no site: the failed operation that raised it does
+        # (a service error names its call; else the last failed operation with the same type
+        # and message).
         raised = None
         if inst_error is not None:
             for entry in reversed(ops):
                 e = entry["error"]
-                if isinstance(e, dict) and (e["type"], e["message"]) == (
-                        inst_error["type"], inst_error["message"]):
+                if isinstance(e, dict) and (
+                        entry["op"].op_id == inst_error["call_id"]
+                        or (e["type"], e["message"]) == (inst_error["type"],
+                                                         inst_error["message"])):
                     raised = entry
                     break
         return page(request, "instance.html", inst=inst, history=history,
@@ -399,22 +403,33 @@ def _run_cli(console: Console, argv: list[str]) -> tuple[int, str]:
     return code, out.getvalue()
 
 
-def serve(console: Console, port: int = 8765, *, ready: Callable[[int], None] | None = None
-          ) -> None:
-    """Serve the console on 127.0.0.1 until interrupted. ``port`` 0 picks a free port;
-    ``ready(port)`` is called once it listens."""
+def make_server(console: Console, port: int = 8765) -> Any:
+    """A uvicorn server of the console on 127.0.0.1 (``port`` 0: a free one, read from
+    ``server.servers[0].sockets[0]`` once ``server.started``)."""
     import uvicorn
 
     config = uvicorn.Config(create_app(console), host="127.0.0.1", port=port,
                             log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
+    return uvicorn.Server(config)
+
+
+def bound_port(server: Any) -> int:
+    """The port a started server listens on."""
+    return int(server.servers[0].sockets[0].getsockname()[1])
+
+
+def serve(console: Console, port: int = 8765, *, ready: Callable[[int], None] | None = None
+          ) -> None:
+    """Serve the console on 127.0.0.1 until interrupted. ``port`` 0 picks a free port;
+    ``ready(port)`` is called once it listens."""
+    server = make_server(console, port)
     if ready is not None:
         original = server.startup
 
         async def startup(sockets: Any = None) -> None:
             await original(sockets)
-            bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
-            ready(int(bound))
+            if server.started:
+                ready(bound_port(server))
 
-        server.startup = startup  # type: ignore[method-assign]
+        server.startup = startup
     server.run()
