@@ -41,7 +41,8 @@ class Activation:
 class Bar:
     """One operation: from ``start`` (created) to ``end`` (resolved; ``None`` while it is
     pending). ``outcome`` is ``completed``, ``failed``, ``pending`` or ``timed out`` (a callback
-    whose timeout fired: its record stays pending, the workflow no longer waits on it)."""
+    whose timeout fired: its record stays pending, the workflow no longer waits on it; its bar
+    ends when the timer fired)."""
 
     op_id: str
     kind: str
@@ -129,9 +130,15 @@ def build(history: History) -> Timeline:
     for op in history.operations:
         first[op.created_in] = min(first.get(op.created_in, op.created_at), op.created_at)
         end: float | None = None
+        resolved_in = op.resolved_in
         if op.state is OperationState.PENDING:
-            outcome = ("timed out" if op.kind == "callback"
-                       and callback_timed_out(op, history.operations) else "pending")
+            outcome = "pending"
+            # a callback whose timeout (or heartbeat timeout) timer fired ends there
+            fired = next((t for t in history.operations if t.kind == "timer"
+                          and callback_timed_out(op, [t])), None)
+            if fired is not None:
+                outcome = "timed out"
+                end, resolved_in = fired.resolved_at, fired.resolved_in
         else:
             outcome = op.state.value
             end = op.resolved_at if op.resolved_at is not None else op.created_at
@@ -139,7 +146,7 @@ def build(history: History) -> Timeline:
                 first[op.resolved_in] = min(first.get(op.resolved_in, end), end)
         bars.append(Bar(
             op.op_id, op.kind, op.name, outcome, op.created_at, end, op.created_in,
-            op.resolved_in, _detail(op),
+            resolved_in, _detail(op),
             _error_text(op.result) if op.state is OperationState.FAILED else "", op.site))
     activations = [Activation(n, at) for n, at in sorted(first.items()) if n >= 1]
     times = [inst.created_at, *(a.at for a in activations)]

@@ -130,3 +130,23 @@ def test_html_to_an_unwritable_path_exits_1_naming_it(
     code, _ = cli("history", "--db", run.db, "p-wait", "--html", str(target))
     assert code == 1
     assert f"cannot write {target}: No such file or directory" in capsys.readouterr().err
+
+
+def test_a_timed_out_callback_ends_where_its_timeout_fired(tmp_path: Path) -> None:
+    """examples/approval.py's escalated expense: the manager's callback timed out after 3
+    days (its record stays pending); its bar ends with the timeout timer, in activation 3,
+    not open to the end of the axis."""
+    db = str(tmp_path / "approval.sqlite3")
+    root = Path(__file__).resolve().parents[2]
+    code, out = cli("run", str(root / "examples" / "approval.py"), "--db", db, "--quiet")
+    assert code == 0, out
+    timeline = _timeline.build(history(db, "exp-escalated"))
+    bars = {bar.name: bar for bar in timeline.bars}
+    callback, timer = bars["approval:omar"], bars["timeout:approval:omar"]
+    assert callback.outcome == "timed out"
+    assert (callback.end, callback.resolved_in) == (timer.end, timer.resolved_in) != (None, None)
+    assert timeline.end_of(callback) == timeline.end_of(timer) < (timeline.end, timeline.last)
+    text = _timeline.render_text(timeline)
+    line = next(x for x in text.splitlines() if x.startswith("#2 callback approval:omar"))
+    timer_line = next(x for x in text.splitlines() if x.startswith("#3 timer"))
+    assert line.index("T ") == timer_line.index("| ")
