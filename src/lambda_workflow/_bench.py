@@ -259,16 +259,22 @@ class _Subject:
 
     def measure(self) -> dict[str, Any]:
         total = _median_time(self.replay, self.repeats)
-        spans: dict[str, float] = {}
-        instrumented = 0.0
-        for _ in range(max(1, self.repeats // 2)):
+        # Each instrumented replay's shares per kind; the median share of each kind (scaled
+        # so they add up to 1) is robust to a pause landing in one replay.
+        runs: dict[str, list[float]] = {}
+        count = max(3, self.repeats // 2)
+        for _ in range(count):
             start, marks, end = self.marked()
-            instrumented += end - start
+            spans = {START: (marks[0][0] if marks else end) - start}
             points = [m[0] for m in marks] + [end]
-            spans[START] = spans.get(START, 0.0) + ((marks[0][0] if marks else end) - start)
             for (at, kind, _, _), following in zip(marks, points[1:], strict=True):
                 spans[kind] = spans.get(kind, 0.0) + following - at
-        shares = {kind: span / instrumented for kind, span in spans.items()}
+            for kind, span in spans.items():
+                runs.setdefault(kind, []).append(span / (end - start))
+        medians = {kind: statistics.median(v + [0.0] * (count - len(v)))
+                   for kind, v in runs.items()}
+        whole = sum(medians.values()) or 1.0
+        shares = {kind: share / whole for kind, share in medians.items()}
         return {"replay": total, "shares": shares,
                 "floor": {kind: self.floor(kind) for kind in self.kinds},
                 "activation": self.activation.measure()}
