@@ -19,7 +19,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, cast
 
 import orjson
 
-from . import _core
+from . import _core, _observe
 from ._opnames import service_of
 from ._runtime.clock import VirtualClock
 from ._runtime.engine import (
@@ -602,7 +602,8 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
 
     def _serve(self, service: Service[Any, Any], fn: Callable[[Any], Any],
                request: CallRequestMessage) -> None:
-        ok, reply = run_service(service, fn, request.request, self._run_async)
+        ok, reply = _observe.serve_traced(service.name, request, lambda: run_service(
+            service, fn, request.request, self._run_async))
         invocation = ServiceInvocation(service.name, request.workflow_id, request.call_id,
                                        orjson.dumps(request.request), ok, reply)
         self.invocations.append(invocation)

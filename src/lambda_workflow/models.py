@@ -96,6 +96,8 @@ def _valid_id(value: str) -> str:
 
 
 WorkflowId = Annotated[str, pydantic.AfterValidator(_valid_id)]
+# A W3C Trace Context ``traceparent`` (version 00): the span a message's work continues.
+Traceparent = Annotated[str, Field(pattern=r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")]
 
 
 class _Message(BaseModel):
@@ -143,6 +145,8 @@ class StartMessage(_Message):
     workflow: Annotated[str, Field(min_length=1)]
     input: JsonValue = None
     parent: ParentRef | None = None
+    # The starter's span (tracing, docs/observability.md); absent in earlier messages.
+    traceparent: Traceparent | None = None
 
 
 class CallResultMessage(_Message):
@@ -224,6 +228,8 @@ class CallRequestMessage(_Message):
     service: Annotated[str, Field(min_length=1)]
     request: JsonValue = None
     reply_to: str | None = None
+    # The call's span, for the service's span to join (tracing); absent in earlier messages.
+    traceparent: Traceparent | None = None
 
 
 # 19 digits in a row: the only way a JSON text can hold an integer beyond 64 bits (which

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,7 @@ import orjson
 import pydantic
 import pydantic_core
 
-from .. import _core
+from .. import _core, _observe
 from .._opnames import service_of
 from ..backends.protocols import Clock, StateStore, TimerService, Transport
 from ..callbacks import CallbackTokens
@@ -54,7 +55,7 @@ _SORT = orjson.OPT_SORT_KEYS
 # the activation; patch markers are only recorded.
 _SENT_KINDS = frozenset({"call", "timer", "child"})
 # Recorded outside the workflow's own order: not replayed as its operations.
-_OUTSIDE_KINDS = frozenset({"cancel", "parent", "repair"})
+_OUTSIDE_KINDS = frozenset({"cancel", "parent", "repair", "trace"})
 PARENT_OP_ID = "parent"
 CANCEL_OP_ID = "cancel"
 
@@ -79,20 +80,31 @@ class ActivationReport:
     pending: list[str] = field(default_factory=list)
     result: bytes | None = None
     error: ErrorInfo | None = None
+    # For metrics (aws/metrics.py): the replay's duration, and new operations by kind.
+    replay_seconds: float = 0.0
+    created: dict[str, int] = field(default_factory=dict)
 
 
 def start_message_body(workflow_id: str, workflow_name: str, input_payload: bytes) -> bytes:
-    """The JSON of a start message, embedding the already-encoded input."""
-    return orjson.dumps({"v": 1, "kind": "start", "workflow_id": workflow_id,
-                         "workflow": workflow_name, "input": orjson.Fragment(input_payload)})
+    """The JSON of a start message, embedding the already-encoded input (and, with tracing
+    on, the starter's current span as ``traceparent``)."""
+    body: dict[str, Any] = {"v": 1, "kind": "start", "workflow_id": workflow_id,
+                            "workflow": workflow_name, "input": orjson.Fragment(input_payload)}
+    if _observe.TRACING is not None and (tp := _observe.TRACING.start_traceparent()):
+        body["traceparent"] = tp
+    return orjson.dumps(body)
 
 
-def call_request_body(op: OperationRecord, reply_to: str) -> bytes:
-    """The JSON of a call request message, embedding the recorded request bytes."""
-    return orjson.dumps({"v": 1, "kind": "call", "workflow_id": op.workflow_id,
-                         "call_id": op.op_id, "service": service_of(op.name),
-                         "reply_to": reply_to,
-                         "request": orjson.Fragment(op.request)})
+def call_request_body(op: OperationRecord, reply_to: str,
+                      traceparent: str | None = None) -> bytes:
+    """The JSON of a call request message, embedding the recorded request bytes;
+    ``traceparent`` (tracing) names the call's span."""
+    body = {"v": 1, "kind": "call", "workflow_id": op.workflow_id,
+            "call_id": op.op_id, "service": service_of(op.name), "reply_to": reply_to,
+            "request": orjson.Fragment(op.request)}
+    if traceparent is not None:
+        body["traceparent"] = traceparent
+    return orjson.dumps(body)
 
 
 def call_result_body(workflow_id: str, call_id: str, ok: bool, payload: bytes) -> bytes:
@@ -306,7 +318,8 @@ class Engine:
             return None
         return op
 
-    def start_child(self, op: OperationRecord, parent_workflow: str | None = None) -> None:
+    def start_child(self, op: OperationRecord, parent_workflow: str | None = None,
+                    traceparent: str | None = None) -> None:
         """Send the start message of the child workflow a ``child`` operation names, to the
         queue of the child's workflow. ``parent_workflow`` (the parent's workflow name) goes
         in the message's ``parent`` object: the child's reply is routed by it."""
@@ -318,9 +331,12 @@ class Engine:
         # start to a function still on the old code (whose ParentRef has no such field).
         if parent_workflow is not None and getattr(self.transport, "routes_workflows", False):
             parent["workflow"] = parent_workflow
-        body = orjson.dumps({"v": 1, "kind": "start", "workflow_id": child_id,
-                             "workflow": op.name, "input": request["input"],
-                             "parent": parent})
+        start: dict[str, Any] = {"v": 1, "kind": "start", "workflow_id": child_id,
+                                 "workflow": op.name, "input": request["input"],
+                                 "parent": parent}
+        if traceparent is not None:  # the child's trace continues the parent's
+            start["traceparent"] = traceparent
+        body = orjson.dumps(start)
         # Deduplicated per parent operation, not per child id: a user's start of the same id
         # must not swallow this one (the parent would never hear that the id is taken).
         self.transport.send_to_workflow(
@@ -520,9 +536,17 @@ class Engine:
                                 workflow_id, outcomes, new, activation, now),
                             tokens=self.tokens, cancel=cancel_at, scope=repairs.scope,
                             relaxed=repairs.relaxed_at == len(replayed))
+        trace = (_observe.TRACING.begin(history, messages, activation, now)
+                 if _observe.TRACING is not None else None)
+        began = time.perf_counter()
         result = replayer.run()
+        report.replay_seconds = time.perf_counter() - began
+        for op in result.new_operations:
+            report.created[op.kind] = report.created.get(op.kind, 0) + 1
         if new_cancel is not None:
             result.new_operations.append(new_cancel)
+        if trace is not None and trace.record is not None:
+            result.new_operations.append(trace.record)
         report.rejected.update(result.rejected)
         report.pending = result.pending
 
@@ -552,12 +576,13 @@ class Engine:
                 if op.kind == "timer":
                     self._schedule(op)
                     continue
+                traceparent = trace.operation_parent(op) if trace is not None else None
                 if op.kind == "child":
-                    self.start_child(op, inst.workflow_name)
+                    self.start_child(op, inst.workflow_name, traceparent)
                     continue
                 self.transport.send_to_service(
                     service_of(op.name), _core.dedup_id(workflow_id, "call", op.op_id),
-                    call_request_body(op, reply_to))
+                    call_request_body(op, reply_to, traceparent))
             self.store.mark_sent(workflow_id, [op.op_id for op in outbox])
             report.sent = outbox
         if cancel_at is not None:
@@ -584,4 +609,6 @@ class Engine:
             self._notify_parent(history, status, None, result.error)
         else:
             report.status = "suspended"
+        if trace is not None:
+            trace.end(report, history, result, staged)
         return report

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from .. import _core
+from .. import _core, _observe, tracing
 from .._runtime.engine import ActivationReport, Engine, call_result_body
 from .._runtime.services import run_service
 from ..errors import InvalidMessageError, PayloadTooLargeError, WorkflowError
@@ -34,6 +34,7 @@ from .config import (
     raise_problems,
     workflow_queues_of,
 )
+from .metrics import InvocationMetrics
 from .payloads import (
     NO_BUCKET_HINT,
     POINTER_CLASS,
@@ -167,6 +168,7 @@ class _WorkflowFunction:
         self.workflows = workflows
         self.deployment = deployment
         self._engine: Engine | None = None
+        self.metrics: InvocationMetrics | None = None  # this invocation's (EMF, metrics.py)
 
     @property
     def engine(self) -> Engine:
@@ -176,6 +178,7 @@ class _WorkflowFunction:
 
     def __call__(self, event: Any, context: Any = None) -> dict[str, Any]:
         records = _records(event, "workflow handler")
+        self.metrics = InvocationMetrics.start()
         groups: dict[str, list[Mapping[str, Any]]] = {}
         for record in records:
             group = record.get("attributes", {}).get("MessageGroupId", "")
@@ -188,6 +191,8 @@ class _WorkflowFunction:
                 failures += [r["messageId"] for r in batch]
                 continue
             failures += self._activate(group, batch)
+        if self.metrics is not None:
+            self.metrics.flush()
         return {"batchItemFailures": [{"itemIdentifier": m} for m in failures]}
 
     def _parse(self, group: str, record: Mapping[str, Any], body: bytes) -> WorkflowMessage:
@@ -275,6 +280,8 @@ class _WorkflowFunction:
             report = self.engine.activate(group, parsed)
         except Exception as exc:
             return self._failed(group, kept, exc)
+        if self.metrics is not None:
+            self.metrics.activation(report, len(parsed))
         for i, record in enumerate(kept):
             if i in report.rejected:
                 failures += self._dead_letter(record, _redact(report.rejected[i],
@@ -288,6 +295,8 @@ class _WorkflowFunction:
         reason = _redact(f"{type(exc).__name__}: {exc}", *(r["body"] for r in kept))
         receives = max(_receives(r) for r in kept)
         _log("activation_failed", workflow_id=group, receives=receives, error=reason)
+        if self.metrics is not None:
+            self.metrics.activation_errors += 1
         # A payload of the recorded history that is gone from S3 (deleted, expired) never
         # comes back: no delivery can replay the instance, so it fails now.
         final = isinstance(exc, PayloadMissingError)
@@ -325,6 +334,8 @@ class _WorkflowFunction:
         impossible (no DLQ configured, or the send failed), so nothing is lost."""
         config = self.deployment.config
         _log("dead_letter", message_id=record["messageId"], reason=reason)
+        if self.metrics is not None:
+            self.metrics.dead_letters += 1
         if config.dead_letter_queue_url is None:
             return [record["messageId"]]
         attrs = record.get("attributes", {})
@@ -433,6 +444,7 @@ def workflow_handler(*workflows: Workflow[Any, Any], config: AwsConfig | None = 
     if not registry:
         raise ValueError("workflow_handler() needs at least one workflow")
     state: dict[str, _WorkflowFunction] = {}
+    tracing.enable_from_environment()
 
     def start() -> _WorkflowFunction:
         fn = state.get("fn")
@@ -538,7 +550,8 @@ class _ServiceFunction:
                 _log("reply_repeated", service=self.service.name,
                      workflow_id=request.workflow_id, call_id=request.call_id)
         if body is None:
-            ok, payload = run_service(self.service, self.fn, request.request, self._run_async)
+            ok, payload = _observe.serve_traced(self.service.name, request, lambda: run_service(
+                self.service, self.fn, request.request, self._run_async))
             body = self._bounded_reply(request, ok, payload)
             if self.idempotent:
                 body = self._record_reply(request, body)
@@ -670,6 +683,7 @@ def service_handler(service: Service[ReqT, RespT],
     before the reply was recorded, and a later delivery comes after the claim expired.
     """
     state: dict[str, _ServiceFunction] = {}
+    tracing.enable_from_environment()
 
     def handler(event: Any, context: Any = None) -> Any:
         sf = state.get("fn")

@@ -1,0 +1,22 @@
+"""Tracing fixtures: an SDK tracer provider with an in-memory exporter, switched on for the
+test and off after it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from otel_spans import Spans
+
+from lambda_workflow import tracing
+
+
+@pytest.fixture
+def spans() -> Iterator[Spans]:
+    recorder = Spans()
+    tracing.enable(recorder.provider)
+    try:
+        yield recorder
+    finally:
+        tracing.disable()
+        recorder.provider.shutdown()

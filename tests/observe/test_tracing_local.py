@@ -1,0 +1,240 @@
+"""Traces on the embedded runtime (LocalRuntime, SQLite): one trace per instance across its
+activations, a span per activation and per operation emitted once, services joined through
+the request's traceparent, errors on their spans."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import StatusCode
+from otel_spans import Spans
+from traced_app import (
+    ATTEMPTS,
+    TOKENS,
+    Parcel,
+    doomed,
+    pack,
+    quote,
+    quote_fn,
+    refuse,
+    refuse_fn,
+    shipment,
+)
+
+from lambda_workflow import tracing
+from lambda_workflow._runtime.clock import VirtualClock
+from lambda_workflow.errors import InvalidMessageError
+from lambda_workflow.local import LocalRuntime
+from lambda_workflow.models import parse_call_request, parse_workflow_message
+
+A = "lambda_workflow."
+
+
+def _runtime(path: Path) -> LocalRuntime:
+    rt = LocalRuntime(path / "state.db", clock=VirtualClock(1_700_000_000.0))
+    rt.register(shipment, pack, doomed)
+    rt.implement(quote, quote_fn)
+    rt.implement(refuse, refuse_fn)
+    return rt
+
+
+def _to_callback(rt: LocalRuntime, workflow_id: str) -> None:
+    """Start a shipment and run it to its callback: the step's retry waits 5 s, the sleep
+    60 s (the callback's timeout, an hour, does not fire)."""
+    ATTEMPTS.pop("lamp", None)
+    rt.start(shipment, Parcel(sku="lamp", qty=2), workflow_id=workflow_id)
+    for wait in (5, 60, 0):
+        rt.run_until_idle(skip_time=False)
+        rt.advance_time(wait)
+    rt.run_until_idle(skip_time=False)
+
+
+def _run_shipment(rt: LocalRuntime, workflow_id: str) -> None:
+    _to_callback(rt, workflow_id)
+    rt.complete_callback(TOKENS[workflow_id], "ana")
+    rt.run_until_idle(skip_time=False)
+    assert rt.result(workflow_id) == "LAMP 20 by ana: packed 2 lamp"
+
+
+def _by_id(found: list[ReadableSpan]) -> dict[int, ReadableSpan]:
+    out: dict[int, ReadableSpan] = {}
+    for s in found:
+        assert s.context is not None
+        assert s.context.span_id not in out, f"duplicate span {s.name}"
+        out[s.context.span_id] = s
+    return out
+
+
+def _parent(s: ReadableSpan) -> int | None:
+    return s.parent.span_id if s.parent is not None else None
+
+
+def _attr(s: ReadableSpan, key: str) -> object:
+    assert s.attributes is not None
+    return s.attributes.get(A + key)
+
+
+def test_one_trace_across_activations_with_a_span_per_activation_and_operation(
+        tmp_path: Path, spans: Spans) -> None:
+    tracer = spans.provider.get_tracer("test")
+    with _runtime(tmp_path) as rt, tracer.start_as_current_span("http request") as starter:
+        _run_shipment(rt, "ship-1")
+    found = spans.finished()
+    by_id = _by_id(found)
+    starter_ctx = starter.get_span_context()
+    # One trace: the starter's, through the parent, the child workflow and both services.
+    assert {s.context.trace_id for s in found if s.context} == {starter_ctx.trace_id}
+
+    parent = [s for s in found if _attr(s, "workflow_id") == "ship-1"]
+    activations = sorted((s for s in parent if s.name == "activation shipment"),
+                         key=lambda s: int(str(_attr(s, "activation"))))
+    assert [_attr(s, "activation") for s in activations] == [1, 2, 3, 4, 5, 6, 7]
+    # Operation spans by the activation that recorded their outcome: none twice.
+    ops = [s for s in parent if _attr(s, "operation.kind") is not None]
+    per_activation = Counter(int(str(_attr(s, "activation.resolved"))) for s in ops)
+    assert per_activation == {2: 1, 3: 2, 4: 2, 5: 1, 6: 1, 7: 1}
+    assert sorted(s.name for s in ops) == [
+        "call quote", "call refuse", "callback approval", "child pack", "step label",
+        "step label", "timer retry:label", "timer sleep"]
+    (root,) = [s for s in parent if s.name == "workflow shipment"]
+    assert _parent(root) == starter_ctx.span_id
+    assert all(_parent(s) == root.context.span_id for s in activations if root.context)
+    activation_ids = {int(str(_attr(s, "activation"))): s.context.span_id
+                      for s in activations if s.context}
+    for s in ops:  # under the activation that created the operation
+        assert _parent(s) == activation_ids[int(str(_attr(s, "activation.created")))], s.name
+    # Start and end from the records: the sleep lasted its 60 virtual seconds.
+    (sleep,) = [s for s in ops if s.name == "timer sleep"]
+    assert sleep.end_time is not None and sleep.start_time is not None
+    assert sleep.end_time - sleep.start_time == 60 * 10**9
+
+    # The services' spans join under their call's span.
+    services = {s.name: s for s in found if s.name.startswith("service ")}
+    calls = {s.name: s for s in ops if s.name.startswith("call ")}
+    assert set(services) == {"service quote", "service refuse"}
+    for name in ("quote", "refuse"):
+        assert _parent(services[f"service {name}"]) == calls[f"call {name}"].context.span_id
+
+    # The child workflow's trace continues under the parent's child operation.
+    child = [s for s in found if s.name in ("workflow pack", "activation pack")]
+    (child_root,) = [s for s in child if s.name == "workflow pack"]
+    (child_op,) = [s for s in ops if s.name == "child pack"]
+    assert child_op.context is not None
+    assert _parent(child_root) == child_op.context.span_id
+    assert len(found) == 1 + 7 + 8 + 1 + 2 + 2  # starter, activations, ops, root, services,
+    assert len(by_id) == len(found)             # child's activation and root
+
+
+def test_errors_are_recorded_on_their_spans(tmp_path: Path, spans: Spans) -> None:
+    with _runtime(tmp_path) as rt:
+        _run_shipment(rt, "ship-2")
+        rt.start(doomed, Parcel(sku="desk", qty=1), workflow_id="doom-1")
+        rt.run_until_idle()
+    found = spans.finished()
+    refused = [s for s in found if s.name in ("call refuse", "service refuse")]
+    assert len(refused) == 2
+    for s in refused:
+        assert s.status.status_code is StatusCode.ERROR
+        (event,) = [e for e in s.events if e.name == "exception"]
+        assert event.attributes is not None
+        assert event.attributes["exception.message"] == "no stock of lamp"
+    steps = sorted((s for s in found if s.name == "step label"),
+                   key=lambda s: int(str(_attr(s, "step.attempt"))))
+    assert [s.status.status_code for s in steps] == [StatusCode.ERROR, StatusCode.UNSET]
+    assert steps[0].events[0].attributes == {"exception.type": "RuntimeError",
+                                             "exception.message": "printer jammed"}
+    failed = [s for s in found if _attr(s, "workflow_id") == "doom-1"
+              and s.status.status_code is StatusCode.ERROR]
+    assert sorted(s.name for s in failed) == ["activation doomed", "workflow doomed"]
+    assert "over budget: 10" in (failed[0].status.description or "")
+
+
+def test_replays_emit_no_span_again(tmp_path: Path, spans: Spans) -> None:
+    """A runtime reopened on the same file replays the waiting instance from its history:
+    the spans of its earlier operations are not emitted again."""
+    with _runtime(tmp_path) as rt:
+        _to_callback(rt, "ship-3")
+    before = Counter(s.name for s in spans.finished())
+    assert before["activation shipment"] == 5
+    with _runtime(tmp_path) as rt:
+        rt.complete_callback(TOKENS["ship-3"], "bo")
+        rt.run_until_idle(skip_time=False)
+    found = spans.finished()
+    _by_id(found)
+    new = Counter(s.name for s in found) - before
+    assert new == {"activation shipment": 2, "callback approval": 1, "child pack": 1,
+                   "workflow shipment": 1, "activation pack": 1, "workflow pack": 1}
+    assert len({s.context.trace_id for s in found if s.context}) == 1
+
+
+def test_the_trace_context_is_recorded_once_outside_the_workflow_order(
+        tmp_path: Path, spans: Spans) -> None:
+    with _runtime(tmp_path) as rt:
+        _run_shipment(rt, "ship-4")
+        ops = rt.history("ship-4").operations
+    traces = [op for op in ops if op.kind == "trace"]
+    assert len(traces) == 1 and traces[0].op_id == "trace"
+    recorded = json.loads(traces[0].request)
+    assert {s.context.trace_id for s in spans.finished() if s.context} == {
+        int(recorded["trace_id"], 16)}
+
+
+def test_an_instance_started_before_tracing_gets_one_trace_from_then_on(
+        tmp_path: Path) -> None:
+    """A history without a trace record (tracing was off at its start, or recorded by an
+    earlier version) still replays; its later activations share one trace."""
+    spans = Spans()
+    with _runtime(tmp_path) as rt:
+        _to_callback(rt, "ship-5")
+        assert not [op for op in rt.history("ship-5").operations if op.kind == "trace"]
+        tracing.enable(spans.provider)
+        try:
+            rt.complete_callback(TOKENS["ship-5"], "cy")
+            rt.run_until_idle(skip_time=False)
+        finally:
+            tracing.disable()
+        assert rt.result("ship-5") == "LAMP 20 by cy: packed 2 lamp"
+    found = spans.finished()
+    assert len({s.context.trace_id for s in found if s.context}) == 1
+    assert Counter(s.name for s in found)["activation shipment"] == 2
+
+
+def test_messages_carry_the_traceparent_and_a_malformed_one_is_refused() -> None:
+    body = (b'{"v": 1, "kind": "call", "workflow_id": "w", "call_id": "1", "service": "s", '
+            b'"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}')
+    assert parse_call_request(body).traceparent == (
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    old = b'{"v": 1, "kind": "call", "workflow_id": "w", "call_id": "1", "service": "s"}'
+    assert parse_call_request(old).traceparent is None
+    with pytest.raises(InvalidMessageError, match="traceparent"):
+        parse_workflow_message(b'{"v": 1, "kind": "start", "workflow_id": "w", '
+                               b'"workflow": "x", "traceparent": "00-abc-01"}')
+
+
+def test_tracing_off_imports_no_opentelemetry_and_records_nothing(tmp_path: Path) -> None:
+    code = f"""
+import json, sys
+sys.path[:0] = {[str(Path(__file__).parent)]!r}
+from traced_app import *
+from lambda_workflow.local import LocalRuntime
+rt = LocalRuntime()
+rt.register(shipment, pack)
+rt.implement(quote, quote_fn)
+rt.implement(refuse, refuse_fn)
+rt.start(shipment, Parcel(sku="x", qty=1), workflow_id="w")
+rt.run_until_idle()
+kinds = [op.kind for op in rt.history("w").operations]
+print(json.dumps([sorted(m for m in sys.modules if m.startswith("opentelemetry")), kinds]))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    modules, kinds = json.loads(run.stdout)
+    assert modules == []
+    assert "trace" not in kinds and "callback" in kinds
