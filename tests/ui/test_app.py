@@ -23,7 +23,7 @@ from .conftest import Run
 
 
 def client_of(console: Console) -> Iterator[TestClient]:
-    with TestClient(create_app(console)) as client:
+    with TestClient(create_app(console), base_url="http://127.0.0.1") as client:
         yield client
 
 
@@ -232,3 +232,14 @@ def test_reset_of_a_failed_instance_runs_it_again(operator: TestClient, run: Run
     assert done.status_code == 200, done.text
     # kept the call and the timer; the callback is created again and waits
     assert status_of(run, "p-fail") is InstanceStatus.RUNNING
+
+
+def test_requests_for_another_host_are_refused(run: Run) -> None:
+    """A page of another site whose name resolves to 127.0.0.1 (DNS rebinding) gets nothing:
+    the console answers only requests addressed to 127.0.0.1 or localhost."""
+    with TestClient(create_app(Console(db=run.db, allow_actions=True)),
+                    base_url="http://attacker.example") as client:
+        assert client.get("/").status_code == 400
+        assert client.get("/action", params={"do": "cancel", "id": "p-wait"}).status_code == 400
+    with TestClient(create_app(Console(db=run.db)), base_url="http://localhost:8765") as client:
+        assert client.get("/").status_code == 200

@@ -62,7 +62,7 @@ def test_console_lists_and_shows_instances_of_a_table(run: Run, aws: Aws,
     table = _copy_to_table(run, aws)
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws.endpoint)
     console = Console(table=table, table_client=_table_client)
-    with TestClient(create_app(console)) as client:
+    with TestClient(create_app(console), base_url="http://127.0.0.1") as client:
         aws.requests.clear()
         listed = client.get("/", params={"status": "running"})
         assert listed.status_code == 200

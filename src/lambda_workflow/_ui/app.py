@@ -30,6 +30,8 @@ import orjson
 from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.datastructures import FormData
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
@@ -47,6 +49,8 @@ __all__ = ["ACTIONS", "Console", "bound_port", "create_app", "make_server", "ser
 HERE = Path(__file__).parent
 ACTIONS = ("cancel", "complete", "fail", "resume", "reset")
 PAGE_SIZE = 20
+# The Host headers the console answers (it listens on 127.0.0.1 only).
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
 
 @dataclass
@@ -347,7 +351,10 @@ def create_app(console: Console) -> Starlette:
         Route("/action", perform, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    return Starlette(routes=routes)
+    # Only requests addressed to the loopback host: a page of another site whose name was made
+    # to resolve to 127.0.0.1 (DNS rebinding) would otherwise read the pages and their token.
+    return Starlette(routes=routes, middleware=[
+        Middleware(TrustedHostMiddleware, allowed_hosts=list(LOCAL_HOSTS))])
 
 
 def _argv(console: Console, form: FormData, what: str, workflow_id: str,
