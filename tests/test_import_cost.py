@@ -13,8 +13,11 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import lambda_workflow
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: Modules that a workflow module's import must not load: the replay core and its event
 #: loop, the callback tokens' crypto, the backends, AWS's SDK, logging.
@@ -175,3 +178,19 @@ def test_the_aws_handlers_load_no_sqlite_and_the_local_runtime_no_boto3() -> Non
         print(json.dumps({"aws": aws, "local": local}))
     """)
     assert result == {"aws": [], "local": []}
+
+
+def test_the_cold_start_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/cold_start.py (one round, without the moto rows) measures every row in both
+    bytecode modes and writes its results, so the script cannot rot. No timing is checked."""
+    out = tmp_path / "cold_start.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cold_start.py"),
+                          "--rounds", "1", "--no-aws", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text())
+    rows = {(e["mode"], e["row"]) for e in report["results"]}
+    assert rows == {(mode, row) for mode in ("pyc/current", "source/current")
+                    for row in ("python", "pydantic+orjson", "lambda_workflow", "models",
+                                "workflow module", "boto3")}
+    assert report["importtime"] and "| lambda_workflow " in run.stdout
