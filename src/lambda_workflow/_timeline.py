@@ -211,7 +211,7 @@ def render_text(timeline: Timeline, width: int = 48) -> str:
         c = col((act.at, act.number))
         ticks[c] = "^"
         text = str(act.number)
-        if all(ch == " " for ch in numbers[c: c + len(text) + 1]):
+        if all(ch == " " for ch in numbers[max(0, c - 1): c + len(text) + 1]):
             numbers[c: c + len(text)] = text
     lines.append(f"{'':<{pad}} {'-' * cols}")
     lines.append(f"{'activations':<{pad}} {''.join(ticks)}")

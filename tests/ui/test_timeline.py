@@ -13,7 +13,7 @@ import pytest
 from lambda_workflow import _timeline
 from lambda_workflow.backends.sqlite import SQLiteStateStore
 from lambda_workflow.cli import main
-from lambda_workflow.models import History
+from lambda_workflow.models import History, OperationState
 
 from .conftest import Run
 
@@ -150,3 +150,20 @@ def test_a_timed_out_callback_ends_where_its_timeout_fired(tmp_path: Path) -> No
     line = next(x for x in text.splitlines() if x.startswith("#2 callback approval:omar"))
     timer_line = next(x for x in text.splitlines() if x.startswith("#3 timer"))
     assert line.index("T ") == timer_line.index("| ")
+
+
+def test_dense_activation_numbers_stay_apart() -> None:
+    """More activations than columns: the numbers shown under the ticks are whole activation
+    numbers with a space between them (they ran together: '13579111520...')."""
+    from lambda_workflow.models import InstanceRecord, InstanceStatus, OperationRecord
+
+    inst = InstanceRecord("w", "wf", b"{}", "d", InstanceStatus.COMPLETED, result=b"1",
+                          created_at=0.0, updated_at=0.0, activations=40)
+    ops = [OperationRecord("w", str(i), i, "call", "svc", b"{}", "d", created_in=i,
+                           resolved_in=i + 1, created_at=0.0, resolved_at=0.0,
+                           state=OperationState.COMPLETED, result=b"1")
+           for i in range(1, 40)]
+    text = _timeline.render_text(_timeline.build(History(inst, ops)), width=30)
+    numbers = text.splitlines()[3].split()
+    assert numbers and all(1 <= int(n) <= 40 for n in numbers)
+    assert [int(n) for n in numbers] == sorted(int(n) for n in numbers)
