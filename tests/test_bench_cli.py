@@ -47,7 +47,7 @@ SWAPPED_TO = """    fraud, balance = await asyncio.gather(  # both requests leav
 """
 STAT_KEYS = {"median", "min", "max", "spread"}
 # Kinds recorded outside the workflow's own order: not replayed, not benched.
-OUTSIDE = {"cancel", "parent", "repair"}
+OUTSIDE = {"cancel", "parent", "repair", "trace"}
 
 
 @pytest.fixture(autouse=True)
@@ -140,8 +140,9 @@ def test_bench_of_an_exported_sqlite_history_measures_both_cores_per_kind(
         assert_measured({**h["replay"][core], "kinds": {
             k: v[core] for k, v in h["kinds"].items()}}, {"call": 3}, activation=True)
     assert set(h["ratios"]) == {"c_over_floor", "py_over_floor", "py_over_c",
-                                "activation_py_over_c"}
-    assert all(isinstance(v, float) for v in h["ratios"].values())
+                                "activation_py_over_c", "activation_cold_over_warm_c"}
+    assert all(isinstance(h["ratios"][k], float) for k in (
+        "c_over_floor", "py_over_floor", "py_over_c", "activation_py_over_c"))
     act = h["activation"]
     assert act["activation"] == 3
     assert act["delivered"] == [{"id": "3", "kind": "call"}]

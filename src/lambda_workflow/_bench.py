@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import platform
@@ -140,7 +141,8 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
 
 
 class _NullTransport:
-    """Where a benchmarked activation sends its messages: nowhere."""
+    """Where a benchmarked activation sends its messages: nowhere (a transport and a timer
+    service)."""
 
     reply_address = "bench"
 
@@ -149,6 +151,13 @@ class _NullTransport:
         pass
 
     def send_to_service(self, service: str, dedup_id: str, body: bytes) -> None:
+        pass
+
+    # ...and the timers it starts never fire.
+    def schedule(self, workflow_id: str, timer_id: str, fire_at: float) -> None:
+        pass
+
+    def withdraw(self, workflow_id: str, timer_id: str) -> None:
         pass
 
 
@@ -326,26 +335,73 @@ def _marking_class() -> type[Any]:
 
 
 class _Activation:
-    """A whole activation of the history's instance on SQLite: prepared store files (the
-    instance before activation ``A``), each used once."""
+    """Whole activations of the history's instance on SQLite: activation ``A`` (the last one
+    that delivered outcomes and ran no step) from a file holding the instance as it was
+    before it, with the cache off; and, warm, the same activation right after the engine ran
+    activation ``A - 1`` (or the start) itself with the warm instance cache on. Each run works
+    on its own copy of a prepared file."""
 
     def __init__(self, subject: _Subject, quick: bool) -> None:
         self.subject = subject
         self.count = QUICK_ACTIVATIONS if quick else ACTIVATIONS
         self.skipped: str | None = None
+        self.warm_skipped: str | None = None
         self.delivered: list[dict[str, str]] = []
         self.activation = 0
         self.ends = ""
         self._folder = Path(tempfile.mkdtemp(prefix="lambda-workflow-bench-"))
-        self._base = self._folder / "base.sqlite3"
-        self._prepared: list[Path] = []
         self._made = 0
+        self._cold: _Prepared | None = None
+        self._warm: tuple[_Prepared, _Prepared] | None = None
         try:
-            self._plan()
+            eligible = self._eligible()
+            a = self.activation = eligible[0]
+            self._cold = self._prepare(a, "cold")
+            self.delivered = self._cold.delivered
+            self.ends = self._run(self._cold, None)[0]  # warm-up; also what it ends with
         except _Skip as exc:
-            self.skipped = str(exc)
+            self.skipped = self.warm_skipped = str(exc)
+            return
+        except Exception as exc:  # the activation itself failed: reported, not measured
+            self.skipped = self.warm_skipped = _failure(exc)
+            return
+        try:
+            self._plan_warm(a, eligible)
+        except _Skip as exc:
+            self.warm_skipped = str(exc)
+        except Exception as exc:
+            self.warm_skipped = _failure(exc)
 
-    def _plan(self) -> None:
+    def _eligible(self) -> list[int]:
+        """The activations that delivered replies, timers or callback completions and that
+        a benchmark can run again: none of them ran a step (your code), recorded a heartbeat,
+        a cancellation or a repair; latest first."""
+        delivers: set[int] = set()
+        refused: set[int] = set()
+        for op in self.subject.history.operations:
+            if op.kind in ("trace", "parent"):
+                continue  # records kept outside the workflow's order
+            if op.kind in ("step", "heartbeat", "cancel", "repair"):
+                refused.add(op.created_in)
+            if op.resolved_in is None:
+                continue
+            if op.kind == "timer" and op.name.startswith("heartbeat:"):
+                refused.add(op.resolved_in)  # its result depends on heartbeats received
+            elif op.kind in _DELIVERABLE:
+                delivers.add(op.resolved_in)
+            elif op.kind not in ("context", "patch"):
+                refused.add(op.resolved_in)
+        eligible = sorted(delivers - refused, reverse=True)
+        if not eligible:
+            raise _Skip("the history has no activation that delivered replies, timers or "
+                        "callback completions without running a step (steps run your code, "
+                        "which a benchmark must not run)")
+        return eligible
+
+    def _prepare(self, a: int, label: str) -> _Prepared:
+        """A SQLite file holding the instance as it was before activation ``a`` (none for
+        ``a = 1``), with the messages that deliver the outcomes ``a`` recorded (the start
+        message for ``a = 1``)."""
         from .backends.sqlite import SQLiteStateStore
         from .models import (
             CallbackCompletedMessage,
@@ -355,34 +411,19 @@ class _Activation:
             InstanceStatus,
             OperationRecord,
             OperationState,
-            TimerFiredMessage,
+            StartMessage,
         )
+        from .models import TimerFiredMessage as Timer
 
         history = self.subject.history
         inst = history.instance
         ops = history.operations
-        # Per activation: the kinds of the outcomes it recorded, and whether it ran code a
-        # benchmark must not run again or cannot deliver (a step, a heartbeat, a cancel, a
-        # repair).
-        delivers: dict[int, bool] = {}
-        refused: set[int] = set()
-        for op in ops:
-            if op.kind in ("step", "heartbeat", "cancel", "repair"):
-                refused.add(op.created_in)
-            if op.resolved_in is None:
-                continue
-            if op.kind == "timer" and op.name.startswith("heartbeat:"):
-                refused.add(op.resolved_in)  # its result depends on heartbeats received
-            elif op.kind in _DELIVERABLE:
-                delivers[op.resolved_in] = True
-            elif op.kind not in ("context", "patch"):
-                refused.add(op.resolved_in)
-        eligible = sorted((a for a in delivers if a not in refused), reverse=True)
-        if not eligible:
-            raise _Skip("the history has no activation that delivered replies, timers or "
-                        "callback completions without running a step (steps run your code, "
-                        "which a benchmark must not run)")
-        a = self.activation = eligible[0]
+        base = self._folder / f"{label}.sqlite3"
+        SQLiteStateStore(base).close()
+        if a == 1:
+            start = StartMessage(workflow_id=inst.workflow_id, workflow=inst.workflow_name,
+                                 input=orjson.loads(inst.input))
+            return _Prepared(base, [start], inst.created_at, [])
         before = []
         for op in ops:
             if op.created_in >= a:
@@ -398,7 +439,9 @@ class _Activation:
                                   inst.input_digest, InstanceStatus.RUNNING, None, None,
                                   inst.created_at, max([inst.created_at, *times]), a - 1)
         messages: list[Any] = []
-        now = inst.created_at
+        delivered = []
+        now = previous.updated_at
+        wid = inst.workflow_id
         for op in ops:
             if op.resolved_in != a or op.kind not in _DELIVERABLE:
                 continue
@@ -407,69 +450,132 @@ class _Activation:
             value = orjson.loads(op.result or b"null") if ok else None
             error = None if ok else ErrorInfo.model_validate_json(op.result or b"{}")
             if op.kind in ("call", "child"):
-                messages.append(CallResultMessage(workflow_id=inst.workflow_id,
-                                                  call_id=op.op_id, ok=ok, value=value,
-                                                  error=error))
+                messages.append(CallResultMessage(workflow_id=wid, call_id=op.op_id, ok=ok,
+                                                  value=value, error=error))
             elif op.kind == "timer":
-                messages.append(TimerFiredMessage(workflow_id=inst.workflow_id,
-                                                  timer_id=op.op_id))
+                messages.append(Timer(workflow_id=wid, timer_id=op.op_id))
             else:
                 token = orjson.loads(op.request).get("token")
                 if not isinstance(token, str):
                     raise _Skip(f"callback {op.op_id} has no token in its recorded request")
-                messages.append(CallbackCompletedMessage(workflow_id=inst.workflow_id,
-                                                         token=token, ok=ok, value=value,
-                                                         error=error))
-            self.delivered.append({"id": op.op_id, "kind": op.kind})
-        self._messages = messages
-        self._now = now
-        store = SQLiteStateStore(self._base)
+                messages.append(CallbackCompletedMessage(workflow_id=wid, token=token, ok=ok,
+                                                         value=value, error=error))
+            delivered.append({"id": op.op_id, "kind": op.kind})
+        store = SQLiteStateStore(base)
         try:
             store.create_instance(previous, before)
         finally:
             store.close()
-        self.ends = self._activate(self._copy())  # warm-up; also what it ends with
+        return _Prepared(base, messages, now, delivered)
 
-    def _copy(self) -> Path:
-        self._made += 1
-        path = self._folder / f"run{self._made}.sqlite3"
-        shutil.copyfile(self._base, path)
-        return path
+    def _plan_warm(self, a: int, eligible: list[int]) -> None:
+        from ._runtime.engine import Engine
 
-    def _activate(self, path: Path) -> str:
+        if "instance_cache" not in inspect.signature(Engine).parameters:
+            raise _Skip("this version of lambda-workflow has no warm instance cache")
+        if a - 1 not in eligible and a - 1 != 1:
+            raise _Skip(f"activation {a - 1}, which would leave the instance in the cache, "
+                        "ran a step or delivered nothing a benchmark can deliver again")
+        assert self._cold is not None
+        self._warm = (self._prepare(a - 1, "warm"), self._cold)
+        cache = self._run(*self._warm)[1]
+        if cache != "hit":
+            self._warm = None
+            raise _Skip(f"the cache did not continue the instance after activation {a - 1} "
+                        f"(cache: {cache})")
+
+    def _run(self, first: _Prepared, then: _Prepared | None) -> tuple[str, str]:
+        """``first``'s activation on a copy of its file; with ``then``, that activation
+        afterwards on the same engine (the timed one); the status and cache use of the
+        last."""
+        path = self._copy(first.base)
+        try:
+            engine, store, clock = self._engine(path, first.now, warm=then is not None)
+            try:
+                report = self._activate(engine, first)
+                if then is not None:
+                    clock.advance(max(then.now - first.now, 0.0))
+                    report = self._activate(engine, then)
+                return report.status, report.cache
+            finally:
+                store.close()
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _engine(self, path: Path, now: float, *, warm: bool) -> tuple[Any, Any, Any]:
         from ._runtime.clock import VirtualClock
         from ._runtime.engine import Engine
         from .backends.sqlite import SQLiteStateStore
 
         store = SQLiteStateStore(path)
-        try:
-            engine = Engine(store, _NullTransport(),
-                            {self.subject.history.instance.workflow_name: self.subject.wf},
-                            VirtualClock(self._now), tokens=self.subject.tokens)
-            report = engine.activate(self.subject.history.instance.workflow_id, self._messages)
-            missing = [op["id"] for op in self.delivered if op["id"] not in report.applied]
-            if missing or report.status in ("rejected", "finished-earlier"):
-                raise _Skip(f"activation {self.activation} did not take the recorded outcomes "
-                            f"({report.status}; not recorded: {', '.join(missing) or 'none'})")
-            return report.status
-        finally:
-            store.close()
-            path.unlink(missing_ok=True)
+        clock = VirtualClock(now)
+        cache: dict[str, Any] = {}
+        if "instance_cache" in inspect.signature(Engine).parameters:
+            cache["instance_cache"] = 1 if warm else 0
+        null = _NullTransport()
+        engine = Engine(store, null,
+                        {self.subject.history.instance.workflow_name: self.subject.wf},
+                        clock, tokens=self.subject.tokens, timers=null, **cache)
+        return engine, store, clock
 
-    def measure(self) -> float | None:
-        if self.skipped is not None:
-            return None
-        # Store files are copied before the timed part; each is used once.
-        paths = [self._copy() for _ in range(self.count)]
+    def _activate(self, engine: Any, prepared: _Prepared) -> Any:
+        wid = self.subject.history.instance.workflow_id
+        report = engine.activate(wid, prepared.messages)
+        missing = [op["id"] for op in prepared.delivered if op["id"] not in report.applied]
+        if missing or report.status in ("rejected", "finished-earlier"):
+            raise _Skip(f"activation {report.activation} did not take the recorded outcomes "
+                        f"({report.status}; not recorded: {', '.join(missing) or 'none'})")
+        return report
+
+    def _copy(self, base: Path) -> Path:
+        self._made += 1
+        path = self._folder / f"run{self._made}.sqlite3"
+        shutil.copyfile(base, path)
+        return path
+
+    def measure(self) -> tuple[float | None, float | None]:
+        """The median time of the cold activation and of the warm one (None: not
+        measured)."""
+        cold = warm = None
+        if self._cold is not None and self.skipped is None:
+            cold = self._timed(self._cold, None)
+        if self._warm is not None:
+            warm = self._timed(*self._warm)
+        return cold, warm
+
+    def _timed(self, first: _Prepared, then: _Prepared | None) -> float:
+        # Files are copied and engines made before the timed part; each file is used once.
         times = []
-        for path in paths:
-            start = time.perf_counter()
-            self._activate(path)
-            times.append(time.perf_counter() - start)
+        for _ in range(self.count):
+            path = self._copy(first.base)
+            engine, store, clock = self._engine(path, first.now, warm=then is not None)
+            try:
+                if then is not None:
+                    self._activate(engine, first)
+                    clock.advance(max(then.now - first.now, 0.0))
+                timed = then or first
+                start = time.perf_counter()
+                self._activate(engine, timed)
+                times.append(time.perf_counter() - start)
+            finally:
+                store.close()
+                path.unlink(missing_ok=True)
         return statistics.median(times)
 
     def close(self) -> None:
         shutil.rmtree(self._folder, ignore_errors=True)
+
+
+@dataclass(slots=True)
+class _Prepared:
+    base: Path  # the SQLite file before the activation
+    messages: list[Any]
+    now: float  # the time the activation ran at
+    delivered: list[dict[str, str]]
+
+
+def _failure(exc: Exception) -> str:
+    return f"the activation raised {type(exc).__name__}: {exc}"
 
 
 class _Skip(Exception):
@@ -493,7 +599,8 @@ def _worker(stdin: TextIO, stdout: TextIO) -> int:
     ready = {"implementation": _core.IMPLEMENTATION, "histories": [{
         "repeats": s.repeats, "replayed": s.replayed, "activation": {
             "number": s.activation.activation, "delivered": s.activation.delivered,
-            "ends": s.activation.ends, "skipped": s.activation.skipped}}
+            "ends": s.activation.ends, "skipped": s.activation.skipped,
+            "warm_skipped": s.activation.warm_skipped}}
         for s in subjects]}
     print(json.dumps(ready), file=stdout, flush=True)
     try:
@@ -558,6 +665,7 @@ class _Worker:
 class _Samples:
     replay: list[float] = field(default_factory=list)
     activation: list[float] = field(default_factory=list)
+    warm: list[float] = field(default_factory=list)
     floor: dict[str, list[float]] = field(default_factory=dict)
     kind: dict[str, list[float]] = field(default_factory=dict)
 
@@ -606,6 +714,7 @@ def _report(inputs: list[_Input], workers: dict[str, _Worker],
                     *s.floor.values(), strict=True)] or [0.0]), 1e6 / n),
                 "activation_ms": (_scaled(_stats(s.activation), 1e3) if s.activation
                                   else None),
+                "activation_warm_ms": _scaled(_stats(s.warm), 1e3) if s.warm else None,
                 "kinds": {kind: {
                     "per_op_us": _scaled(_stats(s.kind[kind]), 1e6 / count),
                     "floor_per_op_us": _scaled(_stats(s.floor[kind]), 1e6 / count)}
@@ -623,13 +732,14 @@ def _report(inputs: list[_Input], workers: dict[str, _Worker],
             "c_over_floor": _ratio(c, "replay_per_op_us", c, "floor_per_op_us"),
             "py_over_floor": _ratio(py, "replay_per_op_us", py, "floor_per_op_us"),
             "py_over_c": _ratio(py, "replay_per_op_us", c, "replay_per_op_us"),
-            "activation_py_over_c": _ratio(py, "activation_ms", c, "activation_ms")}
+            "activation_py_over_c": _ratio(py, "activation_ms", c, "activation_ms"),
+            "activation_cold_over_warm_c": _ratio(c, "activation_ms", c,
+                                                  "activation_warm_ms")}
         act = info.get("activation", {})
         entry["activation"] = {
             "activation": act.get("number") or None, "delivered": act.get("delivered", []),
             "ends": act.get("ends") or None, "skipped": act.get("skipped"),
-            "warm_cache": None,
-            "warm_cache_skipped": "this version has no warm instance cache to measure"}
+            "warm_skipped": act.get("warm_skipped")}
         doc["histories"].append(entry)
     return doc
 
@@ -696,10 +806,16 @@ def _print_table(doc: dict[str, Any], out: TextIO) -> None:
         else:
             print(f"  activation {act['activation']} on SQLite (load, deliver "
                   f"{', '.join(d['kind'] + ' ' + d['id'] for d in act['delivered'])}, "
-                  f"{act['ends']}): c "
-                  f"{_fmt(c and c['activation_ms'], 3)} ms, py "
-                  f"{_fmt(py and py['activation_ms'], 3)} ms; warm cache: "
-                  f"{act['warm_cache_skipped'] or 'measured'}", file=out)
+                  f"{act['ends']}), replaying: c {_fmt(c and c['activation_ms'], 3)} ms, "
+                  f"py {_fmt(py and py['activation_ms'], 3)} ms", file=out)
+            if act["warm_skipped"]:
+                print(f"  the same with the warm instance cache: not measured: "
+                      f"{act['warm_skipped']}", file=out)
+            else:
+                print(f"  the same with the warm instance cache (continued from activation "
+                      f"{act['activation'] - 1}): c {_fmt(c and c['activation_warm_ms'], 3)} "
+                      f"ms, py {_fmt(py and py['activation_warm_ms'], 3)} ms; cold/warm c "
+                      f"{h['ratios']['activation_cold_over_warm_c'] or 0:.2f}", file=out)
 
 
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
@@ -739,8 +855,11 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
                     return 1
                 for s, r in zip(samples[core], result, strict=True):
                     s.replay.append(r["replay"])
-                    if r["activation"] is not None:
-                        s.activation.append(r["activation"])
+                    cold, warm = r["activation"]
+                    if cold is not None:
+                        s.activation.append(cold)
+                    if warm is not None:
+                        s.warm.append(warm)
                     for kind, t in r["floor"].items():
                         s.floor.setdefault(kind, []).append(t)
                     for kind, share in r["shares"].items():
