@@ -477,10 +477,11 @@ class _Activation:
             raise _Skip(f"activation {a - 1}, which would leave the instance in the cache, "
                         "ran a step or delivered nothing a benchmark can deliver again")
         assert self._cold is not None
-        self._warm = (self._prepare(a - 1, "warm"), self._cold)
-        cache = self._run(*self._warm)[1]
-        if cache != "hit":
-            self._warm = None
+        warm = (self._prepare(a - 1, "warm"), self._cold)
+        cache = self._run(*warm)[1]
+        if cache == "hit":
+            self._warm = warm
+        else:
             raise _Skip(f"the cache did not continue the instance after activation {a - 1} "
                         f"(cache: {cache})")
 
