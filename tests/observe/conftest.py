@@ -20,3 +20,8 @@ def spans() -> Iterator[Spans]:
     finally:
         tracing.disable()
         recorder.provider.shutdown()
+
+
+# The AWS tests' moto server and account (tests/aws/conftest.py) and their shifted clock.
+from aws.conftest import aws, moto_endpoint  # noqa: E402, F401
+from aws.test_timers import clock  # noqa: E402, F401

@@ -144,6 +144,14 @@ class _ReplayAwareLogger(logging.LoggerAdapter[logging.Logger]):
             return
         super().log(level, msg, *args, **kwargs)
 
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        """The line's structured fields (workflow id and name, run, activation, operation:
+        lambda_workflow.logs), under the caller's own ``extra``."""
+        from ..logs import record_fields
+
+        kwargs["extra"] = {**record_fields(self._replayer), **(kwargs.get("extra") or {})}
+        return msg, kwargs
+
 
 class Replayer:
     """Runs a workflow's code once over its history plus this activation's replies.

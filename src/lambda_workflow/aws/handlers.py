@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from .. import _core, _observe, tracing
+from .. import _core, _observe, logs, tracing
 from .._runtime.engine import ActivationReport, Engine, call_result_body
 from .._runtime.services import run_service
 from ..errors import InvalidMessageError, PayloadTooLargeError, WorkflowError
@@ -445,6 +445,7 @@ def workflow_handler(*workflows: Workflow[Any, Any], config: AwsConfig | None = 
         raise ValueError("workflow_handler() needs at least one workflow")
     state: dict[str, _WorkflowFunction] = {}
     tracing.enable_from_environment()
+    logs.configure_from_environment()
 
     def start() -> _WorkflowFunction:
         fn = state.get("fn")
