@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,9 +62,9 @@ EXAMPLES = {{"seq-{N}": {N}}}
 '''
 
 
-def cli(*args: str | Path, capture: bool = True) -> str:
+def cli(*args: str | Path, cwd: Path) -> str:
     proc = subprocess.run([sys.executable, "-m", "lambda_workflow", *map(str, args)],
-                          capture_output=capture, text=True, check=False)
+                          capture_output=True, text=True, check=False, cwd=cwd)
     if proc.returncode != 0:
         raise SystemExit(f"lambda-workflow {' '.join(map(str, args))} failed:\n"
                          f"{proc.stdout}{proc.stderr}")
@@ -78,20 +79,21 @@ def main() -> int:
     args = parser.parse_args()
     quick = ["--quick"] if args.quick else []
     with tempfile.TemporaryDirectory() as tmp:
+        # Everything in one folder, named relative to it, as the tables then show it.
         folder = Path(tmp)
-        module = folder / "sequential.py"
-        module.write_text(SEQUENTIAL)
-        db = folder / "state.sqlite3"
-        cli("run", EXAMPLE, "--db", db, "--id", "t1", "--quiet", "--input",
-            '{"account_id": "alice", "amount": 30}')
-        cli("run", module, "--db", db, "--quiet")
-        bank, seq = folder / "t1.json", folder / f"seq-{N}.json"
-        bank.write_text(cli("history", "--db", db, "t1", "--json"))
-        seq.write_text(cli("history", "--db", db, f"seq-{N}", "--json"))
-        docs = {"bank_t1": json.loads(cli("bench", bank, "--workflow", EXAMPLE, *quick,
-                                          "--json")),
-                f"sequential_{N}": json.loads(cli("bench", seq, "--workflow", module, *quick,
-                                                  "--json"))}
+        (folder / "sequential.py").write_text(SEQUENTIAL)
+        shutil.copyfile(EXAMPLE, folder / EXAMPLE.name)
+        cli("run", EXAMPLE.name, "--db", "state.sqlite3", "--id", "t1", "--quiet", "--input",
+            '{"account_id": "alice", "amount": 30}', cwd=folder)
+        cli("run", "sequential.py", "--db", "state.sqlite3", "--quiet", cwd=folder)
+        for wid in ("t1", f"seq-{N}"):
+            (folder / f"{wid}.json").write_text(
+                cli("history", "--db", "state.sqlite3", wid, "--json", cwd=folder))
+        docs = {"bank_t1": json.loads(cli("bench", "t1.json", "--workflow", EXAMPLE.name,
+                                          *quick, "--json", cwd=folder)),
+                f"sequential_{N}": json.loads(cli("bench", f"seq-{N}.json", "--workflow",
+                                                  "sequential.py", *quick, "--json",
+                                                  cwd=folder))}
     for doc in docs.values():
         _print_table(doc, sys.stdout)
         print()
