@@ -7,8 +7,13 @@ executed: ReplayIndex is an extension type with typed fields, and the replay ste
 encode, digest, match, schedule, decode, resolve) runs without Python frames in between.
 """
 
+cimport cython
+
 import asyncio
+import contextvars
 import hashlib
+import sys
+from collections import deque
 
 import orjson
 import pydantic
@@ -41,9 +46,12 @@ cdef object _blake2b = hashlib.blake2b
 cdef object _sha256 = hashlib.sha256
 cdef int _SORT = orjson.OPT_SORT_KEYS
 cdef object _ValidationError = pydantic.ValidationError
-cdef object _Future = asyncio.Future
-cdef object _future_init = asyncio.Future.__init__
-cdef object _future_await = asyncio.Future.__await__
+cdef object _InvalidStateError = asyncio.InvalidStateError
+cdef object _CancelledError = asyncio.CancelledError
+cdef object _copy_context = contextvars.copy_context
+cdef object _deque = deque
+# Python 3.13's asyncio wraps a StopIteration given to set_exception in a RuntimeError
+cdef bint _WRAP_STOP = sys.version_info >= (3, 13)
 cdef str _PENDING_STATE = "pending"
 cdef frozenset _RESOLVED_AT_CREATION = frozenset({"step", "patch"})
 cdef str _COMPLETED_STATE = "completed"
@@ -111,21 +119,305 @@ class ReplayMismatch(Exception):
         super().__init__(f"operation #{seq + 1} differs from the history in its {field}")
 
 
-class CallFuture(_Future):
-    __slots__ = ("adapter", "index", "name", "owner", "seq")
+
+# -- the future ------------------------------------------------------------------------------
+# A future implemented here, not an asyncio.Future subclass: the index creates it without a
+# Python call (no __init__, no loop.get_debug), and the replay step reads and writes its fields
+# as C fields. It implements asyncio's future protocol (asyncio.isfuture accepts it: the class
+# has ``_asyncio_future_blocking``), so asyncio's tasks (C and Python), gather, wait, wait_for,
+# shield and as_completed accept it; its behaviour and errors are asyncio.Future's (the C one:
+# "invalid state", "Result is not set.", ...). tests/core/test_future.py checks both side by side.
+
+cdef enum:
+    _F_PENDING = 0
+    _F_CANCELLED = 1
+    _F_FINISHED = 2
+
+cdef tuple _STATE_NAMES = ("PENDING", "CANCELLED", "FINISHED")
+
+
+@cython.freelist(64)
+cdef class CallFuture:
+    cdef object _floop
+    cdef int _fstate
+    cdef object _result
+    cdef object _exception
+    cdef object _exception_tb
+    cdef list _fcallbacks
+    cdef object _cancel_msg
+    cdef bint _log_tb
+    cdef public bint _asyncio_future_blocking
+    cdef public object adapter
+    cdef public object name
+    cdef public object owner
+    cdef public object index
+    cdef public Py_ssize_t seq
 
     def __init__(self, index, loop):
-        _future_init(self, loop=loop)
+        self._floop = loop
         self.index = index
         self.seq = -1
-        self.adapter = None
         self.name = ""
-        self.owner = None
+
+    # -- what the replay step uses (C) --------------------------------------------------------
+    cdef inline bint _done(self):
+        return self._fstate != _F_PENDING
+
+    cdef int _set_result(self, value) except -1:
+        if self._fstate != _F_PENDING:
+            raise _InvalidStateError("invalid state")
+        self._result = value
+        self._fstate = _F_FINISHED
+        if self._fcallbacks is not None:
+            self._schedule_callbacks()
+        return 0
+
+    cdef int _set_exception(self, exception) except -1:
+        if self._fstate != _F_PENDING:
+            raise _InvalidStateError("invalid state")
+        if isinstance(exception, type):
+            exception = exception()
+        if not isinstance(exception, BaseException):
+            raise TypeError("invalid exception object")
+        if type(exception) is StopIteration or (_WRAP_STOP and isinstance(exception, StopIteration)):
+            if not _WRAP_STOP:
+                raise TypeError("StopIteration interacts badly with generators and cannot be "
+                                "raised into a Future")
+            # Python 3.13+: asyncio wraps it in a RuntimeError
+            new_exc = RuntimeError("StopIteration interacts badly with generators and cannot "
+                                   "be raised into a Future")
+            new_exc.__cause__ = exception
+            new_exc.__context__ = exception
+            exception = new_exc
+        self._exception = exception
+        self._exception_tb = exception.__traceback__
+        self._fstate = _F_FINISHED
+        if self._fcallbacks is not None:
+            self._schedule_callbacks()
+        self._log_tb = True
+        return 0
+
+    cdef int _schedule_callbacks(self) except -1:
+        cdef list callbacks = self._fcallbacks
+        self._fcallbacks = None
+        call_soon = self._floop.call_soon
+        for fn, ctx in callbacks:
+            call_soon(fn, self, context=ctx)
+        return 0
+
+    cdef object _cancelled_error(self):
+        if self._cancel_msg is None:
+            return _CancelledError()
+        return _CancelledError(self._cancel_msg)
+
+    cdef object _outcome(self):
+        """The result, or raise the exception (what ``await`` gives once done)."""
+        if self._fstate == _F_CANCELLED:
+            raise self._cancelled_error()
+        if self._fstate != _F_FINISHED:
+            raise _InvalidStateError("Result is not set.")
+        self._log_tb = False
+        if self._exception is not None:
+            raise self._exception.with_traceback(self._exception_tb)
+        return self._result
+
+    # -- asyncio's future protocol ------------------------------------------------------------
+    def get_loop(self):
+        return self._floop
+
+    @property
+    def _loop(self):
+        return self._floop
+
+    @property
+    def _state(self):
+        return _STATE_NAMES[self._fstate]
+
+    @property
+    def _cancel_message(self):
+        return self._cancel_msg
+
+    @_cancel_message.setter
+    def _cancel_message(self, value):
+        self._cancel_msg = value
+
+    @property
+    def _log_traceback(self):
+        return self._log_tb
+
+    @_log_traceback.setter
+    def _log_traceback(self, value):
+        if value:
+            raise ValueError("_log_traceback can only be set to False")
+        self._log_tb = False
+
+    @property
+    def _callbacks(self):
+        return list(self._fcallbacks or ())
+
+    def done(self):
+        return self._fstate != _F_PENDING
+
+    def cancelled(self):
+        return self._fstate == _F_CANCELLED
+
+    def result(self):
+        return self._outcome()
+
+    def exception(self):
+        if self._fstate == _F_CANCELLED:
+            raise self._cancelled_error()
+        if self._fstate != _F_FINISHED:
+            raise _InvalidStateError("Exception is not set.")
+        self._log_tb = False
+        return self._exception
+
+    def set_result(self, result):
+        self._set_result(result)
+
+    def set_exception(self, exception):
+        self._set_exception(exception)
+
+    def cancel(self, msg=None):
+        self._log_tb = False
+        if self._fstate != _F_PENDING:
+            return False
+        self._fstate = _F_CANCELLED
+        self._cancel_msg = msg
+        if self._fcallbacks is not None:
+            self._schedule_callbacks()
+        return True
+
+    def _make_cancelled_error(self):
+        return self._cancelled_error()
+
+    def add_done_callback(self, fn, *, context=None):
+        if context is None:
+            context = _copy_context()
+        if self._fstate != _F_PENDING:
+            self._floop.call_soon(fn, self, context=context)
+        elif self._fcallbacks is None:
+            self._fcallbacks = [(fn, context)]
+        else:
+            self._fcallbacks.append((fn, context))
+
+    def remove_done_callback(self, fn):
+        if not self._fcallbacks:
+            return 0
+        cdef list kept = [entry for entry in self._fcallbacks if entry[0] != fn]
+        cdef Py_ssize_t removed = len(self._fcallbacks) - len(kept)
+        if removed:
+            self._fcallbacks = kept or None
+        return removed
 
     def __await__(self):
         if self.seq >= 0:
-            (<ReplayIndex?>self.index).on_await(self)
-        return _future_await(self)
+            if not isinstance(self.index, ReplayIndex):
+                raise TypeError(f"this CallFuture's index is not a ReplayIndex: {self.index!r}")
+            (<ReplayIndex>self.index)._on_await(self)
+        return self
+
+    def __iter__(self):
+        return self.__await__()
+
+    def __next__(self):
+        if self._fstate == _F_PENDING:
+            self._asyncio_future_blocking = True
+            return self  # tells the task to wait for completion
+        raise StopIteration(self._outcome())
+
+    def __repr__(self):
+        state = _STATE_NAMES[self._fstate].lower()
+        if self._fstate == _F_FINISHED:
+            if self._exception is not None:
+                state += f" exception={self._exception!r}"
+            else:
+                state += f" result={self._result!r}"
+        return f"<CallFuture {state}>"
+
+    def __class_getitem__(cls, item):
+        return cls
+
+
+
+# -- awaiting without Python-level exceptions ------------------------------------------------
+# ``await future`` iterates the future: while pending it yields itself (the task waits), once
+# done it returns the outcome. Returning through Cython's ``__next__`` means raising
+# StopIteration(value) with a traceback entry (about 0.17 us per await, a third of what the
+# whole replayed call costs beyond pydantic). In the per-version build the type's C slots are
+# pointed at the functions below instead: tp_iternext sets StopIteration without a traceback,
+# and am_send (which Python 3.11's ``await`` uses) returns the value with no exception at all,
+# as asyncio's own future iterator does. The abi3 build cannot write type slots (the limited
+# API hides the type's layout) and keeps Cython's ``__next__``, with the same behaviour.
+cdef extern from *:
+    """
+    static int (*lw_pending_fn)(PyObject *) = NULL;
+    static PyObject *(*lw_outcome_fn)(PyObject *) = NULL;
+
+    #ifndef Py_LIMITED_API
+    static PyObject *lw_future_iternext(PyObject *self) {
+        int pending = lw_pending_fn(self);
+        if (pending < 0) return NULL;
+        if (pending) { Py_INCREF(self); return self; }
+        PyObject *value = lw_outcome_fn(self);
+        if (value == NULL) return NULL;
+        if (PyTuple_Check(value) || PyExceptionInstance_Check(value)) {
+            /* StopIteration(value) made here: PyErr_SetObject would unpack a tuple */
+            PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, value);
+            Py_DECREF(value);
+            if (exc == NULL) return NULL;
+            PyErr_SetObject(PyExc_StopIteration, exc);
+            Py_DECREF(exc);
+        } else {
+            PyErr_SetObject(PyExc_StopIteration, value);
+            Py_DECREF(value);
+        }
+        return NULL;
+    }
+
+    static PySendResult lw_future_am_send(PyObject *self, PyObject *arg, PyObject **presult) {
+        int pending = lw_pending_fn(self);
+        if (pending < 0) { *presult = NULL; return PYGEN_ERROR; }
+        if (pending) { Py_INCREF(self); *presult = self; return PYGEN_NEXT; }
+        PyObject *value = lw_outcome_fn(self);
+        *presult = value;
+        return value == NULL ? PYGEN_ERROR : PYGEN_RETURN;
+    }
+    #endif
+
+    /* 1: the slots now point at the functions above; 0: the abi3 build, unchanged */
+    static int lw_install_await(PyObject *type, void *pending, void *outcome) {
+        lw_pending_fn = (int (*)(PyObject *))pending;
+        lw_outcome_fn = (PyObject *(*)(PyObject *))outcome;
+    #ifndef Py_LIMITED_API
+        PyTypeObject *tp = (PyTypeObject *)type;
+        if (tp->tp_as_async == NULL) return 0;
+        tp->tp_iternext = lw_future_iternext;
+        tp->tp_as_async->am_send = lw_future_am_send;
+        PyType_Modified(tp);
+        return 1;
+    #else
+        (void)type;
+        return 0;
+    #endif
+    }
+    """
+    int lw_install_await(object type, void* pending, void* outcome) except -1
+
+
+cdef int _await_pending(CallFuture future) except -1:
+    if future._fstate == _F_PENDING:
+        future._asyncio_future_blocking = True
+        return 1
+    return 0
+
+
+cdef object _await_outcome(CallFuture future):
+    return future._outcome()
+
+
+# Whether awaiting uses the C slots above (True in the per-version build).
+AWAIT_SLOTS = bool(lw_install_await(CallFuture, <void*>_await_pending, <void*>_await_outcome))
 
 
 class ReplayHooks:
@@ -134,18 +426,64 @@ class ReplayHooks:
 
 cdef object _bad_request_errors = (_ValidationError, PydanticSerializationError, TypeError,
                                    ValueError)
+cdef object _fast_errors = (PydanticSerializationError, TypeError, ValueError)
 
 
 from cpython.pyport cimport PY_SSIZE_T_MAX
 
 
+# -- recorded operations, as typed fields -----------------------------------------------------
+@cython.final
+@cython.freelist(16)
+cdef class _Rec:
+    """One recorded operation, copied from its record when the index is built: matching,
+    staging and settling read these C fields, not the record's attributes. ``rec`` is the
+    record itself (for hooks and errors)."""
+    cdef object rec
+    cdef object kind
+    cdef object name
+    cdef object op_id
+    cdef object request
+    cdef object result
+    cdef bint pending
+    cdef bint completed
+    cdef Py_ssize_t stage  # the stage that delivers its outcome; -1: none in this activation
+
+
+cdef _Rec _rec_of(object rec, Py_ssize_t activation, dict staged):
+    cdef _Rec r = _Rec.__new__(_Rec)
+    r.rec = rec
+    r.kind = rec.kind
+    r.name = rec.name
+    r.op_id = rec.op_id
+    r.request = rec.request
+    r.result = rec.result
+    state = rec.state
+    r.pending = state == _PENDING_STATE
+    r.completed = state == _COMPLETED_STATE
+    if not r.pending:
+        r.stage = rec.resolved_in or 0
+    elif staged and r.op_id in staged:
+        r.stage = activation
+    else:
+        r.stage = -1
+    return r
+
+
 cdef class ReplayIndex:
-    cdef list _ops
+    cdef list _recs
     cdef dict _staged
     cdef dict _by_stage
     cdef list _schedule
+    cdef Py_ssize_t _nsched
     cdef Py_ssize_t _pos
     cdef Py_ssize_t _stage
+    cdef set _unsorted
+    cdef object _ready  # the loop's ready deque, when it has one (else loop.has_ready())
+    # the last _step's decision and payload
+    cdef int _decision
+    cdef object _payload
+    cdef _Rec _last
     cdef public Py_ssize_t activation
     cdef public Py_ssize_t n_recorded_stages
     cdef public object loop
@@ -162,24 +500,31 @@ cdef class ReplayIndex:
     def __init__(self, operations, staged, Py_ssize_t activation, loop, hooks):
         cdef Py_ssize_t seq
         cdef Py_ssize_t stage
-        self._ops = list(operations)
+        cdef _Rec r
         self._staged = dict(staged)
         self.barrier = PY_SSIZE_T_MAX
         self.activation = activation
         self.loop = loop
+        ready = getattr(loop, "_ready", None)
+        self._ready = ready if type(ready) is _deque else None
         self.hooks = hooks
         self.seq = 0
-        # Root operations are at positions 0..bound-1 (see _py.py).
-        self.bound = len(self._ops)
         self.sealed = False
+        recs = []
         by_stage = {}
         contexts = {}
-        for seq in range(len(self._ops)):
-            stage = self._stage_of(self._ops[seq])
+        seq = 0
+        for rec in operations:
+            r = _rec_of(rec, activation, self._staged)
+            recs.append(r)
             # Steps and patch markers resolve where the code reaches them (see _py.py).
-            if stage >= 0 and self._ops[seq].kind not in _RESOLVED_AT_CREATION:
-                (contexts if self._ops[seq].kind == "context" else by_stage).setdefault(
-                    stage, []).append(seq)
+            if r.stage >= 0 and r.kind not in _RESOLVED_AT_CREATION:
+                (contexts if r.kind == "context" else by_stage).setdefault(
+                    r.stage, []).append(seq)
+            seq += 1
+        self._recs = recs
+        # Root operations are at positions 0..bound-1 (see _py.py).
+        self.bound = len(recs)
         # A finished child context is delivered after the other outcomes of its stage.
         for stage_key, seqs in contexts.items():
             by_stage.setdefault(stage_key, []).extend(seqs)
@@ -189,20 +534,17 @@ cdef class ReplayIndex:
         if self._staged:
             schedule.append(activation)
         self._schedule = schedule
+        self._nsched = len(schedule)
         self._pos = 0
         self._stage = -1
+        self._unsorted = set()
         self.waiting = {}
         self.pending = []
         self.accepted = []
         self.consumed = set()
 
     def __len__(self):
-        return len(self._ops)
-
-    cdef Py_ssize_t _stage_of(self, rec) except? -2:
-        if rec.state != _PENDING_STATE:
-            return rec.resolved_in or 0
-        return self.activation if rec.op_id in self._staged else -1
+        return len(self._recs)
 
     @property
     def stage(self):
@@ -210,7 +552,7 @@ cdef class ReplayIndex:
 
     @property
     def next_stage(self):
-        if self._pos < len(self._schedule):
+        if self._pos < self._nsched:
             return self._schedule[self._pos]
         return -1
 
@@ -223,56 +565,102 @@ cdef class ReplayIndex:
         return self._pos > self.n_recorded_stages
 
     def match(self, Py_ssize_t seq, kind, name, payload):
-        return self._match(seq, kind, name, payload)
+        cdef _Rec r = self._match(seq, kind, name, payload)
+        return None if r is None else r.rec
 
-    cdef object _match(self, Py_ssize_t seq, kind, name, bytes payload):
+    cdef _Rec _match(self, Py_ssize_t seq, kind, name, bytes payload):
         if seq < 0:
             raise ValueError(f"operation seq must be >= 0, got {seq}")
-        if seq >= len(self._ops):
+        if seq >= len(self._recs):
             return None
-        rec = self._ops[seq]
-        if rec.kind != kind:
-            raise ReplayMismatch(seq, "kind", rec, payload)
-        if rec.name != name:
-            raise ReplayMismatch(seq, "name", rec, payload)
-        if rec.request != payload:
-            raise ReplayMismatch(seq, "request", rec, payload)
-        return rec
+        cdef _Rec r = <_Rec>self._recs[seq]
+        if r.kind != kind:
+            raise ReplayMismatch(seq, "kind", r.rec, payload)
+        if r.name != name:
+            raise ReplayMismatch(seq, "name", r.rec, payload)
+        if r.request != payload:
+            raise ReplayMismatch(seq, "request", r.rec, payload)
+        return r
+
+    cdef _Rec _fast_match(self, Py_ssize_t seq, kind, name, request_adapter, request):
+        # See _py.py's _fast_match for why equal dump_json bytes prove equal canonical bytes.
+        if seq < 0 or seq >= len(self._recs):
+            return None
+        if self._unsorted and request_adapter in self._unsorted:
+            return None
+        cdef _Rec r = <_Rec>self._recs[seq]
+        if r.kind != kind or r.name != name:
+            return None
+        try:
+            fast = request_adapter.dump_json(request)
+        except AttributeError:  # not a TypeAdapter (a Serdes' adapter has no dump_json)
+            self._unsorted.add(request_adapter)
+            return None
+        except _fast_errors:
+            return None  # the canonical encoding reports it
+        if fast == r.request:
+            return r
+        return None
 
     def step(self, Py_ssize_t seq, kind, name, request_adapter, request_model,
              response_adapter, request, owner=None):
-        return self._step(seq, kind, name, request_adapter, request_model, response_adapter,
-                          request, owner)
+        future = self._step(seq, kind, name, request_adapter, request_model, response_adapter,
+                            request, owner)
+        r = self._last
+        self._last = None
+        return (self._decision, future, None if r is None else r.rec, self._payload)
 
-    cdef tuple _step(self, Py_ssize_t seq, kind, name, request_adapter, request_model,
-                     response_adapter, request, owner):
+    cdef inline CallFuture _new_future(self):
+        cdef CallFuture future = CallFuture.__new__(CallFuture)
+        future._floop = self.loop
+        future.index = self
+        future.seq = -1
+        future.name = ""
+        return future
+
+    cdef CallFuture _step(self, Py_ssize_t seq, kind, name, request_adapter, request_model,
+                          response_adapter, request, owner):
         cdef Py_ssize_t stage
+        cdef bytes payload
         if request_model is None or type(request) is not request_model:
             request = request_adapter.validate_python(request)
-        cdef bytes payload = _canonical(request_adapter.dump_python(request, mode="json"))
-        rec = self._match(seq, kind, name, payload)
-        future = CallFuture(self, self.loop)
-        if rec is None:
-            return NEW, future, None, payload
-        stage = self._stage_of(rec)
+        cdef _Rec r = self._fast_match(seq, kind, name, request_adapter, request)
+        if r is not None:
+            payload = r.request
+        else:
+            payload = _canonical(request_adapter.dump_python(request, mode="json"))
+            r = self._match(seq, kind, name, payload)
+            if r is not None and request_adapter not in self._unsorted:
+                # dump_json's bytes are not canonical for this adapter: stop trying them
+                self._unsorted.add(request_adapter)
+        cdef CallFuture future = self._new_future()
+        self._payload = payload
+        self._last = r
+        if r is None:
+            self._decision = C_NEW
+            return future
+        stage = r.stage
         if stage < 0:
-            self.pending.append(rec.op_id)
-            return PENDING, future, rec, payload
+            self.pending.append(r.op_id)
+            self._decision = C_PENDING
+            return future
         future.adapter = response_adapter
         future.name = name
         future.owner = owner
         if stage <= self._stage:
-            self._settle(rec, future)
-            return READY, future, rec, payload
+            self._settle(r, future)
+            self._decision = C_READY
+            return future
         future.seq = seq
         self.waiting[seq] = future
-        return WAIT, future, rec, payload
+        self._decision = C_WAIT
+        return future
 
     def call_service(self, service, request, frame):
         if self.sealed:
-            future = self.loop.create_future()
-            future.cancel()
-            return future
+            cancelled = self.loop.create_future()
+            cancelled.cancel()
+            return cancelled
         try:
             name = service.name
             request_adapter = service.request_adapter
@@ -283,98 +671,116 @@ cdef class ReplayIndex:
         cdef Py_ssize_t seq = self.seq
         self.seq = seq + 1
         # past the recorded root operations: a position no record has (a new operation)
-        cdef Py_ssize_t pos = seq if seq < self.bound else seq + len(self._ops)
+        cdef Py_ssize_t pos = seq if seq < self.bound else seq + len(self._recs)
+        cdef CallFuture future
         try:
-            result = self._step(pos, "call", name, request_adapter, request_model,
+            future = self._step(pos, "call", name, request_adapter, request_model,
                                 response_adapter, request, service)
         except ReplayMismatch as exc:
             raise self.hooks.mismatch(exc, "call", name, frame) from None
         except _bad_request_errors as exc:
             raise self.hooks.bad_request(exc, service, frame) from None
-        if result[0] == C_NEW:
-            self.hooks.new_operation(seq, "call", name, result[3], frame)
+        self._last = None
+        if self._decision == C_NEW:
+            self.hooks.new_operation(seq, "call", name, self._payload, frame)
             self.pending.append(operation_id("", seq))
-        return result[1]
+        return future
 
-    def settle(self, rec, future):
-        self._settle(rec, future)
+    def settle(self, rec, CallFuture future):
+        self._settle(_rec_of(rec, self.activation, self._staged), future)
 
-    cdef _settle(self, rec, future):
-        op_id = rec.op_id
-        staged = self._staged.get(op_id) if rec.state == _PENDING_STATE else None
+    cdef int _settle(self, _Rec r, CallFuture future) except -1:
+        staged = self._staged.get(r.op_id) if r.pending and self._staged else None
         if staged is not None:
             ok, payload = staged
-            self.consumed.add(op_id)
+            self.consumed.add(r.op_id)
         else:
-            ok = rec.state == _COMPLETED_STATE
-            payload = rec.result or b"null"
-        if future.done():
+            ok = r.completed
+            payload = r.result or b"null"
+        if future._fstate != _F_PENDING:
             # cancelled (the workflow was cancelled while awaiting it): recorded, ignored
             if staged is not None:
-                self.accepted.append(op_id)
-            return
+                self.accepted.append(r.op_id)
+            return 0
         if ok:
             try:
                 value = future.adapter.validate_json(payload)
             except _ValidationError as exc:
-                self.hooks.invalid_reply(rec, future, payload if staged is not None else None, exc)
-                return
-            future.set_result(value)
+                self.hooks.invalid_reply(r.rec, future, payload if staged is not None else None,
+                                         exc)
+                return 0
+            future._set_result(value)
         else:
             err = _loads(payload)
-            future.set_exception(ServiceError(
+            future._set_exception(ServiceError(
                 err.get("type", "Error"), err.get("message", ""), err.get("details"),
-                service=future.name, call_id=op_id))
+                service=future.name, call_id=r.op_id))
         if staged is not None:
-            self.accepted.append(op_id)
+            self.accepted.append(r.op_id)
+        return 0
 
-    cpdef on_await(self, future):
+    def on_await(self, CallFuture future):
+        self._on_await(future)
+
+    cdef int _on_await(self, CallFuture future) except -1:
         cdef Py_ssize_t seq = future.seq
         cdef Py_ssize_t pos = self._pos
         cdef Py_ssize_t stage
-        waiting = self.waiting
-        if (len(waiting) != 1 or pos >= len(self._schedule) or seq not in waiting
-                or self.loop.has_ready()):
-            return
-        rec = self._ops[seq]
-        stage = self._stage_of(rec)
+        cdef dict waiting = self.waiting
+        if len(waiting) != 1 or pos >= self._nsched or seq not in waiting:
+            return 0
+        if self._ready is not None:
+            if len(self._ready):
+                return 0
+        elif self.loop.has_ready():
+            return 0
+        if seq < 0 or seq >= len(self._recs):
+            raise IndexError("list index out of range")
+        cdef _Rec r = <_Rec>self._recs[seq]
+        stage = r.stage
         if self._schedule[pos] != stage or stage > self.barrier:
-            return
+            return 0
         self._pos = pos + 1
         self._stage = stage
         del waiting[seq]
         future.seq = -1
-        self._settle(rec, future)
+        self._settle(r, future)
+        return 0
 
     def advance(self):
         cdef Py_ssize_t pos = self._pos
         cdef Py_ssize_t stage
-        if pos >= len(self._schedule):
+        cdef CallFuture future
+        if pos >= self._nsched:
             return False
         stage = self._schedule[pos]
         self._pos = pos + 1
         self._stage = stage
         waiting = self.waiting
         for seq in self._by_stage.get(stage, ()):
-            future = waiting.pop(seq, None)
-            if future is not None:
+            found = waiting.pop(seq, None)
+            if found is not None:
+                future = <CallFuture?>found
                 future.seq = -1
-                self._settle(self._ops[seq], future)
+                self._settle(<_Rec>self._recs[seq], future)
         return True
 
     def settle_unreached(self):
         cdef Py_ssize_t pos
-        for pos in range(len(self._ops)):
-            rec = self._ops[pos]
-            staged = self._staged.get(rec.op_id) if rec.state == _PENDING_STATE else None
-            if staged is None or rec.op_id in self.consumed:
+        cdef _Rec r
+        if not self._staged:
+            return
+        for pos in range(len(self._recs)):
+            r = <_Rec>self._recs[pos]
+            staged = self._staged.get(r.op_id) if r.pending else None
+            if staged is None or r.op_id in self.consumed:
                 continue
-            self.consumed.add(rec.op_id)
+            self.consumed.add(r.op_id)
             future = self.waiting.get(pos)
             if future is not None and staged[0]:
                 try:
                     future.adapter.validate_json(staged[1])
                 except _ValidationError as exc:
-                    self.hooks.invalid_reply(rec, future, staged[1], exc)
+                    self.hooks.invalid_reply(r.rec, future, staged[1], exc)
                     continue
-            self.accepted.append(rec.op_id)
+            self.accepted.append(r.op_id)

@@ -200,6 +200,7 @@ class ReplayIndex:
         "_schedule",
         "_stage",
         "_staged",
+        "_unsorted",
         "accepted",
         "activation",
         "barrier",
@@ -255,6 +256,8 @@ class ReplayIndex:
         self.pending: list[str] = []
         self.accepted: list[str] = []
         self.consumed: set[str] = set()
+        # request adapters whose dump_json is not canonical (see _fast_match)
+        self._unsorted: set[TypeAdapter[Any]] = set()
 
     def __len__(self) -> int:
         return len(self._ops)
@@ -308,6 +311,40 @@ class ReplayIndex:
             raise ReplayMismatch(seq, "request", rec, payload)
         return rec
 
+    def _fast_match(self, seq: int, kind: str, name: str, request_adapter: TypeAdapter[Any],
+                    request: object) -> Any:
+        """The record of operation ``seq`` if its request's ``dump_json`` bytes equal the
+        recorded ones (and its kind and name match), else ``None`` (then :meth:`match` decides,
+        on the canonical encoding).
+
+        Why equal bytes suffice: the recorded request ``R`` is canonical, ``R ==
+        orjson.dumps(orjson.loads(R), OPT_SORT_KEYS)`` (orjson writes floats in their shortest
+        round-trip form, refuses integers beyond 64 bits and writes each key once, so parsing
+        and re-encoding its own output gives the same bytes). ``dump_json(x)`` and
+        ``dump_python(x, mode="json")`` are pydantic's two renderings of the same JSON value
+        of ``x`` (the same serializers; floats in shortest round-trip form too). If
+        ``dump_json(x) == R``, the JSON value of ``x`` is ``orjson.loads(R)``, so its canonical
+        encoding is ``orjson.dumps(orjson.loads(R), OPT_SORT_KEYS) == R``: the fast check
+        accepts only what the canonical check accepts. When the bytes differ (a new
+        operation, a changed request, or a model whose fields are not in sorted order) the
+        canonical check runs as before; tests/core checks the argument's premise (a
+        ``dump_json`` output that is canonical equals the canonical encoding) on random
+        models.
+        """
+        if seq >= len(self._ops) or seq < 0 or request_adapter in self._unsorted:
+            return None
+        rec = self._ops[seq]
+        if rec.kind != kind or rec.name != name:
+            return None
+        try:
+            fast = request_adapter.dump_json(request)
+        except AttributeError:  # not a TypeAdapter (a Serdes' adapter has no dump_json)
+            self._unsorted.add(request_adapter)
+            return None
+        except (PydanticSerializationError, TypeError, ValueError):
+            return None  # the canonical encoding reports it
+        return rec if fast == rec.request else None
+
     def step(self, seq: int, kind: str, name: str, request_adapter: TypeAdapter[Any],
              request_model: type | None, response_adapter: TypeAdapter[Any],
              request: object, owner: object = None) -> tuple[int, CallFuture[Any], Any, bytes]:
@@ -326,8 +363,16 @@ class ReplayIndex:
         """
         if request_model is None or type(request) is not request_model:
             request = request_adapter.validate_python(request)
-        payload = _canonical(request_adapter.dump_python(request, mode="json"))
-        rec = self.match(seq, kind, name, payload)
+        rec = self._fast_match(seq, kind, name, request_adapter, request)
+        if rec is not None:
+            payload = rec.request
+        else:
+            payload = _canonical(request_adapter.dump_python(request, mode="json"))
+            rec = self.match(seq, kind, name, payload)
+            if rec is not None and request_adapter not in self._unsorted:
+                # the canonical bytes matched where dump_json's did not: this adapter's JSON
+                # is not canonical (fields or dict keys out of order); stop trying it
+                self._unsorted.add(request_adapter)
         future: CallFuture[Any] = CallFuture(self, self.loop)
         if rec is None:
             return NEW, future, None, payload
