@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from lambda_workflow import _bench
 from lambda_workflow.cli import main
 from lambda_workflow.local import LocalRuntime
 from lambda_workflow.models import History
@@ -224,6 +225,30 @@ def test_every_kind_of_operation_is_benched_with_the_counts_of_its_history(
     assert steps["activation"]["skipped"] is not None
     calls = next(h for h in doc["histories"] if h["workflow_id"] == "calls-1")
     assert calls["activation"]["skipped"] is None
+
+
+def test_a_core_that_cannot_be_loaded_is_reported_and_the_other_measured(
+        exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a platform without the compiled core: the c worker loads the pure twin (here
+    LAMBDA_WORKFLOW_NO_EXTENSIONS is what it is given), so the compiled core is reported as
+    not measured, with why, and the pure twin is measured; the ratios that need both are
+    null."""
+    monkeypatch.setattr(_bench, "CORES", (("c", "LAMBDA_WORKFLOW_NO_EXTENSIONS"),
+                                          ("py", "LAMBDA_WORKFLOW_NO_EXTENSIONS")))
+    doc = bench_json(exported, "--workflow", EXAMPLE)
+    assert doc["cores"] == {
+        "c": {"implementation": "py", "measured": False,
+              "error": "asked for the c core, the worker loaded the py core"},
+        "py": {"implementation": "py", "measured": True, "error": None}}
+    (h,) = doc["histories"]
+    assert h["replay"]["c"] is None and h["kinds"]["call"]["c"] is None
+    assert_stats(h["replay"]["py"]["replay_per_op_us"])
+    assert (h["ratios"]["py_over_c"], h["ratios"]["c_over_floor"]) == (None, None)
+    assert isinstance(h["ratios"]["py_over_floor"], float)
+    code, out = run_cli("bench", exported, "--workflow", EXAMPLE, "--quick", "--rounds", "1")
+    assert code == 0
+    assert "  the compiled core was not measured: asked for the c core, the worker loaded " \
+           "the py core" in out.splitlines()
 
 
 # -- bad input: exit 2, a message naming what is wrong, nothing measured ------------------------

@@ -634,7 +634,14 @@ class _Worker:
         self.proc.stdin.flush()
         self.ready: dict[str, Any] | None = None
         self.failure: str | None = None
+        self.details = ""
         self.ready = self._read()
+        loaded = self.ready and self.ready["implementation"]
+        if loaded and loaded != core:
+            # LAMBDA_WORKFLOW_NO_EXTENSIONS forces the pure twin, and the compiled core
+            # refuses to be missing under LAMBDA_WORKFLOW_REQUIRE_EXTENSIONS; a worker that
+            # still loaded the other one measured nothing useful.
+            self.failure = f"asked for the {core} core, the worker loaded the {loaded} core"
 
     def _read(self) -> Any:
         assert self.proc.stdout is not None
@@ -837,17 +844,17 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     workers = {core: _Worker(core, flag, spec) for core, flag in CORES}
     samples: dict[str, list[_Samples]] = {core: [] for core, _ in CORES}
     try:
-        if all(w.ready is None for w in workers.values()):
+        if all(w.failure is not None for w in workers.values()):
             for w in workers.values():
-                print(f"lambda-workflow bench: the {w.core} worker failed:\n{w.details}",
-                      file=sys.stderr)
+                print(f"lambda-workflow bench: the {w.core} worker failed: "
+                      f"{w.details or w.failure}", file=sys.stderr)
             return 1
         for core, w in workers.items():
-            if w.ready is not None:
+            if w.failure is None:
                 samples[core] = [_Samples() for _ in inputs]
         for _ in range(rounds):
             for core, w in workers.items():
-                if w.ready is None or w.failure is not None:
+                if w.failure is not None:
                     continue
                 result = w.round()
                 if result is None:
