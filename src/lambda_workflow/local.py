@@ -38,6 +38,7 @@ from ._runtime.instances import (
     start_instance,
 )
 from ._runtime.services import run_service
+from ._runtime.warm import InstanceCache
 from .backends.memory import DeadLetter, InMemoryFifoQueue
 from .backends.protocols import Clock, InstanceLister, QueueMessage, StateStore, Transport
 from .backends.sqlite import SQLiteStateStore, StateFileLock
@@ -225,6 +226,10 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
             :class:`~lambda_workflow.codecs.Codec`, a
             :class:`~lambda_workflow.codecs.PayloadCodec`, or a spec such as ``"zlib"``.
             With ``store``, give the codec to the store instead.
+        instance_cache: Warm instances (docs/design.md): how many suspended instances stay
+            alive in this process so their next activation continues without a replay
+            (``0``: every activation replays). Default: ``LAMBDA_WORKFLOW_INSTANCE_CACHE``,
+            else 1024.
     """
 
     def __init__(
@@ -238,6 +243,7 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
         on_event: Callable[[ActivationReport | ServiceInvocation | DeadLetter], None]
         | None = None,
         codec: Codec | PayloadCodec | str | None = None,
+        instance_cache: InstanceCache | int | None = None,
     ) -> None:
         if codec is not None and store is not None:
             raise ValueError("LocalRuntime(codec=...) applies to its SQLite store; with "
@@ -263,6 +269,7 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
         self.timers = LocalTimers(self.clock, transport)
         self.tokens = CallbackTokens(callback_key)
         self.engine = Engine(self.store, transport, self._workflows, self.clock,
+                             instance_cache=instance_cache,
                              timers=self.timers, tokens=self.tokens)
         self.invocations: list[ServiceInvocation] = []
         self._last_errors: dict[str, str] = {}

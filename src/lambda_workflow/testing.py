@@ -164,6 +164,12 @@ def _timestamp(value: float | datetime) -> float:
     return float(value)
 
 
+# Warm instances in the testing runtime: off (every activation replays). The project's own
+# test suite sets it from LAMBDA_WORKFLOW_INSTANCE_CACHE (tests/conftest.py) to run its tests
+# with the cache on as well.
+DEFAULT_INSTANCE_CACHE = 0
+
+
 class WorkflowTestRuntime(LocalRuntime):
     """A :class:`~lambda_workflow.local.LocalRuntime` for tests.
 
@@ -192,7 +198,9 @@ class WorkflowTestRuntime(LocalRuntime):
         store: A state store to use instead of SQLite (e.g. ``MemoryStateStore()``).
         on_event: Called with every activation report, service invocation and dead letter.
         **options: Other :class:`~lambda_workflow.local.LocalRuntime` options
-            (``max_receives``, ...).
+            (``max_receives``, ...). ``instance_cache`` defaults to ``0`` here, whatever
+            ``LAMBDA_WORKFLOW_INSTANCE_CACHE`` says: every activation replays the history
+            (warm instances are for running; a test should exercise replay).
     """
 
     def __init__(
@@ -207,6 +215,7 @@ class WorkflowTestRuntime(LocalRuntime):
         **options: Any,
     ) -> None:
         clock: VirtualClock = options.pop("clock", None) or VirtualClock(_timestamp(start_time))
+        options.setdefault("instance_cache", DEFAULT_INSTANCE_CACHE)
         self.always_replay = always_replay
         self.replay_checks: list[ReplayCheck] = []
         self._user_on_event = on_event

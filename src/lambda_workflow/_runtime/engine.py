@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,8 +45,9 @@ from ..models import (
 from ..service import type_name
 from ..workflow import Workflow
 from .heartbeats import heartbeat_callback_of, heartbeat_timer_result
-from .repair import repair_view
+from .repair import RepairView, repair_view
 from .replay import Replayer, StagedResult
+from .warm import InstanceCache, WarmEntry, code_identity, make_instance_cache
 
 __all__ = ["ActivationReport", "Engine", "call_request_body", "call_result_body",
            "current_heartbeat", "start_message_body", "timer_fire_at", "timer_fired_body"]
@@ -58,6 +60,29 @@ _SENT_KINDS = frozenset({"call", "timer", "child"})
 _OUTSIDE_KINDS = frozenset({"cancel", "parent", "repair", "trace"})
 PARENT_OP_ID = "parent"
 CANCEL_OP_ID = "cancel"
+_NO_REPAIRS = RepairView()
+
+
+@dataclass(slots=True)
+class _Warm:
+    """One activation's use of the warm instance cache: the entry it continues (with the
+    instance record just read), or none; the replayer that may be kept afterwards."""
+
+    entry: WarmEntry | None = None
+    instance: InstanceRecord | None = None
+    status: str = "off"
+    replayer: Replayer | None = None
+
+
+def _store_remembers(store: StateStore, workflow_id: str, activations: int) -> bool:
+    """Whether a store that remembers instances' counters for its conditional writes (the
+    DynamoDB store) still remembers this one as it was read: a warm activation skips the
+    read that would refresh it, and its writes must keep the second-writer check."""
+    memory = getattr(store, "_memory", None)
+    if not callable(memory):
+        return True
+    known = memory(workflow_id)
+    return known is not None and getattr(known, "activations", None) == activations
 
 
 @dataclass(slots=True)
@@ -80,6 +105,8 @@ class ActivationReport:
     pending: list[str] = field(default_factory=list)
     result: bytes | None = None
     error: ErrorInfo | None = None
+    # The warm instance cache (warm.py): "hit" (continued without replay), "miss" or "off".
+    cache: str = "off"
     # For metrics (aws/metrics.py): the replay's duration, and new operations by kind.
     replay_seconds: float = 0.0
     created: dict[str, int] = field(default_factory=dict)
@@ -183,10 +210,15 @@ class Engine:
                  workflows: Mapping[str, Workflow[Any, Any]], clock: Clock, *,
                  payload_limit: int | None = None, payload_hint: str = "",
                  timers: TimerService | None = None,
-                 tokens: CallbackTokens | None = None) -> None:
+                 tokens: CallbackTokens | None = None,
+                 instance_cache: InstanceCache | int | None = None) -> None:
         """``payload_limit`` (bytes) caps a new call's request and the workflow's result:
         over it, the workflow fails with :class:`PayloadTooLargeError` (``payload_hint`` says
-        how to lift the limit) instead of recording what the store or queue cannot hold."""
+        how to lift the limit) instead of recording what the store or queue cannot hold.
+        ``instance_cache`` keeps suspended instances alive (warm.py): a number of instances
+        (``0``: off), an :class:`InstanceCache`, or ``None`` for
+        ``LAMBDA_WORKFLOW_INSTANCE_CACHE`` (default 1024)."""
+        self.instance_cache = make_instance_cache(instance_cache)
         self.payload_limit = payload_limit
         self.payload_hint = payload_hint
         self.timers = timers
@@ -409,9 +441,102 @@ class Engine:
         self.timers.schedule(op.workflow_id, op.op_id, timer_fire_at(op))
 
     def activate(self, workflow_id: str, messages: Sequence[WorkflowMessage]) -> ActivationReport:
-        """Apply every message of one instance, replay once, record and send."""
+        """Apply every message of one instance, replay once (or continue its warm instance),
+        record and send."""
+        warm = self._warm_begin(workflow_id, messages)
+        try:
+            return self._activate(workflow_id, messages, warm)
+        except BaseException:
+            # The store or the transport failed: the live state may be ahead of the store.
+            if warm.replayer is not None:
+                warm.replayer.discard()
+            raise
+
+    def _warm_begin(self, workflow_id: str, messages: Sequence[WorkflowMessage]) -> _Warm:
+        """The warm instance of ``workflow_id`` if it may continue: the store confirms, in one
+        read of the instance record, that nobody advanced it since this process did, and the
+        code that runs it is the same. Anything else evicts it."""
+        warm = _Warm()
+        cache = self.instance_cache
+        if not cache.enabled:
+            return warm
+        entry = cache.take(workflow_id)
+        reason = "none"
+        if entry is not None:
+            reason = ""
+            if any(isinstance(m, CancelMessage | ResumeMessage) for m in messages):
+                reason = "message"  # a cancellation is delivered by a replay
+            else:
+                inst = self.store.get_instance(workflow_id)
+                if inst is None or inst.status is not InstanceStatus.RUNNING:
+                    reason = "finished"
+                elif inst.activations != entry.activations or not _store_remembers(
+                        self.store, workflow_id, inst.activations):
+                    reason = "advanced"
+                elif (self.workflows.get(inst.workflow_name) is not entry.workflow
+                      or entry.identity != code_identity()):
+                    reason = "deploy"
+                else:
+                    warm.entry, warm.instance, warm.status = entry, inst, "hit"
+            if reason:
+                cache.discard(entry, reason)
+        if warm.entry is None:
+            cache.count("miss")
+            warm.status = "miss"
+        return warm
+
+    def _warm_keep(self, warm: _Warm, history: History, ops: dict[str, OperationRecord],
+                   result: Any, report: ActivationReport, staged: Mapping[str, StagedResult],
+                   read_activations: int, now: float) -> None:
+        """After an activation that completed every write: keep its instance alive if it
+        suspended and the store recorded exactly what it did."""
+        replayer, warm.replayer = warm.replayer, None
+        if replayer is None:
+            return
+        cache = self.instance_cache
+        if not replayer.kept or report.status != "suspended":
+            replayer.discard()
+            return
+        applied = set(report.applied)
+        outcomes = [(op_id, staged[op_id].state, staged[op_id].payload)
+                    for op_id in result.accepted]
+        outcomes += [(o.op_id, o.state, o.result) for o in result.step_outcomes]
+        if any(op_id not in applied for op_id, _, _ in outcomes):
+            # the store refused a reply: another writer got there first
+            replayer.discard()
+            cache.evicted("conflict")
+            return
+        entry = warm.entry
+        if entry is None:
+            wf = self.workflows[history.instance.workflow_name]
+            entry = WarmEntry(history.instance.workflow_id, wf, code_identity(), replayer,
+                              history.operations, ops, read_activations)
+        operations = entry.operations
+        for op in result.new_operations:
+            if op.op_id not in entry.ops:
+                copy = dataclasses.replace(op)
+                operations.append(copy)
+                entry.ops[op.op_id] = copy
+        for op_id, state, payload in outcomes:
+            rec = entry.ops[op_id]
+            rec.state, rec.result, rec.resolved_in, rec.resolved_at = (
+                state, payload, report.activation, now)
+        for op in report.sent:
+            entry.ops[op.op_id].sent = True
+        if outcomes or result.new_operations:
+            entry.activations = report.activation
+        else:
+            entry.activations = read_activations
+        cache.put(entry)
+
+    def _activate(self, workflow_id: str, messages: Sequence[WorkflowMessage],
+                  warm: _Warm) -> ActivationReport:
         report = ActivationReport(workflow_id, None, 0, "rejected")
-        history = self.store.load_history(workflow_id)
+        report.cache = warm.status
+        entry = warm.entry
+        history = (History(warm.instance, entry.operations)
+                   if entry is not None and warm.instance is not None
+                   else self.store.load_history(workflow_id))
         if history is None:
             history = self._create_from_start(workflow_id, messages, report)
             if history is None:
@@ -423,11 +548,11 @@ class Engine:
 
         # Ids of operations a reset dropped: their late messages are duplicates, and records a
         # store had not deleted yet are not part of the history (repair.py).
-        repairs = repair_view(history.operations)
+        repairs = repair_view(history.operations) if entry is None else _NO_REPAIRS
         if repairs.fenced:
             history.operations = [op for op in history.operations
                                   if op.op_id not in repairs.fenced]
-        ops = {op.op_id: op for op in history.operations}
+        ops = {op.op_id: op for op in history.operations} if entry is None else entry.ops
         staged: dict[str, StagedResult] = {}
         cancel: CancelMessage | None = None
         for i, msg in enumerate(messages):
@@ -515,7 +640,8 @@ class Engine:
         elif cancel is not None:
             report.duplicates.append(CANCEL_OP_ID)
         replayed, cancel_at = replay_inputs(
-            [*history.operations, *([new_cancel] if new_cancel is not None else [])])
+            [*history.operations, *([new_cancel] if new_cancel is not None else [])]
+        ) if entry is None else ([], None)
 
         wf = self.workflows.get(inst.workflow_name)
         if wf is None:
@@ -529,17 +655,32 @@ class Engine:
                     f"workflow id {workflow_id!r} is already used by an instance of "
                     f"{inst.workflow_name!r} with a different input; a start message may only "
                     "repeat the original input")
+        def checkpoint(new: Sequence[OperationRecord], outcomes: Sequence[Outcome]
+                       ) -> list[str]:
+            return self.store.commit_activation(workflow_id, outcomes, new, activation, now)
+
+        warm_values = entry.replayer.warm_values(staged) if entry is not None else None
+        if entry is not None and warm_values is None:
+            # The live instance cannot take these outcomes as they are: replay instead.
+            self.instance_cache.discard(entry, "outcomes")
+            self.instance_cache.count("miss")
+            warm.entry, warm.instance, warm.status = None, None, "miss"
+            return self._activate(workflow_id, messages, warm)
         replayer = Replayer(wf, workflow_id, inst.input, replayed, staged,
                             activation=activation, now=now, payload_limit=self.payload_limit,
-                            payload_hint=self.payload_hint,
-                            checkpoint=lambda new, outcomes: self.store.commit_activation(
-                                workflow_id, outcomes, new, activation, now),
+                            payload_hint=self.payload_hint, checkpoint=checkpoint,
                             tokens=self.tokens, cancel=cancel_at, scope=repairs.scope,
-                            relaxed=repairs.relaxed_at == len(replayed))
+                            relaxed=repairs.relaxed_at == len(replayed),
+                            keep_alive=self.instance_cache.enabled
+                            ) if entry is None else entry.replayer
+        warm.replayer = replayer
+        if entry is not None:
+            self.instance_cache.count("hit")
         trace = (_observe.TRACING.begin(history, messages, activation, now)
                  if _observe.TRACING is not None else None)
         began = time.perf_counter()
-        result = replayer.run()
+        result = (replayer.run() if warm_values is None else replayer.resume(
+            staged, warm_values, activation=activation, now=now, checkpoint=checkpoint))
         report.replay_seconds = time.perf_counter() - began
         for op in result.new_operations:
             report.created[op.kind] = report.created.get(op.kind, 0) + 1
@@ -564,7 +705,13 @@ class Engine:
         # Requests recorded by an earlier activation whose send crashed go out even when the
         # workflow now fails: the outbox promises every recorded request leaves. Only a
         # history that no longer matches the code sends nothing.
-        if not isinstance(result.exception, NonDeterminismError):
+        if isinstance(result.exception, NonDeterminismError):
+            pass
+        elif entry is not None:
+            # Continued warm: the earlier activations sent everything they recorded.
+            outbox = [op for op in result.new_operations
+                      if op.state is OperationState.PENDING and op.kind in _SENT_KINDS]
+        else:
             outbox = [op for op in history.operations
                       if not op.sent and op.state is OperationState.PENDING
                       and op.kind in _SENT_KINDS and op.op_id not in staged]
@@ -611,4 +758,5 @@ class Engine:
             report.status = "suspended"
         if trace is not None:
             trace.end(report, history, result, staged)
+        self._warm_keep(warm, history, ops, result, report, staged, inst.activations, now)
         return report

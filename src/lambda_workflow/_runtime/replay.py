@@ -184,6 +184,7 @@ class Replayer:
         cancel: tuple[int, str] | None = None,
         scope: str = "",
         relaxed: bool = False,
+        keep_alive: bool = False,
     ) -> None:
         self.workflow = workflow
         self.workflow_id = workflow_id
@@ -242,6 +243,17 @@ class Replayer:
         self._spinning = 0  # cancelled contexts running their bodies to their waiting point
         if self._scoped:
             self.call = self._scoped_call
+        # Warm instances (warm.py): a replay that may be kept alive when it suspends holds the
+        # future of every operation still pending, to deliver later outcomes to it.
+        self.keep_alive = keep_alive and not self._scoped and not scope and not relaxed and (
+            cancel is None)
+        self.kept = False
+        self._live: dict[str, tuple[asyncio.Future[Any], pydantic.TypeAdapter[Any], str,
+                                    object, int]] = {}
+        self._warm_stage = 0
+        self._task: asyncio.Task[Any] | None = None
+        if self.keep_alive:
+            self.call = self._live_call
 
     @property
     def accepted(self) -> list[str]:
@@ -292,6 +304,21 @@ class Replayer:
             self.new_operation(seq, kind, name, payload, frame, op_id=op_id,
                                record_seq=record_seq)
             idx.pending.append(op_id)
+        if self.keep_alive and (decision == _core.NEW or decision == _core.PENDING):
+            self._live[op_id] = (future, response_adapter, name, None, record_seq)
+        return future
+
+    def _live_call(self, service: Service[Any, Any], request: Any,
+                   frame: FrameType | None) -> asyncio.Future[Any]:
+        """``ctx.call`` of a replay that may be kept alive: the core's call, holding the
+        future of a call that stays pending (recorded without a reply, or new)."""
+        pending = self._index.pending
+        n = len(pending)
+        seq = self._index.seq
+        future = self._index.call_service(service, request, frame)
+        if len(pending) > n and self.keep_alive:
+            self._live[pending[-1]] = (future, service.response_adapter, service.name, service,
+                                       seq)
         return future
 
     def sleep(self, seconds: float, frame: FrameType | None,
@@ -304,7 +331,7 @@ class Replayer:
         """The time at which the code running now first ran: the time of the activation
         whose outcomes were delivered last (activation 1 before any), the same value on
         every replay."""
-        stage = max(self._index.stage, 1)
+        stage = max(self._index.stage, self._warm_stage, 1)
         if stage >= self._activation:
             return self._now
         if self._times is None:
@@ -681,6 +708,7 @@ class Replayer:
         """``ctx.run_in_child_context`` and each nested batch branch (contexts.py)."""
         from .contexts import run_context
 
+        self._not_kept()
         return run_context(self, name, index, body, adapter, frame)
 
     def recorded_flat(self) -> bool:
@@ -735,6 +763,7 @@ class Replayer:
         """A reply that does not validate against its response type. One that arrived now is
         rejected, never recorded: the call stays pending and a valid reply may still arrive.
         A recorded one means the response type changed under a running workflow."""
+        self._not_kept()
         owner = getattr(future, "owner", None)
         if isinstance(owner, Service):
             reason = (f"reply to call {record.op_id} of workflow {self.workflow_id!r} (service "
@@ -794,11 +823,100 @@ class Replayer:
         """
         result = self._run()
         if self._store_error is not None:
-            if not self._loop.is_closed():
-                self._index.sealed = True
-                self._loop.abandon()
+            self.discard()
             raise self._store_error
         return result
+
+    # -- warm instances (warm.py) --------------------------------------------------------------
+    def _not_kept(self) -> None:
+        """Something the live state cannot follow exactly: this replay is not kept alive."""
+        self.keep_alive = False
+
+    def discard(self) -> None:
+        """Seal the context, then tear down the workflow's tasks (their ``finally`` blocks run
+        now, recording and sending nothing)."""
+        self.kept = False
+        self._live.clear()
+        if not self._loop.is_closed():
+            self._index.sealed = True
+            self._loop.abandon()
+
+    def warm_values(self, staged: Mapping[str, StagedResult]) -> dict[str, Any] | None:
+        """The values of this activation's replies, validated for the live futures they
+        resolve, if this kept instance can take them all: ``None`` when it holds no future
+        for one of them, or a reply does not validate (a replay rejects it with its reason).
+        Nothing is delivered here."""
+        live = self._live
+        if not self.kept:
+            return None
+        values: dict[str, Any] = {}
+        for op_id, st in staged.items():
+            held = live.get(op_id)
+            if held is None:
+                return None
+            future, adapter = held[0], held[1]
+            if st.state is OperationState.COMPLETED and not future.done():
+                try:
+                    values[op_id] = adapter.validate_json(st.payload)
+                except pydantic.ValidationError:
+                    return None
+        return values
+
+    def resume(self, staged: Mapping[str, StagedResult], values: Mapping[str, Any], *,
+               activation: int, now: float,
+               checkpoint: Callable[[Sequence[OperationRecord], Sequence[Outcome]],
+                                    Sequence[str]] | None = None) -> ReplayResult:
+        """Continue a kept instance in a later activation, without replaying: deliver this
+        activation's outcomes to the live futures in operation order (as a replay delivers
+        its last stage), run until idle, and conclude as :meth:`run` does. ``values`` come from
+        :meth:`warm_values`; the caller checked that nobody else advanced the instance.
+
+        Raises:
+            Exception: the store failed while the workflow ran (a checkpoint).
+        """
+        assert self.kept and self._task is not None
+        live = self._live
+        order = sorted(staged, key=lambda op_id: live[op_id][4])
+        self.kept = False
+        idx = self._index
+        self._staged = staged
+        self._activation = activation
+        self._now = now
+        self._warm_stage = activation
+        self._replaying = False
+        self._checkpoint_to = checkpoint
+        self.new_operations = []
+        self.rejected = {}
+        self.step_outcomes = []
+        self.saved_applied = []
+        self._persisted = self._saved_replies = self._saved_steps = 0
+        self._store_error = None
+        idx.accepted = []
+        for op_id in order:
+            self._deliver(op_id, staged[op_id], values.get(op_id))
+        idx.pending = list(live)
+        self._loop.run_until_idle()
+        result = self._conclude(self._task)
+        if self._store_error is not None:
+            self.discard()
+            raise self._store_error
+        return result
+
+    def _deliver(self, op_id: str, staged: StagedResult, value: Any) -> None:
+        """Resolve a live operation's future with its new outcome (the replay core's settle,
+        for a future the core no longer tracks); ``value`` is the validated value."""
+        future, _, name, _, _ = self._live.pop(op_id)
+        self._index.accepted.append(op_id)
+        if future.done():
+            return  # cancelled (the workflow stopped waiting for it): recorded, ignored
+        if staged.state is OperationState.COMPLETED:
+            future.set_result(value)
+        else:
+            err = orjson.loads(staged.payload)
+            future.set_exception(ServiceError(
+                err.get("type", "Error"), err.get("message", ""), err.get("details"),
+                service=name, call_id=op_id))
+
 
     def _run(self) -> ReplayResult:
         wf = self.workflow
@@ -809,7 +927,7 @@ class Replayer:
                 f"workflow {wf.name!r} ({self.workflow_id}): its recorded input is no longer a "
                 f"valid {type_name(wf.request_type)}: {describe_validation_error(invalid)}"))
         ctx: WorkflowContext[Any] = WorkflowContext(self, request, self.workflow_id)
-        task = self._loop.create_task(wf.fn(ctx))
+        task = self._task = self._loop.create_task(wf.fn(ctx))
         loop = self._loop
         idx = self._index
         if self._cancel is not None:
@@ -827,6 +945,11 @@ class Replayer:
             if not advance():
                 break
             loop.run_until_idle()
+        return self._conclude(task)
+
+    def _conclude(self, task: asyncio.Task[Any]) -> ReplayResult:
+        """The result of a replay (or a warm continuation) that ran until idle."""
+        wf = self.workflow
         if not task.done():
             return self._suspend()
         if task.cancelled() and self._cancel_delivered and self._mismatch is None:
@@ -865,6 +988,15 @@ class Replayer:
                             step_outcomes=self.step_outcomes)
 
     def _suspend(self) -> ReplayResult:
+        if (self.keep_alive and self._mismatch is None and self._fatal is None
+                and self._index.seq >= self._n_root):
+            # Kept alive (warm.py): not sealed, its tasks stay blocked on their futures.
+            if not self._warm_stage:
+                self._index.settle_unreached()
+            self.kept = True
+            return ReplayResult("suspended", self.new_operations, accepted=self.accepted,
+                                rejected=self.rejected, pending=self.pending,
+                                step_outcomes=self.step_outcomes)
         self._index.sealed = True
         self._index.settle_unreached()
         self._loop.abandon()
