@@ -3,11 +3,15 @@
     wheel_checks.py tags WHEEL TAG...        the WHEEL file's Tag lines are exactly TAG...
     wheel_checks.py pure WHEEL               py3-none-any, purelib, no compiled file inside
     wheel_checks.py elf WHEEL ARCH           every .so: ELF machine ARCH (x86_64 | aarch64),
-                                             named *.abi3.so, no GLIBC_ version newer than 2.17
+                                             named as the wheel's tag says (*.abi3.so for abi3,
+                                             *.cpython-3XY-<arch>-linux-gnu.so for cp3XY-cp3XY),
+                                             no GLIBC_ version newer than 2.17
     wheel_checks.py auditwheel WHEEL PLAT    `auditwheel show` rates the wheel exactly PLAT
-    wheel_checks.py download DIST            `pip download --platform manylinux2014_<arch>
-                                             --python-version 3.11|3.12|3.13 --only-binary=:all:`
-                                             picks this arch's abi3 wheel from DIST
+    wheel_checks.py download DIST ARCH/X.Y=TAG...
+                                             `pip download --platform manylinux2014_<ARCH>
+                                             --python-version X.Y --only-binary=:all:` picks the
+                                             wheel of ARCH tagged TAG (cp313-cp313, cp311-abi3)
+                                             from DIST, for each ARCH/X.Y given
     wheel_checks.py summary DIST             the names and sizes of what DIST holds
 
 Each command prints one line saying what it found and exits 1 if the check fails.
@@ -63,15 +67,30 @@ def readelf(*args: str) -> str:
                           check=True).stdout
 
 
+def extension_suffix(wheel: Path, arch: str) -> str:
+    """The file name ending CPython gives the wheel's extension: ``.abi3.so`` for an abi3 wheel,
+    ``.cpython-3XY-<arch>-linux-gnu.so`` for a cp3XY-cp3XY one (an extension named for another
+    architecture or version would not be imported at all)."""
+    python, abi = wheel.name.split("-")[-3:-1]
+    if abi == "abi3":
+        return ".abi3.so"
+    match = re.fullmatch(r"cp3(\d+)", abi)
+    if not match or python != abi:
+        raise CheckFailed(f"{wheel.name}: neither an abi3 nor a cp3XY-cp3XY wheel")
+    return f".cpython-3{match.group(1)}-{arch}-linux-gnu.so"
+
+
 def cmd_elf(wheel: Path, arch: str) -> str:
     found = []
+    suffix = extension_suffix(wheel, arch)
     with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(wheel) as zf:
         sos = [n for n in zf.namelist() if n.endswith(".so")]
         if not sos:
             raise CheckFailed(f"{wheel.name}: no extension module inside")
         for name in sos:
-            if not name.endswith(".abi3.so"):
-                raise CheckFailed(f"{wheel.name}: {name} is not an abi3 extension (*.abi3.so)")
+            if not name.endswith(suffix):
+                raise CheckFailed(f"{wheel.name}: {name} is not named *{suffix}, as its tag "
+                                  f"requires")
             path = Path(zf.extract(name, tmp))
             machine = re.search(r"Machine:\s*(.+)", readelf("-h", str(path)))
             if not machine or machine.group(1).strip() != ELF_MACHINE[arch]:
@@ -105,26 +124,31 @@ def cmd_auditwheel(wheel: Path, plat: str) -> str:
     return f"{wheel.name}: auditwheel show: {plat}"
 
 
-def cmd_download(dist: Path) -> str:
+def cmd_download(dist: Path, *expected: str) -> str:
+    if not expected:
+        raise CheckFailed("download: no ARCH/X.Y=TAG expectation given")
     picked = []
-    for arch in ("x86_64", "aarch64"):
-        for version in PYTHONS:
-            with tempfile.TemporaryDirectory() as tmp:
-                # --no-index: only dist/ is considered, never a package of that name elsewhere
-                proc = subprocess.run(
-                    [sys.executable, "-m", "pip", "download", "-q", "--no-index",
-                     "--find-links", str(dist), "--platform", f"manylinux2014_{arch}",
-                     "--python-version", version, "--only-binary=:all:", "--no-deps",
-                     "--dest", tmp, "lambda-workflow"],
-                    capture_output=True, text=True, check=False)
-                got = sorted(p.name for p in Path(tmp).iterdir())
-            ok = (proc.returncode == 0 and len(got) == 1 and "-cp311-abi3-" in got[0]
-                  and f"manylinux_2_17_{arch}" in got[0])
-            if not ok:
-                raise CheckFailed(f"pip download for {arch} Python {version} picked {got}: "
-                                  f"{proc.stderr.strip()}")
-            picked.append(f"{arch}/{version}")
-    return f"pip download picks the abi3 wheel for {', '.join(picked)}"
+    for item in expected:
+        target, _, tag = item.partition("=")
+        arch, _, version = target.partition("/")
+        if arch not in ELF_MACHINE or version not in PYTHONS or not tag:
+            raise CheckFailed(f"download: bad expectation {item!r} (ARCH/X.Y=TAG)")
+        with tempfile.TemporaryDirectory() as tmp:
+            # --no-index: only dist/ is considered, never a package of that name elsewhere
+            proc = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "-q", "--no-index",
+                 "--find-links", str(dist), "--platform", f"manylinux2014_{arch}",
+                 "--python-version", version, "--only-binary=:all:", "--no-deps",
+                 "--dest", tmp, "lambda-workflow"],
+                capture_output=True, text=True, check=False)
+            got = sorted(p.name for p in Path(tmp).iterdir())
+        ok = (proc.returncode == 0 and len(got) == 1 and f"-{tag}-" in got[0]
+              and f"manylinux_2_17_{arch}" in got[0])
+        if not ok:
+            raise CheckFailed(f"pip download for {arch} Python {version} picked {got}, not the "
+                              f"{tag} wheel: {proc.stderr.strip()}")
+        picked.append(f"{arch}/{version}: {tag}")
+    return "pip download picks " + ", ".join(picked)
 
 
 def cmd_summary(dist: Path) -> str:

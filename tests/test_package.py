@@ -190,6 +190,39 @@ def test_select_wheel_prefers_the_compiled_wheel_for_the_platform(tmp_path: Path
     assert select_wheel([dist / PURE, newer], "x86_64", "3.11").parent == newer
 
 
+def test_select_wheel_prefers_the_per_version_build_to_abi3(tmp_path: Path) -> None:
+    """What scripts/build_wheels.sh puts in dist/: a per-version wheel for each runtime it can
+    build and test, abi3 for the rest. The per-version wheel of the asked Python wins; arm64
+    Python 3.12, which has none, gets the abi3 one; a cp312-abi3 wheel beats a cp311-abi3 one
+    for 3.12 and 3.13 but is no per-version build."""
+    def name(tag: str, machine: str) -> str:
+        return f"lambda_workflow-0.1.0-{tag}-manylinux2014_{machine}.manylinux_2_17_{machine}.whl"
+
+    dist = fake_wheels(tmp_path / "dist", PURE, "lambda_workflow-0.1.0.tar.gz",
+                       *(name(t, "x86_64") for t in ("cp311-abi3", "cp311-cp311",
+                                                     "cp312-cp312", "cp313-cp313")),
+                       *(name(t, "aarch64") for t in ("cp311-abi3", "cp311-cp311",
+                                                      "cp313-cp313")))
+    for version in ("3.11", "3.12", "3.13"):
+        tag = f"cp3{version[2:]}-cp3{version[2:]}"
+        assert select_wheel([dist], "x86_64", version).name == name(tag, "x86_64")
+    assert select_wheel([dist], "arm64", "3.11").name == name("cp311-cp311", "aarch64")
+    assert select_wheel([dist], "arm64", "3.12").name == name("cp311-abi3", "aarch64")
+    assert select_wheel([dist], "arm64", "3.13").name == name("cp313-cp313", "aarch64")
+    # An abi3 wheel tagged for several Pythons is still not the per-version build.
+    several = fake_wheels(tmp_path / "several", name("cp311-abi3", "aarch64").replace(
+        "-cp311-abi3-", "-cp311.cp312-abi3-"), name("cp312-cp312", "aarch64"))
+    assert select_wheel([several], "arm64", "3.12").name == name("cp312-cp312", "aarch64")
+    abi3 = fake_wheels(tmp_path / "abi3", name("cp311-abi3", "aarch64"),
+                       name("cp312-abi3", "aarch64"))
+    assert select_wheel([abi3], "arm64", "3.11").name == name("cp311-abi3", "aarch64")
+    assert select_wheel([abi3], "arm64", "3.13").name == name("cp312-abi3", "aarch64")
+    # A newer version still wins over a better tag of an older one.
+    newer = fake_wheels(tmp_path / "newer", name("cp313-cp313", "aarch64"),
+                        name("cp311-abi3", "aarch64").replace("0.1.0", "0.2.0"))
+    assert select_wheel([newer], "arm64", "3.13").name.startswith("lambda_workflow-0.2.0-")
+
+
 def test_select_wheel_names_the_wheels_that_do_not_fit(tmp_path: Path) -> None:
     """Only an x86_64 wheel when arm64 is asked: the error names the platform and what was found."""
     dist = fake_wheels(tmp_path / "dist", ABI3_X86,
@@ -478,7 +511,8 @@ WHEEL_BUILD = Path(os.environ.get("LAMBDA_WORKFLOW_WHEEL_SCRATCH", ROOT / ".whee
 
 
 def _aarch64_wheels() -> list[Path]:
-    return sorted((ROOT / "dist").glob("lambda_workflow-*-cp311-abi3-manylinux*_aarch64*.whl"))
+    """The cp311-cp311 aarch64 wheels in dist/: what an arm64 python3.11 zip gets."""
+    return sorted((ROOT / "dist").glob("lambda_workflow-*-cp311-cp311-manylinux*_aarch64*.whl"))
 
 
 def _is_aarch64_elf(path: Path) -> bool:
@@ -499,11 +533,11 @@ def _arm64_userland() -> Path | None:
 
 @pytest.fixture(scope="session")
 def arm64_prerequisites() -> Iterator[tuple[Path, Path]]:
-    """The cp311-abi3 aarch64 wheel in dist/ and an arm64 userland, built by the wheel script."""
+    """The cp311-cp311 aarch64 wheel in dist/ and an arm64 userland, built by the wheel script."""
     if not _aarch64_wheels() or _arm64_userland() is None:
         script = ROOT / "scripts" / "build_wheels.sh"
         if not script.is_file():
-            pytest.fail(f"the arm64 test needs dist/*-cp311-abi3-manylinux*_aarch64.whl and a "
+            pytest.fail(f"the arm64 test needs dist/*-cp311-cp311-manylinux*_aarch64.whl and a "
                         f"Debian arm64 userland under {WHEEL_BUILD}/roots, which {script} "
                         f"builds, and that script does not exist")
         env = {k: v for k, v in os.environ.items()
@@ -524,17 +558,19 @@ def arm64_prerequisites() -> Iterator[tuple[Path, Path]]:
 
 def test_arm64_zip_imports_the_compiled_core_under_qemu(
         arm64_prerequisites: tuple[Path, Path], handler_file: Path, tmp_path: Path) -> None:
-    """An arm64 zip of the abi3 wheel, unpacked, runs its handler on aarch64 with the C core."""
+    """An arm64 python3.11 zip from dist/ takes the per-version wheel; unpacked, it runs its
+    handler on aarch64 with that wheel's C core."""
     wheel, userland = arm64_prerequisites
     code, report = run_cli("package", str(handler_file), "--arch", "arm64", "--python", "3.11",
                            "--wheel", str(ROOT / "dist"), "-o", str(tmp_path / "arm64.zip"))
     assert code == 0, report
     assert f"(from {wheel.name})" in report
-    assert re.search(r"replay core: compiled \(lambda_workflow/_core/_c\.abi3\.so\)", report)
+    core = "_c.cpython-311-aarch64-linux-gnu.so"
+    assert f"replay core: compiled (lambda_workflow/_core/{core})" in report
     task = tmp_path / "task"  # what Lambda unpacks to /var/task
     with zipfile.ZipFile(tmp_path / "arm64.zip") as archive:
         archive.extractall(task)
-    assert _is_aarch64_elf(task / "lambda_workflow" / "_core" / "_c.abi3.so")
+    assert _is_aarch64_elf(task / "lambda_workflow" / "_core" / core)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("LAMBDA_WORKFLOW_", "PYTHON"))}
     env |= {"PYTHONPATH": str(task), "LAMBDA_WORKFLOW_REQUIRE_EXTENSIONS": "1",
@@ -548,7 +584,7 @@ def test_arm64_zip_imports_the_compiled_core_under_qemu(
     assert proc.returncode == 0, proc.stderr
     line = next(x for x in proc.stdout.splitlines() if x.startswith("HANDLER-RESULT "))
     assert '"implementation": "c"' in line
-    assert f'"core": "{task}/lambda_workflow/_core/_c.abi3.so"' in line
+    assert f'"core": "{task}/lambda_workflow/_core/{core}"' in line
     assert '"result": 42' in line
 
 

@@ -188,6 +188,33 @@ def test_index_url_serves_the_wheel_and_the_dependencies(
     assert not any(n.startswith("/") for n in names)
 
 
+def test_the_index_gives_the_per_version_wheel_before_abi3(
+        tmp_path: Path, wheels: Path, only_the_given_index: None) -> None:
+    """An index offering what scripts/build_wheels.sh builds for arm64 (cp311-cp311, cp313-cp313
+    and cp311-abi3): pip downloads the per-version wheel for 3.11 and 3.13 and the abi3 one for
+    3.12, and select_wheel picks the same from those files (the pure wheel's contents under the
+    compiled wheels' names: pip reads the name and version, not the extension)."""
+    pure = wheels / f"lambda_workflow-{VERSION}-py3-none-any.whl"
+    offered = tmp_path / "offered"
+    offered.mkdir()
+    names = {tag: f"lambda_workflow-{VERSION}-{tag}-manylinux2014_aarch64."
+                  f"manylinux_2_17_aarch64.whl"
+             for tag in ("cp311-abi3", "cp311-cp311", "cp313-cp313")}
+    for name in names.values():
+        shutil.copy(pure, offered / name)
+    index = simple_index(tmp_path / "index", sorted(offered.iterdir()))
+    expected = {"3.11": names["cp311-cp311"], "3.12": names["cp311-abi3"],
+                "3.13": names["cp313-cp313"]}
+    with serve(index) as server:
+        for version, name in expected.items():
+            got = _package.download_wheel(tmp_path / f"got-{version}", "arm64", version,
+                                          index_url=f"{server.url}/simple")
+            assert got.name == name, version
+            assert select_wheel([offered], "arm64", version).name == name
+    assert sorted(r for r in server.requests if r.startswith("/files/")) == sorted(
+        f"/files/{name}" for name in expected.values())
+
+
 def test_find_links_over_http_serves_the_wheel(project: Path, wheels: Path) -> None:
     """--find-links with a folder listing on 127.0.0.1 gives the arm64 / Python 3.11 wheel; the
     dependencies come from pip's configured index, as --find-links only adds a source."""

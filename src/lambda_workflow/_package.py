@@ -138,7 +138,8 @@ def select_wheel(sources: Sequence[Path], arch: str, python: str) -> Path:
     """The lambda-workflow wheel for the target among wheel files and folders of wheels.
 
     A wheel with the compiled core (platform-specific) is preferred to the pure one, then the
-    newest version.
+    newest version, then the per-version build for that Python (``cp313-cp313``) to an abi3
+    one (``cp311-abi3``), as pip prefers it.
     """
     platform, version = check_target(arch, python)
     found: list[Path] = []
@@ -163,12 +164,25 @@ def select_wheel(sources: Sequence[Path], arch: str, python: str) -> Path:
             f"no lambda-workflow wheel for {platform} and Python {version} in {where} "
             f"(found: {names}); build one with `bash scripts/build_wheels.sh`")
 
-    def rank(wheel: Path) -> tuple[bool, tuple[int, ...], str]:
-        ver = wheel.name.split("-")[1]
-        numbers = tuple(int(n) for n in re.findall(r"\d+", ver))
-        return (not wheel.name.endswith("-any.whl"), numbers, wheel.name)
+    return max(fits, key=lambda wheel: _rank(wheel.name, minor))
 
-    return max(fits, key=rank)
+
+def _rank(filename: str, minor: int) -> tuple[bool, tuple[int, ...], int, str]:
+    """How ``select_wheel`` orders fitting wheels, best last: the compiled core first, then the
+    newest version, then the tag pip prefers for cp3.<minor>: the per-version build
+    (cp3<minor>-cp3<minor>, the fast one) before an abi3 build (the newest cp3N-abi3 first)."""
+    parts = filename[:-len(".whl")].split("-")
+    numbers = tuple(int(n) for n in re.findall(r"\d+", parts[1]))
+    pythons, abis = set(parts[-3].split(".")), set(parts[-2].split("."))
+    own = f"cp3{minor}"
+    if own in abis and own in pythons:
+        tag = 100
+    elif "abi3" in abis:
+        tag = max((int(p[3:]) for p in pythons
+                   if re.fullmatch(r"cp3\d+", p) and int(p[3:]) <= minor), default=0)
+    else:
+        tag = -1
+    return (not filename.endswith("-any.whl"), numbers, tag, filename)
 
 
 #: Folder names left out of handler folders, at any depth, with the reason the report gives.
