@@ -253,7 +253,11 @@ def _play_lambda(session: Any, endpoint: str, task: Path, calls: list[tuple[str,
 
 
 def main() -> None:
-    wheels = sorted((ROOT / "dist").glob("lambda_workflow-*-manylinux2014_x86_64*.whl"))
+    # The wheel pip would pick for this interpreter: its per-version build, else the abi3 one.
+    own = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    dist = ROOT / "dist"
+    wheels = (sorted(dist.glob(f"lambda_workflow-*-{own}-{own}-manylinux2014_x86_64*.whl"))
+              or sorted(dist.glob("lambda_workflow-*-abi3-manylinux2014_x86_64*.whl")))
     if not wheels:
         raise SystemExit("no x86_64 wheel in dist/: run `bash scripts/build_wheels.sh` first")
     import boto3
