@@ -251,6 +251,33 @@ def test_a_core_that_cannot_be_loaded_is_reported_and_the_other_measured(
            "the py core" in out.splitlines()
 
 
+def test_a_history_without_operations_has_no_per_operation_figures(tmp_path: Path) -> None:
+    """A workflow that returns its input records no operation: the whole replay is measured
+    (all of it the workflow's start), the per-operation figures are null (they were the
+    replay's time over 1 operation), and no activation delivered anything to measure."""
+    module = tmp_path / "echo.py"
+    module.write_text("from lambda_workflow import WorkflowContext, workflow\n"
+                      "@workflow\n"
+                      "async def echo(ctx: WorkflowContext[str]) -> str:\n"
+                      "    return ctx.request\n")
+    db = tmp_path / "echo.sqlite3"
+    code, _ = run_cli("run", module, "--db", db, "--id", "e1", "--quiet", "--input", '"hi"')
+    assert code == 0
+    code, out = run_cli("history", "--db", db, "e1", "--json")
+    history = tmp_path / "e1.json"
+    history.write_text(out)
+    doc = bench_json(history, "--workflow", module)
+    (h,) = doc["histories"]
+    assert (h["operations"], h["kinds"]) == (0, {})
+    for core in ("c", "py"):
+        figures = h["replay"][core]
+        assert_stats(figures["replay_ms"])
+        assert_stats(figures["start_us"])
+        assert (figures["replay_per_op_us"], figures["floor_per_op_us"]) == (None, None)
+    assert h["ratios"]["c_over_floor"] is None
+    assert "no activation that delivered" in h["activation"]["skipped"]
+
+
 # -- bad input: exit 2, a message naming what is wrong, nothing measured ------------------------
 def bench_error(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> str:
     capsys.readouterr()

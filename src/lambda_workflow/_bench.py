@@ -714,12 +714,12 @@ def _report(inputs: list[_Input], workers: dict[str, _Worker],
             if s is None or not s.replay:
                 per_core[core] = None
                 continue
-            n = max(entry["operations"], 1)
+            n = entry["operations"]  # per operation: null for a history without any
             per_core[core] = {
                 "replay_ms": _scaled(_stats(s.replay), 1e3),
-                "replay_per_op_us": _scaled(_stats(s.replay), 1e6 / n),
+                "replay_per_op_us": _scaled(_stats(s.replay), 1e6 / n) if n else None,
                 "floor_per_op_us": _scaled(_stats([sum(r) for r in zip(
-                    *s.floor.values(), strict=True)] or [0.0]), 1e6 / n),
+                    *s.floor.values(), strict=True)]), 1e6 / n) if n else None,
                 "activation_ms": (_scaled(_stats(s.activation), 1e3) if s.activation
                                   else None),
                 "activation_warm_ms": _scaled(_stats(s.warm), 1e3) if s.warm else None,
