@@ -69,15 +69,21 @@ def inner_repeats(n: int, quick: bool) -> int:
     return 60 if n <= 10 else 15 if n <= 100 else 5 if n <= 1_000 else 2
 
 
-def median_run(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs, after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median_runs(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time of each of ``fns`` over ``repeats`` runs, after one warm-up run each.
+
+    The functions take turns (one run of each, then again), so a change in the machine's load
+    during the measurement reaches every one of them alike.
+    """
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 # -- one child interpreter: one core implementation, one sample per row and N ----------------
@@ -233,12 +239,13 @@ def measure_inside(sizes: tuple[int, ...], quick: bool) -> dict[str, Any]:
         for n in sizes:
             reps = inner_repeats(n, quick)
             key = str(n)
-            out["floor"][key] = median_run(floor(n), reps) / n
-            out["checked_floor"][key] = median_run(checked_floor(n), reps) / n
-            out["core"][key] = median_run(core(sequential, n, history(n, 1)), reps) / n
-            out["core_gather10"][key] = median_run(
-                core(gathers, n, history(n, GATHER)), reps) / n
-            out["activation"][key] = median_run(activation(n, Path(tmp), reps + 1), reps)
+            medians = median_runs({
+                "floor": floor(n), "checked_floor": checked_floor(n),
+                "core": core(sequential, n, history(n, 1)),
+                "core_gather10": core(gathers, n, history(n, GATHER)),
+                "activation": activation(n, Path(tmp), reps + 1)}, reps)
+            for row, value in medians.items():
+                out[row][key] = value if row == "activation" else value / n
     return out
 
 
@@ -271,16 +278,19 @@ def summary(samples: list[float]) -> dict[str, Any]:
 
 
 def collect(sizes: tuple[int, ...], rounds: int, quick: bool,
-            builds: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run the interleaved rounds; samples[label][row][N] is one value per round.
+            builds: dict[str, str] | None = None
+            ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Run the interleaved rounds.
 
     ``builds`` maps a label to another interpreter whose installed compiled core is measured
-    in the same rounds (e.g. a venv holding the abi3 wheel). Returns the rows and, per label,
-    the interpreter and the compiled core's file that were measured.
+    in the same rounds (e.g. a venv holding the abi3 wheel). Returns the rows (median and
+    spread over rounds), the raw samples (``samples[label][row][N]``: one value per round,
+    floors included, as each child measured them) and, per label, the interpreter and the
+    compiled core's file that were measured.
     """
     children = [("c", sys.executable, "c"), ("py", sys.executable, "py")]
     children += [(label, python, "c") for label, python in (builds or {}).items()]
-    samples: dict[str, dict[str, dict[str, list[float]]]] = {
+    samples: dict[str, Any] = {
         label: {row: {str(n): [] for n in sizes} for row in ROWS} for label, _, _ in children}
     measured: dict[str, Any] = {}
     for r in range(rounds):
@@ -299,37 +309,51 @@ def collect(sizes: tuple[int, ...], rounds: int, quick: bool,
         for name in ("core", "core_gather10", "activation"):
             rows[f"{name}_{label}"] = {n: summary(samples[label][name][n])
                                        for n in map(str, sizes)}
-    return rows, measured
+    return rows, samples, measured
 
 
-def ratios(rows: dict[str, Any], sizes: tuple[int, ...], builds: tuple[str, ...] = ()
+def ratio_defs(builds: tuple[str, ...]) -> dict[str, tuple[str, str, str, str]]:
+    """Each ratio: (numerator label, row, denominator label, row), compared round by round.
+
+    A ratio within one core (compiled / checked floor) divides values one child measured in
+    turns; a ratio between cores divides the values of the two children of the same round.
+    """
+    defs = {
+        "c_over_checked_floor": ("c", "core", "c", "checked_floor"),
+        "c_over_floor": ("c", "core", "c", "floor"),
+        "checked_floor_over_floor": ("c", "checked_floor", "c", "floor"),
+        "py_over_c_core": ("py", "core", "c", "core"),
+        "py_over_c_gather10": ("py", "core_gather10", "c", "core_gather10"),
+        "py_over_c_activation": ("py", "activation", "c", "activation"),
+    }
+    for b in builds:
+        defs[f"{b}_over_checked_floor"] = (b, "core", b, "checked_floor")
+        defs[f"{b}_over_c_core"] = (b, "core", "c", "core")
+        defs[f"py_over_{b}_core"] = ("py", "core", b, "core")
+        defs[f"py_over_{b}_activation"] = ("py", "activation", b, "activation")
+    return defs
+
+
+def ratios(samples: dict[str, Any], sizes: tuple[int, ...], builds: tuple[str, ...] = ()
            ) -> dict[str, Any]:
-    def med(row: str, n: str) -> float:
-        value: float = rows[row][n]["median"]
-        return value
+    """Ratios of this run: the median (and min-max) over rounds of each round's ratio."""
+    def per_round(a: list[float], b: list[float]) -> dict[str, Any]:
+        return summary([x / y for x, y in zip(a, b, strict=True)])
 
     out: dict[str, Any] = {}
     for n in map(str, sizes):
-        out[n] = {
-            "c_over_checked_floor": med("core_c", n) / med("checked_floor", n),
-            "c_over_floor": med("core_c", n) / med("floor", n),
-            "checked_floor_over_floor": med("checked_floor", n) / med("floor", n),
-            "py_over_c_core": med("core_py", n) / med("core_c", n),
-            "py_over_c_gather10": med("core_gather10_py", n) / med("core_gather10_c", n),
-            "py_over_c_activation": med("activation_py", n) / med("activation_c", n),
-        }
-        for b in builds:
-            out[n][f"{b}_over_c_core"] = med(f"core_{b}", n) / med("core_c", n)
-            out[n][f"py_over_{b}_core"] = med("core_py", n) / med(f"core_{b}", n)
-            out[n][f"{b}_over_checked_floor"] = med(f"core_{b}", n) / med("checked_floor", n)
-            out[n][f"py_over_{b}_activation"] = (med("activation_py", n)
-                                                 / med(f"activation_{b}", n))
+        out[n] = {key: per_round(samples[la][ra][n], samples[lb][rb][n])
+                  for key, (la, ra, lb, rb) in ratio_defs(builds).items()}
     low, high = str(sizes[1] if len(sizes) > 2 else sizes[0]), str(sizes[-1])
-    out["flat"] = {"from": int(low), "to": int(high), **{
-        f"{row}": med(row, high) / med(row, low)
-        for row in ("core_c", "core_py", "floor", "checked_floor")}}
-    out["flat"]["activation_c_per_call"] = (
-        med("activation_c", high) / int(high)) / (med("activation_c", low) / int(low))
+    flat: dict[str, Any] = {"from": int(low), "to": int(high)}
+    for key, (label, row) in {"core_c": ("c", "core"), "core_py": ("py", "core"),
+                              "floor": ("c", "floor"),
+                              "checked_floor": ("c", "checked_floor")}.items():
+        flat[key] = per_round(samples[label][row][high], samples[label][row][low])
+    flat["activation_c_per_call"] = per_round(
+        [v / int(high) for v in samples["c"]["activation"][high]],
+        [v / int(low) for v in samples["c"]["activation"][low]])
+    out["flat"] = flat
     return out
 
 
@@ -338,15 +362,20 @@ def targets(ratio: dict[str, Any], sizes: tuple[int, ...]) -> list[dict[str, Any
         return []
     at = ratio[TARGET_N]
     flat = ratio["flat"]
+
+    def goal(text: str, value: dict[str, Any], met: bool) -> dict[str, Any]:
+        return {"target": text, "value": value["median"], "min": value["min"],
+                "max": value["max"], "met": met}
+
     return [
-        {"target": "compiled core <= 1.2x the checked floor (N=1,000)",
-         "value": at["c_over_checked_floor"], "met": at["c_over_checked_floor"] <= 1.2},
-        {"target": "pure/compiled >= 1.5 on the core (N=1,000)",
-         "value": at["py_over_c_core"], "met": at["py_over_c_core"] >= 1.5},
-        {"target": "pure/compiled >= 1.3 on a whole activation (N=1,000)",
-         "value": at["py_over_c_activation"], "met": at["py_over_c_activation"] >= 1.3},
-        {"target": f"flat in N: compiled core N={flat['to']:,} / N={flat['from']:,} <= 1.2",
-         "value": flat["core_c"], "met": flat["core_c"] <= 1.2},
+        goal("compiled core <= 1.2x the checked floor (N=1,000)", at["c_over_checked_floor"],
+             at["c_over_checked_floor"]["median"] <= 1.2),
+        goal("pure/compiled >= 1.5 on the core (N=1,000)", at["py_over_c_core"],
+             at["py_over_c_core"]["median"] >= 1.5),
+        goal("pure/compiled >= 1.3 on a whole activation (N=1,000)", at["py_over_c_activation"],
+             at["py_over_c_activation"]["median"] >= 1.3),
+        goal(f"flat in N: compiled core N={flat['to']:,} / N={flat['from']:,} <= 1.2",
+             flat["core_c"], flat["core_c"]["median"] <= 1.2),
     ]
 
 
@@ -390,15 +419,16 @@ def print_report(rows: dict[str, Any], ratio: dict[str, Any], sizes: tuple[int, 
     print(f"{'':<20}" + "".join(f"{'N=' + format(n, ','):>22}" for n in sizes))
     for row, label in activation_labels.items():
         print(f"{label:<20}" + "".join(" " + cell(rows[row][str(n)], 1e3) for n in sizes))
-    print("\nRatios (medians of this run)")
-    print(f"{'':<30}" + "".join(f"{'N=' + format(n, ','):>10}" for n in sizes))
+    print("\nRatios (median [min-max] over rounds of each round's ratio)")
+    print(f"{'':<30}" + "".join(f"{'N=' + format(n, ','):>22}" for n in sizes))
     for key, label in names.items():
-        print(f"{label:<30}" + "".join(f"{ratio[str(n)][key]:>10.2f}" for n in sizes))
+        print(f"{label:<30}" + "".join(" " + cell(ratio[str(n)][key], 1) for n in sizes))
     flat = ratio["flat"]
-    print(f"\nFlat in N (per call at N={flat['to']:,} / at N={flat['from']:,}): "
-          f"compiled {flat['core_c']:.2f}, pure {flat['core_py']:.2f}, "
-          f"floor {flat['floor']:.2f}, checked floor {flat['checked_floor']:.2f}, "
-          f"activation per call (compiled) {flat['activation_c_per_call']:.2f}")
+    print(f"\nFlat in N (per call at N={flat['to']:,} / at N={flat['from']:,}):")
+    for key, label in (("core_c", "compiled core"), ("core_py", "pure twin"), ("floor", "floor"),
+                       ("checked_floor", "checked floor"),
+                       ("activation_c_per_call", "activation per call, compiled")):
+        print(f"  {label:<30}" + cell(flat[key], 1))
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -425,24 +455,24 @@ def markdown(result: dict[str, Any]) -> str:
     for row, label in activation_labels.items():
         out.append(f"| {label} | " + " | ".join(md_cell(rows[row][str(n)], 1e3)
                                                 for n in sizes) + " |\n")
-    out += ["\nRatios of medians:\n\n", head, rule]
+    out += ["\nRatios: the median (min-max) over rounds of each round's ratio:\n\n", head, rule]
     names = {"c_over_checked_floor": "compiled / checked floor", "c_over_floor":
              "compiled / floor", "py_over_c_core": "pure / compiled, core",
              "py_over_c_activation": "pure / compiled, whole activation"}
     names.update({k: v for k, v in all_names.items() if any(k.count(b) for b in builds)})
     for key, label in names.items():
-        out.append(f"| {label} | " + " | ".join(f"{ratio[str(n)][key]:.2f}" for n in sizes)
+        out.append(f"| {label} | " + " | ".join(md_cell(ratio[str(n)][key], 1) for n in sizes)
                    + " |\n")
     flat = ratio["flat"]
     out.append(f"\nFlat in N (per call, N = {flat['to']:,} / N = {flat['from']:,}): compiled "
-               f"{flat['core_c']:.2f}, pure {flat['core_py']:.2f}, checked floor "
-               f"{flat['checked_floor']:.2f}; a whole activation per call "
-               f"{flat['activation_c_per_call']:.2f}.\n")
+               f"{md_cell(flat['core_c'], 1)}, pure {md_cell(flat['core_py'], 1)}, checked "
+               f"floor {md_cell(flat['checked_floor'], 1)}; a whole activation per call "
+               f"{md_cell(flat['activation_c_per_call'], 1)}.\n")
     if result.get("targets"):
         out.append("\n| target | this run | |\n|---|--:|---|\n")
         for goal in result["targets"]:
-            out.append(f"| {goal['target']} | {goal['value']:.2f} | "
-                       f"{'met' if goal['met'] else '**not met**'} |\n")
+            out.append(f"| {goal['target']} | {goal['value']:.2f} ({goal['min']:.2f}-"
+                       f"{goal['max']:.2f}) | {'met' if goal['met'] else '**not met**'} |\n")
     return "".join(out)
 
 
@@ -491,8 +521,8 @@ def main() -> int:
     if rounds < 1:
         parser.error(f"--rounds must be at least 1, got {rounds}")
     started = time.perf_counter()
-    rows, measured = collect(sizes, rounds, args.quick, builds)
-    ratio = ratios(rows, sizes, tuple(builds))
+    rows, samples, measured = collect(sizes, rounds, args.quick, builds)
+    ratio = ratios(samples, sizes, tuple(builds))
     goals = targets(ratio, sizes)
     print_report(rows, ratio, sizes, rounds, tuple(builds))
     print("\nMeasured: " + "; ".join(f"{label}: {m['python']} ({m['core_file'] or 'pure'})"
@@ -500,8 +530,8 @@ def main() -> int:
     if goals:
         print(f"\nTargets (issue 13; N={int(TARGET_N):,})")
         for goal in goals:
-            print(f"  {goal['target']:<56} {goal['value']:6.2f}  "
-                  f"{'met' if goal['met'] else 'NOT MET'}")
+            print(f"  {goal['target']:<56} {goal['value']:6.2f} [{goal['min']:.2f}-"
+                  f"{goal['max']:.2f}]  {'met' if goal['met'] else 'NOT MET'}")
     elapsed = time.perf_counter() - started
     print(f"\ntotal {elapsed:.0f} s")
     result = {
@@ -512,7 +542,8 @@ def main() -> int:
         "units": {"per_call_rows": "seconds per replayed call",
                   "activation rows": "seconds per whole activation"},
         "builds": builds, "measured": measured,
-        "rows": rows, "ratios": ratio, "targets": goals, "elapsed_s": elapsed,
+        "rows": rows, "ratios": ratio, "targets": goals, "samples": samples,
+        "elapsed_s": elapsed,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -34,10 +34,20 @@ def test_replay_quick_measures_every_row_on_both_twins(tmp_path: Path) -> None:
             # The floors pool both children's rounds; the others have one sample per round.
             assert len(s["samples"]) == (4 if "floor" in name else 2), (name, n)
             assert 0 < s["min"] <= s["median"] <= s["max"], (name, n, s)
-    ratios = data["ratios"]
-    assert ratios["10"]["c_over_checked_floor"] == (
-        rows["core_c"]["10"]["median"] / rows["checked_floor"]["10"]["median"])
+    # A ratio is taken round by round: within a child (compiled / its checked floor), or
+    # between the two children of a round (pure / compiled).
+    samples, ratios = data["samples"], data["ratios"]
+    c, py = samples["c"], samples["py"]
+    assert len(c["checked_floor"]["10"]) == 2
+    assert ratios["10"]["c_over_checked_floor"]["samples"] == [
+        x / y for x, y in zip(c["core"]["10"], c["checked_floor"]["10"], strict=True)]
+    assert ratios["100"]["py_over_c_activation"]["samples"] == [
+        x / y for x, y in zip(py["activation"]["100"], c["activation"]["100"], strict=True)]
+    assert rows["checked_floor"]["10"]["samples"] == (
+        c["checked_floor"]["10"] + py["checked_floor"]["10"])
     assert ratios["flat"]["from"] == 10 and ratios["flat"]["to"] == 100
+    assert ratios["flat"]["core_c"]["samples"] == [
+        x / y for x, y in zip(c["core"]["100"], c["core"]["10"], strict=True)]
     # The docs' tables come from this file.
     md = run("--markdown", str(out))
     assert md.returncode == 0, md.stderr
@@ -65,8 +75,8 @@ def test_replay_measures_another_build_in_the_same_rounds(tmp_path: Path) -> Non
     assert data["measured"]["same"]["python"] == sys.executable
     assert data["measured"]["same"]["core_file"] == data["measured"]["c"]["core_file"]
     assert {"core_same", "core_gather10_same", "activation_same"} <= set(data["rows"])
-    assert data["ratios"]["10"]["same_over_c_core"] == (
-        data["rows"]["core_same"]["10"]["median"] / data["rows"]["core_c"]["10"]["median"])
+    assert data["ratios"]["10"]["same_over_c_core"]["samples"] == [
+        data["samples"]["same"]["core"]["10"][0] / data["samples"]["c"]["core"]["10"][0]]
     md = run("--markdown", str(out))
     assert md.returncode == 0 and "| compiled (same) |" in md.stdout
 
