@@ -108,6 +108,8 @@ def assert_measured(core: dict[str, Any], kinds: dict[str, int], activation: boo
     """One core's figures for one history: every statistic present and well formed."""
     for key in ("replay_ms", "replay_per_op_us", "floor_per_op_us", "start_us"):
         assert_stats(core[key])
+    assert set(core) == {"replay_ms", "replay_per_op_us", "floor_per_op_us", "start_us",
+                         "activation_ms", "activation_warm_ms", "kinds"}
     if activation:
         assert_stats(core["activation_ms"])
     else:
@@ -142,12 +144,15 @@ def test_bench_of_an_exported_sqlite_history_measures_both_cores_per_kind(
             k: v[core] for k, v in h["kinds"].items()}}, {"call": 3}, activation=True)
     assert set(h["ratios"]) == {"c_over_floor", "py_over_floor", "py_over_c",
                                 "activation_py_over_c", "activation_cold_over_warm_c"}
-    assert all(isinstance(h["ratios"][k], float) for k in (
-        "c_over_floor", "py_over_floor", "py_over_c", "activation_py_over_c"))
+    assert all(isinstance(v, float) for v in h["ratios"].values())
     act = h["activation"]
     assert act["activation"] == 3
     assert act["delivered"] == [{"id": "3", "kind": "call"}]
     assert (act["ends"], act["skipped"]) == ("completed", None)
+    # Warm: the engine ran activation 2 itself, and activation 3 continued it from the cache.
+    assert act["warm_skipped"] is None
+    for core in ("c", "py"):
+        assert_stats(h["replay"][core]["activation_warm_ms"])
 
 
 def test_bench_prints_a_table_per_history(exported: Path) -> None:
@@ -164,8 +169,10 @@ def test_bench_prints_a_table_per_history(exported: Path) -> None:
     assert lines[header + 1].split()[:3] == ["call", "3", "3"]
     assert lines[header + 2].split()[:2] == ["all", "3"]
     assert any(line.startswith("  whole replay: c ") for line in lines)
-    assert any(line.startswith("  activation 3 on SQLite (load, deliver call 3, completed)")
-               for line in lines)
+    assert any(line.startswith("  activation 3 on SQLite (load, deliver call 3, completed), "
+                               "replaying: c ") for line in lines)
+    assert any(line.startswith("  the same with the warm instance cache (continued from "
+                               "activation 2): c ") for line in lines)
 
 
 def every_kind_exports(tmp_path: Path) -> tuple[list[Path], dict[str, History]]:
@@ -224,7 +231,8 @@ def test_every_kind_of_operation_is_benched_with_the_counts_of_its_history(
     steps = next(h for h in doc["histories"] if h["workflow_id"] == "steps-1")
     assert steps["activation"]["skipped"] is not None
     calls = next(h for h in doc["histories"] if h["workflow_id"] == "calls-1")
-    assert calls["activation"]["skipped"] is None
+    assert (calls["activation"]["skipped"], calls["activation"]["warm_skipped"]) == (None, None)
+    assert calls["activation"]["activation"] == 2  # warm: after the start, run by the engine
 
 
 def test_a_core_that_cannot_be_loaded_is_reported_and_the_other_measured(

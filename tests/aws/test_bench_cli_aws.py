@@ -79,5 +79,6 @@ def test_bench_of_a_dynamodb_export(aws: Aws, monkeypatch: pytest.MonkeyPatch,
     for core in ("c", "py"):
         assert isinstance(h["kinds"]["call"][core]["per_op_us"]["median"], float)
         assert h["replay"][core]["activation_ms"] is not None
+        assert h["replay"][core]["activation_warm_ms"] is not None
     assert (h["activation"]["delivered"], h["activation"]["ends"]) == (
         [{"id": "3", "kind": "call"}], "completed")
