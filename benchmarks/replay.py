@@ -234,6 +234,10 @@ def measure_inside(sizes: tuple[int, ...], quick: bool) -> dict[str, Any]:
                            "python": sys.executable,
                            "core_file": getattr(compiled, "__file__", None)
                            if lambda_workflow.IMPLEMENTATION == "c" else None,
+                           "core_built": datetime.fromtimestamp(
+                               os.path.getmtime(compiled.__file__), UTC).isoformat(
+                               timespec="seconds")
+                           if lambda_workflow.IMPLEMENTATION == "c" and compiled else None,
                            **{row: {} for row in ROWS}}
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
@@ -296,7 +300,7 @@ def collect(sizes: tuple[int, ...], rounds: int, quick: bool,
     for r in range(rounds):
         for label, python, impl in (children if r % 2 == 0 else children[::-1]):
             data = run_child(impl, sizes, quick, python, label)
-            measured[label] = {"python": data.get("python"), "core_file": data.get("core_file")}
+            measured[label] = {key: data.get(key) for key in ("python", "core_file", "core_built")}
             for row in ROWS:
                 for n, value in data[row].items():
                     samples[label][row][n].append(value)
@@ -431,6 +435,18 @@ def print_report(rows: dict[str, Any], ratio: dict[str, Any], sizes: tuple[int, 
         print(f"  {label:<30}" + cell(flat[key], 1))
 
 
+def source_state() -> dict[str, Any]:
+    """The commit measured, and the source files that differed from it (a run on a work tree)."""
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+                              check=False)
+        return proc.stdout.rstrip("\n") if proc.returncode == 0 else ""
+
+    dirty = git("status", "--porcelain", "--", "src", "ext").splitlines()
+    return {"commit": git("rev-parse", "HEAD") or None,
+            "uncommitted": [line[3:] for line in dirty if not line.startswith("??")]}
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The tables docs/core.md quotes, as Markdown, from a results file this script wrote."""
     sizes = result["sizes"]
@@ -442,8 +458,14 @@ def markdown(result: dict[str, Any]) -> str:
 
     head = "| | " + " | ".join(f"N = {n:,}" for n in sizes) + " |\n"
     rule = "|---|" + "--:|" * len(sizes) + "\n"
+    source = result.get("source") or {}
+    at = (f", commit {source['commit'][:7]}" if source.get("commit") else "") + (
+        f" with uncommitted changes to {', '.join(source['uncommitted'])}"
+        if source.get("uncommitted") else "") + (
+        f", compiled core built {result['measured']['c']['core_built']}"
+        if (result.get("measured") or {}).get("c", {}).get("core_built") else "")
     out = [f"Run of {result['generated_at']} ({result['machine']}, Python {result['python']}, "
-           f"{result['rounds']} interleaved rounds): median (min-max over rounds).\n\n"
+           f"{result['rounds']} interleaved rounds{at}): median (min-max over rounds).\n\n"
            "µs per replayed call:\n\n", head, rule]
     labels, activation_labels, all_names = build_labels(builds)
     labels["core_gather10_c"] = "compiled core, gathers of 10"
@@ -541,7 +563,7 @@ def main() -> int:
         "cpus": os.cpu_count(), "rounds": rounds, "sizes": list(sizes), "quick": args.quick,
         "units": {"per_call_rows": "seconds per replayed call",
                   "activation rows": "seconds per whole activation"},
-        "builds": builds, "measured": measured,
+        "builds": builds, "measured": measured, "source": source_state(),
         "rows": rows, "ratios": ratio, "targets": goals, "samples": samples,
         "elapsed_s": elapsed,
     }
