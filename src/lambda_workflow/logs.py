@@ -10,8 +10,6 @@ first one). :class:`JsonFormatter` writes a record as one JSON object with them;
 Lambda Powertools ``Logger`` (its JSON, its keys, plus these fields). The workflow handler
 calls :func:`configure_from_environment`: with ``LAMBDA_WORKFLOW_LOG_FORMAT=json`` it writes
 the lines with :class:`JsonFormatter` (unless the workflow logger has a handler already).
-Lambda's own JSON log format (``LoggingConfig: LogFormat: JSON``) also writes the fields: it
-keeps a record's extra attributes.
 """
 
 from __future__ import annotations
@@ -49,6 +47,10 @@ def record_fields(replayer: Replayer) -> dict[str, Any]:
         position = replayer._index.seq - 1
         if 0 <= position < replayer._n_root:
             operation = replayer._history[position].op_id
+        elif position >= 0 and not scope_id:
+            # Not in the history replayed from (a new operation, or one a warm instance
+            # made after it): root ids follow creation order.
+            operation = str(position + 1)
         elif position >= 0:
             operation = next((op.op_id for op in reversed(replayer.new_operations)
                               if op.seq == position), None)

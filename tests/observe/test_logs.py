@@ -45,20 +45,27 @@ def workflow_logger() -> Iterator[logging.Logger]:
     logger.propagate, logger.level = propagate, level
 
 
-def _run() -> None:
-    with LocalRuntime(clock=VirtualClock(1_700_000_000.0)) as rt:
+def _run(instance_cache: int = 0) -> None:
+    with LocalRuntime(clock=VirtualClock(1_700_000_000.0), instance_cache=instance_cache) as rt:
         rt.register(priced)
         rt.implement(price, lambda item: len(item.sku))
         rt.start(priced, Item(sku="lamp"), workflow_id="p-1")
-        rt.run_until_idle()
+        reports = rt.run_until_idle()
         assert rt.result("p-1") == 4 + 6
+    # With the warm instance cache, activations 2 and 3 continue the live instance.
+    assert [r.cache for r in reports] == (["off"] * 3 if not instance_cache
+                                          else ["miss", "hit", "hit"])
 
 
+@pytest.mark.parametrize("instance_cache", [0, 16])
 def test_json_lines_carry_the_workflow_fields_once_each(
-        workflow_logger: logging.Logger) -> None:
+        workflow_logger: logging.Logger, instance_cache: int) -> None:
+    """The same fields whether each activation replays or continues a warm instance (the
+    operation was None in warm activations: the id was looked up in the history the
+    instance was first replayed from)."""
     stream = io.StringIO()
     logs.use_json(stream)
-    _run()
+    _run(instance_cache)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [(d["message"], d["activation"], d["operation"], d["level"]) for d in lines] == [
         ("pricing lamp", 1, None, "INFO"),

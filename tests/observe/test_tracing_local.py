@@ -29,6 +29,7 @@ from traced_app import (
 
 from lambda_workflow import tracing
 from lambda_workflow._runtime.clock import VirtualClock
+from lambda_workflow._runtime.engine import ActivationReport
 from lambda_workflow.errors import InvalidMessageError
 from lambda_workflow.local import LocalRuntime
 from lambda_workflow.models import parse_call_request, parse_workflow_message
@@ -36,29 +37,31 @@ from lambda_workflow.models import parse_call_request, parse_workflow_message
 A = "lambda_workflow."
 
 
-def _runtime(path: Path) -> LocalRuntime:
-    rt = LocalRuntime(path / "state.db", clock=VirtualClock(1_700_000_000.0))
+def _runtime(path: Path, instance_cache: int = 0) -> LocalRuntime:
+    rt = LocalRuntime(path / "state.db", clock=VirtualClock(1_700_000_000.0),
+                      instance_cache=instance_cache)
     rt.register(shipment, pack, doomed)
     rt.implement(quote, quote_fn)
     rt.implement(refuse, refuse_fn)
     return rt
 
 
-def _to_callback(rt: LocalRuntime, workflow_id: str) -> None:
+def _to_callback(rt: LocalRuntime, workflow_id: str) -> list[ActivationReport]:
     """Start a shipment and run it to its callback: the step's retry waits 5 s, the sleep
     60 s (the callback's timeout, an hour, does not fire)."""
     ATTEMPTS.pop("lamp", None)
     rt.start(shipment, Parcel(sku="lamp", qty=2), workflow_id=workflow_id)
+    reports: list[ActivationReport] = []
     for wait in (5, 60, 0):
-        rt.run_until_idle(skip_time=False)
+        reports += rt.run_until_idle(skip_time=False)
         rt.advance_time(wait)
-    rt.run_until_idle(skip_time=False)
+    return reports + rt.run_until_idle(skip_time=False)
 
 
-def _run_shipment(rt: LocalRuntime, workflow_id: str) -> None:
-    _to_callback(rt, workflow_id)
+def _run_shipment(rt: LocalRuntime, workflow_id: str) -> list[ActivationReport]:
+    reports = _to_callback(rt, workflow_id)
     rt.complete_callback(TOKENS[workflow_id], "ana")
-    rt.run_until_idle(skip_time=False)
+    return reports + rt.run_until_idle(skip_time=False)
     assert rt.result(workflow_id) == "LAMP 20 by ana: packed 2 lamp"
 
 
@@ -80,11 +83,16 @@ def _attr(s: ReadableSpan, key: str) -> object:
     return s.attributes.get(A + key)
 
 
+@pytest.mark.parametrize("instance_cache", [0, 64])
 def test_one_trace_across_activations_with_a_span_per_activation_and_operation(
-        tmp_path: Path, spans: Spans) -> None:
+        tmp_path: Path, spans: Spans, instance_cache: int) -> None:
+    """The same spans whether each activation replays or continues its warm instance."""
     tracer = spans.provider.get_tracer("test")
-    with _runtime(tmp_path) as rt, tracer.start_as_current_span("http request") as starter:
-        _run_shipment(rt, "ship-1")
+    with (_runtime(tmp_path, instance_cache) as rt,
+          tracer.start_as_current_span("http request") as starter):
+        reports = _run_shipment(rt, "ship-1")
+    caches = Counter(r.cache for r in reports if r.workflow_id == "ship-1")
+    assert caches == ({"off": 7} if not instance_cache else {"miss": 1, "hit": 6})
     found = spans.finished()
     by_id = _by_id(found)
     starter_ctx = starter.get_span_context()
