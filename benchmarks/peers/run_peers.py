@@ -202,11 +202,26 @@ def print_comparison(pairs: list[dict[str, Any]]) -> None:
               f"{p['ours_cpu_slope_us_per_step']:>9.2f} {fmt(p['aws_over_ours'], '.1f'):>9}")
 
 
+def source_state() -> dict[str, Any]:
+    """The commit of ours that was measured, and the source files that differed from it."""
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+        return proc.stdout.rstrip("\n") if proc.returncode == 0 else ""
+
+    dirty = git("status", "--porcelain", "--", "src", "ext").splitlines()
+    return {"commit": git("rev-parse", "HEAD") or None,
+            "uncommitted": [line[3:] for line in dirty if not line.startswith("??")]}
+
+
 def markdown(document: dict[str, Any]) -> str:
     """The like-for-like table docs/core.md quotes, as Markdown, from a results file."""
     machine = document["machine"]
     versions = {p["peer"]: p["version"] for p in document["peers"]}
-    out = [f"Run of {document['generated_at']} (Python {machine['python']}, "
+    source = document.get("source") or {}
+    at = (f", commit {source['commit'][:7]}" if source.get("commit") else "") + (
+        f" with uncommitted changes to {', '.join(source['uncommitted'])}"
+        if source.get("uncommitted") else "")
+    out = [f"Run of {document['generated_at']}{at} (Python {machine['python']}, "
            f"{machine['cpus']} CPUs). CPU µs per replayed step: the slope of the median CPU "
            "time of one replay between two N (aws-durable-execution-sdk-python "
            f"{versions.get('aws-durable-execution-sdk-python', '?')}).\n\n",
@@ -268,6 +283,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
         },
         "command": sys.argv[1:],
+        "source": source_state(),
         "total_s": total,
         "table": rows,
         "like_for_like": pairs,
