@@ -1,7 +1,7 @@
 """Every built wheel's compiled core, each under its own interpreter, against the pure twin and
 the floor measured in the same run.
 
-Run:  python benchmarks/wheels.py [--rounds R] [--sizes 100,1000] [--no-aarch64]
+Run:  python benchmarks/wheels.py [--rounds R] [--sizes 100,1000] [--no-aarch64] [--quick]
       (after ``bash scripts/build_wheels.sh``, which leaves the wheels in dist/ and the test
       interpreters in .wheel-build/; ``--json`` changes the output file)
 
@@ -222,6 +222,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", default="100,1000", help="comma-separated N")
     parser.add_argument("--no-aarch64", action="store_true", help="skip the qemu check")
+    parser.add_argument("--quick", action="store_true",
+                        help="few inner repetitions (a check that the script runs, not figures)")
     parser.add_argument("--dist", default=str(ROOT / "dist"))
     parser.add_argument("--scratch", default=os.environ.get("LAMBDA_WORKFLOW_WHEEL_SCRATCH",
                                                             str(ROOT / ".wheel-build")))
@@ -246,7 +248,7 @@ def main() -> int:
         shift = r % len(configs)
         for config in configs[shift:] + configs[:shift]:
             print(f"round {r + 1}/{args.rounds}: {config.key}", file=sys.stderr)
-            for row, by_n in rows_of(run_replay(config, ",".join(sizes), False)).items():
+            for row, by_n in rows_of(run_replay(config, ",".join(sizes), args.quick)).items():
                 for n, value in by_n.items():
                     samples[config.key].setdefault(row, {}).setdefault(n, []).append(value)
 
@@ -260,7 +262,7 @@ def main() -> int:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": platform.machine(), "cpus": os.cpu_count(),
         "load_average_at_start_and_end": [load_start, os.getloadavg()],
-        "rounds": args.rounds, "sizes": sizes,
+        "rounds": args.rounds, "sizes": sizes, "quick": args.quick,
         "interpreters": interpreters, "x86_64": {}, "wheels": {}, "aarch64": {}}
     for config in configs:
         by_row = {row: {n: summary(vals) for n, vals in by_n.items()}

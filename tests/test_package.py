@@ -4,6 +4,7 @@ real pip installs for the Lambda platforms, and an arm64 zip imported under qemu
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -531,22 +532,27 @@ def _arm64_userland() -> Path | None:
     return None
 
 
+def _run_wheel_script(needs: str) -> None:
+    """Run scripts/build_wheels.sh for a test that needs what it builds; fail if it fails."""
+    script = ROOT / "scripts" / "build_wheels.sh"
+    if not script.is_file():
+        pytest.fail(f"this test needs {needs}, which {script} builds, and that script does not "
+                    f"exist")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LAMBDA_WORKFLOW_NO_EXTENSIONS", "LAMBDA_WORKFLOW_REQUIRE_EXTENSIONS")}
+    proc = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, check=False,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.splitlines()[-30:])
+        pytest.fail(f"bash scripts/build_wheels.sh failed (exit {proc.returncode}):\n{tail}")
+
+
 @pytest.fixture(scope="session")
 def arm64_prerequisites() -> Iterator[tuple[Path, Path]]:
     """The cp311-cp311 aarch64 wheel in dist/ and an arm64 userland, built by the wheel script."""
     if not _aarch64_wheels() or _arm64_userland() is None:
-        script = ROOT / "scripts" / "build_wheels.sh"
-        if not script.is_file():
-            pytest.fail(f"the arm64 test needs dist/*-cp311-cp311-manylinux*_aarch64.whl and a "
-                        f"Debian arm64 userland under {WHEEL_BUILD}/roots, which {script} "
-                        f"builds, and that script does not exist")
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("LAMBDA_WORKFLOW_NO_EXTENSIONS", "LAMBDA_WORKFLOW_REQUIRE_EXTENSIONS")}
-        proc = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, check=False,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if proc.returncode != 0:
-            tail = "\n".join(proc.stdout.splitlines()[-30:])
-            pytest.fail(f"bash scripts/build_wheels.sh failed (exit {proc.returncode}):\n{tail}")
+        _run_wheel_script(f"dist/*-cp311-cp311-manylinux*_aarch64.whl and a Debian arm64 "
+                          f"userland under {WHEEL_BUILD}/roots")
     wheels, userland = _aarch64_wheels(), _arm64_userland()
     if not wheels or userland is None:
         pytest.fail(f"after scripts/build_wheels.sh: aarch64 wheels {wheels}, arm64 userland "
@@ -586,6 +592,51 @@ def test_arm64_zip_imports_the_compiled_core_under_qemu(
     assert '"implementation": "c"' in line
     assert f'"core": "{task}/lambda_workflow/_core/{core}"' in line
     assert '"result": 42' in line
+
+
+# ---------------------------------------------------------------- the wheels' benchmark
+
+X86_TAGS = {"3.11": "cp311-cp311", "3.12": "cp312-cp312", "3.13": "cp313-cp313"}
+
+
+def _x86_64_wheels_missing() -> list[str]:
+    """What benchmarks/wheels.py needs for x86_64 and does not find."""
+    missing = []
+    for v, tag in (*X86_TAGS.items(), ("3.11", "cp311-abi3")):
+        if not list((ROOT / "dist").glob(f"lambda_workflow-*-{tag}-manylinux*_x86_64*.whl")):
+            missing.append(f"dist/*-{tag}-*x86_64.whl")
+        if not (WHEEL_BUILD / "venvs" / f"x86_64-{v}" / "bin" / "python").exists():
+            missing.append(f"{WHEEL_BUILD}/venvs/x86_64-{v}")
+    return missing
+
+
+def test_wheels_benchmark_runs_each_wheel_under_its_own_interpreter(tmp_path: Path) -> None:
+    """benchmarks/wheels.py (quick, one round, x86_64 only: no figure is checked) measures, for
+    each Python, that version's per-version wheel, the abi3 wheel and the pure twin, each with
+    the core it names: the per-version extension, _c.abi3.so, no extension."""
+    if _x86_64_wheels_missing():
+        _run_wheel_script(", ".join(_x86_64_wheels_missing()))
+    assert not _x86_64_wheels_missing(), _x86_64_wheels_missing()
+    out = tmp_path / "wheels.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDA_WORKFLOW_")}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "wheels.py"), "--quick",
+                           "--rounds", "1", "--sizes", "10", "--no-aarch64", "--json", str(out)],
+                          env=env, capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    for v, tag in X86_TAGS.items():
+        assert set(data["x86_64"][v]) == {tag, "cp311-abi3", "py"}
+        cores = {label: data["wheels"][f"x86_64 {v} {label}"]["core"]
+                 for label in (tag, "cp311-abi3", "py")}
+        assert cores[tag].endswith(f"/_c.cpython-{tag[2:5]}-x86_64-linux-gnu.so"), cores
+        assert cores["cp311-abi3"].endswith("/_c.abi3.so"), cores
+        assert cores["py"] == "-"
+        for label in (tag, "cp311-abi3", "py"):
+            rows = data["x86_64"][v][label]
+            assert {"floor", "checked_floor", "core"} <= set(rows)
+            assert rows["core"]["10"]["median"] > 0
+        assert f"| abi3 / {tag} | py / {tag} |" in proc.stdout
+    assert data["aarch64"] == {}
 
 
 # ---------------------------------------------------------------- a project folder
