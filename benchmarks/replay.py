@@ -7,7 +7,8 @@ The workflow every row replays is N sequential calls, each building a NEW reques
 workflows do; a gather shape (gathers of 10 calls, new requests too) is measured for the core.
 All N calls are recorded, each with its own request bytes and the reply ``{"balance":100}``.
 
-Rows (per replayed call unless said otherwise; all measured in the same run):
+Rows (per replayed call unless said otherwise; all measured in the same run; CPU time of the
+child process by default, `--clock wall` for elapsed time):
 - floor: a bare coroutine that awaits N already-completed futures and decodes each recorded
   reply with the response type's ``TypeAdapter.validate_json``.
 - checked floor: the floor, plus, per call, building the request model, the request adapter's
@@ -69,8 +70,17 @@ def inner_repeats(n: int, quick: bool) -> int:
     return 60 if n <= 10 else 15 if n <= 100 else 5 if n <= 1_000 else 2
 
 
-def median_runs(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each of ``fns`` over ``repeats`` runs, after one warm-up run each.
+CLOCKS: dict[str, Callable[[], float]] = {
+    # CPU time of this (single-threaded) process: time spent waiting for a CPU on a busy
+    # machine is not counted, nor is I/O wait.
+    "cpu": time.process_time,
+    "wall": time.perf_counter,
+}
+
+
+def median_runs(fns: dict[str, Callable[[], object]], repeats: int,
+                clock: Callable[[], float] = time.process_time) -> dict[str, float]:
+    """Median time of each of ``fns`` over ``repeats`` runs, after one warm-up run each.
 
     The functions take turns (one run of each, then again), so a change in the machine's load
     during the measurement reaches every one of them alike.
@@ -80,14 +90,14 @@ def median_runs(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str,
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
 # -- one child interpreter: one core implementation, one sample per row and N ----------------
-def measure_inside(sizes: tuple[int, ...], quick: bool) -> dict[str, Any]:
+def measure_inside(sizes: tuple[int, ...], quick: bool, clock: str = "cpu") -> dict[str, Any]:
     # Imported here: the parent process must not load the core (the children pick it).
     from pydantic import BaseModel
 
@@ -247,7 +257,7 @@ def measure_inside(sizes: tuple[int, ...], quick: bool) -> dict[str, Any]:
                 "floor": floor(n), "checked_floor": checked_floor(n),
                 "core": core(sequential, n, history(n, 1)),
                 "core_gather10": core(gathers, n, history(n, GATHER)),
-                "activation": activation(n, Path(tmp), reps + 1)}, reps)
+                "activation": activation(n, Path(tmp), reps + 1)}, reps, CLOCKS[clock])
             for row, value in medians.items():
                 out[row][key] = value if row == "activation" else value / n
     return out
@@ -255,7 +265,8 @@ def measure_inside(sizes: tuple[int, ...], quick: bool) -> dict[str, Any]:
 
 # -- the parent: interleaved rounds of children, medians, spread, ratios ---------------------
 def run_child(impl: str, sizes: tuple[int, ...], quick: bool,
-              python: str = sys.executable, label: str = "") -> dict[str, Any]:
+              python: str = sys.executable, label: str = "", clock: str = "cpu"
+              ) -> dict[str, Any]:
     """One child interpreter measuring every row once with the ``impl`` core ("c" or "py")."""
     label = label or impl
     env = dict(os.environ)
@@ -264,7 +275,7 @@ def run_child(impl: str, sizes: tuple[int, ...], quick: bool,
     env["LAMBDA_WORKFLOW_REQUIRE_EXTENSIONS" if impl == "c" else
         "LAMBDA_WORKFLOW_NO_EXTENSIONS"] = "1"
     env["LAMBDA_WORKFLOW_INSTANCE_CACHE"] = "0"  # every activation replays from its history
-    command = [python, __file__, "--inside", ",".join(map(str, sizes))]
+    command = [python, __file__, "--inside", ",".join(map(str, sizes)), "--clock", clock]
     if quick:
         command.append("--quick")
     proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -282,7 +293,7 @@ def summary(samples: list[float]) -> dict[str, Any]:
 
 
 def collect(sizes: tuple[int, ...], rounds: int, quick: bool,
-            builds: dict[str, str] | None = None
+            builds: dict[str, str] | None = None, clock: str = "cpu"
             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Run the interleaved rounds.
 
@@ -299,7 +310,7 @@ def collect(sizes: tuple[int, ...], rounds: int, quick: bool,
     measured: dict[str, Any] = {}
     for r in range(rounds):
         for label, python, impl in (children if r % 2 == 0 else children[::-1]):
-            data = run_child(impl, sizes, quick, python, label)
+            data = run_child(impl, sizes, quick, python, label, clock)
             measured[label] = {key: data.get(key) for key in ("python", "core_file", "core_built")}
             for row in ROWS:
                 for n, value in data[row].items():
@@ -410,10 +421,10 @@ def build_labels(builds: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str
 
 
 def print_report(rows: dict[str, Any], ratio: dict[str, Any], sizes: tuple[int, ...],
-                 rounds: int, builds: tuple[str, ...] = ()) -> None:
+                 rounds: int, builds: tuple[str, ...] = (), clock: str = "cpu") -> None:
     print(f"Replay per recorded call, N sequential calls each building a new request "
           f"({platform.machine()}, Python {platform.python_version()}, {rounds} interleaved "
-          f"rounds; median [min-max over rounds], microseconds)")
+          f"rounds; {clock} time, median [min-max over rounds], microseconds)")
     labels, activation_labels, names = build_labels(builds)
     print(f"{'':<20}" + "".join(f"{'N=' + format(n, ','):>22}" for n in sizes))
     for row, label in labels.items():
@@ -465,7 +476,8 @@ def markdown(result: dict[str, Any]) -> str:
         f", compiled core built {result['measured']['c']['core_built']}"
         if (result.get("measured") or {}).get("c", {}).get("core_built") else "")
     out = [f"Run of {result['generated_at']} ({result['machine']}, Python {result['python']}, "
-           f"{result['rounds']} interleaved rounds{at}): median (min-max over rounds).\n\n"
+           f"{result['rounds']} interleaved rounds{at}; {result.get('clock', 'wall')} time): "
+           "median (min-max over rounds).\n\n"
            "µs per replayed call:\n\n", head, rule]
     labels, activation_labels, all_names = build_labels(builds)
     labels["core_gather10_c"] = "compiled core, gathers of 10"
@@ -510,6 +522,9 @@ def main() -> int:
     parser.add_argument("--build", action="append", default=[], metavar="NAME=PYTHON",
                         help="also measure the compiled core installed for another interpreter "
                              "(e.g. a venv holding the abi3 wheel), in the same rounds")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="cpu",
+                        help="cpu: the process's CPU time (default; robust on a busy machine, "
+                             "excludes I/O wait); wall: elapsed time")
     parser.add_argument("--inside", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.markdown:
@@ -521,7 +536,7 @@ def main() -> int:
         return 0
     if args.inside:
         inside = tuple(int(x) for x in args.inside.split(","))
-        print(json.dumps(measure_inside(inside, args.quick)))
+        print(json.dumps(measure_inside(inside, args.quick, args.clock)))
         return 0
 
     if args.sizes:
@@ -543,10 +558,10 @@ def main() -> int:
     if rounds < 1:
         parser.error(f"--rounds must be at least 1, got {rounds}")
     started = time.perf_counter()
-    rows, samples, measured = collect(sizes, rounds, args.quick, builds)
+    rows, samples, measured = collect(sizes, rounds, args.quick, builds, args.clock)
     ratio = ratios(samples, sizes, tuple(builds))
     goals = targets(ratio, sizes)
-    print_report(rows, ratio, sizes, rounds, tuple(builds))
+    print_report(rows, ratio, sizes, rounds, tuple(builds), args.clock)
     print("\nMeasured: " + "; ".join(f"{label}: {m['python']} ({m['core_file'] or 'pure'})"
                                      for label, m in measured.items()))
     if goals:
@@ -560,7 +575,8 @@ def main() -> int:
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": ["benchmarks/replay.py", *sys.argv[1:]],
         "machine": platform.machine(), "python": platform.python_version(),
-        "cpus": os.cpu_count(), "rounds": rounds, "sizes": list(sizes), "quick": args.quick,
+        "cpus": os.cpu_count(), "clock": args.clock, "rounds": rounds, "sizes": list(sizes),
+        "quick": args.quick,
         "units": {"per_call_rows": "seconds per replayed call",
                   "activation rows": "seconds per whole activation"},
         "builds": builds, "measured": measured, "source": source_state(),

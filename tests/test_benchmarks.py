@@ -23,7 +23,7 @@ def test_replay_quick_measures_every_row_on_both_twins(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "checked floor" in proc.stdout and "pure / compiled, activation" in proc.stdout
     data: dict[str, Any] = json.loads(out.read_text())
-    assert data["sizes"] == [10, 100] and data["rounds"] == 2
+    assert data["sizes"] == [10, 100] and data["rounds"] == 2 and data["clock"] == "cpu"
     rows = data["rows"]
     expected = {"floor", "checked_floor", *(f"{row}_{impl}" for impl in ("c", "py")
                                              for row in ("core", "core_gather10", "activation"))}
@@ -67,11 +67,12 @@ def test_replay_markdown_names_a_file_that_is_not_its_results(tmp_path: Path) ->
 def test_replay_measures_another_build_in_the_same_rounds(tmp_path: Path) -> None:
     # Any interpreter with a compiled core installed; here the same one, under another name.
     out = tmp_path / "replay.json"
-    proc = run("--quick", "--sizes", "10", "--rounds", "1", "--build", f"same={sys.executable}",
+    proc = run("--quick", "--sizes", "10", "--rounds", "1", "--clock", "wall",
+               "--build", f"same={sys.executable}",
                "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     data: dict[str, Any] = json.loads(out.read_text())
-    assert data["builds"] == {"same": sys.executable}
+    assert data["builds"] == {"same": sys.executable} and data["clock"] == "wall"
     assert data["measured"]["same"]["python"] == sys.executable
     assert data["measured"]["same"]["core_file"] == data["measured"]["c"]["core_file"]
     assert {"core_same", "core_gather10_same", "activation_same"} <= set(data["rows"])
