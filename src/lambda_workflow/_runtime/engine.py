@@ -470,6 +470,10 @@ class Engine:
                 inst = self.store.get_instance(workflow_id)
                 if inst is None or inst.status is not InstanceStatus.RUNNING:
                     reason = "finished"
+                elif not inst.input:
+                    # The input's S3 object is gone (a store reads it as empty): the replay
+                    # reports the damage, as it would without the cache.
+                    reason = "input"
                 elif inst.activations != entry.activations or not _store_remembers(
                         self.store, workflow_id, inst.activations):
                     reason = "advanced"

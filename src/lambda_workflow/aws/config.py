@@ -47,6 +47,10 @@ Every Lambda function of a deployment reads the same variables (the SAM template
                                     ``zlib+kms:<key ARN>``
 ``LAMBDA_WORKFLOW_PLAIN_SERVICES``  services written without this SDK, comma-separated: their
                                     requests are sent as plain JSON under any codec
+``LAMBDA_WORKFLOW_INSTANCE_CACHE``  warm instances kept per container, continued without a
+                                    replay (default 128; 0: every activation replays)
+``LAMBDA_WORKFLOW_INSTANCE_CACHE_OPERATIONS`` recorded operations the warm instances
+                                    hold together (default 200000; least recently used go)
 ``AWS_ENDPOINT_URL``                boto3's own: an alternative endpoint (tests use moto's)
 =================================== ========================================================
 """
@@ -59,6 +63,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._runtime.warm import DEFAULT_LAMBDA_SIZE, DEFAULT_MAX_OPERATIONS
 from ..callbacks import CallbackKeyRing
 from ..codecs import codec_from_spec
 from ..errors import WorkflowError
@@ -167,6 +172,12 @@ def _problems(config: AwsConfig) -> list[str]:
         problems.append(f"retention_days={config.retention_days} must be >= 0")
     if config.max_receives < 1:
         problems.append(f"max_receives={config.max_receives} must be >= 1")
+    if config.instance_cache < 0:
+        problems.append(f"instance_cache={config.instance_cache} must be >= 0 (0: off) "
+                        f"({_ENV}INSTANCE_CACHE)")
+    if config.instance_cache_operations < 0:
+        problems.append(f"instance_cache_operations={config.instance_cache_operations} must "
+                        f"be >= 0 ({_ENV}INSTANCE_CACHE_OPERATIONS)")
     try:
         codec_from_spec(config.codec, kms=_NO_KMS_CALLS)
     except ValueError as exc:
@@ -215,6 +226,10 @@ class AwsConfig:
     region: str | None = None
     codec: str = "identity"
     plain_services: frozenset[str] = frozenset()
+    # Warm instances kept per Lambda container (0: off) and the recorded operations they may
+    # hold together (docs/design.md, "Warm instances").
+    instance_cache: int = DEFAULT_LAMBDA_SIZE
+    instance_cache_operations: int = DEFAULT_MAX_OPERATIONS
 
     def __post_init__(self) -> None:
         raise_problems(_problems(self))
@@ -263,6 +278,9 @@ class AwsConfig:
             "plain_services": frozenset(
                 name.strip() for name in env.get(_ENV + "PLAIN_SERVICES", "").split(",")
                 if name.strip()),
+            "instance_cache": _int(env, "INSTANCE_CACHE", DEFAULT_LAMBDA_SIZE, 0, problems),
+            "instance_cache_operations": _int(env, "INSTANCE_CACHE_OPERATIONS",
+                                              DEFAULT_MAX_OPERATIONS, 0, problems),
         }
         values.update(overrides)
         for service in required:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._runtime.clock import SystemClock
 from .._runtime.engine import Engine
+from .._runtime.warm import InstanceCache
 from ..backends.protocols import Clock
 from ..callbacks import CallbackTokens
 from ..codecs import PayloadCodec, codec_from_spec
@@ -83,4 +84,7 @@ class AwsDeployment:
     def engine(self, workflows: Mapping[str, Workflow[Any, Any]]) -> Engine:
         return Engine(self.store, self.transport, workflows, self.clock,
                       payload_limit=self.payload_limit, payload_hint=NO_BUCKET_HINT,
-                      timers=self.timers, tokens=self.tokens)
+                      timers=self.timers, tokens=self.tokens,
+                      instance_cache=InstanceCache(
+                          self.config.instance_cache,
+                          max_operations=self.config.instance_cache_operations))
