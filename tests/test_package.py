@@ -3,6 +3,7 @@ real pip installs for the Lambda platforms, and an arm64 zip imported under qemu
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -770,3 +772,104 @@ def test_bad_exclude_glob_is_an_error(tmp_path: Path) -> None:
     for glob in ("", "/app.py"):
         with pytest.raises(PackageError, match=rf"--exclude {glob!r}: "):
             build_zip(tmp_path, arch="arm64", python="3.12", wheels=wheels, exclude=[glob])
+
+
+# ---------------------------------------------------------------- scripts/wheel_checks.py
+# The checks scripts/build_wheels.sh runs on each wheel: an extension named for the wrong
+# version or architecture, or built for the wrong machine, fails its check. The extensions
+# come from the wheels in dist/.
+
+DIST = ROOT / "dist"
+ARM = "lambda_workflow-0.1.0-cp313-cp313-manylinux2014_aarch64.manylinux_2_17_aarch64.whl"
+
+
+def _load_wheel_checks() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("wheel_checks",
+                                                  ROOT / "scripts" / "wheel_checks.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+checks = _load_wheel_checks()
+
+
+def _extension(tag: str, machine: str) -> bytes:
+    """The compiled core's bytes from dist/'s wheel of that tag and machine."""
+    found = sorted(DIST.glob(f"lambda_workflow-*-{tag}-manylinux*_{machine}*.whl"))
+    if not found:
+        _run_wheel_script(f"dist/*-{tag}-*_{machine}.whl")
+        found = sorted(DIST.glob(f"lambda_workflow-*-{tag}-manylinux*_{machine}*.whl"))
+    assert found, f"no {tag} {machine} wheel in dist/ after scripts/build_wheels.sh"
+    with zipfile.ZipFile(found[-1]) as zf:
+        (name,) = [n for n in zf.namelist() if n.endswith(".so")]
+        return zf.read(name)
+
+
+def _wheel(folder: Path, wheel_name: str, so_name: str, data: bytes) -> Path:
+    path = folder / wheel_name
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"lambda_workflow/_core/{so_name}", data)
+    return path
+
+
+def test_extension_suffix_follows_the_tag() -> None:
+    assert checks.extension_suffix(Path(ARM), "aarch64") == ".cpython-313-aarch64-linux-gnu.so"
+    abi3 = Path(ARM.replace("cp313-cp313", "cp311-abi3"))
+    assert checks.extension_suffix(abi3, "aarch64") == ".abi3.so"
+    with pytest.raises(checks.CheckFailed, match="neither an abi3 nor a cp3XY-cp3XY wheel"):
+        checks.extension_suffix(Path(ARM.replace("cp313-cp313", "py3-none")), "aarch64")
+
+
+def test_elf_passes_the_right_extension(tmp_path: Path) -> None:
+    wheel = _wheel(tmp_path, ARM, "_c.cpython-313-aarch64-linux-gnu.so",
+                   _extension("cp313-cp313", "aarch64"))
+    line = checks.cmd_elf(wheel, "aarch64")
+    assert "_c.cpython-313-aarch64-linux-gnu.so (aarch64, newest GLIBC_2.17" in line
+
+
+def test_elf_refuses_an_extension_named_for_the_host(tmp_path: Path) -> None:
+    """An aarch64 build named by the x86_64 host's EXT_SUFFIX would never be imported on arm64:
+    what a cross build without SETUPTOOLS_EXT_SUFFIX makes."""
+    wheel = _wheel(tmp_path, ARM, "_c.cpython-313-x86_64-linux-gnu.so",
+                   _extension("cp313-cp313", "aarch64"))
+    with pytest.raises(checks.CheckFailed,
+                       match=r"not named \*\.cpython-313-aarch64-linux-gnu\.so"):
+        checks.cmd_elf(wheel, "aarch64")
+
+
+def test_elf_refuses_an_abi3_file_in_a_per_version_wheel(tmp_path: Path) -> None:
+    wheel = _wheel(tmp_path, ARM, "_c.abi3.so", _extension("cp313-cp313", "aarch64"))
+    with pytest.raises(checks.CheckFailed, match="is not named"):
+        checks.cmd_elf(wheel, "aarch64")
+
+
+def test_elf_refuses_an_x86_64_binary_in_an_aarch64_wheel(tmp_path: Path) -> None:
+    wheel = _wheel(tmp_path, ARM, "_c.cpython-313-aarch64-linux-gnu.so",
+                   _extension("cp313-cp313", "x86_64"))
+    with pytest.raises(checks.CheckFailed, match="is for Advanced Micro Devices X86-64, not "
+                                                  "aarch64"):
+        checks.cmd_elf(wheel, "aarch64")
+
+
+def test_download_needs_well_formed_expectations(tmp_path: Path) -> None:
+    with pytest.raises(checks.CheckFailed, match=r"no ARCH/X\.Y=TAG expectation given"):
+        checks.cmd_download(tmp_path)
+    with pytest.raises(checks.CheckFailed, match=r"bad expectation 'arm64/3\.12=cp312-cp312'"):
+        checks.cmd_download(tmp_path, "arm64/3.12=cp312-cp312")
+
+
+def test_download_fails_when_pip_picks_another_wheel(tmp_path: Path) -> None:
+    """Only the abi3 aarch64 wheel offered, the per-version one expected for 3.13: the check
+    fails, naming what pip picked (pip reads only the file name and metadata here)."""
+    found = sorted(DIST.glob("lambda_workflow-*-py3-none-any.whl"))
+    if not found:
+        _run_wheel_script("dist/*-py3-none-any.whl")
+        found = sorted(DIST.glob("lambda_workflow-*-py3-none-any.whl"))
+    abi3 = ARM.replace("cp313-cp313", "cp311-abi3")
+    (tmp_path / abi3).write_bytes(found[-1].read_bytes())
+    with pytest.raises(checks.CheckFailed, match=rf"picked \['{abi3}'\], not the cp313-cp313"):
+        checks.cmd_download(tmp_path, "aarch64/3.13=cp313-cp313")
+    assert checks.cmd_download(tmp_path, "aarch64/3.12=cp311-abi3") == (
+        "pip download picks aarch64/3.12: cp311-abi3")
