@@ -199,4 +199,8 @@ def test_the_workflow_function_writes_emf_metrics(
     assert totals["WorkflowsFailed"] == 1
     assert totals["DeadLetters"] == 1
     assert totals["ActivationErrors"] == 0
+    # Every activation is a hit or a miss with the warm instance cache on, neither with it
+    # off; on, the shipment's later activations continue its warm instance.
     assert totals["CacheHits"] + totals["CacheMisses"] in (0, totals["Activations"])
+    if totals["CacheMisses"]:
+        assert totals["CacheHits"] >= 4, totals
