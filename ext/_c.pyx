@@ -31,6 +31,7 @@ __all__ = [
     "ReplayHooks",
     "ReplayIndex",
     "ReplayMismatch",
+    "decode_operations",
     "decode_value",
     "dedup_id",
     "digest",
@@ -76,6 +77,73 @@ def encode_value(adapter, value):
 
 def decode_value(adapter, payload):
     return adapter.validate_json(payload)
+
+
+# decode_operations: what it needs from the models and codecs, looked up on first use (the
+# core loads neither at import)
+cdef object _OperationRecord = None
+cdef object _OperationState = None
+cdef dict _STATES = None
+cdef object _PayloadCodec = None
+cdef bytes _MAGIC = None
+
+
+cdef int _load_record_types() except -1:
+    global _OperationRecord, _OperationState, _STATES, _PayloadCodec, _MAGIC
+    from ..codecs import ENVELOPE_MAGIC, PayloadCodec
+    from ..models import OperationRecord, OperationState
+    _STATES = {m.value: m for m in OperationState}
+    _PayloadCodec = PayloadCodec
+    _MAGIC = ENVELOPE_MAGIC
+    _OperationState = OperationState
+    _OperationRecord = OperationRecord
+    return 0
+
+
+cdef inline object _decode_payload(object codec, bint plain, object payload):
+    # PayloadCodec.decode returns a payload without the envelope's magic unchanged
+    if plain and type(payload) is bytes and not (<bytes>payload).startswith(_MAGIC):
+        return payload
+    return codec.decode(payload)
+
+
+def decode_operations(rows, codec):
+    cdef list out = []
+    cdef tuple t
+    if _OperationRecord is None:
+        _load_record_types()
+    cdef bint plain = type(codec) is _PayloadCodec
+    new = _OperationRecord.__new__
+    cls = _OperationRecord
+    for row in rows:
+        t = row if type(row) is tuple else tuple(row)
+        if len(t) != 15:
+            raise ValueError(f"an operation row has 15 fields, got {len(t)}")
+        state = t[8]
+        member = _STATES.get(state) if type(state) is str else None
+        if member is None:
+            member = _OperationState(state)  # raises for a state that is not one
+        result = t[10]
+        # The record's fields set directly: the dataclass's generated __init__ only assigns
+        # them (tests/core checks the records equal the ones its __init__ makes).
+        rec = new(cls)
+        rec.workflow_id = t[0]
+        rec.op_id = t[1]
+        rec.seq = t[2]
+        rec.kind = t[3]
+        rec.name = t[4]
+        rec.request = _decode_payload(codec, plain, t[5])
+        rec.request_digest = t[6]
+        rec.site = t[7]
+        rec.state = member
+        rec.sent = bool(t[9])
+        rec.result = None if result is None else _decode_payload(codec, plain, result)
+        rec.created_in = t[11]
+        rec.resolved_in = t[12]
+        rec.created_at = t[13]
+        rec.resolved_at = t[14]
+        out.append(rec)
+    return out
 
 
 def digest(payload):
@@ -434,11 +502,12 @@ from cpython.pyport cimport PY_SSIZE_T_MAX
 
 # -- recorded operations, as typed fields -----------------------------------------------------
 @cython.final
-@cython.freelist(16)
+@cython.no_gc
 cdef class _Rec:
     """One recorded operation, copied from its record when the index is built: matching,
     staging and settling read these C fields, not the record's attributes. ``rec`` is the
-    record itself (for hooks and errors)."""
+    record itself (for hooks and errors). Not tracked by the garbage collector: it holds a
+    record and strings, which never refer back to it."""
     cdef object rec
     cdef object kind
     cdef object name

@@ -19,6 +19,7 @@ __all__ = [
     "CallFuture",
     "ReplayIndex",
     "ReplayMismatch",
+    "decode_operations",
     "decode_value",
     "dedup_id",
     "digest",
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
         CallFuture,
         ReplayIndex,
         ReplayMismatch,
+        decode_operations,
         decode_value,
         dedup_id,
         digest,
@@ -79,6 +81,7 @@ else:
     ReplayIndex = _impl.ReplayIndex
     ReplayMismatch = _impl.ReplayMismatch
     mismatch_advice = _impl.mismatch_advice
+    decode_operations = _impl.decode_operations
     decode_value = _impl.decode_value
     dedup_id = _impl.dedup_id
     digest = _impl.digest

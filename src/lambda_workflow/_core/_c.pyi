@@ -6,6 +6,7 @@ from ._py import WAIT as WAIT
 from ._py import CallFuture as CallFuture
 from ._py import ReplayIndex as ReplayIndex
 from ._py import ReplayMismatch as ReplayMismatch
+from ._py import decode_operations as decode_operations
 from ._py import decode_value as decode_value
 from ._py import dedup_id as dedup_id
 from ._py import digest as digest

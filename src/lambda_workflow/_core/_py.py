@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sys
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from types import FrameType
 from typing import Any, Protocol, TypeVar
 
@@ -32,6 +32,7 @@ __all__ = [
     "ReplayHooks",
     "ReplayIndex",
     "ReplayMismatch",
+    "decode_operations",
     "decode_value",
     "dedup_id",
     "digest",
@@ -71,6 +72,39 @@ def _canonical(data: object) -> bytes:
 def decode_value(adapter: TypeAdapter[Any], payload: bytes) -> Any:
     """Validate recorded JSON bytes into the adapter's type."""
     return adapter.validate_json(payload)
+
+
+def decode_operations(rows: Iterable[Sequence[Any]], codec: Any) -> list[Any]:
+    """The operation records of a history read from a store, one per row.
+
+    Each row holds, in this order: workflow_id, op_id, seq, kind, name, request,
+    request_digest, site, state, sent, result, created_in, resolved_in, created_at,
+    resolved_at (the SQLite store's columns). ``request`` and ``result`` pass through
+    ``codec.decode`` (a :class:`~lambda_workflow.codecs.PayloadCodec`; ``result`` may be
+    ``None``); ``state`` becomes an :class:`~lambda_workflow.models.OperationState`, ``sent`` a
+    bool. The compiled twin builds the same records without a Python frame per row.
+
+    Raises:
+        ValueError: a row does not have 15 fields, or its state is not an OperationState.
+        lambda_workflow.codecs.CodecError: a payload's codec envelope cannot be read.
+    """
+    from ..models import OperationRecord, OperationState
+
+    out = []
+    for row in rows:
+        if len(row) != _OPERATION_FIELDS:
+            raise ValueError(f"an operation row has {_OPERATION_FIELDS} fields, got {len(row)}")
+        (wid, op_id, seq, kind, name, request, request_digest, site, state, sent, result,
+         created_in, resolved_in, created_at, resolved_at) = row
+        out.append(OperationRecord(
+            wid, op_id, seq, kind, name, codec.decode(request), request_digest, site,
+            OperationState(state), bool(sent),
+            None if result is None else codec.decode(result), created_in, resolved_in,
+            created_at, resolved_at))
+    return out
+
+
+_OPERATION_FIELDS = 15
 
 
 def digest(payload: bytes) -> str:

@@ -218,8 +218,9 @@ class SQLiteStateStore:
                 return None
             ops = db.execute(f"SELECT {_OP_COLS} FROM operations WHERE workflow_id=? "
                              "ORDER BY seq", (workflow_id,)).fetchall()
-        return History(_instance(row, self.codec),
-                       [_operation(op, self.codec) for op in ops])
+        from .. import _core  # the compiled core decodes the rows without a frame per row
+
+        return History(_instance(row, self.codec), _core.decode_operations(ops, self.codec))
 
     def _touch(self, db: sqlite3.Connection, workflow_id: str, activation: int) -> None:
         cur = db.execute("UPDATE instances SET activations=MAX(activations, ?) "
