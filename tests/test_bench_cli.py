@@ -106,19 +106,21 @@ def assert_stats(value: Any) -> None:
 
 def assert_measured(core: dict[str, Any], kinds: dict[str, int], activation: bool) -> None:
     """One core's figures for one history: every statistic present and well formed."""
-    for key in ("replay_ms", "replay_per_op_us", "floor_per_op_us", "start_us"):
+    for key in ("replay_ms", "replay_per_op_us", "floor_per_op_us", "checked_floor_per_op_us",
+                "start_us"):
         assert_stats(core[key])
-    assert set(core) == {"replay_ms", "replay_per_op_us", "floor_per_op_us", "start_us",
-                         "activation_ms", "activation_warm_ms", "kinds"}
+    assert set(core) == {"replay_ms", "replay_per_op_us", "floor_per_op_us",
+                         "checked_floor_per_op_us", "start_us", "activation_ms",
+                         "activation_warm_ms", "kinds"}
     if activation:
         assert_stats(core["activation_ms"])
     else:
         assert core["activation_ms"] is None
     assert set(core["kinds"]) == set(kinds)
     for figures in core["kinds"].values():
-        assert set(figures) == {"per_op_us", "floor_per_op_us"}
-        assert_stats(figures["per_op_us"])
-        assert_stats(figures["floor_per_op_us"])
+        assert set(figures) == {"per_op_us", "floor_per_op_us", "checked_floor_per_op_us"}
+        for stats in figures.values():
+            assert_stats(stats)
 
 
 def test_bench_of_an_exported_sqlite_history_measures_both_cores_per_kind(
@@ -142,8 +144,9 @@ def test_bench_of_an_exported_sqlite_history_measures_both_cores_per_kind(
     for core in ("c", "py"):
         assert_measured({**h["replay"][core], "kinds": {
             k: v[core] for k, v in h["kinds"].items()}}, {"call": 3}, activation=True)
-    assert set(h["ratios"]) == {"c_over_floor", "py_over_floor", "py_over_c",
-                                "activation_py_over_c", "activation_cold_over_warm_c"}
+    assert set(h["ratios"]) == {"c_over_floor", "py_over_floor", "c_over_checked_floor",
+                                "py_over_checked_floor", "py_over_c", "activation_py_over_c",
+                                "activation_cold_over_warm_c"}
     assert all(isinstance(v, float) for v in h["ratios"].values())
     act = h["activation"]
     assert act["activation"] == 3
@@ -281,9 +284,46 @@ def test_a_history_without_operations_has_no_per_operation_figures(tmp_path: Pat
         figures = h["replay"][core]
         assert_stats(figures["replay_ms"])
         assert_stats(figures["start_us"])
-        assert (figures["replay_per_op_us"], figures["floor_per_op_us"]) == (None, None)
+        assert (figures["replay_per_op_us"], figures["floor_per_op_us"],
+                figures["checked_floor_per_op_us"]) == (None, None, None)
     assert h["ratios"]["c_over_floor"] is None
     assert "no activation that delivered" in h["activation"]["skipped"]
+
+
+def test_the_checked_floor_checks_each_request_against_its_own_record(
+        tmp_path: Path, exported: Path) -> None:
+    """The checked floor encodes, for each recorded operation, the request the replay's code
+    built for it: every one of those encodings is the recorded request's bytes (the n-th
+    operation of a kind and name the code created goes with the n-th record of them); the
+    operations without one are exactly the patches, the contexts and the operations inside
+    finished contexts (not created on replay)."""
+    from lambda_workflow.cli import _callback_tokens, _load_module, _workflows_in
+    from lambda_workflow.testing import history_from_json
+
+    paths, _ = every_kind_exports(tmp_path)
+    kinds = _workflows_in(_load_module(str(KINDS)))
+    bank = _workflows_in(_load_module(str(EXAMPLE)))
+    checked = created = 0
+    for path in [*paths, exported]:
+        history = history_from_json(path.read_bytes())
+        workflows = bank if path == exported else kinds
+        subject = _bench._Subject(workflows[history.instance.workflow_name], history,
+                                  _callback_tokens(), True)
+        created += sum(n for kind, n in subject.replayed.items()
+                       if kind not in ("patch", "context"))
+        try:
+            for kind, work in subject.floor_work.items():
+                for _, _, check in work:
+                    if check is None:
+                        assert kind in ("patch", "context") or subject.replayed[kind] == 0, \
+                            (path, kind)
+                    else:
+                        assert check() is True, (path, kind)
+                        checked += 1
+        finally:
+            subject.activation.close()
+    # One check per operation the code created (the bank's 3 calls, every_kind's 40).
+    assert checked == created == 43
 
 
 # -- bad input: exit 2, a message naming what is wrong, nothing measured ------------------------

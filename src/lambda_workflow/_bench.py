@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,7 +205,7 @@ class _Subject:
 
         return self._replayer(Replayer).run()
 
-    def marked(self) -> tuple[float, list[tuple[float, str, str, Any]], float]:
+    def marked(self) -> tuple[float, list[_Mark], float]:
         replayer = self._replayer(self._marking)
         start = time.perf_counter()
         replayer.run()
@@ -217,20 +218,28 @@ class _Subject:
         once = max(time.perf_counter() - start, 1e-7)
         return max(3, min(MAX_REPEATS, int((QUICK_TARGET if quick else TARGET) / once)))
 
-    def _floor_work(self, marks: list[tuple[float, str, str, Any]]
-                    ) -> dict[str, list[tuple[Callable[[bytes], object], bytes]]]:
-        """Per kind, (validate, recorded result) of each operation with an outcome: validate
-        is the type the workflow gave the operation of that kind and name, else orjson."""
+    def _floor_work(self, marks: list[_Mark]) -> dict[str, list[_Work]]:
+        """Per kind and operation: how to validate its recorded outcome (the type the workflow
+        gave the operation of that kind and name, else orjson; none while it is pending), and
+        how to check the request the code built for it (the n-th operation of that kind and
+        name the replay created) against the recorded bytes (none for patches, contexts and
+        operations the replay did not create)."""
         from .models import OperationState
 
         adapters: dict[tuple[str, str], Any] = {}
-        for _, kind, name, adapter in marks:
+        encoders: dict[tuple[str, str], list[Any]] = {}
+        for _, kind, name, adapter, source in marks:
             if adapter is not None:
                 adapters.setdefault((kind, name), adapter)
-        work: dict[str, list[tuple[Callable[[bytes], object], bytes]]] = {
-            kind: [] for kind in self.kinds}
+            encoders.setdefault((kind, name), []).append(source)
+        for created in encoders.values():
+            created.reverse()  # popped in creation order below
+        work: dict[str, list[_Work]] = {kind: [] for kind in self.kinds}
         for op in self.ops:
+            found = encoders.get((op.kind, op.name))
+            check = _checker(found.pop() if found else None, op.request)
             if op.state is OperationState.PENDING or op.result is None:
+                work[op.kind].append((None, None, check))
                 continue
             validate: Callable[[bytes], object] = orjson.loads
             adapter = adapters.get((op.kind, op.name))
@@ -240,18 +249,23 @@ class _Subject:
                     validate = adapter.validate_json
                 except Exception:  # recorded in another shape (a wrapped value): untyped
                     pass
-            work[op.kind].append((validate, op.result))
+            work[op.kind].append((validate, op.result, check))
         return work
 
-    def floor(self, kind: str) -> float:
+    def floor(self, kind: str, *, checked: bool) -> float:
+        """The floor of the operations of ``kind``; ``checked``: with each request encoded
+        and compared with the recorded bytes."""
         work = self.floor_work[kind]
 
         async def main() -> None:
             loop = asyncio.get_running_loop()
-            for validate, payload in work:
-                future: asyncio.Future[bytes] = loop.create_future()
-                future.set_result(payload)
-                validate(await future)
+            for validate, payload, check in work:
+                if checked and check is not None:
+                    check()
+                if validate is not None:
+                    future: asyncio.Future[bytes | None] = loop.create_future()
+                    future.set_result(payload)
+                    validate(await future)  # type: ignore[arg-type]
 
         async def empty() -> None:
             pass
@@ -276,7 +290,7 @@ class _Subject:
             start, marks, end = self.marked()
             spans = {START: (marks[0][0] if marks else end) - start}
             points = [m[0] for m in marks] + [end]
-            for (at, kind, _, _), following in zip(marks, points[1:], strict=True):
+            for (at, kind, *_), following in zip(marks, points[1:], strict=True):
                 spans[kind] = spans.get(kind, 0.0) + following - at
             for kind, span in spans.items():
                 runs.setdefault(kind, []).append(span / (end - start))
@@ -285,8 +299,55 @@ class _Subject:
         whole = sum(medians.values()) or 1.0
         shares = {kind: share / whole for kind, share in medians.items()}
         return {"replay": total, "shares": shares,
-                "floor": {kind: self.floor(kind) for kind in self.kinds},
+                "floor": {kind: self.floor(kind, checked=False) for kind in self.kinds},
+                "checked_floor": {kind: self.floor(kind, checked=True) for kind in self.kinds},
                 "activation": self.activation.measure()}
+
+
+# (time, kind, name, result type, the request the code built: (its type, the request), or a
+# step attempt's encoder, or None)
+_Mark = tuple[float, str, str, Any, Any]
+# (validate the outcome, the recorded outcome, check the request against the recorded one)
+_Work = tuple["Callable[[bytes], object] | None", "bytes | None", "Callable[[], bool] | None"]
+
+
+def _checker(source: Any, recorded: bytes) -> Callable[[], bool] | None:
+    """How the checked floor checks a request the code built against the recorded bytes: the
+    cheapest encoding that gives the recorded bytes, its type's ``dump_json`` if it does,
+    else the canonical encoding (``dump_python`` in JSON mode, orjson with sorted keys). The
+    request is validated once, here; ``None`` when there is nothing to check."""
+    if source is None:
+        return None
+    if callable(source):  # a step attempt's encoder
+        return lambda: bool(source() == recorded)
+    adapter, request = source
+    if adapter is None:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            value = adapter.validate_python(request)
+            fast = adapter.dump_json(value)
+        except Exception:
+            return None
+    if fast == recorded:
+        dump_json = adapter.dump_json
+        return lambda: bool(dump_json(value) == recorded)
+    dump_python = adapter.dump_python
+    return lambda: orjson.dumps(dump_python(value, mode="json"),
+                                option=orjson.OPT_SORT_KEYS) == recorded
+
+
+def _step_encoder(args: tuple[Any, ...], kwargs: dict[str, Any], attempt: int
+                  ) -> Callable[[], bytes]:
+    """A step attempt's request as the replay builds it (``run_step``, ``_attempt``)."""
+    import pydantic_core
+
+    def encode() -> bytes:
+        arguments = orjson.dumps({"args": args, "kwargs": kwargs}, option=orjson.OPT_SORT_KEYS,
+                                 default=pydantic_core.to_jsonable_python)
+        return arguments[:-1] + b',"attempt":' + str(attempt).encode() + b"}"
+    return encode
 
 
 def _marking_class() -> type[Any]:
@@ -298,7 +359,7 @@ def _marking_class() -> type[Any]:
     class Marking(Replayer):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.marks: list[tuple[float, str, str, Any]] = []
+            self.marks: list[_Mark] = []
             marks = self.marks
             call = self.call
             clock = time.perf_counter
@@ -306,29 +367,32 @@ def _marking_class() -> type[Any]:
             def marked_call(service: Any, request: Any, frame: FrameType | None
                             ) -> Awaitable[Any]:
                 marks.append((clock(), "call", getattr(service, "name", ""),
-                               getattr(service, "response_adapter", None)))
+                               getattr(service, "response_adapter", None),
+                               (getattr(service, "request_adapter", None), request)))
                 return call(service, request, frame)
 
             self.call = marked_call
 
         def durable(self, kind: str, name: str, request_adapter: Any, response_adapter: Any,
                     request: object, frame: FrameType | None) -> asyncio.Future[Any]:
-            self.marks.append((time.perf_counter(), kind, name, response_adapter))
+            self.marks.append((time.perf_counter(), kind, name, response_adapter,
+                               (request_adapter, request)))
             return super().durable(kind, name, request_adapter, response_adapter, request,
                                    frame)
 
         def _attempt(self, st: Any, attempt: int, arguments: bytes, args: tuple[Any, ...],
                      kwargs: dict[str, Any], frame: FrameType | None) -> tuple[bool, bytes]:
-            self.marks.append((time.perf_counter(), "step", st.name, st.result_adapter))
+            self.marks.append((time.perf_counter(), "step", st.name, st.result_adapter,
+                               _step_encoder(args, kwargs, attempt)))
             return super()._attempt(st, attempt, arguments, args, kwargs, frame)
 
         def patched(self, patch_id: str, frame: FrameType | None) -> bool:
-            self.marks.append((time.perf_counter(), "patch", patch_id, None))
+            self.marks.append((time.perf_counter(), "patch", patch_id, None, None))
             return super().patched(patch_id, frame)
 
         def run_context(self, name: str, index: int | None, body: Callable[[], Awaitable[Any]],
                         adapter: Any, frame: FrameType | None) -> Awaitable[Any]:
-            self.marks.append((time.perf_counter(), "context", name, None))
+            self.marks.append((time.perf_counter(), "context", name, None, None))
             return super().run_context(name, index, body, adapter, frame)
 
     return Marking
@@ -675,6 +739,7 @@ class _Samples:
     activation: list[float] = field(default_factory=list)
     warm: list[float] = field(default_factory=list)
     floor: dict[str, list[float]] = field(default_factory=dict)
+    checked: dict[str, list[float]] = field(default_factory=dict)
     kind: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -720,12 +785,15 @@ def _report(inputs: list[_Input], workers: dict[str, _Worker],
                 "replay_per_op_us": _scaled(_stats(s.replay), 1e6 / n) if n else None,
                 "floor_per_op_us": _scaled(_stats([sum(r) for r in zip(
                     *s.floor.values(), strict=True)]), 1e6 / n) if n else None,
+                "checked_floor_per_op_us": _scaled(_stats([sum(r) for r in zip(
+                    *s.checked.values(), strict=True)]), 1e6 / n) if n else None,
                 "activation_ms": (_scaled(_stats(s.activation), 1e3) if s.activation
                                   else None),
                 "activation_warm_ms": _scaled(_stats(s.warm), 1e3) if s.warm else None,
                 "kinds": {kind: {
                     "per_op_us": _scaled(_stats(s.kind[kind]), 1e6 / count),
-                    "floor_per_op_us": _scaled(_stats(s.floor[kind]), 1e6 / count)}
+                    "floor_per_op_us": _scaled(_stats(s.floor[kind]), 1e6 / count),
+                    "checked_floor_per_op_us": _scaled(_stats(s.checked[kind]), 1e6 / count)}
                     for kind, count in kinds.items()},
                 "start_us": _scaled(_stats(s.kind.get(START) or [0.0]), 1e6),
             }
@@ -739,6 +807,10 @@ def _report(inputs: list[_Input], workers: dict[str, _Worker],
         entry["ratios"] = {
             "c_over_floor": _ratio(c, "replay_per_op_us", c, "floor_per_op_us"),
             "py_over_floor": _ratio(py, "replay_per_op_us", py, "floor_per_op_us"),
+            "c_over_checked_floor": _ratio(c, "replay_per_op_us", c,
+                                           "checked_floor_per_op_us"),
+            "py_over_checked_floor": _ratio(py, "replay_per_op_us", py,
+                                            "checked_floor_per_op_us"),
             "py_over_c": _ratio(py, "replay_per_op_us", c, "replay_per_op_us"),
             "activation_py_over_c": _ratio(py, "activation_ms", c, "activation_ms"),
             "activation_cold_over_warm_c": _ratio(c, "activation_ms", c,
@@ -787,23 +859,29 @@ def _print_table(doc: dict[str, Any], out: TextIO) -> None:
         print(f"\n{h['path']}: workflow {h['workflow']} ({h['workflow_id']}), {h['status']}, "
               f"{h['operations']} operations", file=out)
         print(f"  {'kind':<10} {'ops':>6} {'replayed':>8} {'c us/op':>14} {'py us/op':>14} "
-              f"{'floor us/op':>14} {'c/floor':>8} {'py/c':>6}", file=out)
+              f"{'floor us/op':>14} {'checked us/op':>14} {'c/floor':>8} {'c/checked':>9} "
+              f"{'py/c':>6}", file=out)
         rows = [(k, v["operations"], v["replayed"], v.get("c"), v.get("py"))
                 for k, v in h["kinds"].items()]
         for kind, count, replayed, c, py in rows:
-            floor = (c or py or {}).get("floor_per_op_us")
+            base = c or py or {}
             print(f"  {kind:<10} {count:>6} {replayed if replayed is not None else '-':>8} "
                   f"{_fmt(c and c['per_op_us']):>14} "
-                  f"{_fmt(py and py['per_op_us']):>14} {_fmt(floor):>14} "
+                  f"{_fmt(py and py['per_op_us']):>14} "
+                  f"{_fmt(base.get('floor_per_op_us')):>14} "
+                  f"{_fmt(base.get('checked_floor_per_op_us')):>14} "
                   f"{_ratio(c, 'per_op_us', c, 'floor_per_op_us') or 0:8.2f} "
+                  f"{_ratio(c, 'per_op_us', c, 'checked_floor_per_op_us') or 0:9.2f} "
                   f"{_ratio(py, 'per_op_us', c, 'per_op_us') or 0:6.2f}", file=out)
         c, py = h["replay"]["c"], h["replay"]["py"]
         print(f"  {'all':<10} {h['operations']:>6} {'':>8} "
               f"{_fmt(c and c['replay_per_op_us']):>14} "
               f"{_fmt(py and py['replay_per_op_us']):>14} "
               f"{_fmt((c or py or {}).get('floor_per_op_us')):>14} "
-              f"{h['ratios']['c_over_floor'] or 0:8.2f} {h['ratios']['py_over_c'] or 0:6.2f}",
-              file=out)
+              f"{_fmt((c or py or {}).get('checked_floor_per_op_us')):>14} "
+              f"{h['ratios']['c_over_floor'] or 0:8.2f} "
+              f"{h['ratios']['c_over_checked_floor'] or 0:9.2f} "
+              f"{h['ratios']['py_over_c'] or 0:6.2f}", file=out)
         print(f"  whole replay: c {_fmt(c and c['replay_ms'], 3)} ms, py "
               f"{_fmt(py and py['replay_ms'], 3)} ms; workflow start before its first "
               f"operation: c {_fmt(c and c['start_us'])} us, py "
@@ -870,6 +948,8 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
                         s.warm.append(warm)
                     for kind, t in r["floor"].items():
                         s.floor.setdefault(kind, []).append(t)
+                    for kind, t in r["checked_floor"].items():
+                        s.checked.setdefault(kind, []).append(t)
                     for kind, share in r["shares"].items():
                         s.kind.setdefault(kind, []).append(share * r["replay"])
                     for kind in r["floor"]:
