@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
@@ -27,7 +29,7 @@ from traced_app import (
     shipment,
 )
 
-from lambda_workflow import tracing
+from lambda_workflow import _observe, tracing
 from lambda_workflow._runtime.clock import VirtualClock
 from lambda_workflow._runtime.engine import ActivationReport
 from lambda_workflow.errors import InvalidMessageError
@@ -246,3 +248,34 @@ print(json.dumps([sorted(m for m in sys.modules if m.startswith("opentelemetry")
     modules, kinds = json.loads(run.stdout)
     assert modules == []
     assert "trace" not in kinds and "callback" in kinds
+
+
+def test_a_start_with_zero_trace_ids_starts_a_trace_of_its_own(
+        tmp_path: Path, spans: Spans) -> None:
+    """W3C calls all-zero ids invalid; the message's shape is fine, so the instance runs and
+    gets a new trace (it failed its activation with ValueError on every delivery)."""
+    zero = "00-00000000000000000000000000000000-0000000000000000-01"
+    with _runtime(tmp_path) as rt:
+        rt.queue.send(orjson.dumps({"v": 1, "kind": "start", "workflow_id": "p-0",
+                                    "workflow": "pack", "input": {"sku": "cup", "qty": 3},
+                                    "traceparent": zero}),
+                      group_id="p-0", dedup_id="p-0")
+        rt.run_until_idle()
+        assert rt.result("p-0") == "packed 3 cup"
+    (root,) = spans.named("workflow pack")
+    assert root.parent is None and root.context is not None and root.context.trace_id != 0
+
+
+def test_a_span_started_in_another_thread_draws_its_own_id(spans: Spans) -> None:
+    """An activation chooses its spans' ids; a service's span started meanwhile in another
+    thread (the AWS harness runs functions in threads) must not take the chosen id."""
+    assert _observe.TRACING is not None
+    ids = _observe.TRACING._ids
+    assert ids is not None
+    ids.span_id = 0xABC
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(ids.generate_span_id()))
+    thread.start()
+    thread.join()
+    assert seen[0] != 0xABC
+    assert ids.generate_span_id() == 0xABC

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -87,8 +88,9 @@ def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
 
-class _ChosenIds:
-    """The SDK tracer's id generator, wrapped: the next span (and trace) id can be chosen."""
+class _ChosenIds(threading.local):
+    """The SDK tracer's id generator, wrapped: the next span (and trace) id can be chosen,
+    per thread (a span started meanwhile in another thread draws its own)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -173,8 +175,9 @@ class Tracing:
         """Run a service function in a span under the call's span (from the request's
         ``traceparent``; a request without one starts its own trace)."""
         ctx: Context | None = None
-        if request.traceparent is not None:
-            trace_id, span_id, flags = parse_traceparent(request.traceparent)
+        parent = _parsed(request.traceparent)
+        if parent is not None:
+            trace_id, span_id, flags = parent
             ctx = trace_api.set_span_in_context(NonRecordingSpan(SpanContext(
                 trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))))
         span = self.tracer.start_span(
@@ -189,6 +192,18 @@ class Tracing:
                 _set_error(span, _error_of(payload if isinstance(payload, bytes) else None),
                            None)
         return ok, payload
+
+
+def _parsed(traceparent: str | None) -> tuple[int, int, int] | None:
+    """A message's ``traceparent`` (its shape is checked by the message model), or ``None``
+    for none or for zero ids, which W3C calls invalid: the work starts a trace of its own
+    rather than failing on every delivery."""
+    if traceparent is None:
+        return None
+    try:
+        return parse_traceparent(traceparent)
+    except ValueError:
+        return None
 
 
 def _set_error(span: Any, error: tuple[str, str], at: int | None) -> None:
@@ -222,10 +237,10 @@ class ActivationTrace:
             self.parent_id: int | None = int(parent, 16) if parent else None
             self.flags = int(ctx.get("flags", "01"), 16)
         else:
-            start = next((m for m in messages if isinstance(m, StartMessage)
-                          and m.traceparent is not None), None)
-            if start is not None and start.traceparent is not None:
-                self.trace_id, self.parent_id, self.flags = parse_traceparent(start.traceparent)
+            starter = next((parsed for m in messages if isinstance(m, StartMessage)
+                            and (parsed := _parsed(m.traceparent)) is not None), None)
+            if starter is not None:
+                self.trace_id, self.parent_id, self.flags = starter
             else:
                 self.trace_id = _derived("trace", inst.workflow_id, repr(inst.created_at)) | (
                     _derived("trace2", inst.workflow_id, repr(inst.created_at)) << 64)
@@ -266,8 +281,11 @@ class ActivationTrace:
         for op in result.new_operations:
             if op.state is not OperationState.PENDING and op.op_id not in outcomes:
                 outcomes[op.op_id] = (op.state, op.result)
-        by_id = {op.op_id: op for op in history.operations}
-        by_id.update((op.op_id, op) for op in result.new_operations)
+        by_id: dict[str, OperationRecord] = {}
+        if outcomes:  # an activation that only replayed reads no record here
+            needed = {*outcomes, *(op_id.rpartition(".")[0] for op_id in outcomes)}
+            by_id = {op.op_id: op for op in history.operations if op.op_id in needed}
+            by_id.update((op.op_id, op) for op in result.new_operations)
         activation_span = self.span_id(f"activation:{self.activation}")
         base = {_ATTR + "workflow_id": self.workflow_id,
                 _ATTR + "workflow": self.workflow_name}
