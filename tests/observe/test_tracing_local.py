@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.trace import StatusCode
 from otel_spans import Spans
 from traced_app import (
@@ -279,3 +279,27 @@ def test_a_span_started_in_another_thread_draws_its_own_id(spans: Spans) -> None
     thread.join()
     assert seen[0] != 0xABC
     assert ids.generate_span_id() == 0xABC
+
+
+class _Broken(SpanProcessor):
+    """A span processor whose export fails."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        raise RuntimeError("collector unreachable")
+
+
+def test_a_failing_span_processor_never_fails_the_workflow(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The spans are lost with a warning; the workflow and its services run as untraced
+    (before, the activation raised after recording, and its messages were retried until
+    the instance was failed as poison)."""
+    provider = TracerProvider()
+    provider.add_span_processor(_Broken())
+    tracing.enable(provider)
+    try:
+        with _runtime(tmp_path) as rt:
+            _run_shipment(rt, "ship-6")
+    finally:
+        tracing.disable()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "lambda_workflow.tracing"]
+    assert warnings and all("failed; its spans are lost" in w for w in warnings)

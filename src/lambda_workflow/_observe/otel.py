@@ -24,6 +24,7 @@ Design:
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 import time
@@ -31,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
+from opentelemetry import context as otel_context
 from opentelemetry import trace as trace_api
 from opentelemetry.context import Context
 from opentelemetry.trace import (
@@ -60,6 +62,13 @@ _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _SPANNED = frozenset({"call", "step", "timer", "callback", "child", "context", "heartbeat"})
 _ATTR = "lambda_workflow."
 T = TypeVar("T")
+_log = logging.getLogger("lambda_workflow.tracing")
+
+
+def _tracing_failed(what: str) -> None:
+    """Tracing never fails the work it observes (a span processor or exporter that raises,
+    a trace record that cannot be read): the spans are lost, and a warning says why."""
+    _log.warning("tracing: %s failed; its spans are lost", what, exc_info=True)
 
 
 def parse_traceparent(value: str) -> tuple[int, int, int]:
@@ -144,8 +153,14 @@ class Tracing:
 
     # -- activations ------------------------------------------------------------------------
     def begin(self, history: History, messages: Sequence[WorkflowMessage], activation: int,
-              now: float) -> ActivationTrace:
-        return ActivationTrace(self, history, messages, activation, now)
+              now: float) -> ActivationTrace | None:
+        """The trace of an activation starting now (``None``: its context cannot be had,
+        and the activation runs untraced)."""
+        try:
+            return ActivationTrace(self, history, messages, activation, now)
+        except Exception:
+            _tracing_failed(f"activation {activation} of {history.instance.workflow_id!r}")
+            return None
 
     def emit(self, name: str, trace_id: int, flags: int, span_id: int, parent_id: int | None,
              start: float, end: float, attributes: Mapping[str, Any],
@@ -180,18 +195,34 @@ class Tracing:
             trace_id, span_id, flags = parent
             ctx = trace_api.set_span_in_context(NonRecordingSpan(SpanContext(
                 trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))))
-        span = self.tracer.start_span(
-            f"service {service}", context=ctx, kind=SpanKind.SERVER,
-            attributes={_ATTR + "service": service,
-                        _ATTR + "workflow_id": request.workflow_id,
-                        _ATTR + "operation.id": request.call_id})
-        with trace_api.use_span(span, end_on_exit=True, record_exception=True,
-                                set_status_on_exception=True):
+        try:
+            span = self.tracer.start_span(
+                f"service {service}", context=ctx, kind=SpanKind.SERVER,
+                attributes={_ATTR + "service": service,
+                            _ATTR + "workflow_id": request.workflow_id,
+                            _ATTR + "operation.id": request.call_id})
+            token = otel_context.attach(trace_api.set_span_in_context(span))
+        except Exception:
+            _tracing_failed(f"the span of service {service!r}")
+            return run()
+        try:
             ok, payload = run()
-            if not ok:
-                _set_error(span, _error_of(payload if isinstance(payload, bytes) else None),
-                           None)
+        except BaseException as exc:
+            _end_service_span(span, token, (type(exc).__name__, str(exc)))
+            raise
+        _end_service_span(span, token, None if ok else _error_of(
+            payload if isinstance(payload, bytes) else None))
         return ok, payload
+
+
+def _end_service_span(span: Any, token: object, error: tuple[str, str] | None) -> None:
+    try:
+        otel_context.detach(token)  # type: ignore[arg-type]
+        if error is not None:
+            _set_error(span, error, None)
+        span.end()
+    except Exception:
+        _tracing_failed("ending a service's span")
 
 
 def _parsed(traceparent: str | None) -> tuple[int, int, int] | None:
@@ -269,7 +300,15 @@ class ActivationTrace:
             staged: Mapping[str, StagedResult]) -> None:
         """Emit the spans of this activation: its own (from the activation's time, as long
         as it took), those of the operations whose outcome it recorded, and the instance's
-        when the instance ended."""
+        when the instance ended. A failure here is logged, never raised: the activation has
+        recorded and sent everything already."""
+        try:
+            self._end(report, history, result, staged)
+        except Exception:
+            _tracing_failed(f"activation {self.activation} of {self.workflow_id!r}")
+
+    def _end(self, report: ActivationReport, history: History, result: ReplayResult,
+             staged: Mapping[str, StagedResult]) -> None:
         end = self.now + (time.perf_counter() - self._began)
         tracing, trace_id, flags = self.tracing, self.trace_id, self.flags
         applied = set(report.applied)
