@@ -34,7 +34,16 @@ _FORMAT_VARIABLE = "LAMBDA_WORKFLOW_LOG_FORMAT"
 
 
 def record_fields(replayer: Replayer) -> dict[str, Any]:
-    """The structured fields of a line logged now by the workflow ``replayer`` runs."""
+    """The structured fields of a line logged now by the workflow ``replayer`` runs (a log
+    line never fails the workflow: fields that cannot be had are ``None``)."""
+    try:
+        return _fields(replayer)
+    except Exception:  # pragma: no cover - the replayer's internals changed under us
+        return {"workflow_id": replayer.workflow_id, "workflow": None, "run": None,
+                "activation": None, "operation": None}
+
+
+def _fields(replayer: Replayer) -> dict[str, Any]:
     from ._runtime.contexts import CURRENT
 
     scope_id = replayer._scope  # "" before any reset, "r<k>" after the k-th
