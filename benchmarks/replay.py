@@ -458,8 +458,31 @@ def source_state() -> dict[str, Any]:
             "uncommitted": [line[3:] for line in dirty if not line.startswith("??")]}
 
 
-def markdown(result: dict[str, Any]) -> str:
-    """The tables docs/core.md quotes, as Markdown, from a results file this script wrote."""
+PEER = "aws-durable-execution-sdk-python"
+PEER_SPAN = (1_000, 10_000)  # the like-for-like target compares the CPU slope between these N
+
+
+def peer_targets(peers: dict[str, Any]) -> list[dict[str, Any]]:
+    """The like-for-like target's rows, from a results file of benchmarks/peers/run_peers.py."""
+    rows = []
+    for pair in peers.get("like_for_like", []):
+        if (pair["from_n"], pair["n"]) == PEER_SPAN and pair["ours"].endswith("(c)"):
+            ratio = pair["aws_over_ours"]
+            rows.append({"target": f"at least 10x less CPU per replayed step than {PEER} "
+                                   f"(N = {PEER_SPAN[0]:,} to {PEER_SPAN[1]:,}), "
+                                   f"ours: {pair['ours']}",
+                         "value": ratio, "met": ratio is not None and ratio >= 10,
+                         "detail": f"{pair['aws_cpu_slope_us_per_step']:.2f} µs against "
+                                   f"{pair['ours_cpu_slope_us_per_step']:.2f} µs"})
+    return rows
+
+
+def markdown(result: dict[str, Any], peers: dict[str, Any] | None = None) -> str:
+    """The tables docs/core.md quotes, as Markdown, from a results file this script wrote.
+
+    With ``peers`` (a results file of benchmarks/peers/run_peers.py), the like-for-like table
+    and its target follow.
+    """
     sizes = result["sizes"]
     rows, ratio = result["rows"], result["ratios"]
     builds = tuple(result.get("builds", {}))
@@ -502,11 +525,29 @@ def markdown(result: dict[str, Any]) -> str:
                f"{md_cell(flat['core_c'], 1)}, pure {md_cell(flat['core_py'], 1)}, checked "
                f"floor {md_cell(flat['checked_floor'], 1)}; a whole activation per call "
                f"{md_cell(flat['activation_c_per_call'], 1)}.\n")
+    if peers is not None:
+        source = peers.get("source") or {}
+        at = (f", commit {source['commit'][:7]}" if source.get("commit") else "") + (
+            f" with uncommitted changes to {', '.join(source['uncommitted'])}"
+            if source.get("uncommitted") else "")
+        out.append(f"\nAgainst {PEER}, run of {peers['generated_at']}{at}: CPU µs per replayed "
+                   "step, the slope of the median CPU time of one replay between two N:\n\n"
+                   "| ours | N | AWS's SDK | ours | AWS / ours |\n|---|---|--:|--:|--:|\n")
+        for pair in peers.get("like_for_like", []):
+            ratio_ = pair["aws_over_ours"]
+            out.append(f"| {pair['ours']} | {pair['from_n']:,} to {pair['n']:,} | "
+                       f"{pair['aws_cpu_slope_us_per_step']:.2f} | "
+                       f"{pair['ours_cpu_slope_us_per_step']:.2f} | "
+                       f"{'-' if ratio_ is None else format(ratio_, '.1f')} |\n")
     if result.get("targets"):
-        out.append("\n| target | this run | |\n|---|--:|---|\n")
+        out.append("\nTargets:\n\n| target | this run | |\n|---|--:|---|\n")
         for goal in result["targets"]:
             out.append(f"| {goal['target']} | {goal['value']:.2f} ({goal['min']:.2f}-"
                        f"{goal['max']:.2f}) | {'met' if goal['met'] else '**not met**'} |\n")
+        for goal in peer_targets(peers or {}):
+            value = "-" if goal["value"] is None else f"{goal['value']:.1f}"
+            out.append(f"| {goal['target']} | {value} ({goal['detail']}) | "
+                       f"{'met' if goal['met'] else '**not met**'} |\n")
     return "".join(out)
 
 
@@ -525,14 +566,29 @@ def main() -> int:
     parser.add_argument("--clock", choices=tuple(CLOCKS), default="cpu",
                         help="cpu: the process's CPU time (default; robust on a busy machine, "
                              "excludes I/O wait); wall: elapsed time")
+    parser.add_argument("--peers", metavar="PEERS_JSON",
+                        help="with --markdown: add the like-for-like table and target from a "
+                             "results file of benchmarks/peers/run_peers.py")
     parser.add_argument("--inside", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.peers and not args.markdown:
+        parser.error("--peers goes with --markdown")
     if args.markdown:
         try:
-            print(markdown(json.loads(Path(args.markdown).read_text())), end="")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            parser.error(f"--markdown: {args.markdown} is not a results file of this script "
-                         f"({type(exc).__name__}: {exc})")
+            result = json.loads(Path(args.markdown).read_text())
+        except (OSError, ValueError) as exc:
+            parser.error(f"--markdown: cannot read {args.markdown} ({type(exc).__name__}: {exc})")
+        try:
+            peers = json.loads(Path(args.peers).read_text()) if args.peers else None
+        except (OSError, ValueError) as exc:
+            parser.error(f"--peers: cannot read {args.peers} ({type(exc).__name__}: {exc})")
+        try:
+            text = markdown(result, peers)
+        except (KeyError, TypeError, AttributeError) as exc:
+            parser.error(f"--markdown: {args.markdown}"
+                         f"{' or ' + args.peers if args.peers else ''} is not a results file "
+                         f"of its script ({type(exc).__name__}: {exc})")
+        print(text, end="")
         return 0
     if args.inside:
         inside = tuple(int(x) for x in args.inside.split(","))

@@ -136,3 +136,40 @@ def test_peer_driver_names_an_unknown_peer(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "unknown temporl" in proc.stderr and "aws_durable" in proc.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def load_replay_script() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("replay_benchmark", REPLAY)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_like_for_like_target_reads_the_compiled_rows_of_the_span() -> None:
+    script = load_replay_script()
+
+    def pair(ours: str, from_n: int, n: int, ratio: float) -> dict[str, Any]:
+        return {"ours": ours, "from_n": from_n, "n": n, "aws_over_ours": ratio,
+                "aws_cpu_slope_us_per_step": 40.0, "ours_cpu_slope_us_per_step": 40.0 / ratio}
+
+    peers = {"like_for_like": [pair("replayer (c)", 100, 1000, 20.0),
+                               pair("replayer (c)", 1000, 10000, 12.0),
+                               pair("replayer (py)", 1000, 10000, 8.0),
+                               pair("activation (c)", 1000, 10000, 9.99)]}
+    rows = script.peer_targets(peers)
+    assert [(r["target"].rsplit("ours: ", 1)[1], r["value"], r["met"]) for r in rows] == [
+        ("replayer (c)", 12.0, True), ("activation (c)", 9.99, False)]
+    assert rows[0]["detail"] == "40.00 µs against 3.33 µs"
+
+
+def test_replay_markdown_peers_needs_markdown_and_a_readable_file(tmp_path: Path) -> None:
+    proc = run("--peers", str(tmp_path / "p.json"))
+    assert proc.returncode == 2 and "--peers goes with --markdown" in proc.stderr
+    results = tmp_path / "r.json"
+    results.write_text("{}")
+    proc = run("--markdown", str(results), "--peers", str(tmp_path / "missing.json"))
+    assert proc.returncode == 2 and f"--peers: cannot read {tmp_path / 'missing.json'}" in (
+        proc.stderr)
