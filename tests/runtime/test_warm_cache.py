@@ -534,3 +534,33 @@ def test_the_testing_runtime_replays_every_activation_by_default(
         assert rt.run(sequential, Num(n=3)) == 3
         assert rt.engine.instance_cache.hits == 3
 
+
+
+@workflow
+async def fan(ctx: WorkflowContext[Num]) -> int:
+    total = 0
+
+    async def one(i: int) -> int:
+        return (await ctx.call(inc, Num(n=i))).n
+
+    for i in range(ctx.request.n):
+        total += sum(await asyncio.gather(one(i), one(i + 1)))
+    return total
+
+
+def test_a_kept_loop_does_not_hold_its_finished_tasks() -> None:
+    """A warm instance lives for many activations: the tasks its gathers made and finished
+    are not held for its whole life."""
+    rt, reports = _local(8)
+    rt.register(fan)
+    rt.start(fan, Num(n=30), workflow_id="f-1")
+    for _ in range(12):
+        rt.step_workflows()
+        rt.step_services()
+    entry = rt.engine.instance_cache.take("f-1")
+    assert entry is not None and "hit" in [r.cache for r in reports]
+    # the main task, the waiting gather's two, the last finished gather's two (dropped at
+    # the next activation); 25 were held before finished tasks were dropped
+    assert len(entry.replayer._loop._tasks) <= 5
+    entry.discard()
+    rt.close()

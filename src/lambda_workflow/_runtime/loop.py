@@ -126,6 +126,12 @@ class ReplayLoop(asyncio.AbstractEventLoop):
             self._running = False
             events._set_running_loop(previous)
 
+    def forget_finished(self) -> None:
+        """Drop the finished tasks and the collected errors: a loop kept alive across
+        activations (warm instances) would otherwise hold them for the instance's life."""
+        self._tasks = [task for task in self._tasks if not task.done()]
+        self.errors.clear()
+
     def abandon(self) -> None:
         """Tear down every unfinished task (run its ``finally`` blocks) and close the loop.
 

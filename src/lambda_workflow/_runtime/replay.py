@@ -895,6 +895,7 @@ class Replayer:
         for op_id in order:
             self._deliver(op_id, staged[op_id], values.get(op_id))
         idx.pending = list(live)
+        self._loop.forget_finished()
         self._loop.run_until_idle()
         result = self._conclude(self._task)
         if self._store_error is not None:
