@@ -326,6 +326,45 @@ def test_the_checked_floor_checks_each_request_against_its_own_record(
     assert checked == created == 43
 
 
+NOISY = """import sys
+from lambda_workflow import Service, WorkflowContext, workflow
+from lambda_workflow.local import LocalRuntime
+print("noisy module imported")
+ask = Service("ask", str, str)
+@workflow
+async def noisy(ctx: WorkflowContext[str]) -> str:
+    print("x" * 2000)
+    print("y" * 2000, file=sys.stderr)
+    return await ctx.call(ask, ctx.request)
+def setup(runtime: LocalRuntime) -> None:
+    runtime.register(noisy)
+    runtime.implement(ask, lambda r: r + "!")
+"""
+
+
+def test_a_module_that_prints_does_not_disturb_the_output(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A module that prints when imported and on every run of its workflow (to stdout and
+    stderr, 2 KB each): the workers keep their protocol on stdout and their stderr in a file
+    (4 KB per replay, hundreds of replays a round: a pipe would fill and block the worker),
+    and the command's own stdout is only its JSON (the module's prints go to stderr)."""
+    module = tmp_path / "noisy.py"
+    module.write_text(NOISY)
+    db = tmp_path / "noisy.sqlite3"
+    code, _ = run_cli("run", module, "--db", db, "--id", "n1", "--quiet", "--input", '"hi"')
+    assert code == 0
+    code, out = run_cli("history", "--db", db, "n1", "--json")
+    history = tmp_path / "n1.json"
+    history.write_text(out)
+    capsys.readouterr()
+    doc = bench_json(history, "--workflow", module)
+    assert {core: v["measured"] for core, v in doc["cores"].items()} == {"c": True, "py": True}
+    assert doc["histories"][0]["kinds"]["call"]["replayed"] == 1
+    printed = capsys.readouterr()
+    assert "noisy module imported" not in printed.out and "x" * 2000 not in printed.out
+    assert "noisy module imported" in printed.err
+
+
 # -- bad input: exit 2, a message naming what is wrong, nothing measured ------------------------
 def bench_error(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> str:
     capsys.readouterr()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import inspect
 import json
 import os
@@ -652,6 +653,9 @@ def _worker(stdin: TextIO, stdout: TextIO) -> int:
     from . import _core, cli
 
     spec = json.loads(stdin.readline())
+    # Only this loop writes to stdout, one JSON line at a time; what the workflow's module
+    # and code print goes to stderr.
+    sys.stdout = sys.stderr
     module: ModuleType = cli._load_module(spec["file"])
     workflows = cli._workflows_in(module)
     tokens = cli._callback_tokens()
@@ -687,11 +691,14 @@ class _Worker:
             env.pop(other, None)
         env[flag] = "1"
         self.core = core
+        # The worker's stderr (what the workflow's code prints, warnings, a traceback) goes to
+        # a file: a pipe nobody reads while the rounds run would fill and block it.
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed by close())
         self.proc = subprocess.Popen(
             [sys.executable, "-c",
              "import sys; from lambda_workflow._bench import _worker; "
              "sys.exit(_worker(sys.stdin, sys.stdout))"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
             env=env)
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(spec) + "\n")
@@ -712,8 +719,8 @@ class _Worker:
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait()
-            assert self.proc.stderr is not None
-            err = self.proc.stderr.read().strip()
+            self.stderr.seek(0)
+            err = self.stderr.read().strip()
             self.failure = err.splitlines()[-1] if err else f"exit {self.proc.returncode}"
             self.details = err
             return None
@@ -727,7 +734,7 @@ class _Worker:
 
     def close(self) -> None:
         """Ends the worker (its stdin closed: it leaves its loop) and closes the pipes."""
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+        for pipe in (self.proc.stdin, self.proc.stdout, self.stderr):
             if pipe is not None:
                 pipe.close()
         self.proc.wait()
@@ -911,7 +918,10 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
         print("lambda-workflow bench: --rounds must be at least 1", file=sys.stderr)
         return 2
     try:
-        file, _, inputs = _load_inputs(args.history, args.workflow)
+        # What the module prints as it loads and replays goes to stderr: stdout is the
+        # table, or the JSON.
+        with contextlib.redirect_stdout(sys.stderr):
+            file, _, inputs = _load_inputs(args.history, args.workflow)
     except BenchError as exc:
         print(f"lambda-workflow bench: {exc}", file=sys.stderr)
         return 2
