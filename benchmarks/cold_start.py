@@ -14,22 +14,25 @@ Every sample is a fresh interpreter (a cold start imports everything once). Rows
   calling it, from ``from lambda_workflow import ...``); "adds" is that module's import, so
   "workflow module - models" is lambda_workflow's part.
 - boto3: ``import boto3`` alone.
-- handler import: the handler module (the workflow module and
+- handler: the import of the handler module (the workflow module and
   ``workflow_handler(flow)``) as Lambda imports it (``AWS_LAMBDA_FUNCTION_NAME`` set, so the
   configuration is checked and the deployment's clients made at import, as in Lambda's init
   phase).
-- handler first activation: in the same interpreter, the first invocation: an SQS event
+- first activation: in the same interpreter as the handler row, the first invocation: an SQS event
   with one start message, against moto's server over HTTP on 127.0.0.1 (no in-process mocks):
   read the instance, record the call, send it to the service's queue, commit, suspend.
 - bank_lambda import: examples/bank_lambda.py as shipped (its bank_transaction module imports
   the embedded runtime for its ``__main__`` demo).
 
-Two bytecode modes: "pyc" (byte code cached, as on a machine that compiled it once: a private
-PYTHONPYCACHEPREFIX warmed by a first run) and "source" (no byte code for what a deployment
-zip carries: lambda_workflow, pydantic, pydantic_core, orjson and their pure-Python
-dependencies are copied without __pycache__ and compiled at every start, as on Lambda when the
-zip holds no .pyc and /var/task is read-only; the standard library and boto3 keep theirs, as
-Lambda's runtime ships them compiled).
+Children run with ``-S`` on a folder laid out as a Lambda function sees its code: the zip's
+packages (lambda_workflow, pydantic, pydantic_core, orjson and their pure-Python dependencies,
+with their dist-info) and the runtime's boto3 and its dependencies; nothing else of this venv is
+importable (pydantic scans every distribution's metadata for plugins on its first model). Two
+bytecode modes: "pyc" (byte code cached, as on a machine that compiled it once: a private
+PYTHONPYCACHEPREFIX warmed by a first run) and "source" (the zip's packages have no byte code
+and are compiled at every start, as on Lambda when the zip holds no .pyc and /var/task is
+read-only; the standard library and boto3 keep theirs, as Lambda's runtime ships them
+compiled).
 
 Rounds are interleaved (each round runs every row once, in a rotated order). Reported: the
 median over rounds and the spread (min-max), in milliseconds. "import" is measured inside the
@@ -61,9 +64,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 REGION = "us-east-1"
-#: What a deployment zip carries (the package and its dependencies; boto3 is Lambda's own).
-ZIP_PACKAGES = ("lambda_workflow", "pydantic", "pydantic_core", "orjson", "typing_extensions",
-                "annotated_types", "typing_inspection")
+#: What a deployment zip carries (the package and its dependencies, with their dist-info).
+ZIP_PACKAGES = {"lambda_workflow": None, "pydantic": "pydantic", "pydantic_core": "pydantic_core",
+                "orjson": "orjson", "typing_extensions": "typing_extensions",
+                "annotated_types": "annotated_types", "typing_inspection": "typing_inspection"}
+#: What Lambda's Python runtime provides (boto3 and its dependencies), compiled.
+RUNTIME_PACKAGES = {"boto3": "boto3", "botocore": "botocore", "s3transfer": "s3transfer",
+                    "jmespath": "jmespath", "dateutil": "python_dateutil", "six": "six",
+                    "urllib3": "urllib3"}
 
 MODELS = '''\
 from pydantic import BaseModel
@@ -252,31 +260,48 @@ class Deployment:
             raise RuntimeError(f"cold-{count}: unexpected history {ops!r}")
 
 
-def source_tree(work: Path, src: Path) -> Path:
-    """A folder holding the zip's packages as source only (no __pycache__), lambda_workflow
-    from ``src``."""
+def _origin(module: str) -> Path:
     import importlib.util
 
-    tree = work / "source-only"
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise RuntimeError(f"{module} is not installed (pip install it into this venv)")
+    origin = Path(spec.origin)
+    return origin.parent if origin.name == "__init__.py" else origin
+
+
+def _dist_info(origin: Path, dist: str) -> list[Path]:
+    return sorted(p for p in origin.parent.glob("*.dist-info")
+                  if p.name.split("-")[0].lower() == dist.lower())
+
+
+def lambda_tree(work: Path, name: str, src: Path) -> Path:
+    """A folder laid out as a Lambda function sees its code: the zip's packages (copied, as
+    source only: no __pycache__; lambda_workflow from ``src``) and the runtime's boto3 and
+    its dependencies (linked, with their byte code). Children run with ``-S`` and this folder
+    on PYTHONPATH, so nothing else of this venv is importable or scanned (pydantic looks for
+    plugins in every distribution's metadata on its first model)."""
+    tree = work / name
+    tree.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ZIP_PACKAGES:
-        if name == "lambda_workflow":
-            origin = src / "lambda_workflow"
-        else:
-            spec = importlib.util.find_spec(name)
-            assert spec is not None and spec.origin is not None, name
-            origin = Path(spec.origin)
-            origin = origin.parent if origin.name == "__init__.py" else origin
-        if origin.is_dir():
-            shutil.copytree(origin, tree / origin.name, ignore=ignore)
-        else:
-            shutil.copy2(origin, tree / origin.name)
+    for module, dist in ZIP_PACKAGES.items():
+        origin = src / "lambda_workflow" if dist is None else _origin(module)
+        extra = [] if dist is None else _dist_info(origin, dist)
+        for path in [origin, *extra]:
+            if path.is_dir():
+                shutil.copytree(path, tree / path.name, ignore=ignore)
+            else:
+                shutil.copy2(path, tree / path.name)
+    for module, dist in RUNTIME_PACKAGES.items():
+        origin = _origin(module)
+        for path in [origin, *_dist_info(origin, dist)]:
+            (tree / path.name).symlink_to(path)
     return tree
 
 
 def run_child(code: str, env: dict[str, str], cwd: Path) -> tuple[float, dict[str, Any]]:
     start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
                          env=env, cwd=cwd, timeout=300, check=False)
     wall = (time.perf_counter() - start) * 1e3
     lines = [line for line in run.stdout.splitlines() if line.startswith(MARK)]
@@ -293,8 +318,9 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def importtime(env: dict[str, str], cwd: Path, code: str, top: int) -> list[dict[str, Any]]:
     """The modules with the largest own import time in one `-X importtime` run."""
-    run = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True,
-                         text=True, env=env, cwd=cwd, timeout=300, check=True)
+    run = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c", code],
+                         capture_output=True, text=True, env=env, cwd=cwd, timeout=300,
+                         check=True)
     rows = []
     for line in run.stderr.splitlines():
         if not line.startswith("import time:") or "self [us]" in line:
@@ -365,11 +391,12 @@ def main() -> None:
             trees[args.compare] = old / "src"
         modes: dict[str, dict[str, str]] = {}
         for label, src in trees.items():
+            tree = lambda_tree(work, f"tree-{label}", src)
             modes[f"pyc/{label}"] = {**base_env, "PYTHONPYCACHEPREFIX": str(work / f"pyc-{label}"),
-                                     "PYTHONPATH": f"{src}{os.pathsep}{work}"}
-        source = source_tree(work, ROOT / "src")
-        modes["source/current"] = {**base_env, "PYTHONDONTWRITEBYTECODE": "1",
-                                   "PYTHONPATH": f"{source}{os.pathsep}{work}"}
+                                     "PYTHONPATH": f"{tree}{os.pathsep}{work}"}
+            if label == "current":
+                modes["source/current"] = {**base_env, "PYTHONDONTWRITEBYTECODE": "1",
+                                           "PYTHONPATH": f"{tree}{os.pathsep}{work}"}
         plan = [(mode, row) for mode in modes for row in ROWS
                 if (deployment is not None or row not in AWS_ROWS)
                 and (mode.endswith("/current") or row in COMPARED)]
