@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from otel_spans import Spans
 
 from lambda_workflow import tracing
+
+from .otel_spans import Spans
 
 
 @pytest.fixture

@@ -14,8 +14,17 @@ from aws.harness import EventSourceMapping, drain
 from aws.test_timers import ShiftedClock
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
-from otel_spans import Spans
-from traced_app import (
+
+from lambda_workflow.aws import (
+    AwsDeployment,
+    WorkflowClient,
+    service_handler,
+    timer_handler,
+    workflow_handler,
+)
+
+from .otel_spans import Spans
+from .traced_app import (
     ATTEMPTS,
     TOKENS,
     Parcel,
@@ -26,14 +35,6 @@ from traced_app import (
     refuse,
     refuse_fn,
     shipment,
-)
-
-from lambda_workflow.aws import (
-    AwsDeployment,
-    WorkflowClient,
-    service_handler,
-    timer_handler,
-    workflow_handler,
 )
 
 A = "lambda_workflow."

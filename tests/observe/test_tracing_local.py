@@ -15,8 +15,16 @@ import orjson
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.trace import StatusCode
-from otel_spans import Spans
-from traced_app import (
+
+from lambda_workflow import _observe, tracing
+from lambda_workflow._runtime.clock import VirtualClock
+from lambda_workflow._runtime.engine import ActivationReport
+from lambda_workflow.errors import InvalidMessageError
+from lambda_workflow.local import LocalRuntime
+from lambda_workflow.models import parse_call_request, parse_workflow_message
+
+from .otel_spans import Spans
+from .traced_app import (
     ATTEMPTS,
     TOKENS,
     Parcel,
@@ -28,13 +36,6 @@ from traced_app import (
     refuse_fn,
     shipment,
 )
-
-from lambda_workflow import _observe, tracing
-from lambda_workflow._runtime.clock import VirtualClock
-from lambda_workflow._runtime.engine import ActivationReport
-from lambda_workflow.errors import InvalidMessageError
-from lambda_workflow.local import LocalRuntime
-from lambda_workflow.models import parse_call_request, parse_workflow_message
 
 A = "lambda_workflow."
 
