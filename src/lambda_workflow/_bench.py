@@ -724,7 +724,11 @@ class _Worker:
             self.failure = err.splitlines()[-1] if err else f"exit {self.proc.returncode}"
             self.details = err
             return None
-        return json.loads(line)
+        try:
+            return json.loads(line)
+        except ValueError:  # something in the worker wrote to its stdout file descriptor
+            self.failure = self.details = f"the worker wrote {line.strip()[:200]!r}"
+            return None
 
     def round(self) -> Any:
         assert self.proc.stdin is not None
