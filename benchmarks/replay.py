@@ -477,6 +477,14 @@ def peer_targets(peers: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def load_text(result: dict[str, Any]) -> str:
+    """", load average A to B on C CPUs" (the 1-minute load at the run's start and end)."""
+    load = result.get("load_average")
+    if not load:
+        return ""
+    return f"; load average {load[0]:.1f} to {load[1]:.1f} on {result.get('cpus', '?')} CPUs"
+
+
 def markdown(result: dict[str, Any], peers: dict[str, Any] | None = None) -> str:
     """The tables docs/core.md quotes, as Markdown, from a results file this script wrote.
 
@@ -499,7 +507,8 @@ def markdown(result: dict[str, Any], peers: dict[str, Any] | None = None) -> str
         f", compiled core built {result['measured']['c']['core_built']}"
         if (result.get("measured") or {}).get("c", {}).get("core_built") else "")
     out = [f"Run of {result['generated_at']} ({result['machine']}, Python {result['python']}, "
-           f"{result['rounds']} interleaved rounds{at}; {result.get('clock', 'wall')} time): "
+           f"{result['rounds']} interleaved rounds{at}; {result.get('clock', 'wall')} time"
+           f"{load_text(result)}): "
            "median (min-max over rounds).\n\n"
            "µs per replayed call:\n\n", head, rule]
     labels, activation_labels, all_names = build_labels(builds)
@@ -614,6 +623,7 @@ def main() -> int:
     if rounds < 1:
         parser.error(f"--rounds must be at least 1, got {rounds}")
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     rows, samples, measured = collect(sizes, rounds, args.quick, builds, args.clock)
     ratio = ratios(samples, sizes, tuple(builds))
     goals = targets(ratio, sizes)
@@ -631,7 +641,8 @@ def main() -> int:
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": ["benchmarks/replay.py", *sys.argv[1:]],
         "machine": platform.machine(), "python": platform.python_version(),
-        "cpus": os.cpu_count(), "clock": args.clock, "rounds": rounds, "sizes": list(sizes),
+        "cpus": os.cpu_count(), "load_average": [load_before, os.getloadavg()[0]],
+        "clock": args.clock, "rounds": rounds, "sizes": list(sizes),
         "quick": args.quick,
         "units": {"per_call_rows": "seconds per replayed call",
                   "activation rows": "seconds per whole activation"},

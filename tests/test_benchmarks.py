@@ -173,3 +173,38 @@ def test_replay_markdown_peers_needs_markdown_and_a_readable_file(tmp_path: Path
     proc = run("--markdown", str(results), "--peers", str(tmp_path / "missing.json"))
     assert proc.returncode == 2 and f"--peers: cannot read {tmp_path / 'missing.json'}" in (
         proc.stderr)
+
+
+DOCS = ROOT / "benchmarks" / "replay_docs.py"
+DOC_FILES = ("docs/core.md", "README.md", "benchmarks/peers/README.md")
+
+
+def replay_docs(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(DOCS), *args], capture_output=True, text=True,
+                          check=False, timeout=60)
+
+
+def test_the_docs_quote_the_last_replay_and_peer_runs() -> None:
+    proc = replay_docs("--check")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_replay_docs_finds_and_fixes_a_figure_that_is_not_the_last_runs(tmp_path: Path) -> None:
+    for name in DOC_FILES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    readme = tmp_path / "README.md"
+    begin = readme.read_text().index("<!-- replay_docs:readme -->")
+    text = readme.read_text()
+    readme.write_text(text[:begin] + text[begin:].replace(" µs with the compiled core",
+                                                           "9 µs with the compiled core", 1))
+    proc = replay_docs("--check", "--root", str(tmp_path))
+    assert proc.returncode == 1 and "not the figures of the last run: README.md" in proc.stderr
+    assert replay_docs("--root", str(tmp_path)).returncode == 0
+    assert readme.read_text() == (ROOT / "README.md").read_text()
+    assert replay_docs("--check", "--root", str(tmp_path)).returncode == 0
+    core = tmp_path / "docs" / "core.md"
+    core.write_text(core.read_text().replace("<!-- /replay_docs:core-targets -->", ""))
+    proc = replay_docs("--check", "--root", str(tmp_path))
+    assert proc.returncode == 2
+    assert "docs/core.md: expected one <!-- replay_docs:core-targets -->" in proc.stderr

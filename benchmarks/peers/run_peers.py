@@ -264,6 +264,7 @@ def main() -> None:
     if OURS in args.peers.split(",") and not args.ours_python.exists():
         parser.error(f"--ours-python: {args.ours_python} does not exist")
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     peer_results = [
         run_peer(name, ns, reps, args.budget, args.skip_above, args.ours_python)
         for name in args.peers.split(",")
@@ -281,6 +282,7 @@ def main() -> None:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
+            "load_average": [load_before, os.getloadavg()[0]],
         },
         "command": sys.argv[1:],
         "source": source_state(),
