@@ -163,6 +163,16 @@ def test_dir_lists_every_public_name_before_any_is_loaded() -> None:
     assert result == [[], False]
 
 
+def test_importtime_reports_the_submodules_names_load() -> None:
+    """A public name's submodule, loaded on first access, shows in `python -X importtime`
+    (the tool users profile a cold start with), as an import statement's would."""
+    run = subprocess.run([sys.executable, "-X", "importtime", "-c",
+                          "import lambda_workflow; lambda_workflow.step; lambda_workflow.Callback"],
+                         capture_output=True, text=True, timeout=120, check=True)
+    reported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert {"lambda_workflow.steps", "lambda_workflow.callbacks"} <= reported
+
 def test_the_aws_handlers_load_no_sqlite_and_the_local_runtime_no_boto3() -> None:
     """The workflow function's handler module loads neither sqlite3 nor the embedded
     runtime; the embedded runtime loads neither boto3 nor the AWS modules."""
