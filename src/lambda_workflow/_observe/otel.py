@@ -44,6 +44,7 @@ from opentelemetry.trace import (
     TraceFlags,
 )
 
+from .. import _core
 from .._opnames import label_of, service_of
 from ..models import OperationRecord, OperationState, StartMessage, WorkflowMessage
 
@@ -282,7 +283,7 @@ class ActivationTrace:
                                     "flags": f"{self.flags:02x}"})
             self.record = OperationRecord(
                 inst.workflow_id, TRACE_OP_ID, TRACE_SEQ, TRACE_KIND, TRACE_KIND, request,
-                hashlib.sha256(request).hexdigest(), state=OperationState.COMPLETED,
+                _core.digest(request), state=OperationState.COMPLETED,
                 result=b"null", created_in=activation, resolved_in=activation, created_at=now,
                 resolved_at=now)
 
