@@ -1,6 +1,7 @@
 """`lambda-workflow bench` on recorded histories: the figures docs/testing.md quotes.
 
-Run:  python benchmarks/bench_cli.py [--quick] [--json benchmarks/results/bench_cli.json]
+Run:  python benchmarks/bench_cli.py [--quick] [--rounds N] [--json FILE]  (default FILE:
+      benchmarks/results/bench_cli.json)
 
 Records two instances on a SQLite file with `lambda-workflow run --db` and exports them with
 `lambda-workflow history --json`: the bank example's t1 (3 calls, two of them gathered), and
@@ -74,10 +75,12 @@ def cli(*args: str | Path, cwd: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="bench --quick")
+    parser.add_argument("--rounds", type=int, help="bench --rounds (default: bench's)")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" /
                                               "bench_cli.json"))
     args = parser.parse_args()
-    quick = ["--quick"] if args.quick else []
+    quick = (["--quick"] if args.quick else []) + (
+        ["--rounds", str(args.rounds)] if args.rounds else [])
     with tempfile.TemporaryDirectory() as tmp:
         # Everything in one folder, named relative to it, as the tables then show it.
         folder = Path(tmp)

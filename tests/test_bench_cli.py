@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -365,6 +366,23 @@ def test_a_module_that_prints_does_not_disturb_the_output(
     printed = capsys.readouterr()
     assert "noisy module imported" not in printed.out and "x" * 2000 not in printed.out
     assert "noisy module imported" in printed.err
+
+
+def test_the_benchmark_script_runs(tmp_path: Path) -> None:
+    """benchmarks/bench_cli.py (the source of docs/testing.md's tables), one quick round: it
+    records both workflows, benches them and writes both documents, so it cannot rot."""
+    out = tmp_path / "bench_cli.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_cli.py"),
+                           "--quick", "--rounds", "1", "--json", str(out)],
+                          capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    docs = json.loads(out.read_text())
+    assert set(docs) == {"bank_t1", "sequential_1000"}
+    assert {d["schema"] for d in docs.values()} == {"lambda-workflow-bench/1"}
+    seq = docs["sequential_1000"]["histories"][0]
+    assert (seq["operations"], seq["kinds"]["call"]["replayed"]) == (1000, 1000)
+    assert "seq-1000.json: workflow sequential (seq-1000), completed, 1000 operations" \
+        in proc.stdout
 
 
 # -- bad input: exit 2, a message naming what is wrong, nothing measured ------------------------
