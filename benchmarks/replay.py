@@ -539,6 +539,9 @@ def markdown(result: dict[str, Any], peers: dict[str, Any] | None = None) -> str
         at = (f", commit {source['commit'][:7]}" if source.get("commit") else "") + (
             f" with uncommitted changes to {', '.join(source['uncommitted'])}"
             if source.get("uncommitted") else "")
+        machine = peers.get("machine") or {}
+        at += load_text({"load_average": machine.get("load_average"),
+                         "cpus": machine.get("cpus")})
         out.append(f"\nAgainst {PEER}, run of {peers['generated_at']}{at}: CPU µs per replayed "
                    "step, the slope of the median CPU time of one replay between two N:\n\n"
                    "| ours | N | AWS's SDK | ours | AWS / ours |\n|---|---|--:|--:|--:|\n")
