@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from types import FrameType
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, ca
 if TYPE_CHECKING:
     import logging
     import random
+    import uuid
 
     import pydantic
 
@@ -273,6 +273,8 @@ class WorkflowContext(Generic[ReqT]):
     def uuid4(self) -> uuid.UUID:
         """A random (version 4) UUID that is the same on every replay. Use it instead of
         ``uuid.uuid4()``, e.g. for idempotency keys sent to services."""
+        import uuid  # here: a workflow module's import does not load it
+
         return uuid.UUID(int=self._driver.rng.getrandbits(128), version=4)
 
     def patched(self, patch_id: str, /) -> bool:
