@@ -304,3 +304,29 @@ def test_a_failing_span_processor_never_fails_the_workflow(
         tracing.disable()
     warnings = [r.getMessage() for r in caplog.records if r.name == "lambda_workflow.tracing"]
     assert warnings and all("failed; its spans are lost" in w for w in warnings)
+
+
+def test_each_run_after_a_reset_has_its_own_instance_span(
+        tmp_path: Path, spans: Spans) -> None:
+    """An instance that ends, is reset and ends again emits its instance span once per run
+    (before, all three runs emitted one span id: two duplicates), under the starter's span,
+    in the one trace; the activations of a run are under that run's span."""
+    with _runtime(tmp_path) as rt:
+        with spans.provider.get_tracer("test").start_as_current_span("starter") as starter:
+            rt.start(doomed, Parcel(sku="desk", qty=1), workflow_id="doom-2")
+        rt.run_until_idle()
+        for to in ("1", "0"):
+            rt.reset("doom-2", to)
+            rt.run_until_idle()
+        assert rt.status("doom-2").value == "failed"
+    found = spans.finished()
+    by_id = _by_id(found)
+    assert len({s.context.trace_id for s in found if s.context}) == 1
+    roots = sorted((s for s in found if s.name == "workflow doomed"),
+                   key=lambda s: int(str(_attr(s, "run"))))
+    assert [_attr(s, "run") for s in roots] == [0, 1, 2]
+    assert {_parent(s) for s in roots} == {starter.get_span_context().span_id}
+    for s in found:
+        if s.name == "activation doomed":
+            root = by_id[_parent(s) or 0]
+            assert _attr(root, "run") == _attr(s, "run")

@@ -261,7 +261,16 @@ class ActivationTrace:
         self._began = time.perf_counter()
         #: The ``trace`` record to add to the history (``None``: it has one).
         self.record: OperationRecord | None = None
-        recorded = next((op for op in history.operations if op.op_id == TRACE_OP_ID), None)
+        recorded: OperationRecord | None = None
+        # The run: 0, then one more after each repair (a reset or resume reopens the
+        # instance, which ends again): each run has its own instance span.
+        self.run, self.run_started = 0, inst.created_at
+        for op in history.operations:
+            if op.kind == TRACE_KIND:
+                recorded = op
+            elif op.kind == "repair":
+                self.run += 1
+                self.run_started = max(self.run_started, op.created_at)
         if recorded is not None:
             ctx = orjson.loads(recorded.request)
             self.trace_id = int(ctx["trace_id"], 16)
@@ -290,6 +299,11 @@ class ActivationTrace:
     # -- ids ------------------------------------------------------------------------------------
     def span_id(self, what: str) -> int:
         return _derived(f"{self.trace_id:032x}", self.workflow_id, what)
+
+    @property
+    def instance_span(self) -> int:
+        """The id of this run's instance span."""
+        return self.span_id(f"workflow:{self.run}" if self.run else "workflow")
 
     def operation_parent(self, op: OperationRecord) -> str:
         """The ``traceparent`` a call's request (or a child's start) carries: the span of the
@@ -360,14 +374,14 @@ class ActivationTrace:
                          SpanKind.CLIENT if op.kind in ("call", "child") else SpanKind.INTERNAL)
         error = (_error_of(result.error) if report.status == "failed" else None)
         tracing.emit(f"activation {self.workflow_name}", trace_id, flags, activation_span,
-                     self.span_id("workflow"), self.now, end,
-                     {**base, _ATTR + "activation": self.activation,
+                     self.instance_span, self.now, end,
+                     {**base, _ATTR + "activation": self.activation, _ATTR + "run": self.run,
                       _ATTR + "status": report.status,
                       _ATTR + "operations.recorded": len(history.operations),
                       _ATTR + "operations.new": len(result.new_operations),
                       _ATTR + "outcomes.recorded": len(outcomes)}, error)
         if report.status in ("completed", "failed", "cancelled"):
             tracing.emit(f"workflow {self.workflow_name}", trace_id, flags,
-                         self.span_id("workflow"), self.parent_id, self.created_at, end,
-                         {**base, _ATTR + "status": report.status,
+                         self.instance_span, self.parent_id, self.run_started, end,
+                         {**base, _ATTR + "status": report.status, _ATTR + "run": self.run,
                           _ATTR + "activations": self.activation}, error)
