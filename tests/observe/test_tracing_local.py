@@ -323,10 +323,10 @@ def test_each_run_after_a_reset_has_its_own_instance_span(
     by_id = _by_id(found)
     assert len({s.context.trace_id for s in found if s.context}) == 1
     roots = sorted((s for s in found if s.name == "workflow doomed"),
-                   key=lambda s: int(str(_attr(s, "run"))))
-    assert [_attr(s, "run") for s in roots] == [0, 1, 2]
+                   key=lambda s: int(str(_attr(s, "repairs"))))
+    assert [_attr(s, "repairs") for s in roots] == [0, 1, 2]
     assert {_parent(s) for s in roots} == {starter.get_span_context().span_id}
     for s in found:
         if s.name == "activation doomed":
             root = by_id[_parent(s) or 0]
-            assert _attr(root, "run") == _attr(s, "run")
+            assert _attr(root, "repairs") == _attr(s, "repairs")

@@ -375,7 +375,7 @@ class ActivationTrace:
         error = (_error_of(result.error) if report.status == "failed" else None)
         tracing.emit(f"activation {self.workflow_name}", trace_id, flags, activation_span,
                      self.instance_span, self.now, end,
-                     {**base, _ATTR + "activation": self.activation, _ATTR + "run": self.run,
+                     {**base, _ATTR + "activation": self.activation, _ATTR + "repairs": self.run,
                       _ATTR + "status": report.status,
                       _ATTR + "operations.recorded": len(history.operations),
                       _ATTR + "operations.new": len(result.new_operations),
@@ -383,5 +383,5 @@ class ActivationTrace:
         if report.status in ("completed", "failed", "cancelled"):
             tracing.emit(f"workflow {self.workflow_name}", trace_id, flags,
                          self.instance_span, self.parent_id, self.run_started, end,
-                         {**base, _ATTR + "status": report.status, _ATTR + "run": self.run,
+                         {**base, _ATTR + "status": report.status, _ATTR + "repairs": self.run,
                           _ATTR + "activations": self.activation}, error)
