@@ -46,3 +46,19 @@ def test_flush_writes_one_line_per_document_and_nothing_for_an_idle_invocation()
     assert docs[0]["ReplayTime"] == [12.5] and docs[0]["WorkflowsCompleted"] == 1
     assert [(d["OperationKind"], d["Operations"]) for d in docs[1:]] == [("call", 2),
                                                                          ("timer", 1)]
+
+
+def test_a_bad_switch_fails_the_workflow_handler_at_its_creation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checked with the handler (the cold start in Lambda), not at each invocation, where it
+    would fail every batch."""
+    from lambda_workflow import WorkflowContext, workflow
+    from lambda_workflow.aws import workflow_handler
+
+    @workflow
+    async def noop(ctx: WorkflowContext[int]) -> int:
+        return ctx.request
+
+    monkeypatch.setenv("LAMBDA_WORKFLOW_METRICS", "sometimes")
+    with pytest.raises(ValueError, match="LAMBDA_WORKFLOW_METRICS must be on or off"):
+        workflow_handler(noop)

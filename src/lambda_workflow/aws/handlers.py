@@ -34,7 +34,7 @@ from .config import (
     raise_problems,
     workflow_queues_of,
 )
-from .metrics import InvocationMetrics
+from .metrics import InvocationMetrics, metrics_enabled
 from .payloads import (
     NO_BUCKET_HINT,
     POINTER_CLASS,
@@ -446,6 +446,7 @@ def workflow_handler(*workflows: Workflow[Any, Any], config: AwsConfig | None = 
     state: dict[str, _WorkflowFunction] = {}
     tracing.enable_from_environment()
     logs.configure_from_environment()
+    metrics_enabled()  # a bad LAMBDA_WORKFLOW_METRICS fails here, not every invocation
 
     def start() -> _WorkflowFunction:
         fn = state.get("fn")
