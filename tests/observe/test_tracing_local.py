@@ -271,6 +271,7 @@ def test_a_span_started_in_another_thread_draws_its_own_id(spans: Spans) -> None
     """An activation chooses its spans' ids; a service's span started meanwhile in another
     thread (the AWS harness runs functions in threads) must not take the chosen id."""
     assert _observe.TRACING is not None
+    assert _observe.TRACING.tracer is not None  # resolved at the first span
     ids = _observe.TRACING._ids
     assert ids is not None
     ids.span_id = 0xABC
@@ -330,3 +331,35 @@ def test_each_run_after_a_reset_has_its_own_instance_span(
         if s.name == "activation doomed":
             root = by_id[_parent(s) or 0]
             assert _attr(root, "repairs") == _attr(s, "repairs")
+
+
+def test_the_global_provider_set_after_enable_gets_the_chosen_ids() -> None:
+    """enable() before the application sets the global provider (a handler module created
+    first): the tracer is looked up at the first span, so the spans have the derived ids and
+    the activations' parent is the instance's span (before, a proxy tracer drew random ids
+    and the parent links named spans that never existed)."""
+    code = f"""
+import json, sys
+sys.path[:0] = {[str(Path(__file__).parent)]!r}
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from otel_spans import Spans
+from traced_app import Parcel, pack
+from lambda_workflow import tracing
+from lambda_workflow.local import LocalRuntime
+tracing.enable()
+recorder = Spans()
+trace.set_tracer_provider(recorder.provider)
+with LocalRuntime() as rt:
+    rt.register(pack)
+    rt.start(pack, Parcel(sku="cup", qty=1), workflow_id="p")
+    rt.run_until_idle()
+spans = {{s.name: s for s in recorder.finished()}}
+print(json.dumps([spans["activation pack"].parent.span_id,
+                  spans["workflow pack"].context.span_id]))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    parent, instance = json.loads(run.stdout)
+    assert parent == instance

@@ -130,18 +130,29 @@ def _error_of(payload: bytes | None) -> tuple[str, str]:
 
 
 class Tracing:
-    """Tracing switched on: a tracer (from ``provider``, else the global provider)."""
+    """Tracing switched on: a tracer (from ``provider``, else the global provider, looked
+    up at the first span: a handler module may be created before the application sets the
+    global provider)."""
 
     def __init__(self, provider: Any = None) -> None:
-        provider = provider if provider is not None else trace_api.get_tracer_provider()
-        from .. import __version__
-
-        self.tracer: Any = provider.get_tracer("lambda_workflow", __version__)
-        inner = getattr(self.tracer, "id_generator", None)
+        self._provider = provider
+        self._tracer: Any = None
         self._ids: _ChosenIds | None = None
-        if inner is not None:
-            self._ids = _ChosenIds(inner)
-            self.tracer.id_generator = self._ids
+
+    @property
+    def tracer(self) -> Any:
+        if self._tracer is None:
+            from .. import __version__
+
+            provider = (self._provider if self._provider is not None
+                        else trace_api.get_tracer_provider())
+            tracer: Any = provider.get_tracer("lambda_workflow", __version__)
+            inner = getattr(tracer, "id_generator", None)
+            if inner is not None:
+                self._ids = _ChosenIds(inner)
+                tracer.id_generator = self._ids
+            self._tracer = tracer
+        return self._tracer
 
     # -- the starter ------------------------------------------------------------------------
     @staticmethod
@@ -172,11 +183,12 @@ class Tracing:
                 trace_id, parent_id, is_remote=True, trace_flags=TraceFlags(flags))))
         else:
             ctx = Context()
+        tracer = self.tracer
         ids = self._ids
         if ids is not None:
             ids.span_id, ids.trace_id = span_id, trace_id
         try:
-            span = self.tracer.start_span(name, context=ctx, kind=kind,
+            span = tracer.start_span(name, context=ctx, kind=kind,
                                           attributes=dict(attributes), start_time=_ns(start))
         finally:
             if ids is not None:
