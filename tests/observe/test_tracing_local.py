@@ -348,6 +348,10 @@ from traced_app import Parcel, pack
 from lambda_workflow import tracing
 from lambda_workflow.local import LocalRuntime
 tracing.enable()
+with LocalRuntime() as rt:  # traced into the void: no provider yet
+    rt.register(pack)
+    rt.start(pack, Parcel(sku="cup", qty=1), workflow_id="before")
+    rt.run_until_idle()
 recorder = Spans()
 trace.set_tracer_provider(recorder.provider)
 with LocalRuntime() as rt:

@@ -151,6 +151,8 @@ class Tracing:
             if inner is not None:
                 self._ids = _ChosenIds(inner)
                 tracer.id_generator = self._ids
+            if isinstance(provider, trace_api.ProxyTracerProvider):
+                return tracer  # no provider set yet: look again at the next span
             self._tracer = tracer
         return self._tracer
 
