@@ -173,9 +173,10 @@ git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' 
 SDIST=$(ls "$DIST"/lambda_workflow-*.tar.gz)
 
 step "wheels: pure; x86_64 abi3, cp311, cp312, cp313; aarch64 abi3, cp311, cp313 (2 at a time)"
-# The sdist is unpacked once and ext/_c.pyx turned into C once there (the C is the same for
-# every build: Cython's output picks the limited API and the Python version with #if); each
-# wheel is built in its own fresh copy of that tree, so no build/ folder is ever reused.
+# The sdist is unpacked once. It carries ext/_c.c (Cython ran when setup.py made the sdist), and
+# that one C file serves every build: Cython's output picks the limited API and the Python
+# version with #if (the cythonize call below finds it current, or makes it once if it is not).
+# Each wheel is built in its own fresh copy of that tree, so no build/ folder is ever reused.
 BASE=$SCRATCH/src-base
 mkdir -p "$BASE" && tar -xzf "$SDIST" -C "$BASE" --strip-components=1
 (cd "$BASE" && "$TOOLPY" -c "from Cython.Build import cythonize; from setuptools import Extension
