@@ -404,15 +404,19 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
                                         start_message_body(wid, inst.workflow_name, inst.input))
         sent = 1
         history = self.store.load_history(wid)
+        # With tracing on, re-sent requests carry their operation's span, as the first did.
+        trace = (_observe.TRACING.begin(history, (), inst.activations, self.clock.now())
+                 if _observe.TRACING is not None and history is not None else None)
         for op in history.operations if history else ():
+            traceparent = trace.operation_parent(op) if trace is not None else None
             if op.state is OperationState.PENDING and op.kind == "timer":
                 self.timers.schedule(wid, op.op_id, timer_fire_at(op))
             elif op.state is OperationState.PENDING and op.kind == "child":
-                self.engine.start_child(op, inst.workflow_name)
+                self.engine.start_child(op, inst.workflow_name, traceparent)
             elif op.state is OperationState.PENDING and op.kind == "call":
                 self.transport.send_to_service(
                     service_of(op.name), _core.dedup_id(wid, "call", op.op_id),
-                    call_request_body(op, self.transport.reply_address))
+                    call_request_body(op, self.transport.reply_address, traceparent))
                 sent += 1
         return sent
 

@@ -367,3 +367,23 @@ print(json.dumps([spans["activation pack"].parent.span_id,
     assert run.returncode == 0, run.stderr
     parent, instance = json.loads(run.stdout)
     assert parent == instance
+
+
+def test_a_request_re_sent_by_recovery_carries_its_call_span(
+        tmp_path: Path, spans: Spans) -> None:
+    """A runtime reopened on the state file sends the pending requests again; the service's
+    span still joins under the call's span (before, the re-sent request had no traceparent
+    and the service's span started a trace of its own)."""
+    first = LocalRuntime(tmp_path / "state.db", clock=VirtualClock(1_700_000_000.0))
+    first.register(shipment, pack, doomed)  # no service: the quote request waits
+    first.start(shipment, Parcel(sku="lamp", qty=2), workflow_id="ship-7")
+    first.run_until_idle()
+    first.close()
+    with _runtime(tmp_path) as rt:  # recovers: re-sends the quote request
+        rt.run_until_idle(skip_time=False)
+    (call,) = spans.named("call quote")
+    (service,) = [s for s in spans.named("service quote")
+                  if _attr(s, "workflow_id") == "ship-7"]
+    assert call.context is not None and service.parent is not None
+    assert service.parent.span_id == call.context.span_id
+    assert service.context is not None and service.context.trace_id == call.context.trace_id
