@@ -200,7 +200,28 @@ def moto() -> Iterator[str]:
 
 def life_dynamodb(n: int) -> dict[str, Any]:
     import boto3
-    from aws_cost import Recorder, _final_items, _key, dynamodb_units
+    from aws_cost import Call, Recorder, _final_items, _key, dynamodb_units
+
+    class ReadsCounted(Recorder):
+        """aws_cost's recorder, but reads (GetItem, Query without a projection: their units
+        come from the response alone) are costed as they happen and not kept: 1,000 history
+        queries of up to 1,000 items each would hold gigabytes of responses."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.rru = 0.0
+            self.reads: dict[str, int] = {}
+
+        def _after(self, event_name: str, parsed: Any, context: dict[str, Any],
+                   **kw: Any) -> None:
+            op = "dynamodb." + event_name.split(".")[2]
+            params = context.get("aws_cost.params", {})
+            if self.active and (op == "dynamodb.GetItem" or (
+                    op == "dynamodb.Query" and "ProjectionExpression" not in params)):
+                self.rru += dynamodb_units(Call(op, params, parsed, ""), {}).rru
+                self.reads[op] = self.reads.get(op, 0) + 1
+                return
+            super()._after(event_name, parsed, context, **kw)
 
     from lambda_workflow.aws.dynamodb import DynamoDBStateStore, table_definition
     from lambda_workflow.aws.payloads import dynamodb_item_size
@@ -209,7 +230,7 @@ def life_dynamodb(n: int) -> dict[str, Any]:
     with moto() as endpoint:
         for name, cache in (("off", 0), ("on", 64)):
             session = boto3.Session(region_name="us-east-1")
-            recorder = Recorder()
+            recorder = ReadsCounted()
             recorder.install(session)
             client = session.client("dynamodb", endpoint_url=endpoint)
             table = f"warm-{name}"
@@ -223,8 +244,8 @@ def life_dynamodb(n: int) -> dict[str, Any]:
             recorder.active = False
             final = {_key(item): dynamodb_item_size(item)
                      for item in _final_items(endpoint, table)}
-            rru = wru = 0.0
-            requests: dict[str, int] = {}
+            rru, wru = recorder.rru, 0.0
+            requests = dict(recorder.reads)
             for call in recorder.calls:
                 if not call.op.startswith("dynamodb."):
                     continue
