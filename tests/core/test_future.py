@@ -41,6 +41,17 @@ def core_future(core: ModuleType) -> Factory:
     return make
 
 
+def index_future(core: ModuleType) -> Factory:
+    """Futures as the index makes them (a call recorded without a reply: PENDING). The
+    compiled twin's abi3 build gives them a subclass whose await runs through C slots."""
+    def make(loop: asyncio.AbstractEventLoop) -> Any:
+        index, _ = make_index(core, [record(0)], loop=loop)  # type: ignore[arg-type]
+        decision, future, _, _ = index.step(0, "call", "svc", *_step_args())
+        assert decision == core.PENDING
+        return future
+    return make
+
+
 def describe(exc: BaseException | None) -> Any:
     """An exception as comparable data: its type, args, and its cause/context types."""
     if exc is None:
@@ -57,15 +68,16 @@ def outcome(fn: Callable[[], Any]) -> Any:
 
 
 def compare(core: ModuleType, scenario: Observe, task: Any = asyncio.Task) -> list[Any]:
-    """Run ``scenario`` with asyncio.Future and with the core's CallFuture; they must agree."""
+    """Run ``scenario`` with asyncio.Future, with the core's CallFuture made by calling the
+    class, and with one made by the index; they must agree."""
     seen = []
-    for factory in (asyncio_future, core_future(core)):
+    for factory in (asyncio_future, core_future(core), index_future(core)):
         loop = asyncio.new_event_loop()
         try:
             seen.append(scenario(loop, factory, task))
         finally:
             loop.close()
-    assert seen[0] == seen[1]
+    assert seen[0] == seen[1] == seen[2]
     return seen[1]
 
 
@@ -374,7 +386,7 @@ def test_the_compiled_index_makes_futures_without_python_calls() -> None:
     index, _ = make_index(_c, [record(0, "completed", result=b"1", resolved_in=1)], loop=loop)
     original_init = _c.CallFuture.__init__
     fut = index.step(0, "call", "svc", *_step_args())[1]
-    assert type(fut) is _c.CallFuture and not isinstance(fut, asyncio.Future)
+    assert isinstance(fut, _c.CallFuture) and not isinstance(fut, asyncio.Future)
     assert calls == [] and _c.CallFuture.__init__ is original_init
     assert asyncio.isfuture(fut)
 
