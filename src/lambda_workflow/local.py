@@ -674,7 +674,9 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
             self._on_event(event)
 
     def close(self) -> None:
-        """Release the database and the event loop."""
+        """Release the database and the event loop, and tear down the warm instances (their
+        ``finally`` blocks run now, recording nothing)."""
+        self.engine.instance_cache.clear()
         if self._aio is not None:
             self._aio.close()
             self._aio = None

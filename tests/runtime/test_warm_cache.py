@@ -564,3 +564,30 @@ def test_a_kept_loop_does_not_hold_its_finished_tasks() -> None:
     assert len(entry.replayer._loop._tasks) <= 5
     entry.discard()
     rt.close()
+
+
+CLEANED: list[str] = []
+
+
+@workflow
+async def tidy(ctx: WorkflowContext[Num]) -> int:
+    try:
+        return (await ctx.call(inc, ctx.request)).n
+    finally:
+        CLEANED.append(ctx.workflow_id)
+
+
+def test_closing_the_runtime_tears_down_its_warm_instances() -> None:
+    """close() evicts every warm instance: its finally blocks run then, sealed (nothing is
+    recorded), not whenever the garbage collector gets to the coroutine."""
+    CLEANED.clear()
+    rt, _ = _local(8)
+    rt.register(tidy)
+    rt.start(tidy, Num(n=1), workflow_id="t-1")
+    rt.step_workflows()
+    assert "t-1" in rt.engine.instance_cache and CLEANED == []
+    history = rt.history("t-1")
+    rt.close()
+    assert CLEANED == ["t-1"]
+    assert rt.engine.instance_cache.evictions == {"cleared": 1}
+    assert [op.op_id for op in history.operations] == ["1"]
