@@ -6,6 +6,8 @@ history is the one a function without the cache records."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 from typing import Any
 
 import bank_transaction as bank
@@ -64,12 +66,18 @@ def _run(aws: Aws, monkeypatch: pytest.MonkeyPatch, cache: int
 
 
 def test_the_bank_example_continues_warm_and_queries_its_history_once(
-        aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
+        aws: Aws, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """With the cache off each activation queries the instance's history; with it on only
     the first does (the miss), every later activation is a hit that reads the instance item
-    with one consistent GetItem; the histories are the same."""
+    with one consistent GetItem; the histories are the same. The function's activation log
+    line says which."""
     off_history, off_reports, _, off_requests = _run(aws, monkeypatch, 0)
-    on_history, on_reports, engines, on_requests = _run(aws, monkeypatch, 16)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lambda_workflow.aws"):
+        on_history, on_reports, engines, on_requests = _run(aws, monkeypatch, 16)
+    logged = [json.loads(r.getMessage()) for r in caplog.records
+              if r.getMessage().startswith('{"event": "activation"')]
+    assert [line["cache"] for line in logged] == [r.cache for r in on_reports]
     assert _shape(on_history) == _shape(off_history)
     assert {r.cache for r in off_reports} == {"off"}
     kinds = [r.cache for r in on_reports]

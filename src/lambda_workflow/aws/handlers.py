@@ -360,7 +360,7 @@ class _WorkflowFunction:
         _log("activation", workflow_id=report.workflow_id, workflow=report.workflow_name,
              activation=report.activation, status=report.status, applied=report.applied,
              duplicates=report.duplicates, sent=[op.op_id for op in report.sent],
-             pending=report.pending, rejected=rejected)
+             pending=report.pending, rejected=rejected, cache=report.cache)
 
 
 def _receives(record: Mapping[str, Any]) -> int:
