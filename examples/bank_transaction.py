@@ -8,11 +8,14 @@ Run it on the embedded runtime:
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
 from lambda_workflow import Service, ServiceError, WorkflowContext, workflow
-from lambda_workflow.local import LocalRuntime
+
+if TYPE_CHECKING:  # the Lambda zip's handler must not load the embedded runtime (sqlite3)
+    from lambda_workflow.local import LocalRuntime
 
 
 class BankTransaction(BaseModel):

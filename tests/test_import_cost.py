@@ -209,3 +209,18 @@ def test_the_cold_start_benchmark_runs(tmp_path: Path) -> None:
                     for row in ("python", "pydantic+orjson", "lambda_workflow", "models",
                                 "workflow module", "boto3")}
     assert report["importtime"] and "| lambda_workflow " in run.stdout
+
+
+def test_the_bank_example_loads_no_embedded_runtime() -> None:
+    """The bank example is also the deployed workflow module (docs/aws.md): importing it in
+    the Lambda zip loads neither the embedded runtime nor sqlite3 (its ``setup`` names
+    LocalRuntime for type checkers only)."""
+    result = _run(f"""\
+        import json, sys
+        sys.path.insert(0, {str(ROOT / "examples")!r})
+        import bank_transaction
+        print(json.dumps(sorted(m for m in ("sqlite3", "lambda_workflow.local",
+                                            "lambda_workflow.backends.sqlite")
+                                if m in sys.modules)))
+    """)
+    assert result == []
