@@ -71,6 +71,36 @@ cdef bytes _canonical(object data):
         raise PydanticSerializationError(f"{exc}: {INTEGER_LIMIT}") from None
 
 
+# TypeAdapter's methods are Python wrappers around pydantic-core's serializer and validator
+# (see _py.py's _dump_json): a TypeAdapter's are called directly, any other adapter's methods
+# as they are.
+cdef object _TypeAdapter = pydantic.TypeAdapter
+
+
+cdef inline object _dump_json(object adapter, object value):
+    if type(adapter) is _TypeAdapter:
+        return adapter.serializer.to_json(value)
+    return adapter.dump_json(value)
+
+
+cdef inline object _dump_python_json(object adapter, object value):
+    if type(adapter) is _TypeAdapter:
+        return adapter.serializer.to_python(value, mode="json")
+    return adapter.dump_python(value, mode="json")
+
+
+cdef inline object _validate_json(object adapter, object payload):
+    if type(adapter) is _TypeAdapter:
+        return adapter.validator.validate_json(payload)
+    return adapter.validate_json(payload)
+
+
+cdef inline object _validate_python(object adapter, object value):
+    if type(adapter) is _TypeAdapter:
+        return adapter.validator.validate_python(value)
+    return adapter.validate_python(value)
+
+
 def encode_value(adapter, value):
     return _canonical(adapter.dump_python(value, mode="json"))
 
@@ -685,7 +715,7 @@ cdef class ReplayIndex:
         if r.kind != kind or r.name != name:
             return None
         try:
-            fast = request_adapter.dump_json(request)
+            fast = _dump_json(request_adapter, request)
         except AttributeError:  # not a TypeAdapter (a Serdes' adapter has no dump_json)
             self._unsorted.add(request_adapter)
             return None
@@ -716,12 +746,12 @@ cdef class ReplayIndex:
         cdef Py_ssize_t stage
         cdef bytes payload
         if request_model is None or type(request) is not request_model:
-            request = request_adapter.validate_python(request)
+            request = _validate_python(request_adapter, request)
         cdef _Rec r = self._fast_match(seq, kind, name, request_adapter, request)
         if r is not None:
             payload = r.request
         else:
-            payload = _canonical(request_adapter.dump_python(request, mode="json"))
+            payload = _canonical(_dump_python_json(request_adapter, request))
             r = self._match(seq, kind, name, payload)
             if r is not None and request_adapter not in self._unsorted:
                 # dump_json's bytes are not canonical for this adapter: stop trying them
@@ -797,7 +827,7 @@ cdef class ReplayIndex:
             return 0
         if ok:
             try:
-                value = future.adapter.validate_json(payload)
+                value = _validate_json(future.adapter, payload)
             except _ValidationError as exc:
                 self.hooks.invalid_reply(r.rec, future, payload if staged is not None else None,
                                          exc)
@@ -872,7 +902,7 @@ cdef class ReplayIndex:
             future = self.waiting.get(pos)
             if future is not None and staged[0]:
                 try:
-                    future.adapter.validate_json(staged[1])
+                    _validate_json(future.adapter, staged[1])
                 except _ValidationError as exc:
                     self.hooks.invalid_reply(r.rec, future, staged[1], exc)
                     continue
