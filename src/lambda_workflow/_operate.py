@@ -218,6 +218,12 @@ def print_history(history: History, out: TextIO, *, full: bool) -> None:
           f"updated {format_time(inst.updated_at)}", file=out)
     print(f"  input: {_short(inst.input, full)}", file=out)
     for op in history.operations:
+        if op.kind == "trace":  # the trace context tracing recorded (docs/observability.md)
+            ctx = orjson.loads(op.request)
+            print(f"  trace: {ctx.get('trace_id')}"
+                  f"{' (parent span ' + ctx['parent'] + ')' if ctx.get('parent') else ''}",
+                  file=out)
+            continue
         resolved = (f"resolved {format_time(op.resolved_at)} (activation {op.resolved_in})"
                     if op.resolved_in else "")
         what = _what(op, full)

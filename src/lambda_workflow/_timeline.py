@@ -128,6 +128,8 @@ def build(history: History) -> Timeline:
     first: dict[int, float] = {1: inst.created_at} if inst.activations else {}
     bars: list[Bar] = []
     for op in history.operations:
+        if op.kind == "trace":  # the trace context tracing recorded: not an operation
+            continue
         first[op.created_in] = min(first.get(op.created_in, op.created_at), op.created_at)
         end: float | None = None
         resolved_in = op.resolved_in

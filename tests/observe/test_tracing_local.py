@@ -387,3 +387,18 @@ def test_a_request_re_sent_by_recovery_carries_its_call_span(
     assert call.context is not None and service.parent is not None
     assert service.parent.span_id == call.context.span_id
     assert service.context is not None and service.context.trace_id == call.context.trace_id
+
+
+def test_history_and_timeline_show_the_trace_record_as_the_trace_not_an_operation(
+        tmp_path: Path, spans: Spans) -> None:
+    with _runtime(tmp_path) as rt:
+        _run_shipment(rt, "ship-9")
+        recorded = json.loads(next(op for op in rt.history("ship-9").operations
+                                   if op.kind == "trace").request)
+    db = str(tmp_path / "state.db")
+    for extra, check_trace_line in (([], True), (["--timeline"], False)):
+        out = subprocess.run([sys.executable, "-m", "lambda_workflow", "history", "--db", db,
+                              "ship-9", *extra], capture_output=True, text=True, check=True)
+        assert "#trace" not in out.stdout and " trace " not in out.stdout, out.stdout
+        if check_trace_line:
+            assert f"  trace: {recorded['trace_id']}" in out.stdout.splitlines()

@@ -37,7 +37,7 @@ REPAIR_KIND = "repair"
 # the history, or no deployment could run the instance (unknown workflow, poison message).
 RESUMABLE_ERRORS = frozenset({"NonDeterminismError", "PoisonMessage", "UnknownWorkflowError"})
 # Records kept outside the workflow's numbering, which a reset never drops by position.
-_OUTSIDE = frozenset({REPAIR_KIND, "cancel", "parent"})
+_OUTSIDE = frozenset({REPAIR_KIND, "cancel", "parent", "trace"})
 # Operations whose request leaves the activation (re-sent when a repair reopens an instance).
 _SENT_KINDS = frozenset({"call", "timer", "child"})
 _SEQ_BASE = -100
