@@ -250,6 +250,7 @@ cdef class CallFuture:
     cdef public object owner
     cdef public object index
     cdef public Py_ssize_t seq
+    cdef object __weakref__  # asyncio's futures can be weakly referenced; so can this one
 
     def __init__(self, index, loop):
         self._floop = loop

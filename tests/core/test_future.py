@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import gc
 import sys
+import weakref
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -89,6 +91,17 @@ def test_is_a_future_to_asyncio(core: ModuleType) -> None:
     assert asyncio.isfuture(fut)
     assert fut.get_loop() is loop
     assert not fut.done() and not fut.cancelled()
+
+
+def test_it_can_be_weakly_referenced(core: ModuleType) -> None:
+    """As asyncio's futures can (a WeakSet of futures, a weakref callback)."""
+    for make in (core_future(core), index_future(core)):
+        fut = make(new_loop())
+        ref = weakref.ref(fut)
+        assert ref() is fut
+        del fut
+        gc.collect()
+        assert ref() is None
 
 
 def test_errors_before_and_after_completion_match_asyncio(core: ModuleType) -> None:
