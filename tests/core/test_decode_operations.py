@@ -45,7 +45,7 @@ def decoded(core: ModuleType, rows: list[tuple[Any, ...]], codec: PayloadCodec) 
         return ("raise", type(exc), str(exc))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(rows, max_size=6), st.sampled_from([PLAIN, ZLIB]))
 def test_both_twins_decode_rows_as_the_store_does(batch: list[tuple[Any, ...]],
                                                   codec: PayloadCodec) -> None:

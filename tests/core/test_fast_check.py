@@ -33,7 +33,7 @@ from .helpers import INT, make_index
 C: ModuleType = importlib.import_module("lambda_workflow._core._c")
 PY: ModuleType = importlib.import_module("lambda_workflow._core._py")
 
-SETTINGS = settings(max_examples=300, deadline=None,
+SETTINGS = settings(max_examples=200, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
