@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -134,6 +135,12 @@ def arm64_zip(tmp_path_factory: pytest.TempPathFactory, pure_wheel: Path,
                            str(requirements), "-o", str(out))
     assert code == 0, report
     return Built(out, report)
+
+
+def _pyc_name(name: str, version: str) -> str:
+    """The name in the zip of the byte code of ``name`` (a .py) for Python ``version``."""
+    folder, _, file = name.rpartition("/")
+    return f"{folder + '/' if folder else ''}__pycache__/{file[:-3]}.cpython-3{version[2:]}.pyc"
 
 
 def fake_wheels(folder: Path, *names: str) -> Path:
@@ -306,6 +313,18 @@ def test_write_zip_is_sorted_dated_1980_and_reproducible(tmp_path: Path) -> None
 # ---------------------------------------------------------------- several handler paths
 
 
+def fake_pip_install(args: list[str]) -> None:
+    """Install a tiny ``pydantic`` into pip's ``--target``."""
+    target = Path(args[args.index("--target") + 1])
+    (target / "pydantic").mkdir(parents=True)
+    (target / "pydantic" / "__init__.py").write_text("VERSION = '2.0'\n")
+    info = target / "pydantic-2.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pydantic\nVersion: 2.0\n\n")
+    (info / "RECORD").write_text("pydantic/__init__.py,,\npydantic-2.0.dist-info/METADATA,,\n"
+                                 "pydantic-2.0.dist-info/RECORD,,\n")
+
+
 @pytest.fixture
 def fake_pip(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """pip replaced by a stand-in that installs a tiny ``pydantic`` into ``--target``; returns
@@ -314,14 +333,7 @@ def fake_pip(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 
     def install(args: list[str], description: str) -> None:
         calls.append(args)
-        target = Path(args[args.index("--target") + 1])
-        (target / "pydantic").mkdir(parents=True)
-        (target / "pydantic" / "__init__.py").write_text("VERSION = '2.0'\n")
-        info = target / "pydantic-2.0.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pydantic\nVersion: 2.0\n\n")
-        (info / "RECORD").write_text("pydantic/__init__.py,,\npydantic-2.0.dist-info/METADATA,,\n"
-                                     "pydantic-2.0.dist-info/RECORD,,\n")
+        fake_pip_install(args)
 
     monkeypatch.setattr(_package, "_run_pip", install)
     return calls
@@ -426,12 +438,15 @@ def test_arm64_zip_has_aarch64_dependencies_and_the_handler(arm64_zip: Built) ->
 
 
 def test_arm64_zip_leaves_out_runtime_packages_and_machine_paths(arm64_zip: Built) -> None:
-    """jmespath (in the Lambda runtime) is left out, as are bin/, byte code and direct_url.json."""
+    """jmespath (in the Lambda runtime) is left out, as are bin/ and direct_url.json; the only
+    byte code is the zip's own, for Python 3.11, one .pyc beside each .py."""
     with zipfile.ZipFile(arm64_zip.path) as archive:
         names = archive.namelist()
         records = [archive.read(n).decode() for n in names if n.endswith(".dist-info/RECORD")]
     assert not [n for n in names if n.startswith(("jmespath", "bin/"))]
-    assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", "direct_url.json"))]
+    assert not [n for n in names if n.endswith("direct_url.json")]
+    pycs = {n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyo"))}
+    assert pycs == {_pyc_name(n, "3.11") for n in names if n.endswith(".py")}
     assert not [line for r in records for line in r.splitlines() if line.startswith("../")]
     assert "left out (the Lambda runtime has them; --with-boto3 keeps them): jmespath" \
         in arm64_zip.report
@@ -458,8 +473,15 @@ def test_same_inputs_give_the_same_zip(arm64_zip: Built, pure_wheel: Path, handl
     """A second build from the same handler, wheel and requirements is byte-for-byte equal."""
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("jmespath\n")
-    again = build_zip(handler_file, arch="arm64", python="3.11", wheels=[pure_wheel],
-                      requirements=requirements, output=tmp_path / "again.zip")
+    # The handler's mtime (recorded by timestamp byte code) and the hash seed do not matter.
+    os.utime(handler_file, (1_000_000_000, 1_000_000_000))
+    os.environ["PYTHONHASHSEED"] = "12345"
+    try:
+        again = build_zip(handler_file, arch="arm64", python="3.11", wheels=[pure_wheel],
+                          requirements=requirements, output=tmp_path / "again.zip")
+    finally:
+        del os.environ["PYTHONHASHSEED"]
+    assert again.bytecode is not None and again.bytecode.files > 100
     assert again.path.read_bytes() == arm64_zip.path.read_bytes()
 
 
@@ -476,7 +498,10 @@ def test_x86_64_with_boto3_keeps_runtime_packages(pure_wheel: Path, tmp_path: Pa
                        requirements=requirements, with_boto3=True, output=tmp_path / "x.zip")
     with zipfile.ZipFile(result.path) as archive:
         names = archive.namelist()
-    assert [n for n in names if n.startswith("app/")] == ["app/__init__.py", "app/main.py"]
+    # The folder's stale byte code (for 3.11) is left out; the zip's own is for 3.13.
+    assert [n for n in names if n.startswith("app/")] == [
+        "app/__init__.py", "app/__pycache__/__init__.cpython-313.pyc",
+        "app/__pycache__/main.cpython-313.pyc", "app/main.py"]
     assert "jmespath/__init__.py" in names
     assert any(re.fullmatch(r"pydantic_core/_pydantic_core\.cpython-313-x86_64-linux-gnu\.so", n)
                for n in names)
@@ -696,7 +721,7 @@ def test_project_folder_leaves_out_what_is_not_code(tmp_path: Path,
     assert code == 0, report
     with zipfile.ZipFile(out) as archive:
         names = archive.namelist()
-    own = sorted(n for n in names if not n.startswith("pydantic"))
+    own = sorted(n for n in names if not n.startswith("pydantic") and "__pycache__" not in n)
     assert own == ["README.md", "app.py", "orders/__init__.py", "orders/flow.py",
                    "scratch/try.py"]
     expected = {
@@ -740,7 +765,8 @@ def test_package_folder_keeps_its_name_and_leaves_out_tests(
                        wheels=[fake_wheels(tmp_path / "wheels", PURE)],
                        exclude=["orders/data.json"], output=tmp_path / "x.zip")
     with zipfile.ZipFile(result.path) as archive:
-        names = [n for n in archive.namelist() if n.startswith("orders")]
+        names = [n for n in archive.namelist()
+                 if n.startswith("orders") and "__pycache__" not in n]
     assert names == ["orders/__init__.py", "orders/flow.py"]
     assert result.left_out == {
         "build outputs": ["orders/__pycache__/", "orders/stale.pyc"],
@@ -772,6 +798,276 @@ def test_bad_exclude_glob_is_an_error(tmp_path: Path) -> None:
     for glob in ("", "/app.py"):
         with pytest.raises(PackageError, match=rf"--exclude {glob!r}: "):
             build_zip(tmp_path, arch="arm64", python="3.12", wheels=wheels, exclude=[glob])
+
+
+# ---------------------------------------------------------------- byte code
+
+PYC_HANDLER = """\
+\"\"\"A handler whose import loads pydantic, lambda_workflow and a workflow.\"\"\"
+from pydantic import BaseModel
+
+from lambda_workflow import Service, WorkflowContext, workflow
+
+
+class Order(BaseModel):
+    amount: int
+
+
+pricing = Service("pricing", Order, Order)
+
+
+@workflow
+async def checkout(ctx: WorkflowContext[Order]) -> int:
+    return (await ctx.call(pricing, ctx.request)).amount
+
+
+def handler(event, context):
+    from lambda_workflow.backends.memory import MemoryStateStore
+    from lambda_workflow.local import LocalRuntime
+
+    runtime = LocalRuntime(store=MemoryStateStore())
+    runtime.register(checkout)
+    runtime.implement(pricing, lambda order: Order(amount=order.amount * 2))
+    handle = runtime.start(checkout, Order(**event), workflow_id="order-1")
+    runtime.run_until_idle()
+    return handle.result()
+"""
+
+#: Run in the unpacked zip as Lambda runs a handler (its folder the current directory, no site
+#: packages): imports and calls the handler and reports every file of the folder that the
+#: import system compiled from source (SourceLoader.source_to_code is called only then), and
+#: the byte code path of each module loaded from the folder.
+IMPORT_PROBE = """\
+import importlib._bootstrap_external as external, json, os, sys
+compiled = []
+original = external.SourceLoader.source_to_code
+def source_to_code(self, data, path, *args, **kwargs):
+    compiled.append(path)
+    return original(self, data, path, *args, **kwargs)
+external.SourceLoader.source_to_code = source_to_code
+import handler
+result = handler.handler({"amount": 21}, None)
+task = os.getcwd() + "/"
+modules = {name: module.__spec__.cached for name, module in sys.modules.items()
+           if (getattr(module, "__file__", None) or "").startswith(task)
+           and module.__file__.endswith(".py")}
+print(json.dumps({"result": result, "modules": modules,
+                  "compiled": [p for p in compiled if p.startswith(task)]}))
+"""
+
+
+def _run_probe(python: str, task: Path) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LAMBDA_WORKFLOW_", "PYTHON"))}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # /var/task is read-only on Lambda
+    proc = subprocess.run([python, "-S", "-c", IMPORT_PROBE], cwd=task, env=env,
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    data: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    return data
+
+
+@pytest.fixture(scope="module")
+def x86_64_312_zip(tmp_path_factory: pytest.TempPathFactory, pure_wheel: Path) -> Built:
+    """An x86_64 / Python 3.12 zip of PYC_HANDLER (this machine is x86_64, so a Python 3.12
+    here runs it)."""
+    tmp = tmp_path_factory.mktemp("x86-312")
+    (tmp / "handler.py").write_text(PYC_HANDLER)
+    out = tmp / "lambda.zip"
+    code, report = run_cli("package", str(tmp / "handler.py"), "--arch", "x86_64", "--python",
+                           "3.12", "--wheel", str(pure_wheel), "--require-bytecode", "-o",
+                           str(out))
+    assert code == 0, report
+    return Built(out, report)
+
+
+def _python(version: str) -> str:
+    python, tried = _package.find_interpreter(version)
+    assert python is not None, f"this test needs a Python {version}: {tried}"
+    return python
+
+
+def test_zip_has_byte_code_for_each_module_with_the_targets_magic(x86_64_312_zip: Built) -> None:
+    """Every .py has its __pycache__/*.cpython-312.pyc, with Python 3.12's magic number (as that
+    interpreter itself reports it) and hash-based flags: unchecked for the dependencies,
+    checked for the handler's own file."""
+    magic = subprocess.run([_python("3.12"), "-c", "import importlib.util, sys; "
+                            "sys.stdout.buffer.write(importlib.util.MAGIC_NUMBER)"],
+                           capture_output=True, check=True).stdout
+    assert int.from_bytes(magic[:2], "little") == _package.PYC_MAGIC["3.12"] == 3531
+    with zipfile.ZipFile(x86_64_312_zip.path) as archive:
+        names = archive.namelist()
+        sources = [n for n in names if n.endswith(".py")]
+        pycs = {n: archive.read(n) for n in names if n.endswith(".pyc")}
+    assert set(pycs) == {_pyc_name(n, "3.12") for n in sources}
+    assert len(pycs) > 100
+    assert {data[:4] for data in pycs.values()} == {magic}
+    flags = {n: int.from_bytes(data[4:8], "little") for n, data in pycs.items()}
+    assert flags.pop("__pycache__/handler.cpython-312.pyc") == 0b11  # hash-based, checked
+    assert set(flags.values()) == {0b01}  # hash-based, unchecked
+    assert re.search(r"byte code: \d+ \.pyc files \(\d\.\d MB\) for python3\.12, compiled by "
+                     r"\S+python3\.12 \(unchecked-hash; the handler's own files checked-hash\)",
+                     x86_64_312_zip.report)
+
+
+def test_unpacked_zip_imports_from_byte_code_without_compiling(x86_64_312_zip: Built,
+                                                               tmp_path: Path) -> None:
+    """Unpacked with new mtimes and run by Python 3.12 without writing byte code (as on Lambda),
+    the handler's import and first call compile nothing from source: every module of the folder
+    comes from its .pyc. With the __pycache__ folders removed the same run compiles them all,
+    so the check would see it."""
+    task = tmp_path / "task"
+    with zipfile.ZipFile(x86_64_312_zip.path) as archive:
+        archive.extractall(task)
+    for path in task.rglob("*"):
+        os.utime(path, (2_000_000_000, 2_000_000_000))
+    python = _python("3.12")
+    got = _run_probe(python, task)
+    assert got["result"] == 42
+    assert got["compiled"] == []
+    modules = got["modules"]
+    assert {"handler", "pydantic", "pydantic.main", "lambda_workflow",
+            "lambda_workflow.local", "typing_extensions"} <= set(modules)
+    for name, cached in modules.items():
+        assert cached is not None and Path(cached).is_file(), name
+        assert ".cpython-312.pyc" in cached
+    assert not [p for p in task.rglob("*.pyc") if not p.name.endswith(".cpython-312.pyc")]
+    for cache in list(task.rglob("__pycache__")):
+        shutil.rmtree(cache)
+    without = _run_probe(python, task)
+    assert without["result"] == 42
+    assert {f"{task}/handler.py", f"{task}/pydantic/main.py",
+            f"{task}/lambda_workflow/__init__.py"} <= set(without["compiled"])
+    assert len(without["compiled"]) == len(modules)
+
+
+@pytest.fixture
+def no_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
+    """A target version other than this interpreter's, and a PATH, HOME, pyenv and uv with no
+    interpreter of it: only a ``python3.X`` on PATH that is in fact Python 3.11."""
+    version = "3.13" if sys.version_info[:2] == (3, 12) else "3.12"
+    fake = tmp_path / "bin" / f"python{version}"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho cpython 3.11 3495\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake.parent))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "pyenv"))
+    monkeypatch.setenv("UV_PYTHON_INSTALL_DIR", str(tmp_path / "uv"))
+    return version, fake
+
+
+def test_no_interpreter_of_the_target_version_ships_sources_and_warns(
+        tmp_path: Path, fake_pip: list[list[str]], no_python: tuple[str, Path],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a Python of the target version the zip has sources only and the report says
+    why (each place looked at) and what to do; --require-bytecode makes it an error before
+    anything is installed, as does a --bytecode-python of another version."""
+    version, fake = no_python
+    (tmp_path / "app.py").write_text("X = 1\n")
+    wheels = str(fake_wheels(tmp_path / "dist", PURE))
+    out = tmp_path / "x.zip"
+    code, report = run_cli("package", str(tmp_path / "app.py"), "--arch", "arm64", "--python",
+                           version, "--wheel", wheels, "-o", str(out))
+    assert code == 0, report
+    with zipfile.ZipFile(out) as archive:
+        assert not [n for n in archive.namelist() if n.endswith(".pyc")]
+        assert "app.py" in archive.namelist()
+    line = next(x for x in report.splitlines() if "byte code" in x)
+    assert line.startswith(f"  WARNING byte code: none, no Python {version} interpreter found")
+    assert f"{fake} is Python 3.11" in line
+    assert f"pyenv: no {tmp_path}/pyenv/versions/{version}.*/bin/python{version}" in line
+    assert f"`pyenv install {version}`" in line and "--bytecode-python" in line
+    assert "--require-bytecode makes this an error" in line
+    assert len(fake_pip) == 1
+    code, report = run_cli("package", str(tmp_path / "app.py"), "--arch", "arm64", "--python",
+                           version, "--wheel", wheels, "--require-bytecode", "-o",
+                           str(tmp_path / "y.zip"))
+    assert (code, report) == (1, "")
+    err = capsys.readouterr().err
+    assert f"--require-bytecode: no Python {version} interpreter found" in err
+    assert f"{fake} is Python 3.11" in err
+    with pytest.raises(PackageError, match=rf"--bytecode-python \S+: is Python 3\.11; it must be "
+                                           rf"CPython {version}"):
+        build_zip(tmp_path / "app.py", arch="arm64", python=version, wheels=[wheels],
+                  bytecode_python=fake, output=tmp_path / "z.zip")
+    assert len(fake_pip) == 1
+    assert not (tmp_path / "y.zip").exists() and not (tmp_path / "z.zip").exists()
+
+
+def test_no_bytecode_ships_sources_only(tmp_path: Path, fake_pip: list[list[str]]) -> None:
+    """--no-bytecode: no .pyc in the zip, and the report says so; it cannot be combined with
+    --require-bytecode."""
+    (tmp_path / "app.py").write_text("X = 1\n")
+    wheels = str(fake_wheels(tmp_path / "dist", PURE))
+    code, report = run_cli("package", str(tmp_path / "app.py"), "--arch", "arm64", "--python",
+                           "3.11", "--wheel", wheels, "--no-bytecode", "-o",
+                           str(tmp_path / "x.zip"))
+    assert code == 0, report
+    with zipfile.ZipFile(tmp_path / "x.zip") as archive:
+        assert sorted(archive.namelist()) == [
+            "app.py", "pydantic-2.0.dist-info/METADATA", "pydantic-2.0.dist-info/RECORD",
+            "pydantic/__init__.py"]
+    assert "  byte code: none (--no-bytecode)" in report
+    with pytest.raises(SystemExit):
+        run_cli("package", str(tmp_path / "app.py"), "--arch", "arm64", "--no-bytecode",
+                "--require-bytecode")
+
+
+def test_handler_the_target_python_cannot_compile_is_an_error(
+        tmp_path: Path, fake_pip: list[list[str]]) -> None:
+    """A handler file with syntax the target Python lacks (a 3.12 `type` statement for 3.11)
+    fails the build, naming the file and the error; a dependency's file that does not compile
+    is shipped as source and listed in the report."""
+    _python("3.11")
+    (tmp_path / "app.py").write_text("type Id = int\n")
+    wheels = str(fake_wheels(tmp_path / "dist", PURE))
+    with pytest.raises(PackageError, match=r"Python 3\.11 cannot compile the handler's app\.py: "
+                                           r".*invalid syntax.*\(fix it, or leave the file out "
+                                           r"with --exclude\)"):
+        build_zip(tmp_path / "app.py", arch="arm64", python="3.11", wheels=[wheels],
+                  output=tmp_path / "x.zip")
+    assert not (tmp_path / "x.zip").exists()
+
+    def install_with_a_python2_file(args: list[str], description: str) -> None:
+        fake_pip_install(args)
+        target = Path(args[args.index("--target") + 1])
+        (target / "pydantic" / "_legacy.py").write_text("print 'hello'\n")
+
+    (tmp_path / "app.py").write_text("X = 1\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_package, "_run_pip", install_with_a_python2_file)
+        result = build_zip(tmp_path / "app.py", arch="arm64", python="3.11", wheels=[wheels],
+                           output=tmp_path / "x.zip")
+    with zipfile.ZipFile(result.path) as archive:
+        names = archive.namelist()
+    assert "pydantic/_legacy.py" in names
+    assert "pydantic/__pycache__/_legacy.cpython-311.pyc" not in names
+    assert "pydantic/__pycache__/__init__.cpython-311.pyc" in names
+    assert result.bytecode is not None
+    assert [n for n, _ in result.bytecode.failed] == ["pydantic/_legacy.py"]
+    assert "Missing parentheses in call to 'print'" in result.bytecode.failed[0][1]
+    assert re.search(r"not compiled \(1, shipped as source; Python 3\.11 cannot import them\): "
+                     r"pydantic/_legacy\.py \(.*print", "\n".join(_package.format_report(result)))
+
+
+def test_find_interpreter_looks_in_pyenv_newest_first(tmp_path: Path) -> None:
+    """A pyenv root's versions are tried newest first; a pyenv shim on PATH that does not run
+    (its version not selected) is turned down with its error."""
+    real = _python("3.12")
+    shim = tmp_path / "shims" / "python3.12"
+    shim.parent.mkdir()
+    shim.write_text("#!/bin/sh\necho 'pyenv: python3.12: command not found' >&2\nexit 127\n")
+    shim.chmod(0o755)
+    for patch in ("3.12.2", "3.12.10", "3.11.9"):
+        folder = tmp_path / "pyenv" / "versions" / patch / "bin"
+        folder.mkdir(parents=True)
+        (folder / f"python{patch[:4]}").symlink_to(real)
+    env = {"PATH": str(shim.parent), "HOME": str(tmp_path), "PYENV_ROOT": str(tmp_path / "pyenv")}
+    python, tried = _package.find_interpreter("3.12", environ=env)
+    assert python == f"{tmp_path}/pyenv/versions/3.12.10/bin/python3.12"
+    assert (f"{shim} does not run (exit code 127: pyenv: python3.12: command not found)"
+            in tried)
 
 
 # ---------------------------------------------------------------- scripts/wheel_checks.py

@@ -11,12 +11,24 @@ through to every pip call); a missing platform wheel is reported by name. Handle
 leave out what is not code (build outputs, state files, tests, zips, virtual environments,
 ``.git``). The zip is deterministic: sorted entries, a fixed timestamp and normalised
 permissions.
+
+Every ``.py`` in the zip gets its byte code (``__pycache__/NAME.cpython-3XY.pyc``) compiled by
+an interpreter of the target's Python version (``find_interpreter``): ``/var/task`` is
+read-only on Lambda, so without it every cold start compiles pydantic, lambda_workflow and the
+handler from source. The byte code is hash-based, not timestamp-based (a timestamp pyc records
+the source's mtime and size, and is recompiled in memory at every import when the unzipped
+file's mtime differs, which Lambda does not promise to keep): the dependencies' is
+``unchecked-hash`` (never compared with the source: they are not edited in place), the
+handler's own files' ``checked-hash`` (compared with the source's hash at import, so an edit
+in Lambda's console editor is not hidden by stale byte code).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import importlib.metadata
+import importlib.util
+import json
 import os
 import re
 import shutil
@@ -33,14 +45,18 @@ __all__ = [
     "ARCHITECTURES",
     "DEFAULT_PYTHON",
     "DIRECT_UPLOAD_LIMIT",
+    "PYC_MAGIC",
     "PYTHON_VERSIONS",
     "RUNTIME_PROVIDED",
     "UNZIPPED_LIMIT",
+    "Bytecode",
     "PackageError",
     "PackageResult",
     "build_zip",
     "check_target",
+    "compile_bytecode",
     "download_wheel",
+    "find_interpreter",
     "format_report",
     "index_options",
     "installed_version",
@@ -67,6 +83,11 @@ DIRECT_UPLOAD_LIMIT = 52_428_800
 _PROJECT = "lambda_workflow"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _PIP_TAIL = 15
+#: The magic number (a .pyc's first two bytes, little-endian) of each supported Python's final
+#: releases: byte code with another one (a pre-release's) is ignored by the Lambda runtime.
+PYC_MAGIC = {"3.11": 3495, "3.12": 3531, "3.13": 3571}
+#: Where Lambda unpacks the zip: the file names recorded in the byte code.
+_TASK_ROOT = "/var/task"
 
 
 class PackageError(Exception):
@@ -97,6 +118,26 @@ class PackageResult:
     #: What the handler folders held that is not in the zip: reason -> names (relative, as
     #: they would be in the zip; a folder once, as ``name/``), in the report's order.
     left_out: dict[str, list[str]] = field(default_factory=dict)
+    #: The byte code compiled into the zip (or why there is none).
+    bytecode: Bytecode | None = None
+
+
+@dataclass
+class Bytecode:
+    """What ``build_zip`` compiled: the ``.pyc`` files in the zip, or why there are none."""
+
+    #: The target Python version, X.Y.
+    python: str
+    #: The interpreter that compiled it, or None when nothing was compiled.
+    interpreter: str | None = None
+    #: Number of .pyc files in the zip, and their unzipped size in bytes.
+    files: int = 0
+    size: int = 0
+    #: Dependency files (names in the zip) that the target Python cannot compile, with the
+    #: first line of the error; they are shipped as source only (importing them fails anyway).
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    #: Why no byte code was compiled: ``--no-bytecode`` or no interpreter of that version.
+    skipped: str | None = None
 
 
 def _normalize(name: str) -> str:
@@ -500,6 +541,155 @@ def _tidy(target: Path) -> None:
             record.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
 
+_PROBE = ("import sys, importlib.util; print(sys.implementation.name, '%d.%d' % "
+          "sys.version_info[:2], int.from_bytes(importlib.util.MAGIC_NUMBER[:2], 'little'))")
+
+
+def _probe(candidate: str, version: str) -> str | None:
+    """Why ``candidate`` cannot compile byte code for CPython ``version``, or None if it can."""
+    try:
+        proc = subprocess.run([candidate, "-S", "-s", "-c", _PROBE], capture_output=True,
+                              text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"does not run ({exc})"
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[0]
+        return f"does not run (exit code {proc.returncode}: {last})"
+    parts = proc.stdout.split()
+    if len(parts) != 3:
+        return f"printed {proc.stdout.strip()!r}, not its version"
+    name, got, magic = parts
+    if name != "cpython":
+        return f"is {name}, not CPython"
+    if got != version:
+        return f"is Python {got}"
+    if int(magic) != PYC_MAGIC[version]:
+        return (f"writes byte code with magic number {magic}, not {PYC_MAGIC[version]} as "
+                f"Python {version}'s releases do (a pre-release?)")
+    return None
+
+
+def _version_key(folder: Path) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", folder.name))
+
+
+def find_interpreter(version: str, *, explicit: str | Path | None = None,
+                     environ: dict[str, str] | None = None) -> tuple[str | None, list[str]]:
+    """An interpreter of CPython ``version`` (X.Y) to compile the zip's byte code with.
+
+    Looked for in this order: ``explicit`` (``--bytecode-python``), this interpreter
+    (``sys.executable``), ``pythonX.Y`` in each folder of ``PATH``, pyenv's versions
+    (``$PYENV_ROOT/versions/X.Y.*``, newest first) and uv's (``$UV_PYTHON_INSTALL_DIR`` or
+    ``~/.local/share/uv/python``). Each candidate is run once to check its implementation,
+    version and byte code magic number (a pyenv shim for a version that is not selected, for
+    instance, does not run).
+
+    Returns:
+        The interpreter's path (None if none fits) and, for each candidate turned down, why.
+
+    Raises:
+        PackageError: ``explicit`` is not an interpreter of that version.
+    """
+    env = dict(os.environ if environ is None else environ)
+    if explicit is not None:
+        why = _probe(str(explicit), version)
+        if why is not None:
+            raise PackageError(f"--bytecode-python {explicit}: {why}; it must be CPython "
+                               f"{version}, the target's version")
+        return str(explicit), []
+    tried: list[str] = []
+    if (sys.implementation.name == "cpython" and sys.version_info[:2] == tuple(
+            int(n) for n in version.split(".")) and int.from_bytes(
+                importlib.util.MAGIC_NUMBER[:2], "little") == PYC_MAGIC[version]):
+        return sys.executable, tried
+    tried.append(f"{sys.executable} (this interpreter) is Python "
+                 f"{sys.version_info[0]}.{sys.version_info[1]}")
+    name = f"python{version}"
+    candidates: list[str] = []
+    for folder in env.get("PATH", "").split(os.pathsep):
+        path = Path(folder or ".") / name
+        if path.is_file() and os.access(path, os.X_OK):
+            candidates.append(str(path))
+    if not candidates:
+        tried.append(f"no {name} on PATH")
+    home = Path(env.get("HOME", str(Path.home())))
+    for label, root, pattern in (
+            ("pyenv", Path(env.get("PYENV_ROOT", str(home / ".pyenv"))) / "versions",
+             f"{version}.*"),
+            ("uv", Path(env.get("UV_PYTHON_INSTALL_DIR",
+                                str(home / ".local/share/uv/python"))), f"cpython-{version}.*")):
+        found = [f / "bin" / name for f in sorted(root.glob(pattern), key=_version_key,
+                                                   reverse=True) if (f / "bin" / name).is_file()]
+        if not found:
+            tried.append(f"{label}: no {root}/{pattern}/bin/{name}")
+        candidates += [str(f) for f in found]
+    seen: set[str] = set()
+    for candidate in candidates:
+        if candidate in seen:
+            continue
+        seen.add(candidate)
+        why = _probe(candidate, version)
+        if why is None:
+            return candidate, tried
+        tried.append(f"{candidate} {why}")
+    return None, tried
+
+
+_COMPILE = """\
+import json, py_compile, sys
+unchecked = py_compile.PycInvalidationMode.UNCHECKED_HASH
+checked = py_compile.PycInvalidationMode.CHECKED_HASH
+failed = []
+for source, cfile, dfile, check in json.load(sys.stdin):
+    try:
+        py_compile.compile(source, cfile=cfile, dfile=dfile, doraise=True, optimize=0,
+                           invalidation_mode=checked if check else unchecked)
+    except Exception as exc:
+        msg = exc.msg if isinstance(exc, py_compile.PyCompileError) else repr(exc)
+        failed.append([dfile, msg.strip().splitlines()[-1] if msg.strip() else repr(exc)])
+json.dump(failed, sys.stdout)
+"""
+
+
+def compile_bytecode(interpreter: str, version: str, sources: Sequence[tuple[str, Path, bool]],
+                     dest: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
+    """Compile ``(name in the zip, source, checked)`` with ``interpreter`` (CPython
+    ``version``) into ``dest``, laid out as in the zip: ``pkg/__pycache__/mod.cpython-3XY.pyc``
+    for ``pkg/mod.py``.
+
+    The byte code is hash-based (``checked`` ones are compared with their source at import,
+    the others never), optimisation level 0 (Lambda runs Python without ``-O``), and records
+    each file as ``/var/task/<name>``, so it does not depend on where the zip was built: the
+    same sources give the same bytes. The compiler runs with a fixed hash seed.
+
+    Returns:
+        ``(name in the zip, .pyc)`` of each compiled file, sorted, and ``(name in the zip,
+        error)`` of each one the target Python cannot compile.
+    """
+    tag = f"cpython-3{version.split('.')[1]}"
+    jobs: list[list[str | bool]] = []
+    out: list[tuple[str, Path]] = []
+    for arcname, source, check in sorted(sources):
+        folder, _, filename = arcname.rpartition("/")
+        pyc = f"{folder + '/' if folder else ''}__pycache__/{filename[:-len('.py')]}.{tag}.pyc"
+        jobs.append([str(source), str(dest / pyc), f"{_TASK_ROOT}/{arcname}", check])
+        out.append((pyc, dest / pyc))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONHASHSEED"] = "0"
+    proc = subprocess.run([interpreter, "-S", "-s", "-W", "ignore", "-c", _COMPILE],
+                          input=json.dumps(jobs), capture_output=True, text=True, env=env,
+                          check=False)
+    if proc.returncode != 0:
+        raise PackageError(f"{interpreter} failed (exit code {proc.returncode}) compiling the "
+                           f"byte code; its last lines:\n"
+                           + "\n".join(proc.stderr.strip().splitlines()[-_PIP_TAIL:]))
+    failed = [(dfile.removeprefix(f"{_TASK_ROOT}/"), msg)
+              for dfile, msg in json.loads(proc.stdout)]
+    bad = {name for name, _ in failed}
+    return [(pyc, path) for (pyc, path), job in zip(out, jobs, strict=True)
+            if str(job[2]).removeprefix(f"{_TASK_ROOT}/") not in bad], failed
+
+
 def write_zip(output: Path, files: Iterable[tuple[str, Path]]) -> None:
     """Write a deterministic zip: entries sorted by name, all dated 1980-01-01, mode 644 (755 for
     files executable by their owner), no folder entries. Written beside ``output``, then moved."""
@@ -526,7 +716,8 @@ def build_zip(handler: str | Path | Sequence[str | Path], *, arch: str, python: 
               wheels: Sequence[str | Path] = (), requirements: str | Path | None = None,
               with_boto3: bool = False, output: str | Path = "build/lambda.zip",
               exclude: Sequence[str] = (), index_url: str | None = None,
-              find_links: Sequence[str] = (),
+              find_links: Sequence[str] = (), bytecode: bool = True,
+              require_bytecode: bool = False, bytecode_python: str | Path | None = None,
               log: Callable[[str], None] | None = None) -> PackageResult:
     """Build a Lambda deployment zip for ``arch`` and ``python``.
 
@@ -551,12 +742,18 @@ def build_zip(handler: str | Path | Sequence[str | Path], *, arch: str, python: 
         index_url: pip's ``--index-url`` for every pip call (the wheel's download and the
             dependencies' install); default pip's own configuration.
         find_links: pip's ``--find-links`` sources (URLs, folders or files), likewise.
+        bytecode: Compile every ``.py`` in the zip for the target Python (``find_interpreter``
+            finds an interpreter of that version); False ships sources only.
+        require_bytecode: Fail when no interpreter of the target version is found, instead
+            of shipping sources only (with a warning in the report).
+        bytecode_python: The interpreter to compile with (``--bytecode-python``).
         log: Called with a line of progress.
 
     Raises:
         PackageError: Unknown target, missing handler, wheel or requirements file, no wheel for
-            the target, a pip failure, two handler paths with the same top-level name, or a
-            handler whose name clashes with a dependency.
+            the target, a pip failure, two handler paths with the same top-level name, a
+            handler whose name clashes with a dependency, a handler file the target Python
+            cannot compile, or (``require_bytecode``) no interpreter of the target version.
     """
     say = log or (lambda _line: None)
     platform, version = check_target(arch, python)
@@ -579,6 +776,23 @@ def build_zip(handler: str | Path | Sequence[str | Path], *, arch: str, python: 
             say(f"./dist has no lambda-workflow wheel for {platform} and Python {version}")
     if requirements is not None and not Path(requirements).is_file():
         raise PackageError(f"requirements file {requirements}: no such file")
+    compiled = Bytecode(python=version)
+    interpreter: str | None = None
+    if not bytecode:
+        if require_bytecode or bytecode_python is not None:
+            raise PackageError("--no-bytecode contradicts --require-bytecode and "
+                               "--bytecode-python")
+        compiled.skipped = "--no-bytecode"
+    else:
+        interpreter, tried = find_interpreter(version, explicit=bytecode_python)
+        if interpreter is None:
+            compiled.skipped = (
+                f"no Python {version} interpreter found to compile it with ("
+                + "; ".join(tried) + f"). Install Python {version} (`pyenv install {version}`, "
+                f"`uv python install {version}` or your system's python{version} package) or "
+                f"name one with --bytecode-python")
+            if require_bytecode:
+                raise PackageError(f"--require-bytecode: {compiled.skipped}")
 
     with tempfile.TemporaryDirectory(prefix="lambda-workflow-package-") as tmp:
         origin = None
@@ -608,6 +822,19 @@ def build_zip(handler: str | Path | Sequence[str | Path], *, arch: str, python: 
                     raise PackageError(f"handler {h.path}: {what} {name!r} is also a top-level "
                                        f"name of a dependency; rename it")
         files = handler_files + [(p.relative_to(target).as_posix(), p) for p in installed]
+        if interpreter is not None:
+            say(f"compiling byte code for Python {version} with {interpreter}")
+            own = {arcname for arcname, _ in handler_files}
+            py_files = [(a, p, a in own) for a, p in files if a.endswith(".py")]
+            pycs, failed = compile_bytecode(interpreter, version, py_files, Path(tmp) / "pyc")
+            mine = [f"{name}: {error}" for name, error in failed if name in own]
+            if mine:
+                raise PackageError(
+                    f"Python {version} cannot compile the handler's "
+                    + "; ".join(mine) + " (fix it, or leave the file out with --exclude)")
+            compiled = Bytecode(python=version, interpreter=interpreter, files=len(pycs),
+                                size=sum(p.stat().st_size for _, p in pycs), failed=failed)
+            files += pycs
         out = Path(output)
         write_zip(out, files)
         top_level: dict[str, int] = {}
@@ -619,7 +846,7 @@ def build_zip(handler: str | Path | Sequence[str | Path], *, arch: str, python: 
     return PackageResult(path=out, arch=arch, python=version, wheel=wheel, wheel_origin=origin,
                          zip_size=out.stat().st_size, unzipped_size=sum(top_level.values()),
                          top_level=top_level, distributions=dists, excluded=excluded,
-                         compiled_core=core[0] if core else None,
+                         compiled_core=core[0] if core else None, bytecode=compiled,
                          left_out={r: sorted(left_out[r]) for r in _REASONS if r in left_out})
 
 
@@ -641,6 +868,22 @@ def format_report(result: PackageResult) -> list[str]:
     else:
         lines.append("  replay core: pure Python (the wheel has no compiled core for this "
                      "platform; lambda_workflow.IMPLEMENTATION will be 'py')")
+    code = result.bytecode
+    if code is not None and code.interpreter is not None:
+        lines.append(f"  byte code: {code.files:,} .pyc files ({_mb(code.size)}) for "
+                     f"python{code.python}, compiled by {code.interpreter} (unchecked-hash; "
+                     f"the handler's own files checked-hash)")
+        if code.failed:
+            lines.append(f"  not compiled ({len(code.failed)}, shipped as source; Python "
+                         f"{code.python} cannot import them): "
+                         + ", ".join(f"{n} ({e})" for n, e in code.failed))
+    elif code is not None and code.skipped == "--no-bytecode":
+        lines.append("  byte code: none (--no-bytecode): every cold start compiles the modules "
+                     "it imports")
+    elif code is not None:
+        lines.append(f"  WARNING byte code: none, {code.skipped}. Every cold start will "
+                     f"compile the modules it imports (about twice the import time); "
+                     f"--require-bytecode makes this an error")
     lines.append("  distributions: " + ", ".join(f"{n} {v}" for n, v in result.distributions))
     if result.excluded:
         lines.append("  left out (the Lambda runtime has them; --with-boto3 keeps them): "

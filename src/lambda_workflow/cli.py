@@ -333,6 +333,8 @@ def _cmd_package(args: argparse.Namespace, out: TextIO) -> int:
         args.handler, arch=args.arch, python=args.python, wheels=args.wheel,
         requirements=args.requirements, with_boto3=args.with_boto3, output=args.output,
         exclude=args.exclude, index_url=args.index_url, find_links=args.find_links,
+        bytecode=not args.no_bytecode, require_bytecode=args.require_bytecode,
+        bytecode_python=args.bytecode_python,
         log=lambda line: print(f"lambda-workflow package: {line}", file=out))
     for line in _package.format_report(result):
         print(line, file=out)
@@ -515,6 +517,16 @@ def _parser() -> argparse.ArgumentParser:
                            "/ matches a file or folder name at any depth, one with / the name "
                            "in the zip; build outputs, state files, tests, zips, virtual "
                            "environments and .git are always left out")
+    pyc = pack.add_mutually_exclusive_group()
+    pyc.add_argument("--no-bytecode", action="store_true",
+                     help="ship sources only (by default every .py gets byte code compiled by "
+                          "an interpreter of the --python version, found on PATH, pyenv or uv; "
+                          "without one the zip has sources only and the report warns)")
+    pyc.add_argument("--require-bytecode", action="store_true",
+                     help="fail when no interpreter of the --python version is found")
+    pack.add_argument("--bytecode-python", metavar="PATH",
+                      help="the interpreter to compile the byte code with (CPython of the "
+                           "--python version)")
     _template.add_parser(sub)
     from ._ui import command as ui_command
 
