@@ -2,6 +2,7 @@
 handler costs, and the handler's first activation, against `import boto3` alone.
 
 Run:  python benchmarks/cold_start.py [--rounds R] [--quick] [--no-aws] [--compare REV]
+                                      [--zip [--wheel WHEEL_OR_DIR]]
                                       [--json benchmarks/results/cold_start.json]
 
 Every sample is a fresh interpreter (a cold start imports everything once). Rows:
@@ -34,6 +35,13 @@ and are compiled at every start, as on Lambda when the zip holds no .pyc and /va
 read-only; the standard library and boto3 keep theirs, as Lambda's runtime ships them
 compiled).
 
+``--zip`` adds two modes that run the zip as ``lambda-workflow package`` builds it (for this
+machine's architecture and Python, from ``--wheel``, default ``dist/``, with the benchmark's
+modules as the handler files): "zip-pyc" (the byte code ``package`` compiles) and
+"zip-source" (``--no-bytecode``). Each zip is unpacked to a folder that is the children's
+current directory (as /var/task is Lambda's), the runtime's boto3 on PYTHONPATH after it, and
+PYTHONDONTWRITEBYTECODE set (/var/task is read-only). Their sizes are reported too.
+
 Rounds are interleaved (each round runs every row once, in a rotated order). Reported: the
 median over rounds and the spread (min-max), in milliseconds. "import" is measured inside the
 child with perf_counter around the imports; "wall" is the whole process as the parent sees it.
@@ -55,6 +63,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -299,6 +308,46 @@ def lambda_tree(work: Path, name: str, src: Path) -> Path:
     return tree
 
 
+def runtime_tree(work: Path) -> Path:
+    """The Lambda runtime's packages (boto3 and its dependencies, with their byte code), linked
+    into a folder of their own, as /var/runtime is beside /var/task."""
+    tree = work / "runtime"
+    tree.mkdir()
+    for module, dist in RUNTIME_PACKAGES.items():
+        origin = _origin(module)
+        for path in [origin, *_dist_info(origin, dist)]:
+            (tree / path.name).symlink_to(path)
+    return tree
+
+
+def package_zips(work: Path, wheels: list[Path]) -> dict[str, dict[str, Any]]:
+    """Build the benchmark's handler modules with ``lambda-workflow package`` for this machine
+    and Python, with and without byte code; unpack each to ``work/<mode>``. Returns, per mode,
+    the folder and the zip's sizes."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from lambda_workflow._package import ARCHITECTURES, build_zip
+
+    arch = next(a for a, m in ARCHITECTURES.items() if m == platform.machine())
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    handlers = [work / n for n in ("cold_models.py", "cold_workflow.py", "cold_handler.py",
+                                   "bank_lambda.py", "bank_transaction.py")]
+    out: dict[str, dict[str, Any]] = {}
+    for mode, bytecode in (("zip-pyc", True), ("zip-source", False)):
+        result = build_zip(handlers, arch=arch, python=version, wheels=wheels,
+                           bytecode=bytecode, require_bytecode=bytecode,
+                           output=work / f"{mode}.zip")
+        task = work / mode
+        with zipfile.ZipFile(result.path) as archive:
+            archive.extractall(task)
+        out[mode] = {"task": task, "wheel": result.wheel.name, "zip_bytes": result.zip_size,
+                     "unzipped_bytes": result.unzipped_size,
+                     "pyc_files": result.bytecode.files if result.bytecode else 0}
+        print(f"{mode}: {result.path.name} {result.zip_size:,} bytes, unzipped "
+              f"{result.unzipped_size:,}, {out[mode]['pyc_files']} .pyc, from "
+              f"{result.wheel.name}", file=sys.stderr)
+    return out
+
+
 def run_child(code: str, env: dict[str, str], cwd: Path) -> tuple[float, dict[str, Any]]:
     start = time.perf_counter()
     run = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
@@ -353,6 +402,11 @@ def derive(results: list[dict[str, Any]]) -> dict[str, float]:
             out[f"{mode}: handler import + first activation (ms)"] = handler + act
             out[f"{mode}: (handler import + first activation) / import boto3"] = (
                 (handler + act) / boto)
+    for row, key in (("handler", "import_ms"), ("workflow module", "import_ms")):
+        pyc, source = med.get(("zip-pyc/current", row, key)), med.get(
+            ("zip-source/current", row, key))
+        if pyc is not None and source is not None:
+            out[f"zip: {row} import, source only / with byte code"] = source / pyc
     return out
 
 
@@ -363,6 +417,11 @@ def main() -> None:
     parser.add_argument("--no-aws", action="store_true", help="skip the rows that need moto")
     parser.add_argument("--compare", metavar="REV",
                         help="also measure lambda_workflow's source tree at this git revision")
+    parser.add_argument("--zip", action="store_true",
+                        help="also run the zips `lambda-workflow package` builds, with and "
+                             "without byte code")
+    parser.add_argument("--wheel", type=Path, action="append",
+                        help="lambda-workflow wheel or folder for --zip (default dist/)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/cold_start.json")
     args = parser.parse_args()
     rounds = 3 if args.quick else args.rounds
@@ -397,6 +456,15 @@ def main() -> None:
             if label == "current":
                 modes["source/current"] = {**base_env, "PYTHONDONTWRITEBYTECODE": "1",
                                            "PYTHONPATH": f"{tree}{os.pathsep}{work}"}
+        cwds = dict.fromkeys(modes, work)
+        zips: dict[str, dict[str, Any]] = {}
+        if args.zip:
+            runtime = runtime_tree(work)
+            zips = package_zips(work, args.wheel or [ROOT / "dist"])
+            for mode, built in zips.items():
+                modes[f"{mode}/current"] = {**base_env, "PYTHONDONTWRITEBYTECODE": "1",
+                                            "PYTHONPATH": f"{built['task']}{os.pathsep}{runtime}"}
+                cwds[f"{mode}/current"] = built["task"]
         plan = [(mode, row) for mode in modes for row in ROWS
                 if (deployment is not None or row not in AWS_ROWS)
                 and (mode.endswith("/current") or row in COMPARED)]
@@ -405,7 +473,7 @@ def main() -> None:
             env = dict(modes[mode])
             if row == "handler" and deployment is not None:
                 env["COLD_START_EVENT"] = str(deployment.event(work / "event.json"))
-            run_child(ROWS[row], env, work)
+            run_child(ROWS[row], env, cwds[mode])
         samples: dict[tuple[str, str], list[tuple[float, dict[str, Any]]]] = {k: [] for k in plan}
         for r in range(rounds):
             shift = r % len(plan)
@@ -413,7 +481,7 @@ def main() -> None:
                 env = dict(modes[mode])
                 if row == "handler" and deployment is not None:
                     env["COLD_START_EVENT"] = str(deployment.event(work / "event.json"))
-                wall, out = run_child(ROWS[row], env, work)
+                wall, out = run_child(ROWS[row], env, cwds[mode])
                 if row == "handler" and deployment is not None:
                     deployment.check(deployment.count)
                 samples[(mode, row)].append((wall, out))
@@ -447,7 +515,10 @@ def main() -> None:
             print(f"| {e['mode']:<18} | {'first activation':<18} | "
                   f"{fmt(e['activation_ms']):>20} | {'':>20} | {'':>20} |")
     derived = derive(results)
-    print("\nFrom the medians above:")
+    for mode, z in zips.items():
+        print(f"\n{mode}: zip {z['zip_bytes']:,} bytes, unzipped {z['unzipped_bytes']:,} "
+              f"bytes, {z['pyc_files']} .pyc files (from {z['wheel']})", end="")
+    print("\n\nFrom the medians above:")
     for name, value in derived.items():
         print(f"  {name}: {value:.2f}")
     what = "the handler import" if endpoint else "the workflow module's import"
@@ -460,6 +531,7 @@ def main() -> None:
         "python": platform.python_version(), "machine": platform.machine(),
         "rounds": rounds, "aws": "moto server over HTTP on 127.0.0.1" if not args.no_aws
         else None, "compare": args.compare, "results": results, "derived": derived,
+        "zips": {mode: {k: v for k, v in z.items() if k != "task"} for mode, z in zips.items()},
         "importtime": breakdown}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")

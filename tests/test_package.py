@@ -1070,6 +1070,27 @@ def test_find_interpreter_looks_in_pyenv_newest_first(tmp_path: Path) -> None:
             in tried)
 
 
+def test_cold_start_benchmark_runs_the_zips_package_builds(pure_wheel: Path,
+                                                          tmp_path: Path) -> None:
+    """benchmarks/cold_start.py --zip (one round, without the moto rows; no timing is checked)
+    builds the zip with and without byte code and runs every row from each unpacked zip."""
+    out = tmp_path / "cold_start.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDA_WORKFLOW_")}
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cold_start.py"),
+                          "--rounds", "1", "--no-aws", "--zip", "--wheel", str(pure_wheel),
+                          "--json", str(out)], env=env, capture_output=True, text=True,
+                         timeout=900, check=False)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text())
+    rows = {(e["mode"], e["row"]) for e in report["results"]}
+    for mode in ("zip-pyc/current", "zip-source/current"):
+        assert {(mode, row) for row in ("lambda_workflow", "workflow module", "boto3")} <= rows
+    zips = report["zips"]
+    assert zips["zip-pyc"]["pyc_files"] > 100 and zips["zip-source"]["pyc_files"] == 0
+    assert zips["zip-pyc"]["unzipped_bytes"] > zips["zip-source"]["unzipped_bytes"]
+    assert "zip: workflow module import, source only / with byte code" in report["derived"]
+
+
 # ---------------------------------------------------------------- scripts/wheel_checks.py
 # The checks scripts/build_wheels.sh runs on each wheel: an extension named for the wrong
 # version or architecture, or built for the wrong machine, fails its check. The extensions
