@@ -608,9 +608,21 @@ def test_arm64_zip_imports_the_compiled_core_under_qemu(
            if not k.startswith(("LAMBDA_WORKFLOW_", "PYTHON"))}
     env |= {"PYTHONPATH": str(task), "LAMBDA_WORKFLOW_REQUIRE_EXTENSIONS": "1",
             "PYTHONDONTWRITEBYTECODE": "1"}
-    # As Lambda does: /var/task on sys.path, then `import handler` and a call of handler.handler.
-    call = ("import json, handler; print('HANDLER-RESULT ' + json.dumps("
-            "handler.handler({'item': 'tea', 'amount': 7}, None)))")
+    # As Lambda does: /var/task on sys.path, then `import handler` and a call of handler.handler;
+    # every file of the folder compiled from source (none: the zip's byte code is used) is
+    # printed too.
+    call = ("import importlib._bootstrap_external as e, json\n"
+            "compiled = []\n"
+            "original = e.SourceLoader.source_to_code\n"
+            "def hook(self, data, path, *args, **kwargs):\n"
+            "    compiled.append(path)\n"
+            "    return original(self, data, path, *args, **kwargs)\n"
+            "e.SourceLoader.source_to_code = hook\n"
+            "import handler\n"
+            "print('HANDLER-RESULT ' + json.dumps("
+            "handler.handler({'item': 'tea', 'amount': 7}, None)))\n"
+            f"print('COMPILED ' + json.dumps([p for p in compiled "
+            f"if p.startswith({str(task)!r})]))")
     proc = subprocess.run([QEMU, "-L", str(userland), str(userland / "usr/bin/python3.11"),
                            "-s", "-c", call],
                           env=env, capture_output=True, text=True, check=False, timeout=300)
@@ -619,6 +631,7 @@ def test_arm64_zip_imports_the_compiled_core_under_qemu(
     assert '"implementation": "c"' in line
     assert f'"core": "{task}/lambda_workflow/_core/{core}"' in line
     assert '"result": 42' in line
+    assert "COMPILED []" in proc.stdout.splitlines()
 
 
 # ---------------------------------------------------------------- the wheels' benchmark
