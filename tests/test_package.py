@@ -1081,6 +1081,8 @@ def test_find_interpreter_looks_in_pyenv_newest_first(tmp_path: Path) -> None:
     assert python == f"{tmp_path}/pyenv/versions/3.12.10/bin/python3.12"
     assert (f"{shim} does not run (exit code 127: pyenv: python3.12: command not found)"
             in tried)
+    # Named explicitly, an interpreter of the version is taken as it is, whatever PATH holds.
+    assert _package.find_interpreter("3.12", explicit=real, environ=env) == (real, [])
 
 
 def test_cold_start_benchmark_runs_the_zips_package_builds(pure_wheel: Path,
