@@ -265,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--life", type=int, default=1000)
     parser.add_argument("--sizes", default="10,1000,10000")
-    parser.add_argument("--no-aws", action="store_true", help="skip the DynamoDB part (the results file keeps the last one's)")
+    parser.add_argument("--no-aws", action="store_true",
+                        help="skip the DynamoDB part (the results file keeps the last one's)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     started = time.time()
