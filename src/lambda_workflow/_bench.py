@@ -691,7 +691,8 @@ def _worker(stdin: TextIO, stdout: TextIO) -> int:
 class _Worker:
     def __init__(self, core: str, flag: str, spec: dict[str, Any]) -> None:
         env = dict(os.environ)
-        for _, other in CORES:
+        # only the flag given: the two together are refused at import
+        for other in ("LAMBDA_WORKFLOW_REQUIRE_EXTENSIONS", "LAMBDA_WORKFLOW_NO_EXTENSIONS"):
             env.pop(other, None)
         env[flag] = "1"
         self.core = core
