@@ -73,3 +73,33 @@ def test_max_receives_below_one_is_refused() -> None:
     """A queue that could never deliver a message (max_receives < 1) cannot be built."""
     with pytest.raises(ValueError, match="max_receives"):
         InMemoryFifoQueue(max_receives=0)
+
+
+def test_loading_a_history_copies_every_field_of_each_operation() -> None:
+    """The memory store copies records in and out field by field (a constructor call, for
+    speed): a field added to OperationRecord and left out of the copy fails here."""
+    import dataclasses
+
+    from lambda_workflow.backends.memory import MemoryStateStore, _with_payloads
+    from lambda_workflow.models import OperationRecord, OperationState
+
+    values: dict[str, object] = {}
+    for i, f in enumerate(dataclasses.fields(OperationRecord)):
+        if f.name == "state":
+            values[f.name] = OperationState.FAILED
+        elif f.name == "sent":
+            values[f.name] = True
+        elif f.type in ("bytes", "bytes | None"):
+            values[f.name] = f"payload-{i}".encode()
+        elif f.type in ("int", "int | None"):
+            values[f.name] = 100 + i
+        elif f.type in ("float", "float | None"):
+            values[f.name] = 1000.5 + i
+        else:
+            values[f.name] = f"value-{i}"
+    op = OperationRecord(**values)  # type: ignore[arg-type]
+    assert _with_payloads(op, op.request, op.result) == op
+    assert _with_payloads(op, op.request, op.result) is not op
+    store = MemoryStateStore()
+    copied = store._out_op(store._in_op(op))
+    assert dataclasses.asdict(copied) == dataclasses.asdict(op)
