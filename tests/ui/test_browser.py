@@ -17,7 +17,8 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import Select
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from lambda_workflow._ui.app import Console, bound_port, make_server
 
@@ -33,6 +34,13 @@ class Site:
 
     def open(self, path: str) -> None:
         self.browser.get(self.url + path)
+
+    def follow(self, by: str, value: str) -> None:
+        """Click what leads to another page and wait until that page has replaced this one
+        (a click returns before the navigation it starts has finished)."""
+        old = self.browser.find_element(By.TAG_NAME, "html")
+        self.browser.find_element(by, value).click()
+        WebDriverWait(self.browser, 20).until(expected_conditions.staleness_of(old))
 
     def ids(self) -> list[str]:
         return [row.get_attribute("data-id") or ""
@@ -79,11 +87,11 @@ def test_list_shows_the_instances_and_filters_and_pages(site: Site) -> None:
     site.open("/")
     assert sorted(site.ids()) == ["p-done", "p-fail", "p-wait"]
     Select(site.browser.find_element(By.ID, "f-status")).select_by_value("failed")
-    site.browser.find_element(By.ID, "f-apply").click()
+    site.follow(By.ID, "f-apply")
     assert site.ids() == ["p-fail"]
     site.open("/?limit=2")
     first = site.ids()
-    site.browser.find_element(By.ID, "next-page").click()
+    site.follow(By.ID, "next-page")
     second = site.ids()
     assert len(first) == 2 and len(second) == 1
     assert sorted(first + second) == ["p-done", "p-fail", "p-wait"]
@@ -91,7 +99,7 @@ def test_list_shows_the_instances_and_filters_and_pages(site: Site) -> None:
 
 def test_instance_page_shows_its_timeline(site: Site) -> None:
     site.open("/")
-    site.browser.find_element(By.LINK_TEXT, "p-fail").click()
+    site.follow(By.LINK_TEXT, "p-fail")
     assert site.browser.find_element(By.ID, "status").text == "failed"
     svg = site.browser.find_element(By.CSS_SELECTOR, "#timeline svg.timeline")
     assert svg.size["width"] > 300 and svg.size["height"] > 50  # drawn, not empty
@@ -104,16 +112,30 @@ def test_instance_page_shows_its_timeline(site: Site) -> None:
 
 def test_cancel_changes_the_instance_after_its_confirmation(site: Site) -> None:
     site.open("/")
-    site.browser.find_element(By.LINK_TEXT, "p-wait").click()
+    site.follow(By.LINK_TEXT, "p-wait")
     assert site.browser.find_element(By.ID, "status").text == "running"
-    site.browser.find_element(By.ID, "act-cancel").click()
+    site.follow(By.ID, "act-cancel")
     site.browser.find_element(By.ID, "reason").send_keys("browser test")
-    site.browser.find_element(By.ID, "confirm-button").click()
+    site.follow(By.ID, "confirm-button")
     # not confirmed: refused, nothing changed
     assert "not confirmed" in site.browser.find_element(By.ID, "problem").text
     site.browser.back()
-    site.browser.find_element(By.ID, "confirm-box").click()
-    site.browser.find_element(By.ID, "confirm-button").click()
-    assert site.browser.find_element(By.ID, "outcome").text == "done"
-    site.browser.find_element(By.ID, "back").click()
-    assert site.browser.find_element(By.ID, "status").text == "cancelled"
+    # The form comes back from the history or is fetched again (then its fields are empty):
+    # wait for it, and fill it again if it was fetched.
+    wait = WebDriverWait(site.browser, 20)
+    box = wait.until(expected_conditions.element_to_be_clickable((By.ID, "confirm-box")))
+    reason = site.browser.find_element(By.ID, "reason")
+    if not reason.get_attribute("value"):
+        reason.send_keys("browser test")
+    if not box.is_selected():
+        box.click()
+    site.follow(By.ID, "confirm-button")
+    # the answer page, once it has loaded: the outcome, or the problem that refused it
+    answer = wait.until(expected_conditions.any_of(
+        expected_conditions.presence_of_element_located((By.ID, "outcome")),
+        expected_conditions.presence_of_element_located((By.ID, "problem"))))
+    assert answer.get_attribute("id") == "outcome", answer.text
+    assert answer.text == "done"
+    site.follow(By.ID, "back")
+    status = wait.until(expected_conditions.presence_of_element_located((By.ID, "status")))
+    assert status.text == "cancelled"
