@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from collections.abc import Callable, Iterator
 
 import orjson
@@ -56,6 +57,22 @@ def _replay_observers_replay(request: pytest.FixtureRequest,
     if f"{node.path.name}::{getattr(node, 'originalname', node.name)}" in REPLAY_OBSERVERS:
         monkeypatch.setenv("LAMBDA_WORKFLOW_INSTANCE_CACHE", "0")
         monkeypatch.setattr(lambda_workflow.testing, "DEFAULT_INSTANCE_CACHE", 0)
+
+
+@pytest.fixture
+def cli_modules_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The CLI loads workflow modules by path (registering them under their file's stem and
+    adding their folder to sys.path), as do tests that import a fresh copy of an example: put
+    back what they replaced, so other tests keep the modules they imported. Test files of the
+    CLI's replay and bench commands use it for every test (``pytestmark``)."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = dict(sys.modules)
+    yield
+    for name in set(sys.modules) - set(before):
+        del sys.modules[name]
+    for name, module in before.items():
+        if sys.modules.get(name) is not module:
+            sys.modules[name] = module
 
 
 @pytest.fixture(params=["memory", "sqlite"])

@@ -15,7 +15,6 @@ import json
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,18 +51,8 @@ STAT_KEYS = {"median", "min", "max", "spread"}
 OUTSIDE = {"cancel", "parent", "repair", "trace"}
 
 
-@pytest.fixture(autouse=True)
-def _restore_modules(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The CLI loads modules by path (registering them under their file's stem and adding
-    their folder to sys.path): put back what it replaced."""
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    before = dict(sys.modules)
-    yield
-    for name in set(sys.modules) - set(before):
-        del sys.modules[name]
-    for name, module in before.items():
-        if sys.modules.get(name) is not module:
-            sys.modules[name] = module
+# The CLI loads modules by path: tests/conftest.py puts back what it replaced.
+pytestmark = pytest.mark.usefixtures("cli_modules_restored")
 
 
 def run_cli(*argv: str | Path) -> tuple[int, str]:

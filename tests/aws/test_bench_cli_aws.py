@@ -8,7 +8,6 @@ import importlib.util
 import io
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,17 +21,8 @@ from .conftest import EXAMPLES, Aws
 EXAMPLE = EXAMPLES / "bank_transaction.py"
 
 
-@pytest.fixture(autouse=True)
-def _restore_modules(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The CLI loads modules by path: put back what it replaced."""
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    before = dict(sys.modules)
-    yield
-    for name in set(sys.modules) - set(before):
-        del sys.modules[name]
-    for name, module in before.items():
-        if sys.modules.get(name) is not module:
-            sys.modules[name] = module
+# The CLI loads modules by path: tests/conftest.py puts back what it replaced.
+pytestmark = pytest.mark.usefixtures("cli_modules_restored")
 
 
 def run_cli(*argv: str | Path) -> tuple[int, str]:

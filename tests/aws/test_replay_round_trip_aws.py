@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -38,19 +37,8 @@ SMALLER = {"fan_out.py": {"catalog-sync-120": {"batch_id": "nightly-1", "item_co
                                                "max_concurrency": 25}}}
 
 
-@pytest.fixture(autouse=True)
-def _restore_modules(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The CLI loads modules by path (registering them under their file's stem and adding
-    their folder to sys.path), as does the test's fresh copy of an example: put back what
-    they replaced, so other tests keep the modules they imported."""
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    before = dict(sys.modules)
-    yield
-    for name in set(sys.modules) - set(before):
-        del sys.modules[name]
-    for name, module in before.items():
-        if sys.modules.get(name) is not module:
-            sys.modules[name] = module
+# The CLI loads modules by path: tests/conftest.py puts back what it replaced.
+pytestmark = pytest.mark.usefixtures("cli_modules_restored")
 
 
 def run_cli(*argv: str | Path) -> tuple[int, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -50,18 +49,8 @@ TIMER_NAMES = {"sleep", "retry:weigh", "timeout:slow", "poll:stock", "timeout:ap
                "heartbeat:approve", "timeout:late"}
 
 
-@pytest.fixture(autouse=True)
-def _restore_modules(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The CLI loads modules by path (registering them under their file's stem and adding
-    their folder to sys.path): put back what it replaced."""
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    before = dict(sys.modules)
-    yield
-    for name in set(sys.modules) - set(before):
-        del sys.modules[name]
-    for name, module in before.items():
-        if sys.modules.get(name) is not module:
-            sys.modules[name] = module
+# The CLI loads modules by path: tests/conftest.py puts back what it replaced.
+pytestmark = pytest.mark.usefixtures("cli_modules_restored")
 
 
 def run_cli(*argv: str | Path) -> tuple[int, str]:
