@@ -6,7 +6,9 @@ after two minutes."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -47,11 +49,28 @@ class Site:
                 for row in self.browser.find_elements(By.CSS_SELECTOR, "tr.instance")]
 
 
+def _install_browser() -> None:
+    """Install Debian's chromium and its driver, as scripts/build_wheels.sh installs qemu for
+    the arm64 tests: the README's test command runs on a fresh Debian machine (as root)."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.fail("the browser tests need Debian's chromium and chromium-driver: "
+                    "apt-get install -y chromium chromium-driver (as root)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"],
+                ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900,
+                              check=False)
+        if proc.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n"
+                        f"{proc.stderr[-2000:]}")
+
+
 def chrome() -> WebDriver:
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        _install_browser()
     binary = shutil.which("chromium")
     driver = shutil.which("chromedriver")
-    assert binary and driver, ("the browser tests need Debian's chromium and chromium-driver "
-                               "(apt-get install -y chromium chromium-driver)")
+    assert binary and driver, "apt-get installed chromium, but chromium or chromedriver is missing"
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
