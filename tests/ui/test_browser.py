@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -42,7 +43,10 @@ class Site:
         (a click returns before the navigation it starts has finished)."""
         old = self.browser.find_element(By.TAG_NAME, "html")
         self.browser.find_element(by, value).click()
-        WebDriverWait(self.browser, 20).until(expected_conditions.staleness_of(old))
+        # While a page loads, chromedriver may answer a query about the old one with an
+        # error of its own ("unhandled inspector error"): ask again until the page is gone.
+        WebDriverWait(self.browser, 20, ignored_exceptions=(WebDriverException,)).until(
+            expected_conditions.staleness_of(old))
 
     def ids(self) -> list[str]:
         return [row.get_attribute("data-id") or ""
@@ -141,7 +145,7 @@ def test_cancel_changes_the_instance_after_its_confirmation(site: Site) -> None:
     site.browser.back()
     # The form comes back from the history or is fetched again (then its fields are empty):
     # wait for it, and fill it again if it was fetched.
-    wait = WebDriverWait(site.browser, 20)
+    wait = WebDriverWait(site.browser, 20, ignored_exceptions=(WebDriverException,))
     box = wait.until(expected_conditions.element_to_be_clickable((By.ID, "confirm-box")))
     reason = site.browser.find_element(By.ID, "reason")
     if not reason.get_attribute("value"):
