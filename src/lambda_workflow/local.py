@@ -38,7 +38,7 @@ from ._runtime.instances import (
     start_instance,
 )
 from ._runtime.services import run_service
-from ._runtime.warm import InstanceCache
+from ._runtime.warm import InstanceCache, make_instance_cache
 from .backends.memory import DeadLetter, InMemoryFifoQueue
 from .backends.protocols import Clock, InstanceLister, QueueMessage, StateStore, Transport
 from .backends.sqlite import SQLiteStateStore, StateFileLock
@@ -249,6 +249,10 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
             raise ValueError("LocalRuntime(codec=...) applies to its SQLite store; with "
                              "store=..., give the codec to the store")
         self.clock = clock or VirtualClock()
+        # Settings that may be refused are read before the state file is locked and opened,
+        # so a refused one leaves no lock and no open connection behind.
+        cache = make_instance_cache(instance_cache)
+        self.tokens = CallbackTokens(callback_key)
         # One runtime per state file (StateFileLock): taken before anything is read or sent.
         self.store_path = str(getattr(store, "path", ":memory:") if store is not None
                               else database)
@@ -267,9 +271,8 @@ class LocalRuntime(CallbackCompletion, RepairCommands):
         self._services: dict[str, tuple[Service[Any, Any], Callable[[Any], Any]]] = {}
         transport = LocalTransport(self.queue, self.service_queue)
         self.timers = LocalTimers(self.clock, transport)
-        self.tokens = CallbackTokens(callback_key)
         self.engine = Engine(self.store, transport, self._workflows, self.clock,
-                             instance_cache=instance_cache,
+                             instance_cache=cache,
                              timers=self.timers, tokens=self.tokens)
         self.invocations: list[ServiceInvocation] = []
         self._last_errors: dict[str, str] = {}

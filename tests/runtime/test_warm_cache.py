@@ -526,6 +526,20 @@ def test_a_bad_setting_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch, nam
         LocalRuntime(instance_cache=None)
 
 
+def test_a_refused_setting_leaves_the_state_file_unlocked_and_closed(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The settings are read before the state file is locked and opened: the runtime that
+    refused one holds no lock (another opens the file) and no connection (Python 3.13 reports
+    an unclosed one as a ResourceWarning)."""
+    db = tmp_path / "state.sqlite3"
+    monkeypatch.setenv(CACHE_ENV, "lots")
+    with pytest.raises(ConfigurationError):
+        LocalRuntime(db, instance_cache=None)
+    monkeypatch.setenv(CACHE_ENV, "0")
+    with LocalRuntime(db) as rt:
+        assert rt.store_path == str(db)
+
+
 def test_the_testing_runtime_replays_every_activation_by_default(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Users' tests exercise replay: the testing runtime's cache is off whatever the
