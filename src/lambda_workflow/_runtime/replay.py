@@ -154,6 +154,11 @@ class _ReplayAwareLogger(logging.LoggerAdapter[logging.Logger]):
         return msg, kwargs
 
 
+# Objects the interpreter froze itself before any code ran (375 on CPython 3.12, 0 on 3.11
+# and 3.13): more than these means the process froze objects of its own.
+_FROZEN_AT_START = gc.get_freeze_count()
+
+
 class Replayer:
     """Runs a workflow's code once over its history plus this activation's replies.
 
@@ -826,7 +831,7 @@ class Replayer:
         # collector's scans while the workflow replays: a full collection would otherwise
         # scan the N records at every trigger, and replaying N calls triggers O(N) of them.
         # gc.freeze/unfreeze move lists, O(1); a process that froze objects itself is left alone.
-        frozen = gc.isenabled() and gc.get_freeze_count() == 0
+        frozen = gc.isenabled() and gc.get_freeze_count() <= _FROZEN_AT_START
         if frozen:
             gc.freeze()
         try:
